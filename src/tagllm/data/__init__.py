@@ -1,0 +1,160 @@
+"""Data tables, readers and validation shared by every domain.
+
+A :class:`Table` is a set of equal-length named columns with the file it came from, so every
+error can name the file, the row (1-based, header excluded) and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A bad input row or file; the message names the file, row and reason."""
+
+
+@dataclass
+class Table:
+    """Named columns of equal length, with their source for error messages."""
+
+    columns: dict[str, list]
+    source: str = "<memory>"
+    rows: list[int] = field(default_factory=list)  # source row number of each entry
+
+    def __post_init__(self) -> None:
+        lengths = {len(v) for v in self.columns.values()}
+        if len(lengths) > 1:
+            raise DataError(f"{self.source}: columns of unequal length {sorted(lengths)}")
+        if not self.rows:
+            self.rows = list(range(1, len(self) + 1))
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def __getitem__(self, name: str) -> list:
+        if name not in self.columns:
+            raise DataError(f"{self.source}: missing column {name!r}; columns: "
+                            f"{sorted(self.columns)}")
+        return self.columns[name]
+
+    def select(self, index: Sequence[int]) -> Table:
+        return Table({k: [v[i] for i in index] for k, v in self.columns.items()},
+                     self.source, [self.rows[i] for i in index])
+
+    def where(self, i: int) -> str:
+        return f"{self.source} row {self.rows[i]}"
+
+    def render(self, template: str) -> list[str]:
+        """Fill ``template`` (``{column}`` placeholders) for each row."""
+        try:
+            return [template.format_map({k: v[i] for k, v in self.columns.items()})
+                    for i in range(len(self))]
+        except KeyError as e:
+            raise DataError(f"template {template!r} uses column {e} missing from "
+                            f"{self.source}; columns: {sorted(self.columns)}") from None
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+
+
+def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
+    """Read a CSV/TSV (optionally .gz) with a header, or a ``.smi`` file (SMILES [name]).
+
+    ``columns`` must be present (case-sensitive); a missing column fails naming the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    stem_suffix = Path(p.stem).suffix if p.suffix == ".gz" else p.suffix
+    with _open_text(p) as f:
+        if stem_suffix == ".smi":
+            cols: dict[str, list] = {"smiles": [], "name": []}
+            for line in f:
+                parts = line.split(maxsplit=1)
+                cols["smiles"].append(parts[0] if parts else "")
+                cols["name"].append(parts[1].strip() if len(parts) > 1 else "")
+            table = Table(cols, str(p))
+        else:
+            delim = "\t" if stem_suffix in (".tsv", ".tab") else ","
+            reader = csv.DictReader(f, delimiter=delim)
+            if not reader.fieldnames:
+                raise DataError(f"{p}: empty file or no header row")
+            cols = {name: [] for name in reader.fieldnames}
+            for row in reader:
+                for name in reader.fieldnames:
+                    cols[name].append(row.get(name) or "")
+            table = Table(cols, str(p))
+    for c in columns:
+        table[c]  # raises DataError naming the column and file
+    return table
+
+
+def check_number(value) -> float:
+    """Validator: a finite number (empty, non-numeric, NaN and inf are rejected)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{value!r} is not a finite number")
+    return x
+
+
+def parse_labels(table: Table, column: str) -> np.ndarray:
+    """Column as float64; empty, non-numeric, NaN or infinite values fail naming the row."""
+    out = np.empty(len(table), dtype=np.float64)
+    for i, v in enumerate(table[column]):
+        try:
+            out[i] = check_number(v)
+        except ValueError as e:
+            raise DataError(f"{table.where(i)}: label {column!r}: {e}") from None
+    return out
+
+
+def validate_rows(
+    table: Table,
+    checks: dict[str, Callable[[str], str]],
+    skip_invalid: bool = False,
+) -> tuple[Table, list[str]]:
+    """Apply per-column checks that return a normalised value or raise ValueError.
+
+    Default: the first bad row stops with a :class:`DataError` naming file, row and reason.
+    With ``skip_invalid`` the bad rows are dropped and returned as messages (never silently).
+    """
+    keep: list[int] = []
+    problems: list[str] = []
+    new_cols = {k: list(v) for k, v in table.columns.items()}
+    for i in range(len(table)):
+        ok = True
+        for col, check in checks.items():
+            try:
+                new_cols[col][i] = check(table[col][i])
+            except ValueError as e:
+                msg = f"{table.where(i)}: column {col!r}: {e}"
+                if not skip_invalid:
+                    raise DataError(msg + " (use --skip-invalid to drop such rows)") from None
+                problems.append(msg)
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    if problems:
+        log.warning("%s: skipped %d invalid row(s)", table.source, len(problems))
+    return Table(new_cols, table.source, table.rows).select(keep), problems
+
+
+def check_text(value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("empty or whitespace-only value")
+    return value.strip()

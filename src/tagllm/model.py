@@ -1,0 +1,265 @@
+"""TaggedModel: a frozen Hugging Face causal LM + a bank of learned tags + task heads."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagllm.config import TagConfig
+from tagllm.heads import Head, build_head
+from tagllm.tags import TagBank, TagTokenizer, pad_batch
+
+
+@dataclass
+class Batch:
+    """A padded batch: input_ids, attention_mask and position_ids are (B, T)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                               self.position_ids)))
+
+
+def embedding_fingerprint(weight: torch.Tensor) -> str:
+    """SHA-256 of the input-embedding matrix rounded to bfloat16 (so fp32 and bf16 loads of
+    the same checkpoint agree), prefixed by its shape."""
+    w = weight.detach().to("cpu", torch.bfloat16).contiguous()
+    h = hashlib.sha256(f"{tuple(w.shape)}".encode())
+    h.update(w.view(torch.int16).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _head_key(name: str) -> str:
+    return name.strip("<>").replace(".", "_")
+
+
+class TaggedModel(nn.Module):
+    """A frozen causal LM whose inputs may contain learned tags.
+
+    Every base parameter has ``requires_grad=False``; the only trainable parameters are tag
+    embeddings (``bank``) and task heads (``heads``).
+    """
+
+    def __init__(self, base: nn.Module, tokenizer, model_name: str, strict_tags: bool = True):
+        super().__init__()
+        self.base = base
+        self.base.eval()
+        self.base.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        embed = base.get_input_embeddings()
+        self.hidden_size = int(embed.weight.shape[1])
+        self.bank = TagBank(self.hidden_size, int(embed.weight.shape[0]))
+        self.heads = nn.ModuleDict()
+        self.tagtok = TagTokenizer(tokenizer, self.bank, strict=strict_tags)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
+        self._fingerprint: str | None = None
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "smollm2",
+        tags: Iterable[str | Path] = (),
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> TaggedModel:
+        """Load a base model (HF id, local folder or embedded short name) and tag folders."""
+        from tagllm.backbones import load_backbone
+
+        base, tok, name = load_backbone(model, dtype=dtype)
+        tm = cls(base.to(device), tok, name)
+        for t in tags:
+            tm.load_tag(t)
+        return tm
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = embedding_fingerprint(self.base.get_input_embeddings().weight)
+        return self._fingerprint
+
+    def add_tag(self, config: TagConfig, seed: int = 0) -> None:
+        """Add a new tag, initialised as its config says, trainable."""
+        embed = self.base.get_input_embeddings()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            V = self.bank.vocab_rows
+            sample = torch.randperm(V, generator=g)[: min(V, 8192)].to(self.device)
+            vocab = embed(sample).float().cpu()  # (S, H), includes any embedding scale
+            mean, std = vocab.mean(0), vocab.std(0)
+            noise = torch.randn(config.num_tokens, self.hidden_size, generator=g)
+            if config.init == "vocab_mean":
+                init = mean + 0.1 * std * noise
+            elif config.init == "random":
+                init = mean + std * noise
+            else:
+                ids = self.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+                ids = [ids[i % len(ids)] for i in range(config.num_tokens)]
+                init = embed(torch.tensor(ids, device=self.device)).float().cpu()
+        self.bank.add(config, init)
+        if config.head is not None:
+            head = build_head(config.head.kind, self.hidden_size, config.head.num_outputs,
+                              config.head.loss)
+            self.heads[_head_key(config.name)] = head.to(self.device)
+
+    def head(self, name: str) -> Head | None:
+        key = _head_key(self.bank.require(name))
+        return self.heads[key] if key in self.heads else None
+
+    def set_trainable(self, names: Iterable[str]) -> None:
+        """Make exactly these tags (and their heads) trainable; freeze all other tags."""
+        names = {self.bank.require(n) for n in names}
+        for n in self.bank.names:
+            self.bank.parameter(n).requires_grad_(n in names)
+            h = self.head(n)
+            if h is not None:
+                h.requires_grad_(n in names)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ----------------------------------------------------------------- files
+    def save_tag(self, name: str, directory: str | Path, provenance: dict | None = None,
+                 trained_with: Sequence[str] = ()) -> Path:
+        from tagllm.serialization import save_tag
+
+        return save_tag(self, name, directory, provenance or {}, trained_with)
+
+    def load_tag(self, directory: str | Path, trainable: bool = False) -> str:
+        """Load a tag folder (verified against this base model); returns the tag name."""
+        from tagllm.serialization import load_tag
+
+        return load_tag(self, directory, trainable=trainable)
+
+    # ----------------------------------------------------------------- encoding
+    def encode(self, texts: Sequence[str], side: str = "right", max_length: int | None = None,
+               where: str = "input") -> Batch:
+        enc = self.tagtok.encode_batch(texts, max_length=max_length, where=where)
+        ids, mask, pos = pad_batch([e.ids for e in enc], self.pad_id, side=side)
+        return Batch(ids, mask, pos).to(self.device)
+
+    # ----------------------------------------------------------------- forward
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.bank.splice(input_ids, self.base.get_input_embeddings())  # (B, T, H)
+
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        """Last-layer hidden states (B, T, H) of the frozen decoder, tags spliced in."""
+        out = self.base.base_model(
+            inputs_embeds=self.embed(batch.input_ids),
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The frozen LM head (with the model's logit soft-capping, if any)."""
+        logits = self.base.get_output_embeddings()(hidden)
+        cap = getattr(self.base.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def head_positions(self, input_ids: torch.Tensor, tag: str) -> torch.Tensor:
+        """(B,) index of the last vector of the last occurrence of ``tag`` in each row."""
+        hit = input_ids == self.bank.last_virtual_id(tag)  # (B, T)
+        missing = (~hit.any(-1)).nonzero().flatten().tolist()
+        if missing:
+            raise ValueError(f"input(s) {missing} do not contain the function tag {tag}")
+        arange = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return torch.where(hit, arange, -1).amax(-1)
+
+    def head_outputs(self, batch: Batch, tag: str) -> torch.Tensor:
+        """Raw head outputs (B, n) on the hidden state of ``tag``'s last vector."""
+        head = self.head(tag)
+        if head is None or not head.has_parameters:
+            raise ValueError(f"tag {tag} has no regression/classification head")
+        feats = self.tag_features(batch, tag)
+        return head(feats)
+
+    def tag_features(self, batch: Batch, tag: str) -> torch.Tensor:
+        """(B, H) float32 hidden states at ``tag``'s last vector."""
+        pos = self.head_positions(batch.input_ids, tag)
+        hidden = self.hidden_states(batch)  # (B, T, H)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos].float()
+
+    def lm_loss(self, batch: Batch) -> torch.Tensor:
+        """Next-token loss on base tokens only (tag positions and padding are not targets)."""
+        hidden = self.hidden_states(batch)[:, :-1]  # (B, T-1, H)
+        targets = batch.input_ids[:, 1:]  # (B, T-1)
+        valid = batch.attention_mask[:, 1:].bool() & (targets < self.bank.vocab_rows)
+        logits = self.logits(hidden[valid]).float()  # (N, V)
+        return F.cross_entropy(logits, targets[valid])
+
+    def head_loss(self, batch: Batch, tag: str, targets: torch.Tensor) -> torch.Tensor:
+        head = self.head(tag)
+        return head.loss(self.head_outputs(batch, tag), targets.to(self.device))
+
+    # ----------------------------------------------------------------- inference
+    def function_tag_of(self, text: str) -> str:
+        """The last tag in ``text`` that owns a regression/classification head."""
+        found = [t for t in self.tagtok.encode(text).tags
+                 if (h := self.head(t)) is not None and h.has_parameters]
+        if not found:
+            raise ValueError(f"no function tag with a head in input {text[:80]!r}; "
+                             f"tags with heads: {self.head_tags()}")
+        return found[-1]
+
+    def head_tags(self) -> list[str]:
+        return [n for n in self.bank.names if (h := self.head(n)) is not None
+                and h.has_parameters]
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str], tag: str | None = None, batch_size: int = 32,
+                max_length: int | None = None) -> np.ndarray:
+        """Head predictions for each text: (N, n_outputs) (class probabilities for
+        classification heads). ``tag`` defaults to the function tag found in the text."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, 1), dtype=np.float32)
+        tag = tag or self.function_tag_of(texts[0])
+        head = self.head(tag)
+        if head is None or not head.has_parameters:
+            raise ValueError(f"tag {tag} has no regression/classification head")
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
+        out = np.zeros((len(texts), head.num_outputs), dtype=np.float32)
+        for s in range(0, len(texts), batch_size):
+            idx = order[s:s + batch_size]
+            batch = self.encode([texts[i] for i in idx], max_length=max_length)
+            y = head.postprocess(self.head_outputs(batch, tag))
+            out[idx] = y.float().cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def generate(self, texts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
+                 do_sample: bool = False, **kwargs) -> list[str]:
+        """Greedy (by default) continuation of each text with the KV cache; left padding."""
+        results: list[str] = []
+        for s in range(0, len(texts), batch_size):
+            batch = self.encode(list(texts[s:s + batch_size]), side="left")
+            out = self.base.generate(
+                inputs_embeds=self.embed(batch.input_ids),
+                attention_mask=batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                pad_token_id=self.pad_id,
+                **kwargs,
+            )
+            results.extend(self.tokenizer.batch_decode(out, skip_special_tokens=True))
+        return results

@@ -1,0 +1,185 @@
+"""Tags in text and in embedding space.
+
+A tag such as ``<SMILES>`` is ``p`` learned vectors. Text is split at tag names; the text
+pieces are tokenised by the base tokenizer and each tag occurrence becomes ``p`` *virtual
+ids* ``>= vocab_rows`` (ids the base vocabulary can never produce). :meth:`TagBank.splice`
+turns a batch of ids into input embeddings in one vectorised step: base ids go through the
+frozen embedding layer, virtual ids index the concatenated tag table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tagllm.config import TagConfig
+
+TAG_RE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
+
+
+class UnknownTagError(ValueError):
+    """A tag name in the input that the model does not know."""
+
+
+class InputTooLongError(ValueError):
+    """An input longer than the allowed number of tokens (never truncated silently)."""
+
+
+class TagBank(nn.Module):
+    """All tags of a model: their configs and their ``(p, hidden)`` embedding parameters."""
+
+    def __init__(self, hidden_size: int, vocab_rows: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.vocab_rows = vocab_rows  # first virtual id
+        self.configs: dict[str, TagConfig] = {}
+        self.embeddings = nn.ParameterList()
+        self._index: dict[str, int] = {}
+        self._offsets: list[int] = []
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._index)
+
+    def add(self, config: TagConfig, init: torch.Tensor) -> None:
+        if config.name in self._index:
+            raise ValueError(f"tag {config.name} is already in the model")
+        if tuple(init.shape) != (config.num_tokens, self.hidden_size):
+            raise ValueError(
+                f"tag {config.name}: embedding shape {tuple(init.shape)} != "
+                f"({config.num_tokens}, {self.hidden_size})"
+            )
+        self._offsets.append(sum(int(p.shape[0]) for p in self.embeddings))
+        self._index[config.name] = len(self.embeddings)
+        self.configs[config.name] = config
+        self.embeddings.append(nn.Parameter(init.detach().clone().float()))
+
+    def parameter(self, name: str) -> nn.Parameter:
+        return self.embeddings[self._index[self.require(name)]]
+
+    def require(self, name: str) -> str:
+        if name not in self._index:
+            known = ", ".join(self.names) or "(none)"
+            raise UnknownTagError(f"unknown tag {name}; known tags: {known}")
+        return name
+
+    def virtual_ids(self, name: str) -> list[int]:
+        i = self._index[self.require(name)]
+        start = self.vocab_rows + self._offsets[i]
+        return list(range(start, start + self.configs[name].num_tokens))
+
+    def last_virtual_id(self, name: str) -> int:
+        return self.virtual_ids(name)[-1]
+
+    def table(self) -> torch.Tensor:
+        """All tag vectors stacked: (sum of p, H)."""
+        if not len(self.embeddings):
+            return torch.zeros(0, self.hidden_size)
+        return torch.cat(list(self.embeddings), dim=0)
+
+    def splice(self, input_ids: torch.Tensor, embed: nn.Module) -> torch.Tensor:
+        """Input embeddings for ids that mix base ids and virtual tag ids.
+
+        input_ids: (B, T) long. Returns (B, T, H) in the embedding layer's dtype.
+        """
+        is_tag = input_ids >= self.vocab_rows  # (B, T)
+        x = embed(input_ids.masked_fill(is_tag, 0))  # (B, T, H)
+        if not bool(is_tag.any()):
+            return x
+        table = self.table().to(device=x.device, dtype=x.dtype)  # (N, H)
+        tag_rows = (input_ids - self.vocab_rows).clamp(min=0, max=table.shape[0] - 1)
+        return torch.where(is_tag.unsqueeze(-1), table[tag_rows], x)  # (B, T, H)
+
+
+@dataclass
+class Encoded:
+    """One tokenised input: ids (base and virtual) and the tags it contains."""
+
+    ids: list[int]
+    tags: list[str]
+
+
+class TagTokenizer:
+    """Splits text at tag names and tokenises the pieces with the base tokenizer.
+
+    Whitespace around a tag is dropped: a tag is its own delimiter, so ``"<SMILES> CCO"``
+    and ``"<SMILES>CCO"`` encode the same. Leading special tokens that the base tokenizer
+    adds (a BOS token for Llama or Gemma) are kept at the start of every input.
+    """
+
+    def __init__(self, tokenizer, bank: TagBank, strict: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.bank = bank
+        self.strict = strict
+        with_special = tokenizer("a")["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        n = len(with_special) - len(plain)
+        self.prefix_ids: list[int] = list(with_special[:n]) if n > 0 and (
+            with_special[n:n + len(plain)] == plain) else []
+
+    def split(self, text: str) -> list[tuple[str, bool]]:
+        """(piece, is_tag) pairs; raises UnknownTagError for an unknown tag in strict mode."""
+        parts: list[tuple[str, bool]] = []
+        pos = 0
+        for m in TAG_RE.finditer(text):
+            name = m.group(0)
+            if name not in self.bank:
+                if self.strict:
+                    self.bank.require(name)
+                continue  # not a tag: left in the text piece
+            parts.append((text[pos:m.start()], False))
+            parts.append((name, True))
+            pos = m.end()
+        parts.append((text[pos:], False))
+        return parts
+
+    def encode(self, text: str, max_length: int | None = None, where: str = "") -> Encoded:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where or 'input'}: empty input text")
+        ids = list(self.prefix_ids)
+        tags: list[str] = []
+        for piece, is_tag in self.split(text):
+            if is_tag:
+                ids.extend(self.bank.virtual_ids(piece))
+                tags.append(piece)
+            elif piece.strip():
+                ids.extend(self.tokenizer(piece.strip(), add_special_tokens=False)["input_ids"])
+        if max_length is not None and len(ids) > max_length:
+            raise InputTooLongError(
+                f"{where or 'input'}: {len(ids)} tokens > max_length {max_length} "
+                "(inputs are never truncated silently; raise max_length or shorten the input)"
+            )
+        return Encoded(ids, tags)
+
+    def encode_batch(
+        self, texts: Sequence[str], max_length: int | None = None, where: str = "input"
+    ) -> list[Encoded]:
+        return [self.encode(t, max_length, where=f"{where} {i}") for i, t in enumerate(texts)]
+
+
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad id lists into (input_ids, attention_mask, position_ids), each (B, T)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        else:
+            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, T - len(s):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
