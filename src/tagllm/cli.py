@@ -23,6 +23,24 @@ def _log(msg: str) -> None:
     err.print(f"[dim]{msg}[/dim]", highlight=False)
 
 
+def tag_dirs(spec: str | None) -> list[Path]:
+    """Comma-separated tag folders; a folder of tag folders stands for all of them."""
+    from tagllm.serialization import META
+
+    dirs: list[Path] = []
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        p = Path(part.strip())
+        if p.is_dir() and not (p / META).exists():
+            subs = sorted(d for d in p.iterdir() if (d / META).is_file())
+            if subs:
+                dirs.extend(subs)
+                continue
+        dirs.append(p)
+    return dirs
+
+
 def demo(
     model: str = "smollm2",
     out: str = "runs/qed-demo",
@@ -73,7 +91,7 @@ def train(
     label: str | None = None,
     num_outputs: int = 1,
     num_tokens: int = 10,
-    load: list[str] | None = None,
+    load: str | None = None,
     model: str = "smollm2",
     n_examples: int | None = None,
     steps: int = 100,
@@ -106,7 +124,7 @@ def train(
         label: the label column (required with a head).
         num_outputs: regression outputs or number of classes.
         num_tokens: p, the number of vectors of the tag.
-        load: tag folders to load, frozen (e.g. the stage-1 domain tags).
+        load: tag folders to load, frozen, comma-separated (e.g. the stage-1 domain tags).
         model: base model: embedded short name (smollm2), Hugging Face id or local folder.
         n_examples: use a seeded random sample of this many rows.
         steps: optimizer steps.
@@ -137,7 +155,7 @@ def train(
     table, skipped = load_source(data, n_examples, seed, label=label if head != "none" else None,
                                  skip_invalid=skip_invalid, progress=progress)
     _report_skipped(skipped)
-    m = TaggedModel.from_pretrained(model, tags=load or [])
+    m = TaggedModel.from_pretrained(model, tags=tag_dirs(load))
     m.add_tag(cfg, seed=seed)
     texts = table.render(template)
     targets = labels_of(table, label) if head != "none" else None
@@ -159,7 +177,7 @@ def _report_skipped(skipped: list[str]) -> None:
 
 
 def predict(
-    tags: list[str],
+    tags: str,
     input: str,
     output: str,
     template: str = "<SMILES> {smiles} <QED>",
@@ -176,7 +194,7 @@ def predict(
     (several outputs) or `prob_K` (class probabilities). It is written atomically.
 
     Args:
-        tags: tag folders to load (domain and function tags).
+        tags: tag folders to load, comma-separated, or a folder of tag folders.
         input: CSV/TSV (with a header) or .smi file.
         output: CSV file to write.
         template: input text per row, with {column} placeholders.
@@ -193,7 +211,7 @@ def predict(
 
     table, skipped = load_source(input, skip_invalid=skip_invalid, progress=progress)
     _report_skipped(skipped)
-    m = TaggedModel.from_pretrained(model, tags=tags)
+    m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
     texts = table.render(template)
     tag = tag or m.function_tag_of(texts[0])
     head = m.head(tag)
@@ -224,7 +242,7 @@ def predict(
 
 
 def evaluate(
-    tags: list[str],
+    tags: str,
     data: str,
     label: str,
     template: str = "<SMILES> {smiles} <QED>",
@@ -245,7 +263,7 @@ def evaluate(
     training-mean predictor fitted on that data, for molecule inputs (a `smiles` column).
 
     Args:
-        tags: tag folders to load.
+        tags: tag folders to load, comma-separated, or a folder of tag folders.
         data: labelled CSV/TSV, or moses:test.
         label: the label column.
         template: input text per row, with {column} placeholders.
@@ -268,7 +286,7 @@ def evaluate(
     table, skipped = load_source(data, n_examples, seed, label=label, skip_invalid=skip_invalid,
                                  progress=progress)
     _report_skipped(skipped)
-    m = TaggedModel.from_pretrained(model, tags=tags)
+    m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
     texts = table.render(template)
     y = labels_of(table, label)
     tag = tag or m.function_tag_of(texts[0])
@@ -289,31 +307,29 @@ def evaluate(
 
 
 def generate(
-    prompt: list[str],
-    tags: list[str] | None = None,
+    prompt: str,
+    tags: str | None = None,
     model: str = "smollm2",
     max_new_tokens: int = 64,
-    batch_size: int = 16,
 ) -> None:
-    """Continue each prompt greedily with the frozen LM head (KV cache), tags spliced in.
+    """Continue a prompt greedily with the frozen LM head (KV cache), tags spliced in.
 
     Args:
-        prompt: one or more input texts, which may contain loaded tags.
-        tags: tag folders to load.
+        prompt: the input text, which may contain loaded tags.
+        tags: tag folders to load, comma-separated, or a folder of tag folders.
         model: base model the tags were trained for.
-        max_new_tokens: tokens to generate per prompt.
-        batch_size: prompts per batch (left-padded).
+        max_new_tokens: tokens to generate.
     """
     from tagllm.model import TaggedModel
 
-    m = TaggedModel.from_pretrained(model, tags=tags or [])
-    for p, text in zip(prompt, m.generate(prompt, max_new_tokens, batch_size), strict=True):
-        console.print(f"[bold]{p}[/bold]", highlight=False)
-        console.print(text, highlight=False, markup=False)
+    m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
+    console.print(m.generate([prompt], max_new_tokens)[0], highlight=False, markup=False)
 
 
 def inspect(tagdir: str, model: str | None = None) -> None:
     """Show a tag folder: tag.json, tensor shapes, base model, and verify it.
+
+    Usage: tagllm inspect TAGDIR [--model MODEL]
 
     The files are always verified (schema, checksum, shapes, finite values). With --model
     the base model is loaded and the tag's embedding fingerprint is checked against it.
@@ -357,12 +373,15 @@ def main(argv: list[str] | None = None) -> None:
     from tagllm.serialization import TagFileError
     from tagllm.tags import InputTooLongError, UnknownTagError
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 and args[0] == "inspect" and not args[1].startswith("-"):
+        args.insert(1, "--tagdir")  # `tagllm inspect TAGDIR`
     try:
-        CLI(COMMANDS, args=argv, as_positional=False,
+        CLI(COMMANDS, args=args, as_positional=False,
             description="tagllm: learned input tags for a frozen causal LM (Tag-LLM)")
     except (DataError, TagFileError, UnknownTagError, InputTooLongError, ValueError,
             FileNotFoundError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -143,7 +143,7 @@ def validate_rows(
             except ValueError as e:
                 msg = f"{table.where(i)}: column {col!r}: {e}"
                 if not skip_invalid:
-                    raise DataError(msg + " (use --skip-invalid to drop such rows)") from None
+                    raise DataError(msg + " (use --skip_invalid to drop such rows)") from None
                 problems.append(msg)
                 ok = False
                 break

@@ -1,0 +1,25 @@
+# The two entry points of the README. Both set up .venv first (idempotent: a second
+# run reuses the environment and the caches under $TAGLLM_HOME, default ~/.cache/tagllm).
+.PHONY: setup demo test test-fast lint
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+setup:
+	@bash scripts/setup.sh
+
+# The QED pipeline end to end on the embedded defaults (stage 1, stage 2, test table).
+demo: setup
+	.venv/bin/tagllm demo
+
+# Lint, then every test, the slow ones on the real default model included.
+test: setup
+	.venv/bin/ruff check src tests
+	.venv/bin/python -m pytest -m "slow or not slow"
+
+# Tiny-model tests only (seconds).
+test-fast: setup
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check src tests

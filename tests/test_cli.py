@@ -1,0 +1,93 @@
+"""The CLI end to end on a tiny local model: train (2 stages), predict, evaluate, inspect."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tagllm.cli import main
+
+from tiny import save_tiny
+
+SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "OCCO", "c1ccncc1", "CC(C)O",
+          "CCOC", "C1CCCCC1", "CN(C)C", "O=C=O"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    p = tmp_path / "mols.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["smiles", "y"])
+        for i, s in enumerate(SMILES):
+            w.writerow([s, len(s) / 10 + (i % 3) * 0.1])
+    return p
+
+
+def _train_two_stages(tmp_path, model, data):
+    common = ["--model", str(model), "--steps", "3", "--batch_size", "4", "--progress", "false"]
+    main(["train", "--tag", "<SMILES>", "--data", str(data), "--template", "<SMILES> {smiles}",
+          "--out", str(tmp_path / "S"), "--num_tokens", "3", *common])
+    main(["train", "--tag", "<QED>", "--kind", "function", "--head", "regression",
+          "--label", "y", "--data", str(data), "--template", "<SMILES> {smiles} <QED>",
+          "--load", str(tmp_path / "S"), "--out", str(tmp_path / "Q"), "--num_tokens", "2",
+          *common])
+
+
+def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
+    _train_two_stages(tmp_path, tiny_model_dir, data)
+    meta = json.loads((tmp_path / "Q" / "tag.json").read_text())
+    assert meta["trained_with"].keys() == {"<SMILES>"}
+    assert meta["provenance"]["n_examples"] == len(SMILES)
+
+    out = tmp_path / "pred.csv"
+    tags = ["--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}"]
+    main(["predict", *tags, "--input", str(data), "--output", str(out), "--model",
+          str(tiny_model_dir), "--progress", "false"])
+    rows = list(csv.DictReader(open(out)))
+    assert [r["smiles"] for r in rows] == SMILES
+    assert all(float(r["prediction"]) == float(r["prediction"]) for r in rows)
+
+    js = tmp_path / "m.json"
+    main(["evaluate", "--tags", str(tmp_path), "--data", str(data), "--label", "y", "--model",
+          str(tiny_model_dir), "--json_out", str(js), "--progress", "false"])
+    metrics = json.loads(js.read_text())["tags (<QED>)"]
+    assert set(metrics) == {"mse", "mae", "pearson", "spearman"}
+
+    capsys.readouterr()
+    main(["inspect", str(tmp_path / "Q"), "--model", str(tiny_model_dir)])
+    text = capsys.readouterr().out
+    assert "files verified" in text and "fingerprint matches" in text
+    assert "tensor embedding: (2, 32)" in text and "tensor head.linear.weight: (1, 32)" in text
+
+    main(["generate", "--prompt", "<SMILES> CC", "--tags", str(tmp_path / "S"), "--model",
+          str(tiny_model_dir), "--max_new_tokens", "4"])
+
+
+def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys):
+    _train_two_stages(tmp_path, tiny_model_dir, data)
+    other = tmp_path / "other-model"
+    save_tiny(other, "qwen2")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--tags", str(tmp_path / "S"), "--input", str(data), "--output",
+              str(tmp_path / "p.csv"), "--model", str(other), "--progress", "false"])
+    assert e.value.code == 2
+    assert "was trained for base model" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as e:  # template names a tag that is not loaded
+        main(["predict", "--tags", str(tmp_path / "S"), "--input", str(data), "--output",
+              str(tmp_path / "p.csv"), "--model", str(tiny_model_dir), "--progress", "false"])
+    assert e.value.code == 2
+    assert "unknown tag <QED>; known tags: <SMILES>" in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "p.csv").exists()
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("smiles,y\nCCO,1\nnot_a_smiles,2\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--tag", "<X>", "--data", str(bad), "--template", "{smiles}",
+              "--out", str(tmp_path / "X"), "--model", str(tiny_model_dir)])
+    assert "bad.csv row 2: column 'smiles': invalid SMILES" in \
+        capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "X").exists()

@@ -1,0 +1,147 @@
+"""Training touches only tags and heads; the base model stays bit-identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tagllm import HeadConfig, TagConfig, TrainConfig
+from tagllm.train import fit_tag, length_bucketed_batches
+
+from tiny import tiny_tagged
+
+TEXTS = ["CCO", "c1ccccc1", "CC(=O)O", "CCN(CC)CC", "OCC(O)CO", "C#N", "CCCCCC", "CSC"]
+
+
+def _base_state(m) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.base.state_dict().items()}
+
+
+def test_base_bit_identical_and_only_tag_and_head_get_gradients(arch):
+    m = tiny_tagged(arch)
+    m.add_tag(TagConfig("<S>", num_tokens=4))
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=3, head=HeadConfig("regression")))
+    before = _base_state(m)
+    s_before = m.bank.parameter("<S>").detach().clone()
+
+    # One manual step: gradients reach exactly <Q> and its head.
+    m.set_trainable(["<Q>"])
+    batch = m.encode([f"<S> {t} <Q>" for t in TEXTS[:4]])
+    m.head_loss(batch, "<Q>", torch.arange(4.0)).backward()
+    with_grad = {n for n, p in m.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, p in m.named_parameters()
+                         if n.startswith("heads.Q.") or p is m.bank.parameter("<Q>")}
+    assert all(p.grad is None for p in m.base.parameters())
+    m.zero_grad(set_to_none=True)
+
+    q_before = m.bank.parameter("<Q>").detach().clone()
+    y = np.linspace(0.0, 1.0, len(TEXTS))
+    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup_steps=1, seed=0)
+    fit_tag(m, "<Q>", [f"<S> {t} <Q>" for t in TEXTS], y, cfg=cfg, progress=False,
+            log=lambda s: None)
+    after = _base_state(m)
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"base parameter {k} changed"
+    assert torch.equal(m.bank.parameter("<S>"), s_before), "a frozen tag changed"
+    assert not torch.equal(m.bank.parameter("<Q>"), q_before), "the trained tag did not move"
+    assert all(not p.requires_grad for p in m.base.parameters())
+
+
+def test_stage1_lm_training_lowers_loss():
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<S>", num_tokens=4))
+    texts = [f"<S> {t}" for t in TEXTS]
+    before = _base_state(m)
+    with torch.no_grad():
+        loss0 = float(m.lm_loss(m.encode(texts)))
+    cfg = TrainConfig(steps=40, batch_size=8, lr=5e-2, warmup_steps=2)
+    res = fit_tag(m, "<S>", texts, cfg=cfg, progress=False, log=lambda s: None)
+    with torch.no_grad():
+        loss1 = float(m.lm_loss(m.encode(texts)))
+    assert loss1 < loss0 - 0.05, (loss0, loss1)
+    assert len(res.losses) == 40
+    for k, v in m.base.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_lm_loss_ignores_tag_positions_and_padding():
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<S>", num_tokens=4))
+    with torch.no_grad():
+        alone = float(m.lm_loss(m.encode(["<S> CCO"])))
+        padded = m.encode(["<S> CCO", "<S> CCCCCCCCCCCCCCCCCCC"])
+        hidden = m.hidden_states(padded)
+        # recompute row 0's loss by hand from the padded batch
+        n = int(padded.attention_mask[0].sum())
+        logits = m.logits(hidden[0, : n - 1])
+        tgt = padded.input_ids[0, 1:n]
+        keep = tgt < m.bank.vocab_rows
+        by_hand = float(torch.nn.functional.cross_entropy(logits[keep], tgt[keep]))
+    assert alone == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_warm_start_fits_a_learnable_target():
+    """The closed-form head fit recovers a target that is linear in the features."""
+    m = tiny_tagged("llama", hidden=48)
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("CNOcn()=#123"), size=rng.integers(3, 12)))
+             for _ in range(200)]
+    texts = [f"{t} <Q>" for t in texts]
+    with torch.no_grad():
+        feats = m.tag_features(m.encode(texts), "<Q>").numpy()
+    y = feats @ rng.normal(size=feats.shape[1]) * 0.1 + 3.0
+    cfg = TrainConfig(steps=1, batch_size=16, lr=1e-6, head_lr=1e-6, warmup_steps=0,
+                      ridge_alpha=1e-4, warm_start_examples=200)
+    res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+    pred = m.predict(texts, tag="<Q>")[:, 0]
+    assert res.warm_start["examples"] == 200
+    assert np.corrcoef(pred, y)[0, 1] > 0.99
+
+
+def test_classification_head_trains():
+    m = tiny_tagged("qwen2")
+    m.add_tag(TagConfig("<K>", kind="function", num_tokens=2,
+                        head=HeadConfig("classification", num_outputs=2)))
+    texts = [f"{'C' * k} <K>" for k in range(1, 21)] + [f"{'O' * k} <K>" for k in range(1, 21)]
+    y = np.array([0] * 20 + [1] * 20)
+    cfg = TrainConfig(steps=30, batch_size=8, lr=1e-2, head_lr=1e-2, warmup_steps=2)
+    fit_tag(m, "<K>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+    prob = m.predict(texts, tag="<K>")
+    assert prob.shape == (40, 2) and np.allclose(prob.sum(1), 1.0, atol=1e-5)
+    assert (prob.argmax(1) == y).mean() >= 0.9
+
+
+def test_supervised_tag_needs_targets():
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", head=HeadConfig("regression")))
+    with pytest.raises(ValueError, match="needs targets"):
+        fit_tag(m, "<Q>", ["CC <Q>"], None, progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_tag(m, "<Q>", ["CC <Q>"], np.array([np.nan]), progress=False)
+    with pytest.raises(ValueError, match="do not contain the function tag <Q>"):
+        fit_tag(m, "<Q>", ["CC"], np.array([1.0]), progress=False)
+
+
+def test_length_bucketed_batches_cover_every_example_each_epoch():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11, 12]
+    gen = length_bucketed_batches(lengths, 4, seed=0, bucket=2)
+    seen = [i for _ in range(3) for i in next(gen)]
+    assert sorted(seen) == list(range(12))
+
+
+@torch.no_grad()
+def test_batched_generation_equals_one_at_a_time_and_plain_generate(arch):
+    m = tiny_tagged(arch)
+    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"))
+    prompts = ["<S> CC", "abc", "<S> a longer prompt <S> x"]
+    batched = m.generate(prompts, max_new_tokens=6, batch_size=3)
+    single = [m.generate([p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+    # Without tags, the same as the base model's own generate on the same ids.
+    ids = m.encode(["abc"]).input_ids
+    plain = m.base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                            do_sample=False, pad_token_id=m.pad_id)
+    assert m.tokenizer.decode(plain[0, ids.shape[1]:], skip_special_tokens=True) == single[1]
