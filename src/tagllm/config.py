@@ -132,6 +132,15 @@ class TrainConfig:
     )
     ridge_alpha: float = field(default=1.0, metadata={"help": "ridge penalty of the warm start"})
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
+    frozen_prefix: bool = field(
+        default=True,
+        metadata={"help": "for function tags with a head: run the frozen prefix once without "
+                          "gradients and back-propagate only through the tag (same gradients)"},
+    )
+    prefix_cache_gb: float = field(
+        default=4.0,
+        metadata={"help": "memory for prefix key/values kept across epochs; 0 = recompute"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "warm_start_examples", "log_every"):
@@ -143,6 +152,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "TrainConfig", "weight_decay", "must be >= 0")
         _check(self.max_grad_norm >= 0, "TrainConfig", "max_grad_norm", "must be >= 0")
         _check(self.ridge_alpha >= 0, "TrainConfig", "ridge_alpha", "must be >= 0")
+        _check(self.prefix_cache_gb >= 0, "TrainConfig", "prefix_cache_gb", "must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,6 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 from tagllm.config import TrainConfig
 from tagllm.heads import ClassificationHead, RegressionHead
 from tagllm.model import Batch, TaggedModel
+from tagllm.prefix import FrozenPrefix
 from tagllm.progress import bar, track
 from tagllm.tags import pad_batch
 
@@ -62,16 +63,27 @@ def _batch(model: TaggedModel, ids: Sequence[Sequence[int]]) -> Batch:
     return Batch(*pad_batch(ids, model.pad_id)).to(model.device)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def tag_features(model: TaggedModel, tag: str, ids: Sequence[Sequence[int]],
-                 batch_size: int = 32, progress: bool = True) -> torch.Tensor:
-    """(N, H) frozen features at ``tag``'s last vector for pre-encoded inputs."""
+                 batch_size: int = 32, progress: bool = True,
+                 prefix: FrozenPrefix | None = None,
+                 keys: Sequence[int] | None = None) -> torch.Tensor:
+    """(N, H) frozen features at ``tag``'s last vector for pre-encoded inputs.
+
+    With ``prefix`` the features come through the frozen-prefix path, which also fills its
+    cross-epoch cache (``keys`` name the examples there).
+    """
+    keys = list(range(len(ids))) if keys is None else list(keys)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     feats = torch.zeros(len(ids), model.hidden_size)
     starts = range(0, len(ids), batch_size)
     for s in track(starts, f"features for the {tag} warm start", progress, unit="batch"):
         idx = order[s:s + batch_size]
-        feats[idx] = model.tag_features(_batch(model, [ids[i] for i in idx]), tag).cpu()
+        if prefix is not None:
+            f = prefix.tag_features([keys[i] for i in idx], [ids[i] for i in idx], tag)
+        else:
+            f = model.tag_features(_batch(model, [ids[i] for i in idx]), tag)
+        feats[idx] = f.cpu()
     return feats
 
 
@@ -135,8 +147,14 @@ def fit_tag(
             raise ValueError(f"{len(ids)} texts but {len(y_all)} targets")
         if not torch.isfinite(y_all).all():
             raise ValueError("targets contain NaN or infinite values")
+        if isinstance(head, RegressionHead) and y_all.numel() != len(ids) * head.num_outputs:
+            raise ValueError(f"targets of shape {tuple(y_all.shape)} for {len(ids)} texts and a "
+                             f"head with {head.num_outputs} output(s)")
         model.head_positions(_batch(model, ids[:1]).input_ids, tag)  # the tag is present
     warm = None
+    prefix = None
+    if supervised and cfg.frozen_prefix:
+        prefix = FrozenPrefix(model, [tag], budget_bytes=cfg.prefix_cache_gb * 1e9)
     if supervised and isinstance(head, RegressionHead):
         y2 = y_all.view(len(ids), -1)
         with torch.no_grad():
@@ -146,7 +164,8 @@ def fit_tag(
         rng = np.random.default_rng(cfg.seed)
         sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
         t0 = time.perf_counter()
-        feats = tag_features(model, tag, [ids[i] for i in sub], cfg.batch_size, progress)
+        feats = tag_features(model, tag, [ids[i] for i in sub], cfg.batch_size, progress,
+                             prefix=prefix, keys=sub)
         warm = warm_start_head(model, tag, feats, y_all[sub].numpy(), cfg.ridge_alpha)
         warm["seconds"] = round(time.perf_counter() - t0, 2)
         log(f"warm start of the {tag} head: ridge on {warm['examples']} frozen feature "
@@ -166,11 +185,13 @@ def fit_tag(
     pbar = bar(cfg.steps, f"training {tag}", progress, unit="step")
     for step in range(1, cfg.steps + 1):
         idx = next(batches)
-        batch = _batch(model, [ids[i] for i in idx])
-        if supervised:
-            loss = model.head_loss(batch, tag, y_all[idx])
+        if prefix is not None:
+            feats = prefix.tag_features(idx, [ids[i] for i in idx], tag)
+            loss = head.loss(head(feats), y_all[idx].to(model.device))
+        elif supervised:
+            loss = model.head_loss(_batch(model, [ids[i] for i in idx]), tag, y_all[idx])
         else:
-            loss = model.lm_loss(batch)
+            loss = model.lm_loss(_batch(model, [ids[i] for i in idx]))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training {tag}: loss is {loss.item()} at step {step}")
         loss.backward()
@@ -187,4 +208,7 @@ def fit_tag(
                 f"({time.perf_counter() - t0:.0f} s)")
     pbar.close()
     model.set_trainable([])
+    if prefix is not None:
+        log(f"frozen prefix: {prefix.hits} cached / {prefix.misses} computed prefixes, "
+            f"{prefix.used / 1e9:.2f} GB kept")
     return TrainResult(cfg.steps, time.perf_counter() - t0, losses, warm)

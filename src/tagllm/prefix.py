@@ -1,0 +1,142 @@
+"""Frozen-prefix training for function tags.
+
+In stages 2 and 3 everything before the first trainable tag of an input is frozen
+(``<SMILES> CCO <QED>``: the domain tag and the data are fixed), so the prefix's key/value
+cache is a constant. The prefix runs once without gradients; forward and backward then run
+only over the suffix (the function tag's ``p`` vectors and whatever follows), attending to
+the cached prefix. The gradients equal those of a full-sequence pass (tested to float
+tolerance). Prefix key/values can be kept across epochs within a memory budget, so later
+epochs skip the prefix entirely.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from tagllm.model import TaggedModel
+from tagllm.tags import pad_batch
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (kv_heads, T, head_dim) each
+
+
+def _cache_arg(module: torch.nn.Module) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out):
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
+def split_point(ids: Sequence[int], trainable_ids: set[int]) -> int:
+    """Index of the first token that belongs to a trainable tag (len(ids) if none)."""
+    for i, t in enumerate(ids):
+        if t in trainable_ids:
+            return i
+    return len(ids)
+
+
+class FrozenPrefix:
+    """Computes, caches and re-uses the key/values of the frozen prefix of each example."""
+
+    def __init__(self, model: TaggedModel, trainable_tags: Sequence[str],
+                 budget_bytes: float = 4e9, dtype: torch.dtype = torch.float32) -> None:
+        self.model = model
+        self.trainable_ids = {v for t in trainable_tags for v in model.bank.virtual_ids(t)}
+        self.budget = budget_bytes
+        self.dtype = dtype
+        self.used = 0.0
+        self.store: dict[int, KV] = {}
+        self.hits = 0
+        self.misses = 0
+        self._arg = _cache_arg(model.base.base_model)
+
+    def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        cut = split_point(ids, self.trainable_ids)
+        return list(ids[:cut]), list(ids[cut:])
+
+    @torch.no_grad()
+    def _compute(self, prefixes: Sequence[Sequence[int]]) -> list[KV]:
+        m = self.model
+        input_ids, mask, pos = pad_batch(prefixes, m.pad_id)
+        dev = m.device
+        out = m.base.base_model(inputs_embeds=m.embed(input_ids.to(dev)),
+                                attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                                use_cache=True)
+        cache = _out_cache(out)
+        per_example: list[KV] = []
+        for i, p in enumerate(prefixes):
+            n = len(p)
+            per_example.append([(layer.keys[i, :, :n].to(self.dtype).clone(),
+                                 layer.values[i, :, :n].to(self.dtype).clone())
+                                for layer in cache.layers])
+        return per_example
+
+    def get(self, keys: Sequence[int], prefixes: Sequence[Sequence[int]]) -> list[KV]:
+        """Key/values for each example; ``keys`` identify examples for the cross-epoch store."""
+        missing = [j for j, k in enumerate(keys) if k not in self.store]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh = dict(zip(missing, self._compute([prefixes[j] for j in missing]), strict=True)) \
+            if missing else {}
+        result = []
+        for j, k in enumerate(keys):
+            kv = self.store.get(k) or fresh[j]
+            if k not in self.store and self.budget > 0:
+                size = sum(t.numel() * t.element_size() for pair in kv for t in pair)
+                if self.used + size <= self.budget:
+                    self.store[k] = kv
+                    self.used += size
+            result.append(kv)
+        return result
+
+    def suffix_hidden(self, kvs: Sequence[KV], prefix_lens: Sequence[int],
+                      suffixes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden (B, Ts, H), suffix ids (B, Ts)) of the suffixes attending to the prefixes."""
+        from transformers import DynamicCache
+
+        m = self.model
+        dev = m.device
+        dtype = m.base.get_input_embeddings().weight.dtype
+        B, Tp = len(kvs), max(prefix_lens)
+        layers = []
+        for li in range(len(kvs[0])):
+            k0, _ = kvs[0][li]
+            K = k0.new_zeros((B, k0.shape[0], Tp, k0.shape[2]), dtype=dtype, device=dev)
+            V = torch.zeros_like(K)
+            for i, kv in enumerate(kvs):
+                n = prefix_lens[i]
+                K[i, :, :n] = kv[li][0]
+                V[i, :, :n] = kv[li][1]
+            layers.append((K, V))  # (B, kv_heads, Tp, head_dim)
+        cache = DynamicCache(ddp_cache_data=layers, config=m.base.config)
+        suf_ids, suf_mask, _ = pad_batch(suffixes, m.pad_id)
+        pre_mask = (torch.arange(Tp)[None] < torch.tensor(prefix_lens)[:, None]).long()
+        mask = torch.cat([pre_mask, suf_mask], dim=1)  # (B, Tp + Ts)
+        pos = torch.tensor(prefix_lens)[:, None] + torch.arange(suf_ids.shape[1])[None]
+        out = m.base.base_model(inputs_embeds=m.embed(suf_ids.to(dev)),
+                                attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                                use_cache=True, **{self._arg: cache})
+        return out.last_hidden_state, suf_ids.to(dev)
+
+    def tag_features(self, keys: Sequence[int], ids: Sequence[Sequence[int]],
+                     tag: str) -> torch.Tensor:
+        """(B, H) float32 hidden states at ``tag``'s last vector via the cached prefix.
+
+        Falls back to a full-sequence pass for a batch where some input has no prefix.
+        """
+        m = self.model
+        parts = [self.split(s) for s in ids]
+        if any(not p for p, _ in parts):
+            from tagllm.model import Batch
+
+            batch = Batch(*pad_batch(ids, m.pad_id)).to(m.device)
+            return m.tag_features(batch, tag)
+        kvs = self.get(keys, [p for p, _ in parts])
+        hidden, suf_ids = self.suffix_hidden(kvs, [len(p) for p, _ in parts],
+                                             [s for _, s in parts])
+        pos = m.head_positions(suf_ids, tag)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos].float()

@@ -1,0 +1,73 @@
+"""Frozen-prefix training gives the gradients of a full-sequence pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tagllm import HeadConfig, TagConfig, TrainConfig
+from tagllm.prefix import FrozenPrefix
+from tagllm.train import fit_tag
+
+from tiny import tiny_tagged
+
+TEXTS = ["<S> CCO <Q>", "<S> c1ccccc1CCN(C)C <Q>", "<S> O <Q>", "<S> CC(=O)Oc1ccccc1 <Q> x"]
+
+
+def _model(arch: str, n_out: int = 2):
+    m = tiny_tagged(arch)
+    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"), seed=1)
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, init="random",
+                        head=HeadConfig("regression", num_outputs=n_out)), seed=2)
+    with torch.no_grad():
+        m.heads["Q"].linear.weight.normal_()
+    m.set_trainable(["<Q>"])
+    return m
+
+
+def _grads(m):
+    return [p.grad.detach().clone() for p in m.trainable_parameters()]
+
+
+def test_prefix_gradients_equal_full_sequence(arch):
+    m = _model(arch)
+    y = torch.randn(len(TEXTS), 2)
+    head = m.head("<Q>")
+    full = m.encode(TEXTS)  # right-padded: rows have different lengths
+    assert int(full.attention_mask.sum(1).min()) < full.input_ids.shape[1]
+    head.loss(m.head_outputs(full, "<Q>"), y).backward()
+    want = _grads(m)
+    m.zero_grad(set_to_none=True)
+
+    fp = FrozenPrefix(m, ["<Q>"])
+    ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
+    for _ in range(2):  # first pass computes prefixes, second uses the cross-epoch store
+        head.loss(head(fp.tag_features(range(len(ids)), ids, "<Q>")), y).backward()
+        got = _grads(m)
+        m.zero_grad(set_to_none=True)
+        assert len(got) == len(want) == 3  # tag embedding, head weight, head bias
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    assert fp.misses == len(TEXTS) and fp.hits == len(TEXTS)
+
+
+def test_prefix_budget_zero_keeps_nothing():
+    m = _model("llama")
+    fp = FrozenPrefix(m, ["<Q>"], budget_bytes=0)
+    ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
+    with torch.no_grad():
+        fp.tag_features(range(4), ids, "<Q>")
+        fp.tag_features(range(4), ids, "<Q>")
+    assert fp.hits == 0 and fp.misses == 8 and fp.used == 0
+
+
+def test_fit_with_and_without_frozen_prefix_agree():
+    y = np.array([0.1, 0.5, 0.9, 0.3])
+    results = []
+    for frozen in (True, False):
+        m = _model("llama", n_out=1)
+        cfg = TrainConfig(steps=5, batch_size=2, lr=1e-2, warmup_steps=1, seed=0,
+                          frozen_prefix=frozen, warm_start_examples=4)
+        fit_tag(m, "<Q>", TEXTS, y, cfg=cfg, progress=False, log=lambda s: None)
+        results.append(m.predict(TEXTS, tag="<Q>"))
+    np.testing.assert_allclose(results[0], results[1], atol=1e-4)
