@@ -103,10 +103,15 @@ def resolve_model_path(name_or_path: str) -> tuple[str, str]:
 def load_backbone(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, name) with the model in eval mode and every weight frozen."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path, name = resolve_model_path(name_or_path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+    hf_logging.disable_progress_bar()  # a one-second load needs no bar
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+    finally:
+        hf_logging.enable_progress_bar()
     model.eval()
     model.requires_grad_(False)
     return model, tok, name

@@ -46,11 +46,12 @@ def demo(
     out: str = "runs/qed-demo",
     stage1_examples: int = 2000,
     stage1_steps: int = 40,
-    train_examples: int = 3000,
-    stage2_steps: int = 60,
+    train_examples: int = 4000,
+    stage2_steps: int = 200,
     test_examples: int = 1000,
     num_tokens: int = 10,
     seed: int = 0,
+    ablation: bool = True,
     progress: bool = True,
 ) -> None:
     """Run the QED pipeline end to end: stage 1 <SMILES>, stage 2 <QED>, test evaluation.
@@ -61,10 +62,12 @@ def demo(
         stage1_examples: MOSES training molecules for the <SMILES> domain tag.
         stage1_steps: optimizer steps of stage 1 (batch 16).
         train_examples: MOSES training molecules with QED labels for stage 2.
-        stage2_steps: optimizer steps of stage 2 (batch 32), after the closed-form warm start.
+        stage2_steps: optimizer steps of stage 2 (batch 32), after the closed-form warm start
+            of the head (ridge on the frozen features of all training molecules).
         test_examples: molecules sampled from MOSES's test file.
         num_tokens: p, vectors per tag.
         seed: random seed (data samples, initialisation, batches).
+        ablation: also evaluate the untrained <QED> tag with its closed-form head.
         progress: show progress bars.
     """
     from tagllm.demo import QEDDemoConfig, results_table, run_qed_demo
@@ -72,7 +75,8 @@ def demo(
     cfg = QEDDemoConfig(model=model, out=out, stage1_examples=stage1_examples,
                         stage1_steps=stage1_steps, train_examples=train_examples,
                         stage2_steps=stage2_steps, test_examples=test_examples,
-                        num_tokens=num_tokens, seed=seed, progress=progress)
+                        num_tokens=num_tokens, seed=seed, ablation=ablation,
+                        progress=progress)
     summary = run_qed_demo(cfg, log=_log)
     console.print(results_table(
         summary["results"],
@@ -222,7 +226,7 @@ def predict(
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    chunk = 4096  # stream: predict and write chunk by chunk
+    chunk = 32 * batch_size  # stream: predict and write chunk by chunk
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
@@ -290,7 +294,7 @@ def evaluate(
     texts = table.render(template)
     y = labels_of(table, label)
     tag = tag or m.function_tag_of(texts[0])
-    pred = m.predict(texts, tag=tag, batch_size=batch_size)[:, 0]
+    pred = m.predict(texts, tag=tag, batch_size=batch_size, progress=progress)[:, 0]
     results = {f"tags ({tag})": regression_metrics(y, pred)}
     if baseline_train:
         train_t, _ = load_source(baseline_train, baseline_examples, seed, label=label,

@@ -227,7 +227,7 @@ class TaggedModel(nn.Module):
 
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], tag: str | None = None, batch_size: int = 32,
-                max_length: int | None = None) -> np.ndarray:
+                max_length: int | None = None, progress: bool = False) -> np.ndarray:
         """Head predictions for each text: (N, n_outputs) (class probabilities for
         classification heads). ``tag`` defaults to the function tag found in the text."""
         texts = list(texts)
@@ -239,7 +239,10 @@ class TaggedModel(nn.Module):
             raise ValueError(f"tag {tag} has no regression/classification head")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
         out = np.zeros((len(texts), head.num_outputs), dtype=np.float32)
-        for s in range(0, len(texts), batch_size):
+        from tagllm.progress import track
+
+        starts = range(0, len(texts), batch_size)
+        for s in track(starts, f"predicting with {tag}", progress, unit="batch"):
             idx = order[s:s + batch_size]
             batch = self.encode([texts[i] for i in idx], max_length=max_length)
             y = head.postprocess(self.head_outputs(batch, tag))

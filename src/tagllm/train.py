@@ -131,8 +131,13 @@ def fit_tag(
     cfg: TrainConfig | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    after_warm_start: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train tag ``tag`` (and its head) on ``texts``; every other parameter stays frozen."""
+    """Train tag ``tag`` (and its head) on ``texts``; every other parameter stays frozen.
+
+    ``after_warm_start`` is called once the head has its closed-form fit and before the
+    first gradient step (e.g. to evaluate "tags at initialisation + fitted head").
+    """
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
     model.set_trainable([tag])
@@ -171,6 +176,9 @@ def fit_tag(
         log(f"warm start of the {tag} head: ridge on {warm['examples']} frozen feature "
             f"vectors (alpha {warm['alpha']:.3g}) in {warm['seconds']} s")
 
+    if after_warm_start is not None:
+        after_warm_start()
+        model.set_trainable([tag])
     params = model.trainable_parameters()
     tag_params = [model.bank.parameter(tag)]
     head_params = [p for p in params if all(p is not q for q in tag_params)]
