@@ -83,6 +83,13 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys
     assert "unknown tag <QED>; known tags: <SMILES>" in capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "p.csv").exists()
 
+    empty = tmp_path / "empty.csv"
+    empty.write_text("smiles\n")
+    with pytest.raises(SystemExit):
+        main(["predict", "--tags", str(tmp_path), "--input", str(empty), "--output",
+              str(tmp_path / "p.csv"), "--model", str(tiny_model_dir)])
+    assert "empty.csv: no rows to predict" in capsys.readouterr().err.replace("\n", "")
+
     bad = tmp_path / "bad.csv"
     bad.write_text("smiles,y\nCCO,1\nnot_a_smiles,2\n")
     with pytest.raises(SystemExit):

@@ -215,6 +215,8 @@ def predict(
 
     table, skipped = load_source(input, skip_invalid=skip_invalid, progress=progress)
     _report_skipped(skipped)
+    if not len(table):
+        raise ValueError(f"{input}: no rows to predict")
     m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
     texts = table.render(template)
     tag = tag or m.function_tag_of(texts[0])
