@@ -195,8 +195,12 @@ class TaggedModel(nn.Module):
 
     def tag_features(self, batch: Batch, tag: str) -> torch.Tensor:
         """(B, H) float32 hidden states at ``tag``'s last vector."""
-        pos = self.head_positions(batch.input_ids, tag)
-        hidden = self.hidden_states(batch)  # (B, T, H)
+        return self.at_tag(self.hidden_states(batch), batch.input_ids, tag)
+
+    def at_tag(self, hidden: torch.Tensor, input_ids: torch.Tensor, tag: str) -> torch.Tensor:
+        """Rows of ``hidden`` (B, T, H) at ``tag``'s last vector in ``input_ids`` (B, T):
+        (B, H) float32."""
+        pos = self.head_positions(input_ids, tag)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos].float()
 
     def lm_loss(self, batch: Batch) -> torch.Tensor:

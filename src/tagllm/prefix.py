@@ -138,5 +138,4 @@ class FrozenPrefix:
         kvs = self.get(keys, [p for p, _ in parts])
         hidden, suf_ids = self.suffix_hidden(kvs, [len(p) for p, _ in parts],
                                              [s for _, s in parts])
-        pos = m.head_positions(suf_ids, tag)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos].float()
+        return m.at_tag(hidden, suf_ids, tag)
