@@ -94,8 +94,20 @@ class TaggedModel(nn.Module):
             self._fingerprint = embedding_fingerprint(self.base.get_input_embeddings().weight)
         return self._fingerprint
 
-    def add_tag(self, config: TagConfig, seed: int = 0) -> None:
-        """Add a new tag, initialised as its config says, trainable."""
+    def add_tag(self, config: TagConfig, seed: int = 0,
+                init: torch.Tensor | None = None) -> None:
+        """Add a new tag, trainable: with ``init`` (p, H) as its vectors, else initialised
+        as its config says."""
+        if init is None:
+            init = self._initial_vectors(config, seed)
+        self.bank.add(config, init)
+        if config.head is not None:
+            head = build_head(config.head.kind, self.hidden_size, config.head.num_outputs,
+                              config.head.loss)
+            self.heads[_head_key(config.name)] = head.to(self.device)
+
+    def _initial_vectors(self, config: TagConfig, seed: int) -> torch.Tensor:
+        """(p, H) starting vectors: vocab_mean, random, or the embeddings of init_text."""
         embed = self.base.get_input_embeddings()
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -112,11 +124,7 @@ class TaggedModel(nn.Module):
                 ids = self.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
                 ids = [ids[i % len(ids)] for i in range(config.num_tokens)]
                 init = embed(torch.tensor(ids, device=self.device)).float().cpu()
-        self.bank.add(config, init)
-        if config.head is not None:
-            head = build_head(config.head.kind, self.hidden_size, config.head.num_outputs,
-                              config.head.loss)
-            self.heads[_head_key(config.name)] = head.to(self.device)
+        return init
 
     def head(self, name: str) -> Head | None:
         key = _head_key(self.bank.require(name))

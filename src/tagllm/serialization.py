@@ -189,9 +189,8 @@ def load_tag(model: TaggedModel, directory: str | Path, trainable: bool = False)
     if name in model.bank:
         raise TagFileError(f"{d}: tag {name} is already loaded in this model")
     cfg = TagConfig.from_json(meta["config"])
-    model.add_tag(cfg)
+    model.add_tag(cfg, init=tensors["embedding"])
     with torch.no_grad():
-        model.bank.parameter(name).copy_(tensors["embedding"])
         head = model.head(name)
         if head is not None:
             state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
