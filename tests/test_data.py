@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagllm.data import DataError, read_table
+from tagllm.data import DataError, parse_labels, read_table
 from tagllm.data.smiles import moses_table, qed_values
-from tagllm.sources import labels_of, load_source
+from tagllm.sources import load_source
 
 
 def _csv(tmp_path, text: str, name: str = "d.csv"):
@@ -28,7 +28,7 @@ def test_skip_invalid_drops_and_reports(tmp_path):
     assert table["smiles"] == ["CCO", "c1ccccc1"]
     assert table.rows == [1, 4]
     assert len(skipped) == 2 and "row 2" in skipped[0] and "row 3" in skipped[1]
-    np.testing.assert_array_equal(labels_of(table, "y"), [1.0, 4.0])
+    np.testing.assert_array_equal(parse_labels(table, "y"), [1.0, 4.0])
 
 
 @pytest.mark.parametrize("value,reason", [("nan", "not a finite number"),

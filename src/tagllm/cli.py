@@ -143,8 +143,9 @@ def train(
         progress: show progress bars.
     """
     from tagllm.config import HeadConfig, TagConfig, TrainConfig
+    from tagllm.data import parse_labels
     from tagllm.model import TaggedModel
-    from tagllm.sources import labels_of, load_source
+    from tagllm.sources import load_source
     from tagllm.train import fit_tag
 
     if head != "none" and not label:
@@ -162,7 +163,7 @@ def train(
     m = TaggedModel.from_pretrained(model, tags=tag_dirs(load))
     m.add_tag(cfg, seed=seed)
     texts = table.render(template)
-    targets = labels_of(table, label) if head != "none" else None
+    targets = parse_labels(table, label) if head != "none" else None
     result = fit_tag(m, tag, texts, targets, cfg=tcfg, progress=progress, log=_log)
     path = m.save_tag(tag, out, trained_with=m.bank.names, provenance={
         "data": data, "n_examples": len(table), "template": template, "label": label,
@@ -284,17 +285,18 @@ def evaluate(
         json_out: also write the metrics to this JSON file.
         progress: show progress bars.
     """
+    from tagllm.data import parse_labels
     from tagllm.demo import results_table
     from tagllm.evaluate import knn_baseline, mean_baseline, regression_metrics
     from tagllm.model import TaggedModel
-    from tagllm.sources import labels_of, load_source
+    from tagllm.sources import load_source
 
     table, skipped = load_source(data, n_examples, seed, label=label, skip_invalid=skip_invalid,
                                  progress=progress)
     _report_skipped(skipped)
     m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
     texts = table.render(template)
-    y = labels_of(table, label)
+    y = parse_labels(table, label)
     tag = tag or m.function_tag_of(texts[0])
     pred = m.predict(texts, tag=tag, batch_size=batch_size, progress=progress)[:, 0]
     results = {f"tags ({tag})": regression_metrics(y, pred)}
@@ -302,7 +304,7 @@ def evaluate(
         train_t, _ = load_source(baseline_train, baseline_examples, seed, label=label,
                                  exclude_smiles=table.columns.get("smiles", []),
                                  progress=progress)
-        y_tr = labels_of(train_t, label)
+        y_tr = parse_labels(train_t, label)
         if "smiles" in table.columns and "smiles" in train_t.columns:
             results["Morgan k-NN (k=5)"] = regression_metrics(
                 y, knn_baseline(train_t["smiles"], y_tr, table["smiles"]))

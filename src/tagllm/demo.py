@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tagllm.config import HeadConfig, TagConfig, TrainConfig
+from tagllm.data import parse_labels
 from tagllm.evaluate import knn_baseline, mean_baseline, regression_metrics
 from tagllm.model import TaggedModel
-from tagllm.sources import labels_of, load_source
+from tagllm.sources import load_source
 from tagllm.train import fit_tag
 
 SMILES_TEMPLATE = "<SMILES> {smiles}"
@@ -82,12 +83,12 @@ def run_qed_demo(cfg: QEDDemoConfig, log=print) -> dict:
     model.load_tag(smiles_dir)  # frozen
     model.add_tag(TagConfig("<QED>", kind="function", num_tokens=cfg.num_tokens,
                             head=HeadConfig("regression")), seed=cfg.seed)
-    y_train = labels_of(train, "qed")
+    y_train = parse_labels(train, "qed")
     s2 = TrainConfig(steps=cfg.stage2_steps, batch_size=cfg.stage2_batch, lr=cfg.lr,
                      head_lr=cfg.head_lr, warmup_steps=max(1, cfg.stage2_steps // 10),
                      seed=cfg.seed, warm_start_examples=len(train), log_every=20,
                      prefix_cache_gb=cfg.prefix_cache_gb)
-    y_test = labels_of(test, "qed")
+    y_test = parse_labels(test, "qed")
     test_texts = test.render(QED_TEMPLATE)
     before: dict[str, float] = {}
 

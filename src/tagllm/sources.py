@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
-
-from tagllm.data import Table, check_number, check_text, parse_labels, read_table, validate_rows
+from tagllm.data import Table, check_number, check_text, read_table, validate_rows
 from tagllm.data.smiles import check_smiles, moses_table, shuffled
 
 BUILTIN_PREFIXES = ("moses:",)
@@ -51,6 +49,3 @@ def load_source(
         table = table.select(sorted(shuffled(len(table), seed)[:n].tolist()))
     return table, problems
 
-
-def labels_of(table: Table, label: str) -> np.ndarray:
-    return parse_labels(table, label)
