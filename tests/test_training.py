@@ -97,7 +97,7 @@ def test_warm_start_fits_a_learnable_target():
                       ridge_alpha=1e-4, warm_start_examples=200)
     res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
     pred = m.predict(texts, tag="<Q>")[:, 0]
-    assert res.warm_start["examples"] == 200
+    assert res.warm_start["<Q>"]["examples"] == 200
     assert np.corrcoef(pred, y)[0, 1] > 0.99
 
 
@@ -121,7 +121,7 @@ def test_supervised_tag_needs_targets():
         fit_tag(m, "<Q>", ["CC <Q>"], None, progress=False)
     with pytest.raises(ValueError, match="NaN"):
         fit_tag(m, "<Q>", ["CC <Q>"], np.array([np.nan]), progress=False)
-    with pytest.raises(ValueError, match="do not contain the function tag <Q>"):
+    with pytest.raises(ValueError, match="do not contain a trained function tag"):
         fit_tag(m, "<Q>", ["CC"], np.array([1.0]), progress=False)
 
 

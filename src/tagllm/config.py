@@ -141,6 +141,11 @@ class TrainConfig:
         default=4.0,
         metadata={"help": "memory for prefix key/values kept across epochs; 0 = recompute"},
     )
+    checkpoint_every: int = field(
+        default=50,
+        metadata={"help": "save a resumable checkpoint every N steps (and on Ctrl-C); 0 = only "
+                          "on Ctrl-C"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "warm_start_examples", "log_every"):
@@ -153,6 +158,15 @@ class TrainConfig:
         _check(self.max_grad_norm >= 0, "TrainConfig", "max_grad_norm", "must be >= 0")
         _check(self.ridge_alpha >= 0, "TrainConfig", "ridge_alpha", "must be >= 0")
         _check(self.prefix_cache_gb >= 0, "TrainConfig", "prefix_cache_gb", "must be >= 0")
+        _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+               "TrainConfig", "checkpoint_every", "must be an int >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    #: Fields that change how a run is logged, cached or checkpointed, never its result.
+    NOT_RESULT = ("log_every", "prefix_cache_gb", "checkpoint_every")
+
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that determine the trained tags (the tag store's key uses these)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.NOT_RESULT}

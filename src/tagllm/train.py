@@ -1,22 +1,28 @@
-"""One training loop for one tag (and its head), the base model frozen throughout.
+"""One training loop for one or more tags (and their heads), the base model frozen.
 
-``fit_tag`` trains a domain tag by next-token prediction (no head, or the ``lm`` head) or a
-function tag with a regression/classification head. Regression heads are first fitted in
-closed form on the frozen features (ridge, "linear probe, then fine-tune"), which gives a
-good head before the first gradient step.
+``fit_tags`` trains the tags of one job on one or more data :class:`Part` s: parts without
+targets train by next-token prediction, parts with targets train a function tag's
+regression/classification head. Several parts are mixed within each batch by their weights
+(joint training of several domains). Heads are first fitted in closed form on the frozen
+features (ridge / logistic regression: "linear probe, then fine-tune"). With a checkpoint
+folder the state is saved every ``checkpoint_every`` steps and on Ctrl-C, and a later call
+resumes from it to the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from tagllm.checkpoint import StopRequest, load_checkpoint, save_checkpoint
 from tagllm.config import TrainConfig
 from tagllm.heads import ClassificationHead, RegressionHead
 from tagllm.model import Batch, TaggedModel
@@ -33,6 +39,13 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     warm_start: dict | None = None
+    resumed_from: int = 0  # steps already done by an earlier, interrupted run
+    after_warm_start: dict | None = None  # what the after_warm_start hook returned
+
+    @property
+    def steps_run(self) -> int:
+        """Optimizer steps taken by this call (0 when everything was done before)."""
+        return self.steps - self.resumed_from
 
     @property
     def final_loss(self) -> float:
@@ -67,7 +80,7 @@ def _batch(model: TaggedModel, ids: Sequence[Sequence[int]]) -> Batch:
 def tag_features(model: TaggedModel, tag: str, ids: Sequence[Sequence[int]],
                  batch_size: int = 32, progress: bool = True,
                  prefix: FrozenPrefix | None = None,
-                 keys: Sequence[int] | None = None) -> torch.Tensor:
+                 keys: Sequence | None = None) -> torch.Tensor:
     """(N, H) frozen features at ``tag``'s last vector for pre-encoded inputs.
 
     With ``prefix`` the features come through the frozen-prefix path, which also fills its
@@ -123,6 +136,247 @@ def warm_start_head(model: TaggedModel, tag: str, feats: torch.Tensor, targets: 
     return {"examples": len(X), "alpha": chosen}
 
 
+def _seconds_since(t0: float) -> float:
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Part:
+    """One data stream of a training job: texts, optional targets and a mixing weight.
+
+    A part with ``targets`` trains the head of the one trained function tag in its texts; a
+    part without trains every trained tag in its texts by next-token prediction.
+    """
+
+    texts: Sequence[str]
+    targets: np.ndarray | None = None
+    weight: float = 1.0
+    name: str = ""
+
+
+def mixed_batches(lengths: Sequence[Sequence[int]], weights: Sequence[float],
+                  batch_size: int, seed: int) -> Iterator[list[tuple[int, list[int]]]]:
+    """Endless batches that mix parts: each batch is a list of ``(part, indices)``.
+
+    With one part this is :func:`length_bucketed_batches`. With several, each batch's
+    ``batch_size`` slots are split between the parts by a multinomial draw with ``weights``
+    and filled from each part's own length-bucketed stream, so consecutive indices of a
+    part have similar lengths. Everything follows from ``seed``: replaying the generator
+    reproduces the batches exactly (resume relies on it).
+    """
+    if len(lengths) == 1:
+        for b in length_bucketed_batches(lengths[0], batch_size, seed):
+            yield [(0, b)]
+        return
+    rng = np.random.default_rng([seed, len(lengths)])
+    streams = [itertools.chain.from_iterable(length_bucketed_batches(ls, batch_size, seed + k))
+               for k, ls in enumerate(lengths)]
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    while True:
+        counts = rng.multinomial(batch_size, w)
+        yield [(k, list(itertools.islice(streams[k], int(c))))
+               for k, c in enumerate(counts) if c > 0]
+
+
+def _head_tag(model: TaggedModel, tags: Sequence[str], text: str, where: str) -> str:
+    """The one trained tag with a trainable head that occurs in ``text``."""
+    present = {s for s, is_tag in model.tagtok.split(text) if is_tag}
+    found = [t for t in tags if t in present and (h := model.head(t)) is not None
+             and h.has_parameters]
+    if not found:
+        heads = [t for t in tags if (h := model.head(t)) is not None and h.has_parameters]
+        raise ValueError(f"{where}: labelled inputs do not contain a trained function tag with "
+                         f"a head ({heads or 'none is being trained'}); first input: "
+                         f"{text[:80]!r}")
+    if len(found) > 1:
+        raise ValueError(f"{where}: labelled inputs contain several trained tags with heads "
+                         f"({found}); give each its own data")
+    return found[0]
+
+
+def fit_tags(
+    model: TaggedModel,
+    tags: Sequence[str],
+    parts: Sequence[Part],
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    after_warm_start: Callable[[], dict | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainResult:
+    """Train ``tags`` (and their heads) jointly on ``parts``; every other parameter is frozen.
+
+    ``after_warm_start`` runs once the heads have their closed-form fit, before the first
+    gradient step (e.g. to evaluate "tags at initialisation + fitted head"); what it returns
+    is kept in the checkpoint and in the result. With ``checkpoint_dir``, an existing
+    checkpoint there is resumed (the caller must have set up the same tags and data).
+    """
+    cfg = cfg or TrainConfig()
+    tags = list(tags)
+    if not parts:
+        raise ValueError(f"no training data for {tags}")
+    torch.manual_seed(cfg.seed)
+    model.set_trainable(tags)
+    ids: list[list[list[int]]] = []
+    y: list[torch.Tensor | None] = []
+    head_of: list[str | None] = []
+    for k, part in enumerate(parts):
+        where = part.name or f"part {k}"
+        if not part.texts:
+            raise ValueError(f"{where}: no training examples")
+        ids.append([e.ids for e in model.tagtok.encode_batch(part.texts, cfg.max_length,
+                                                             where=where)])
+        if part.targets is None:
+            head_of.append(None)
+            y.append(None)
+            continue
+        tag = _head_tag(model, tags, part.texts[0], where)
+        yk = torch.as_tensor(np.asarray(part.targets), dtype=torch.float32)
+        if len(yk) != len(part.texts):
+            raise ValueError(f"{where}: {len(part.texts)} texts but {len(yk)} targets")
+        if not torch.isfinite(yk).all():
+            raise ValueError(f"{where}: targets contain NaN or infinite values")
+        head = model.head(tag)
+        if isinstance(head, RegressionHead) and yk.numel() != len(yk) * head.num_outputs:
+            raise ValueError(f"{where}: targets of shape {tuple(yk.shape)} for {len(yk)} texts "
+                             f"and a head with {head.num_outputs} output(s)")
+        model.head_positions(_batch(model, ids[k][:1]).input_ids, tag)  # the tag is present
+        head_of.append(tag)
+        y.append(yk)
+    supervised = [k for k, t in enumerate(head_of) if t is not None]
+    for t in tags:
+        h = model.head(t)
+        if h is not None and h.has_parameters and t not in head_of:
+            raise ValueError(f"tag {t} has a {h.kind} head: training needs targets (a label "
+                             "column)")
+    if len({head_of[k] for k in supervised}) != len(supervised):
+        raise ValueError("two labelled parts train the same head: "
+                         f"{[head_of[k] for k in supervised]}")
+    lm_tags = {t for k, p in enumerate(parts) if head_of[k] is None
+               for t, is_tag in model.tagtok.split(p.texts[0]) if is_tag and t in tags}
+    untouched = [t for t in tags if t not in lm_tags and t not in head_of]
+    if untouched:
+        raise ValueError(f"no training data contains {untouched}")
+
+    prefix = None
+    if supervised and cfg.frozen_prefix:
+        prefix = FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = load_checkpoint(ckpt, model, tags) if ckpt is not None else None
+    warm: dict | None = None
+    after: dict | None = None
+    if state is None:
+        warm = {}
+        for k in supervised:
+            warm[head_of[k]] = _warm_start(model, head_of[k], ids[k], y[k], cfg, progress, log,
+                                           prefix, k)
+        warm = warm or None
+        if after_warm_start is not None:
+            after = after_warm_start()
+            model.set_trainable(tags)
+    params = model.trainable_parameters()
+    tag_params = [model.bank.parameter(t) for t in tags]
+    head_params = [p for p in params if all(p is not q for q in tag_params)]
+    groups = [{"params": tag_params, "lr": cfg.lr}]
+    if head_params:
+        groups.append({"params": head_params, "lr": cfg.head_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    step0, losses = 0, []
+    if state is not None:
+        meta = state.restore(opt, sched)
+        step0, losses = meta["step"], list(meta["losses"])
+        warm, after = meta.get("warm_start"), meta.get("after_warm_start")
+        log(f"resuming {', '.join(tags)} at step {step0}/{cfg.steps} from {ckpt}")
+    batches = mixed_batches([[len(i) for i in part] for part in ids],
+                            [p.weight for p in parts], cfg.batch_size, cfg.seed)
+    for _ in range(step0):  # replay the data order up to where the checkpoint stopped
+        next(batches)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt, model, tags, opt, sched, {
+            "step": step, "losses": losses, "warm_start": warm, "after_warm_start": after,
+            "train": cfg.to_dict()})
+
+    t0 = time.perf_counter()
+    pbar = bar(cfg.steps, f"training {', '.join(tags)}", progress, unit="step")
+    pbar.update(step0)
+    # Ctrl-C / SIGTERM finish the current step, save a checkpoint, then stop.
+    with StopRequest() as stop:
+        try:
+            for step in range(step0 + 1, cfg.steps + 1):
+                loss = torch.zeros((), device=model.device)
+                for k, idx in next(batches):
+                    batch_ids = [ids[k][i] for i in idx]
+                    tag = head_of[k]
+                    if tag is None:
+                        part_loss = model.lm_loss(_batch(model, batch_ids))
+                    elif prefix is not None:
+                        feats = prefix.tag_features([(k, i) for i in idx], batch_ids, tag)
+                        part_loss = model.head(tag).loss(model.head(tag)(feats),
+                                                         y[k][idx].to(model.device))
+                    else:
+                        part_loss = model.head_loss(_batch(model, batch_ids), tag, y[k][idx])
+                    loss = loss + part_loss * (len(idx) / cfg.batch_size)  # mix by share
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training {tags}: loss is {loss.item()} at "
+                                             f"step {step}")
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    log(f"{', '.join(tags)} step {step}/{cfg.steps} loss "
+                        f"{np.mean(losses[-cfg.log_every:]):.4f} ({_seconds_since(t0):.0f} s)")
+                if step == cfg.steps:
+                    break
+                if ckpt is not None and (stop.requested or (
+                        cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                    checkpoint(step)
+                if stop.requested:
+                    where = f"; saved step {step} to {ckpt}, run again to resume" if ckpt else ""
+                    log(f"stopped by {stop.requested} at step {step}/{cfg.steps}{where}")
+                    raise KeyboardInterrupt
+        finally:
+            pbar.close()
+    model.set_trainable([])
+    if prefix is not None:
+        log(f"frozen prefix: {prefix.hits} cached / {prefix.misses} computed prefixes, "
+            f"{prefix.used / 1e9:.2f} GB kept")
+    return TrainResult(cfg.steps, _seconds_since(t0), losses, warm, step0, after)
+
+
+def _warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tensor,
+                cfg: TrainConfig, progress: bool, log: Callable[[str], None],
+                prefix: FrozenPrefix | None, part: int) -> dict | None:
+    """Set a head's target statistics and, if enabled, fit it in closed form."""
+    head = model.head(tag)
+    if isinstance(head, RegressionHead):
+        y2 = y.view(len(ids), -1)
+        with torch.no_grad():
+            head.target_mean.copy_(y2.mean(0))
+            head.target_std.copy_(y2.std(0).clamp_min(1e-8) if len(y2) > 1
+                                  else torch.ones_like(y2[0]))
+    if not cfg.warm_start_head:
+        return None
+    rng = np.random.default_rng(cfg.seed)
+    sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
+    t0 = time.perf_counter()
+    feats = tag_features(model, tag, [ids[i] for i in sub], cfg.batch_size, progress,
+                         prefix=prefix, keys=[(part, i) for i in sub])
+    warm = warm_start_head(model, tag, feats, y[sub].numpy(), cfg.ridge_alpha)
+    warm["seconds"] = round(_seconds_since(t0), 2)
+    log(f"warm start of the {tag} head: closed form on {warm['examples']} frozen feature "
+        f"vectors (alpha {warm['alpha']:.3g}) in {warm['seconds']} s")
+    return warm
+
+
 def fit_tag(
     model: TaggedModel,
     tag: str,
@@ -131,92 +385,9 @@ def fit_tag(
     cfg: TrainConfig | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    after_warm_start: Callable[[], None] | None = None,
+    after_warm_start: Callable[[], dict | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train tag ``tag`` (and its head) on ``texts``; every other parameter stays frozen.
-
-    ``after_warm_start`` is called once the head has its closed-form fit and before the
-    first gradient step (e.g. to evaluate "tags at initialisation + fitted head").
-    """
-    cfg = cfg or TrainConfig()
-    torch.manual_seed(cfg.seed)
-    model.set_trainable([tag])
-    head = model.head(tag)
-    supervised = head is not None and head.has_parameters
-    if supervised and targets is None:
-        raise ValueError(f"tag {tag} has a {head.kind} head: training needs targets")
-    ids = [e.ids for e in model.tagtok.encode_batch(texts, cfg.max_length, where="example")]
-    if supervised:
-        y_all = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
-        if len(y_all) != len(ids):
-            raise ValueError(f"{len(ids)} texts but {len(y_all)} targets")
-        if not torch.isfinite(y_all).all():
-            raise ValueError("targets contain NaN or infinite values")
-        if isinstance(head, RegressionHead) and y_all.numel() != len(ids) * head.num_outputs:
-            raise ValueError(f"targets of shape {tuple(y_all.shape)} for {len(ids)} texts and a "
-                             f"head with {head.num_outputs} output(s)")
-        model.head_positions(_batch(model, ids[:1]).input_ids, tag)  # the tag is present
-    warm = None
-    prefix = None
-    if supervised and cfg.frozen_prefix:
-        prefix = FrozenPrefix(model, [tag], budget_bytes=cfg.prefix_cache_gb * 1e9)
-    if supervised and isinstance(head, RegressionHead):
-        y2 = y_all.view(len(ids), -1)
-        with torch.no_grad():
-            head.target_mean.copy_(y2.mean(0))
-            head.target_std.copy_(y2.std(0).clamp_min(1e-8))
-    if supervised and cfg.warm_start_head:
-        rng = np.random.default_rng(cfg.seed)
-        sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
-        t0 = time.perf_counter()
-        feats = tag_features(model, tag, [ids[i] for i in sub], cfg.batch_size, progress,
-                             prefix=prefix, keys=sub)
-        warm = warm_start_head(model, tag, feats, y_all[sub].numpy(), cfg.ridge_alpha)
-        warm["seconds"] = round(time.perf_counter() - t0, 2)
-        log(f"warm start of the {tag} head: ridge on {warm['examples']} frozen feature "
-            f"vectors (alpha {warm['alpha']:.3g}) in {warm['seconds']} s")
-
-    if after_warm_start is not None:
-        after_warm_start()
-        model.set_trainable([tag])
-    params = model.trainable_parameters()
-    tag_params = [model.bank.parameter(tag)]
-    head_params = [p for p in params if all(p is not q for q in tag_params)]
-    groups = [{"params": tag_params, "lr": cfg.lr}]
-    if head_params:
-        groups.append({"params": head_params, "lr": cfg.head_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
-    batches = length_bucketed_batches([len(i) for i in ids], cfg.batch_size, cfg.seed)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    pbar = bar(cfg.steps, f"training {tag}", progress, unit="step")
-    for step in range(1, cfg.steps + 1):
-        idx = next(batches)
-        if prefix is not None:
-            feats = prefix.tag_features(idx, [ids[i] for i in idx], tag)
-            loss = head.loss(head(feats), y_all[idx].to(model.device))
-        elif supervised:
-            loss = model.head_loss(_batch(model, [ids[i] for i in idx]), tag, y_all[idx])
-        else:
-            loss = model.lm_loss(_batch(model, [ids[i] for i in idx]))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training {tag}: loss is {loss.item()} at step {step}")
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        pbar.update(1)
-        pbar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            log(f"{tag} step {step}/{cfg.steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
-    pbar.close()
-    model.set_trainable([])
-    if prefix is not None:
-        log(f"frozen prefix: {prefix.hits} cached / {prefix.misses} computed prefixes, "
-            f"{prefix.used / 1e9:.2f} GB kept")
-    return TrainResult(cfg.steps, time.perf_counter() - t0, losses, warm)
+    """Train one tag (and its head) on ``texts``: :func:`fit_tags` with a single part."""
+    return fit_tags(model, [tag], [Part(list(texts), targets)], cfg, progress, log,
+                    after_warm_start, checkpoint_dir)

@@ -1,0 +1,158 @@
+"""Training checkpoints: tags, heads, optimizer, scheduler and RNG state, saved atomically.
+
+A checkpoint is a folder with ``state.safetensors`` (every tensor) and ``state.json`` (the
+step, the loss curve, optimizer hyper-parameters, scheduler state, and the SHA-256 of the
+tensor file). Nothing is pickled. The data position is the step: the batch order is a
+pure function of the seed and is replayed on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tagllm.serialization import TagFileError, _sha256, atomic_write_dir
+
+if TYPE_CHECKING:
+    from tagllm.model import TaggedModel
+
+TENSORS = "state.safetensors"
+META = "state.json"
+
+
+class CheckpointError(TagFileError):
+    """A checkpoint that is corrupt or does not match the job being resumed."""
+
+
+def save_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
+                    opt: torch.optim.Optimizer, sched: Any, meta: dict[str, Any]) -> Path:
+    """Write the full training state of ``tags`` to ``directory`` (atomically)."""
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    for t in tags:
+        tensors[f"tag.{t}"] = model.bank.parameter(t).detach().cpu()
+        head = model.head(t)
+        if head is not None:
+            for k, v in head.state_dict().items():
+                tensors[f"head.{t}.{k}"] = v.detach().cpu()
+    osd = opt.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in osd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    record = {**meta, "tags": tags, "optimizer": {"param_groups": osd["param_groups"],
+                                                   "scalars": scalars},
+              "scheduler": sched.state_dict()}
+
+    def fill(tmp: Path) -> None:
+        save_file(tensors, str(tmp / TENSORS))
+        record["sha256"] = _sha256(tmp / TENSORS)
+        (tmp / META).write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+
+    return atomic_write_dir(directory, fill)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return list(x)
+    if torch.is_tensor(x):
+        return x.tolist()
+    raise TypeError(f"cannot store {type(x).__name__} in a checkpoint")
+
+
+@dataclass
+class CheckpointState:
+    """A verified checkpoint whose tag and head values are already in the model."""
+
+    directory: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def restore(self, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+        """Load optimizer, scheduler and RNG state; returns the checkpoint's metadata."""
+        saved = self.meta["optimizer"]
+        state: dict[int, dict[str, Any]] = {}
+        for key, v in self.tensors.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        for pid, st in saved["scalars"].items():
+            state.setdefault(int(pid), {}).update(st)
+        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g
+                  for g in saved["param_groups"]]
+        try:
+            opt.load_state_dict({"state": state, "param_groups": groups})
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{self.directory}: optimizer state does not fit ({e})") from e
+        sched.load_state_dict(self.meta["scheduler"])
+        torch.set_rng_state(self.tensors["rng.torch"])
+        return self.meta
+
+
+def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
+                    ) -> CheckpointState | None:
+    """Verify the checkpoint in ``directory`` (None if there is none) and copy its tag and
+    head values into ``model``."""
+    d = Path(directory)
+    if not (d / META).is_file():
+        return None
+    try:
+        meta = json.loads((d / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{d / META}: not valid JSON ({e}); delete {d} to start over") from e
+    if not (d / TENSORS).is_file() or meta.get("sha256") != _sha256(d / TENSORS):
+        raise CheckpointError(f"{d / TENSORS}: missing or checksum mismatch; delete {d} to "
+                              "start over")
+    if meta.get("tags") != list(tags):
+        raise CheckpointError(f"{d}: checkpoint of {meta.get('tags')}, not of {list(tags)}")
+    tensors = load_file(str(d / TENSORS))
+    with torch.no_grad():
+        for t in tags:
+            p = model.bank.parameter(t)
+            v = tensors.get(f"tag.{t}")
+            if v is None or v.shape != p.shape:
+                raise CheckpointError(f"{d}: tag {t} missing or of another shape")
+            p.copy_(v)
+            head = model.head(t)
+            if head is not None:
+                pre = f"head.{t}."
+                head.load_state_dict({k[len(pre):]: v for k, v in tensors.items()
+                                      if k.startswith(pre)})
+    return CheckpointState(d, meta, tensors)
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a request the training loop honours between steps.
+
+    ``requested`` names the signal once one arrived. A second Ctrl-C stops at once. Outside
+    the main thread (where handlers cannot be installed) it never requests anything.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
