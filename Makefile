@@ -8,9 +8,9 @@ export TOKENIZERS_PARALLELISM := false
 setup:
 	@bash scripts/setup.sh
 
-# The QED pipeline end to end on the embedded defaults (stage 1, stage 2, test table).
+# The QED recipe end to end on the embedded defaults (stage 1, stage 2, test table).
 demo: setup
-	.venv/bin/tagllm demo
+	.venv/bin/tagllm run recipes/qed.yaml
 
 # Lint, then every test, the slow ones on the real default model included.
 test: setup

@@ -41,48 +41,76 @@ def tag_dirs(spec: str | None) -> list[Path]:
     return dirs
 
 
-def demo(
-    model: str = "smollm2",
-    out: str = "runs/qed-demo",
-    stage1_examples: int = 2000,
-    stage1_steps: int = 40,
-    train_examples: int = 4000,
-    stage2_steps: int = 200,
-    test_examples: int = 1000,
-    num_tokens: int = 10,
-    seed: int = 0,
-    ablation: bool = True,
+def run(
+    recipe: str,
+    dry_run: bool = False,
+    store: str | None = None,
     progress: bool = True,
 ) -> None:
-    """Run the QED pipeline end to end: stage 1 <SMILES>, stage 2 <QED>, test evaluation.
+    """Run a recipe: train the missing stages in dependency order, reuse the stored ones.
+
+    Usage: tagllm run RECIPE.yaml [--dry_run] [--store DIR]
+
+    Each stage trains on a fresh tag bank over the frozen base, with the tags it uses
+    loaded frozen from the tag store. A stage whose key (base model, tag configs, training
+    settings, data fingerprint, dependencies' keys, seed) is already stored is not trained
+    again. An interrupted stage (Ctrl-C, SIGTERM, or killed) resumes from its last
+    checkpoint when the same command runs again. The tags and results.json are exported
+    to the recipe's out folder.
 
     Args:
-        model: base model: embedded short name (smollm2), Hugging Face id or local folder.
-        out: output folder (tag folders under out/tags, results.json).
-        stage1_examples: MOSES training molecules for the <SMILES> domain tag.
-        stage1_steps: optimizer steps of stage 1 (batch 16).
-        train_examples: MOSES training molecules with QED labels for stage 2.
-        stage2_steps: optimizer steps of stage 2 (batch 32), after the closed-form warm start
-            of the head (ridge on the frozen features of all training molecules).
-        test_examples: molecules sampled from MOSES's test file.
-        num_tokens: p, vectors per tag.
-        seed: random seed (data samples, initialisation, batches).
-        ablation: also evaluate the untrained <QED> tag with its closed-form head.
+        recipe: the YAML recipe file (see recipes/).
+        dry_run: print the plan (what is cached, what would train and why) and stop.
+        store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
         progress: show progress bars.
     """
-    from tagllm.demo import QEDDemoConfig, results_table, run_qed_demo
+    from tagllm.protocol import run as run_recipe
+    from tagllm.recipe import load_recipe
+    from tagllm.report import stage_tables
+    from tagllm.store import TagStore
 
-    cfg = QEDDemoConfig(model=model, out=out, stage1_examples=stage1_examples,
-                        stage1_steps=stage1_steps, train_examples=train_examples,
-                        stage2_steps=stage2_steps, test_examples=test_examples,
-                        num_tokens=num_tokens, seed=seed, ablation=ablation,
-                        progress=progress)
-    summary = run_qed_demo(cfg, log=_log)
-    console.print(results_table(
-        summary["results"],
-        f"QED on MOSES test ({summary['n_test']} molecules; {summary['n_train']} training)"))
-    console.print(f"tag folders: {', '.join(summary['tags'])}  (check with `tagllm inspect`)")
-    console.print(f"results: {Path(out) / 'results.json'}; total {summary['seconds']:.0f} s")
+    r = load_recipe(recipe)  # every recipe error surfaces here, before any model loads
+    summary = run_recipe(r, TagStore(store), dry_run=dry_run, log=_log, progress=progress,
+                         show=console.print)
+    if dry_run:
+        return
+    for table in stage_tables(summary.stages):
+        console.print(table)
+    trained = [s["stage"] for s in summary.stages if not s["cached"]]
+    console.print(f"trained {len(trained)} stage(s) ({summary.steps_run} steps), reused "
+                  f"{len(summary.stages) - len(trained)}; tags in {Path(r.out) / 'tags'}, "
+                  f"results in {Path(r.out) / 'results.json'}; {summary.seconds:.0f} s")
+
+
+def list_tags(store: str | None = None, verify: bool = False) -> None:
+    """Show the tag store as a table: name, kind, p, base model, metric, key, date.
+
+    Args:
+        store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
+        verify: also verify every entry's files (schema, checksum, shapes).
+    """
+    from rich.table import Table as RichTable
+
+    from tagllm.store import TagStore
+
+    st = TagStore(store)
+    rows = st.entries()
+    table = RichTable(title=f"tag store {st.root}: {len(rows)} tag(s)")
+    for col in ("name", "kind", "p", "base model", "metric", "recipe/stage", "key", "created"):
+        table.add_column(col)
+    for r in rows:
+        status = ""
+        if verify:
+            try:
+                st.verify(r["key"])
+                status = " [green]ok[/green]"
+            except ValueError as e:
+                status = f" [red]{e}[/red]"
+        table.add_row(str(r.get("name")), str(r.get("kind")), str(r.get("num_tokens")),
+                      str(r.get("base_model")), str(r.get("metric", "")),
+                      f"{r.get('recipe')}/{r.get('stage')}", r["key"] + status,
+                      str(r.get("created", "")))
+    console.print(table)
 
 
 def train(
@@ -286,7 +314,7 @@ def evaluate(
         progress: show progress bars.
     """
     from tagllm.data import parse_labels
-    from tagllm.demo import results_table
+    from tagllm.report import results_table
     from tagllm.evaluate import knn_baseline, mean_baseline, regression_metrics
     from tagllm.model import TaggedModel
     from tagllm.sources import load_source
@@ -369,7 +397,28 @@ def inspect(tagdir: str, model: str | None = None) -> None:
                       "pass --model to check it against a loaded model")
 
 
-COMMANDS = [demo, train, predict, evaluate, generate, inspect]
+COMMANDS = {"run": run, "list": list_tags, "train": train, "predict": predict,
+            "evaluate": evaluate, "generate": generate, "inspect": inspect}
+#: Commands whose first argument may be given without its flag.
+POSITIONAL = {"inspect": "--tagdir", "run": "--recipe"}
+
+
+def _normalise_args(args: list[str]) -> list[str]:
+    """``--dry-run`` == ``--dry_run``; a bare boolean flag means true (``--dry_run``)."""
+    import inspect as _inspect
+
+    fn = COMMANDS.get(args[0]) if args else None
+    bools = {n for n, p in _inspect.signature(fn).parameters.items()
+             if p.annotation in (bool, "bool")} if fn else set()
+    out = []
+    for i, a in enumerate(args):
+        if a.startswith("--") and "=" not in a:
+            a = "--" + a[2:].replace("-", "_")
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if a[2:] in bools and (nxt is None or nxt.startswith("-")):
+                a += "=true"
+        out.append(a)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -378,19 +427,24 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tagllm.data import DataError
+    from tagllm.recipe import RecipeError
     from tagllm.serialization import TagFileError
     from tagllm.tags import InputTooLongError, UnknownTagError
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) > 1 and args[0] == "inspect" and not args[1].startswith("-"):
-        args.insert(1, "--tagdir")  # `tagllm inspect TAGDIR`
+    args = _normalise_args(list(sys.argv[1:] if argv is None else argv))
+    if len(args) > 1 and args[0] in POSITIONAL and not args[1].startswith("-"):
+        args.insert(1, POSITIONAL[args[0]])  # `tagllm inspect TAGDIR`, `tagllm run RECIPE`
     try:
         CLI(COMMANDS, args=args, as_positional=False,
             description="tagllm: learned input tags for a frozen causal LM (Tag-LLM)")
-    except (DataError, TagFileError, UnknownTagError, InputTooLongError, ValueError,
+    except (DataError, RecipeError, TagFileError, UnknownTagError, InputTooLongError, ValueError,
             FileNotFoundError) as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow] (a stage in training kept its checkpoint; "
+                  "run the same command to resume)")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

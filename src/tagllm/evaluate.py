@@ -89,3 +89,53 @@ def knn_baseline(train_smiles: Sequence[str], train_y: np.ndarray, test_smiles: 
 def mean_baseline(train_y: np.ndarray, n: int) -> np.ndarray:
     """Predict the training mean for every test example."""
     return np.full(n, float(np.mean(train_y)))
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """Accuracy, and AUROC (one-vs-rest for more than two classes), from class probabilities."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).astype(int).ravel()
+    prob = np.asarray(prob, dtype=np.float64)
+    acc = float((prob.argmax(1) == y).mean())
+    try:
+        auc = (roc_auc_score(y, prob[:, 1]) if prob.shape[1] == 2
+               else roc_auc_score(y, prob, multi_class="ovr", labels=list(range(prob.shape[1]))))
+    except ValueError:  # a single class present in y
+        auc = float("nan")
+    return {"accuracy": acc, "auroc": float(auc)}
+
+
+def head_metrics(model, texts: Sequence[str], y: np.ndarray, tag: str,
+                 batch_size: int = 32, progress: bool = False) -> dict[str, float]:
+    """Evaluate ``tag``'s head on labelled texts with the metrics of its kind."""
+    out = model.predict(texts, tag=tag, batch_size=batch_size, progress=progress)
+    if model.head(tag).kind == "classification":
+        return classification_metrics(y, out)
+    if out.shape[1] == 1:
+        return regression_metrics(y, out[:, 0])
+    y2 = np.asarray(y, dtype=np.float64).reshape(len(out), -1)  # multi-output: average
+    per = [regression_metrics(y2[:, j], out[:, j]) for j in range(out.shape[1])]
+    return {k: float(np.nanmean([m[k] for m in per])) for k in per[0]}
+
+
+def lm_metrics(model, texts: Sequence[str], batch_size: int = 16, max_length: int | None = None,
+               progress: bool = False) -> dict[str, float]:
+    """Next-token loss (mean over every predicted base token) and perplexity on ``texts``."""
+    import torch
+
+    from tagllm.progress import track
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in track(range(0, len(texts), batch_size), "validation loss", progress,
+                       unit="batch"):
+            batch = model.encode([texts[i] for i in order[s:s + batch_size]],
+                                 max_length=max_length)
+            n = int((batch.attention_mask[:, 1:].bool()
+                     & (batch.input_ids[:, 1:] < model.bank.vocab_rows)).sum())
+            total += float(model.lm_loss(batch)) * n
+            count += n
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}

@@ -1,0 +1,317 @@
+"""Running a recipe: the stages as a dependency graph of tag trainings over the tag store.
+
+``plan`` loads the data, works out each stage's key (see :mod:`tagllm.store`) in dependency
+order and says what is cached, what will train and why. ``run`` then trains the missing
+stages — each on a fresh tag bank over the same frozen base, with its dependencies loaded
+frozen from the store — resuming any checkpoint, evaluates them, stores every tag with its
+provenance, and exports the recipe's tags and results to the recipe's ``out`` folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tagllm.data import Table, parse_labels
+from tagllm.model import TaggedModel
+from tagllm.recipe import DataConfig, EvalConfig, Recipe, StageConfig, tags_in
+from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
+from tagllm.sources import load_source
+from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff
+from tagllm.train import Part, fit_tags
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class LoadedData:
+    """A data entry loaded, validated and rendered."""
+
+    config: DataConfig
+    table: Table
+    texts: list[str]
+    targets: np.ndarray | None
+    skipped: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the rendered inputs and targets: what training actually sees."""
+        h = hashlib.sha256()
+        for t in self.texts:
+            h.update(t.encode())
+            h.update(b"\0")
+        if self.targets is not None:
+            h.update(np.ascontiguousarray(self.targets, dtype=np.float64).tobytes())
+        return "sha256:" + h.hexdigest()
+
+
+@dataclass
+class StagePlan:
+    """One stage of a plan: its key, whether it is cached, and why."""
+
+    stage: StageConfig
+    key: str
+    tag_keys: dict[str, str]
+    deps: dict[str, str]  # dependency tag -> store key (or pretrained folder)
+    material: dict[str, Any]
+    data: list[LoadedData]
+    evals: list[tuple[EvalConfig, LoadedData]]
+    cached: bool
+    reason: str
+    resume_step: int = 0
+
+
+def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
+          exclude_sequences: set[str], progress: bool) -> LoadedData:
+    table, skipped = load_source(cfg.source, cfg.n, cfg.seed if cfg.seed is not None else seed,
+                                 label=cfg.label, skip_invalid=getattr(cfg, "skip_invalid", False),
+                                 exclude_smiles=exclude_smiles,
+                                 exclude_sequences=exclude_sequences, progress=progress)
+    targets = parse_labels(table, cfg.label) if cfg.label else None
+    return LoadedData(cfg, table, table.render(cfg.template), targets, skipped)
+
+
+def _pretrained_key(path: str) -> str:
+    meta, _ = read_tag(path)
+    return "pretrained:" + meta["files"][TENSORS]
+
+
+def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
+         progress: bool = True) -> list[StagePlan]:
+    """Work out every stage's key in dependency order; nothing is trained."""
+    order = recipe.order()
+    evals: dict[str, list[tuple[EvalConfig, LoadedData]]] = {}
+    held_smiles: set[str] = set()
+    held_seqs: set[str] = set()
+    for s in order:  # test data first: it is excluded from every training set
+        evals[s.name] = [(e, _load(e, recipe.seed, set(), set(), progress)) for e in s.eval]
+        if recipe.exclude_eval_molecules:
+            for _, d in evals[s.name]:
+                for col, values in d.table.columns.items():
+                    if col.lower() in {"smiles", "drug", "drug1", "drug2"}:
+                        held_smiles.update(values)
+                    if col.lower() in {"sequence", "protein", "target"}:
+                        held_seqs.update(values)
+    keys: dict[str, str] = {t: _pretrained_key(p) for t, p in recipe.pretrained.items()}
+    out: list[StagePlan] = []
+    for s in order:
+        data = [_load(d, recipe.seed, held_smiles, held_seqs, progress) for d in s.data]
+        deps = {t: keys[t] for t in s.uses()}
+        material = {
+            "store_format": STORE_FORMAT,
+            "base_model": model.fingerprint,
+            "tags": [recipe.tag[t].to_dict() for t in s.tags],
+            "train": s.train.result_dict(),
+            "data": [{"template": d.config.template, "label": d.config.label,
+                      "weight": d.config.weight, "rows": len(d.texts),
+                      "fingerprint": d.fingerprint()} for d in data],
+            "deps": deps,
+        }
+        key = digest(material)
+        tag_keys = {t: digest({"stage": key, "tag": t}) for t in s.tags}
+        keys.update(tag_keys)
+        cached = all(store.has(k) for k in tag_keys.values())
+        resume = 0
+        if cached:
+            reason = "cached"
+        else:
+            ck = store.work_dir(key) / "state.json"
+            if ck.is_file():
+                resume = int(json.loads(ck.read_text()).get("step", 0))
+                reason = f"resumes from its checkpoint at step {resume}/{s.train.steps}"
+            else:
+                last = store.last_material(recipe.name, s.name)
+                changed = flat_diff(last, material) if last else []
+                reason = ("changed since the last run: " + ", ".join(changed[:6])
+                          + (" ..." if len(changed) > 6 else "")) if changed else "not trained yet"
+        out.append(StagePlan(s, key, tag_keys, deps, material, data, evals[s.name], cached,
+                             reason, resume))
+    return out
+
+
+def plan_table(recipe: Recipe, plans: list[StagePlan]):
+    """A rich table of the plan: stage, tags, uses, steps, key, status and reason."""
+    from rich.table import Table as RichTable
+
+    t = RichTable(title=f"recipe {recipe.name} ({recipe.source}): {len(plans)} stage(s)")
+    for col in ("stage", "trains", "uses (frozen)", "data rows", "steps", "key", "status"):
+        t.add_column(col)
+    for p in plans:
+        status = ("[green]cached[/green]" if p.cached
+                  else f"[yellow]train[/yellow]: {p.reason}")
+        t.add_row(p.stage.name, " ".join(p.stage.tags), " ".join(p.deps) or "-",
+                  "+".join(str(len(d.texts)) for d in p.data), str(p.stage.train.steps),
+                  p.key[:12], status)
+    return t
+
+
+def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
+                 store: TagStore) -> TaggedModel:
+    """A fresh tag bank on the shared frozen base: dependencies frozen, new tags trainable."""
+    m = TaggedModel(base_model.base, base_model.tokenizer, base_model.model_name)
+    for t, k in p.deps.items():
+        m.load_tag(recipe.pretrained[t] if k.startswith("pretrained:") else store.path(k))
+    torch.manual_seed(p.stage.train.seed)
+    for t in p.stage.tags:
+        m.add_tag(recipe.tag[t], seed=p.stage.train.seed)
+    return m
+
+
+def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = True
+              ) -> list[dict[str, Any]]:
+    from tagllm.evaluate import head_metrics, knn_baseline, lm_metrics, mean_baseline
+    from tagllm.evaluate import regression_metrics as reg
+
+    results = []
+    for e, d in p.evals:
+        name = e.name or f"{e.source}" + (f" n={len(d.texts)}" if e.n else "")
+        if e.label:
+            tag = next(t for t in tags_in(e.template) if t in p.stage.tags
+                       and m.head(t) is not None and m.head(t).has_parameters)
+            row = {"name": name, "tag": tag, "rows": len(d.texts),
+                   "metrics": head_metrics(m, d.texts, d.targets, tag, progress=progress)}
+            train = next((x for x in p.data if x.targets is not None
+                          and tag in tags_in(x.config.template)), None)
+            if baselines and train is not None and e.baselines:
+                row["baselines"] = {}
+                if "knn" in e.baselines and "smiles" in train.table.columns \
+                        and "smiles" in d.table.columns:
+                    row["baselines"]["Morgan k-NN (k=5)"] = reg(d.targets, knn_baseline(
+                        train.table["smiles"], train.targets, d.table["smiles"]))
+                if "mean" in e.baselines:
+                    row["baselines"]["training mean"] = reg(
+                        d.targets, mean_baseline(train.targets, len(d.targets)))
+        else:
+            row = {"name": name, "rows": len(d.texts),
+                   "metrics": lm_metrics(m, d.texts, max_length=p.stage.train.max_length,
+                                         progress=progress)}
+        results.append(row)
+    return results
+
+
+@dataclass
+class RunSummary:
+    """What ``run`` did: per stage, whether it trained and how many steps it took."""
+
+    recipe: str
+    out: str
+    stages: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def steps_run(self) -> int:
+        return sum(s["steps_run"] for s in self.stages)
+
+
+def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
+        log: Log = print, progress: bool = True, show: Callable[[Any], None] | None = None
+        ) -> RunSummary:
+    """Train what is missing in dependency order; reuse what the store has."""
+    t0 = time.perf_counter()
+    store = store or TagStore()
+    show = show or (lambda x: log(str(x)))
+    base = TaggedModel.from_pretrained(recipe.model)
+    log(f"base model {base.model_name} ({type(base.base).__name__}, fingerprint "
+        f"{base.fingerprint[:19]}); tag store {store.root}")
+    plans = plan(recipe, base, store, log, progress)
+    show(plan_table(recipe, plans))
+    for p in plans:
+        for d in p.data:
+            if d.skipped:
+                log(f"stage {p.stage.name}: skipped {len(d.skipped)} invalid row(s) of "
+                    f"{d.config.source}: " + "; ".join(d.skipped[:5]))
+    if dry_run:
+        return RunSummary(recipe.name, recipe.out,
+                          [{"stage": p.stage.name, "cached": p.cached, "steps_run": 0,
+                            "reason": p.reason, "key": p.key} for p in plans],
+                          time.perf_counter() - t0)
+    stages = []
+    for p in plans:
+        if p.cached:
+            meta = json.loads((store.path(p.tag_keys[p.stage.tags[0]]) / META).read_text())
+            stages.append({"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
+                           "eval": meta["provenance"].get("eval", [])})
+            store.remember(recipe.name, p.stage.name, p.material)
+            continue
+        stages.append(_train_stage(recipe, base, p, store, log, progress))
+    summary = RunSummary(recipe.name, recipe.out, stages, time.perf_counter() - t0)
+    export(recipe, plans, store, summary)
+    return summary
+
+
+def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore, log: Log,
+                 progress: bool) -> dict[str, Any]:
+    s = p.stage
+    log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
+    m = _stage_model(base, p, recipe, store)
+    ablation_evals = [e for e, _ in p.evals if e.ablation and e.label]
+
+    def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
+        if not ablation_evals:
+            return None
+        return {"eval": _evaluate(m, p, progress, baselines=False)}
+
+    parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
+                  f"({d.config.source})") for j, d in enumerate(p.data)]
+    res = fit_tags(m, s.tags, parts, s.train, progress, log, before_training,
+                   store.work_dir(p.key))
+    evals = _evaluate(m, p, progress)
+    if res.after_warm_start:
+        for row, before in zip(evals, res.after_warm_start["eval"], strict=False):
+            if before.get("tag"):
+                row.setdefault("baselines", {})[
+                    f"ablation: {before['tag']} untrained, head fitted"] = before["metrics"]
+    for row in evals:
+        log(f"stage {s.name} eval {row['name']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row["metrics"].items()))
+    provenance = {
+        "recipe": recipe.name, "recipe_file": recipe.source, "key": p.tag_keys,
+        "stage_key": p.key, "stage": asdict(s), "key_material": p.material,
+        "data": [{"source": d.config.source, "n": d.config.n, "rows": len(d.texts),
+                  "seed": d.config.seed if d.config.seed is not None else recipe.seed,
+                  "skipped": len(d.skipped), "fingerprint": d.fingerprint()} for d in p.data],
+        "seed": s.train.seed, "steps": res.steps, "resumed_from": res.resumed_from,
+        "seconds": round(res.seconds, 1), "final_loss": res.final_loss,
+        "warm_start": res.warm_start, "eval": evals,
+    }
+    for t in s.tags:  # each tag of a stage is stored under its own key
+        m.save_tag(t, store.path(p.tag_keys[t]), provenance={**provenance, "key": p.tag_keys[t]},
+                   trained_with=[x for x in m.bank.names if x != t])
+    store.clear_work(p.key)
+    store.remember(recipe.name, s.name, p.material)
+    return {"stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
+            "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
+            "final_loss": res.final_loss, "eval": evals}
+
+
+def export(recipe: Recipe, plans: list[StagePlan], store: TagStore, summary: RunSummary) -> None:
+    """Copy the recipe's tags to ``out/tags/<Name>`` and write ``out/results.json``."""
+    out = Path(recipe.out)
+    for p in plans:
+        for t, k in p.tag_keys.items():
+            target = out / "tags" / t.strip("<>")
+            src = store.path(k)
+            if (target / TENSORS).is_file() and (target / META).is_file() and all(
+                    (target / f).read_bytes() == (src / f).read_bytes() for f in (TENSORS, META)):
+                continue
+
+            def fill(tmp: Path, src: Path = src) -> None:
+                for f in (TENSORS, META):
+                    shutil.copy2(src / f, tmp / f)
+
+            atomic_write_dir(target, fill)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"recipe": recipe.name, "recipe_file": recipe.source, "model": recipe.model,
+           "stages": summary.stages, "seconds": round(summary.seconds, 1),
+           "tags": {t: str(out / "tags" / t.strip("<>")) for p in plans for t in p.tag_keys}}
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    tmp.replace(out / "results.json")

@@ -1,0 +1,134 @@
+"""The content-addressed tag store.
+
+A trained tag lives in ``STORE/<key>/`` (an ordinary tag folder: ``tag.safetensors`` +
+``tag.json``). Its key is a hash of everything that determines it: the base model's
+fingerprint, the tag's config, its stage's training settings, a fingerprint of the training
+data as rendered, the keys of the tags it was trained on top of, and the seed. Equal inputs
+give an equal key, so a tag is trained once and then reused; any change gives a new key,
+and the old entry stays as it was. Checkpoints of unfinished stages live in
+``STORE/.work/<stage key>/``; ``STORE/.index/`` remembers each recipe stage's last key
+material, so a plan can say *what* changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tagllm.serialization import META, read_tag
+
+STORE_FORMAT = 1
+
+
+def default_store() -> Path:
+    """``$TAGLLM_STORE``, else ``$TAGLLM_HOME/store`` (``~/.cache/tagllm/store``)."""
+    from tagllm.backbones import tagllm_home
+
+    env = os.environ.get("TAGLLM_STORE")
+    return Path(env) if env else tagllm_home() / "store"
+
+
+def digest(material: Any, length: int = 20) -> str:
+    """Stable hex digest of JSON-able ``material`` (sorted keys, exact float repr)."""
+    blob = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def flat_diff(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ (for "why does this retrain")."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += flat_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True))
+                for d in flat_diff(a, b, f"{path}[{i}]")]
+    return [] if old == new else [path or "(all)"]
+
+
+class TagStore:
+    """Trained tags addressed by key, their checkpoints, and the per-recipe index."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_store()
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def has(self, key: str) -> bool:
+        return (self.root / key / META).is_file()
+
+    def work_dir(self, stage_key: str) -> Path:
+        """Where the checkpoint of an unfinished stage is kept."""
+        return self.root / ".work" / stage_key
+
+    def clear_work(self, stage_key: str) -> None:
+        shutil.rmtree(self.work_dir(stage_key), ignore_errors=True)
+
+    # ------------------------------------------------------------- index
+    def _index_file(self, recipe: str, stage: str) -> Path:
+        return self.root / ".index" / digest(recipe, 12) / f"{digest(stage, 12)}.json"
+
+    def last_material(self, recipe: str, stage: str) -> dict | None:
+        f = self._index_file(recipe, stage)
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def remember(self, recipe: str, stage: str, material: dict) -> None:
+        f = self._index_file(recipe, stage)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(material, indent=1, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, f)
+
+    # ------------------------------------------------------------- listing
+    def entries(self) -> list[dict[str, Any]]:
+        """One row per stored tag (read from tag.json; ``verify`` checks files)."""
+        rows = []
+        if not self.root.is_dir():
+            return rows
+        for d in sorted(self.root.iterdir()):
+            f = d / META
+            if d.name.startswith(".") or not f.is_file():
+                continue
+            try:
+                meta = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                rows.append({"key": d.name, "name": "?", "error": "unreadable tag.json"})
+                continue
+            prov = meta.get("provenance", {})
+            rows.append({
+                "key": d.name, "name": meta.get("name"), "kind": meta.get("kind"),
+                "num_tokens": meta.get("num_tokens"),
+                "base_model": meta.get("base_model", {}).get("name"),
+                "metric": headline(prov), "created": meta.get("created"),
+                "recipe": prov.get("recipe"), "stage": prov.get("stage", {}).get("name"),
+                "path": str(d)})
+        return rows
+
+    def verify(self, key: str) -> dict:
+        """Full check of one entry (schema, checksum, shapes); returns its tag.json."""
+        meta, _ = read_tag(self.path(key))
+        return meta
+
+
+HEADLINE = ("mse", "mae", "accuracy", "loss")  # preferred metrics for a one-line summary
+
+
+def headline(provenance: dict) -> str:
+    """A short metric for listings: the first evaluation's first metric, or the loss."""
+    for ev in provenance.get("eval", []) or []:
+        metrics = ev.get("metrics", {})
+        for name in (*HEADLINE, *metrics):
+            v = metrics.get(name)
+            if isinstance(v, int | float):
+                return f"{ev.get('name', 'eval')} {name} {v:.4g}"
+    loss = provenance.get("final_loss")
+    return f"train loss {loss:.4g}" if isinstance(loss, int | float) else ""
