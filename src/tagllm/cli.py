@@ -314,9 +314,9 @@ def evaluate(
         progress: show progress bars.
     """
     from tagllm.data import parse_labels
-    from tagllm.report import results_table
     from tagllm.evaluate import knn_baseline, mean_baseline, regression_metrics
     from tagllm.model import TaggedModel
+    from tagllm.report import results_table
     from tagllm.sources import load_source
 
     table, skipped = load_source(data, n_examples, seed, label=label, skip_invalid=skip_invalid,

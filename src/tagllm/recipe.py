@@ -171,7 +171,8 @@ class Recipe:
                 for s in self.stages}
         done: list[str] = []
         while len(done) < len(self.stages):
-            ready = [s.name for s in self.stages if s.name not in done and deps[s.name] <= set(done)]
+            ready = [s.name for s in self.stages
+                     if s.name not in done and deps[s.name] <= set(done)]
             if not ready:
                 left = [n for n in by_name if n not in done]
                 raise RecipeError(f"{self.source}: the stages {left} depend on each other in a "
@@ -253,6 +254,7 @@ def check(r: Recipe) -> None:
     for n in {n for n in snames if snames.count(n) > 1}:
         raise RecipeError(f"{src}: stage name {n!r} is used twice")
     declared = r.tag
+    all_trained = {t for st in r.stages for t in st.tags}
     trained_by: dict[str, str] = {}
     for s in r.stages:
         where = f"{src}: stage {s.name!r}"
@@ -271,11 +273,10 @@ def check(r: Recipe) -> None:
                                   "already; a tag is trained by one stage")
             trained_by[t] = s.name
         for t in s.uses():
-            if t not in trained_by and t not in r.pretrained and t not in {
-                    x for st in r.stages for x in st.tags}:
+            if t not in all_trained and t not in r.pretrained:
                 raise RecipeError(f"{where} uses {t}, which no stage trains and no pretrained "
                                   f"entry provides (missing dependency); trained tags: "
-                                  f"{sorted({x for st in r.stages for x in st.tags})}")
+                                  f"{sorted(all_trained)}")
         for a in s.after:
             if a not in snames:
                 raise RecipeError(f"{where}: after names unknown stage {a!r}")
