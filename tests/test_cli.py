@@ -98,3 +98,31 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys
     assert "bad.csv row 2: column 'smiles': invalid SMILES" in \
         capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "X").exists()
+
+
+def test_run_list_and_recipe_errors(tmp_path, tiny_model_dir, data, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: clitest
+model: {tiny_model_dir}
+out: {tmp_path / "out"}
+train: {{batch_size: 4, steps: 2, warmup_steps: 0}}
+tags: [{{name: <SMILES>, num_tokens: 2}}]
+stages:
+  - {{name: s, tags: [<SMILES>], data: [{{source: {data}, template: "<SMILES> {{smiles}}"}}]}}
+""")
+    store = ["--store", str(tmp_path / "store")]
+    main(["run", str(recipe), "--dry-run", *store, "--progress", "false"])
+    assert "not trained yet" in capsys.readouterr().out
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").glob("*/tag.json"))
+    main(["run", str(recipe), *store, "--progress", "false"])
+    assert "trained 1 stage(s) (2 steps)" in capsys.readouterr().out
+    main(["list", *store, "--verify"])
+    out = capsys.readouterr().out
+    assert "<SMILES>" in out and "clitest/s" in out and " ok" in out
+    recipe.write_text(recipe.read_text().replace("steps: 2", "stpes: 2"))
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(recipe), *store])
+    assert e.value.code == 2
+    assert "unknown key(s) ['stpes']" in capsys.readouterr().err

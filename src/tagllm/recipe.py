@@ -175,14 +175,29 @@ class Recipe:
                      if s.name not in done and deps[s.name] <= set(done)]
             if not ready:
                 left = [n for n in by_name if n not in done]
-                raise RecipeError(f"{self.source}: the stages {left} depend on each other in a "
-                                  f"cycle: " + "; ".join(f"{n} needs {sorted(deps[n])}"
-                                                         for n in left))
+                cyc = [n for n in left if _reaches(deps, n, n)]
+                raise RecipeError(f"{self.source}: the stages {cyc} depend on each other in a "
+                                  "cycle: " + "; ".join(f"{n} needs {sorted(deps[n])}"
+                                                        for n in cyc))
             done.append(ready[0])
         return [by_name[n] for n in done]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _reaches(deps: dict[str, set[str]], start: str, goal: str) -> bool:
+    """Whether ``goal`` is reachable from ``start`` by one or more dependency edges."""
+    seen: set[str] = set()
+    todo = list(deps[start])
+    while todo:
+        n = todo.pop()
+        if n == goal:
+            return True
+        if n not in seen:
+            seen.add(n)
+            todo.extend(deps.get(n, ()))
+    return False
 
 
 def _list(value: Any, where: str) -> list:
@@ -272,6 +287,8 @@ def check(r: Recipe) -> None:
                 raise RecipeError(f"{where} trains {t}, which stage {trained_by[t]!r} trains "
                                   "already; a tag is trained by one stage")
             trained_by[t] = s.name
+    for s in r.stages:
+        where = f"{src}: stage {s.name!r}"
         for t in s.uses():
             if t not in all_trained and t not in r.pretrained:
                 raise RecipeError(f"{where} uses {t}, which no stage trains and no pretrained "

@@ -1,0 +1,255 @@
+"""Running recipes on a tiny model: order, caching by key, retraining exactly what changed,
+extending, resuming after a kill, joint training."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tagllm.protocol import run
+from tagllm.recipe import load_recipe
+from tagllm.store import TagStore
+from tagllm.train import mixed_batches
+
+from tiny import save_tiny
+
+SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "OCCO", "c1ccncc1", "CC(C)O", "CCOC",
+          "C1CCCCC1", "CN(C)C", "O=C=O", "CCCCO", "CCCN", "CC=O", "C#N"]
+TEST = ["CCCCC", "NCCO", "CC(N)=O", "c1ccoc1"]
+PROTEINS = ["MKVLAAGIVGLLLAQ", "MSTNPKPQRKTKRNT", "MAHHHHHHVDDDDKM", "MGSSHHHHHHSSGLV",
+            "MKKLLPTAAAGLLLL", "MDPVVVLGLCLSCLL", "MRLLLLLALLGGAAA", "MEEPQSDPSVEPPLS"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("protocol")
+    save_tiny(d / "tiny")
+    for name, rows in (("mols.csv", SMILES), ("test.csv", TEST)):
+        with open(d / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["smiles", "y"])
+            w.writerows([s, len(s) / 10 + 0.05 * (i % 3)] for i, s in enumerate(rows))
+    (d / "prot.fasta").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(PROTEINS)))
+    return d
+
+
+def base_recipe(d):
+    return {
+        "name": "tiny", "model": str(d / "tiny"), "out": str(d / "out"),
+        "train": {"batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2},
+        "tags": [{"name": "<SMILES>", "num_tokens": 3}, {"name": "<Protein>", "num_tokens": 2},
+                 {"name": "<Q>", "kind": "function", "num_tokens": 2,
+                  "head": {"kind": "regression"}}],
+        "stages": [  # file order is not run order: q needs <SMILES> from stage smiles
+            {"name": "q", "tags": ["<Q>"], "train": {"steps": 6},
+             "data": [{"source": str(d / "mols.csv"), "template": "<SMILES> {smiles} <Q>",
+                       "label": "y"}],
+             "eval": [{"source": str(d / "test.csv"), "label": "y",
+                       "baselines": ["knn", "mean"], "ablation": True}]},
+            {"name": "smiles", "tags": ["<SMILES>"], "train": {"steps": 4},
+             "data": [{"source": str(d / "mols.csv"), "template": "<SMILES> {smiles}"}]},
+            {"name": "protein", "tags": ["<Protein>"], "train": {"steps": 3},
+             "data": [{"source": str(d / "prot.fasta"), "template": "<Protein> {sequence}"}]},
+        ],
+    }
+
+
+def write(tmp_path, recipe, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return p
+
+
+def go(path, store, **kw):
+    return run(load_recipe(path), TagStore(store), log=lambda s: None, progress=False, **kw)
+
+
+def trained(summary):
+    return {s["stage"]: s["steps_run"] for s in summary.stages if not s["cached"]}
+
+
+def stage(summary, name):
+    return next(s for s in summary.stages if s["stage"] == name)
+
+
+def snapshot(store):
+    return {p.relative_to(store): p.read_bytes() for p in store.glob("*/tag.*")}
+
+
+def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
+    store = tmp_path / "store"
+    r = base_recipe(workdir)
+    s1 = go(write(tmp_path, r), store)
+    assert [s["stage"] for s in s1.stages] == ["smiles", "q", "protein"]  # q after smiles
+    assert trained(s1) == {"smiles": 4, "protein": 3, "q": 6}
+    q_eval = stage(s1, "q")["eval"][0]
+    assert set(q_eval["baselines"]) == {"Morgan k-NN (k=5)", "training mean",
+                                        "ablation: <Q> untrained, head fitted"}
+    files = snapshot(store)
+    assert len(files) == 6
+    assert (workdir / "out" / "tags" / "Q" / "tag.json").is_file()
+
+    s2 = go(write(tmp_path, r), store)  # a second run trains nothing, rewrites nothing
+    assert trained(s2) == {} and s2.steps_run == 0
+    assert snapshot(store) == files
+    same = json.dumps(stage(s2, "q")["eval"][0], sort_keys=True)  # NaN-safe comparison
+    assert same == json.dumps(q_eval, sort_keys=True)  # metrics from the stored provenance
+
+    dry = go(write(tmp_path, r), store, dry_run=True)
+    assert all(s["cached"] for s in dry.stages)
+
+    r2 = copy.deepcopy(r)  # the domain tag's lr: it and its dependant retrain, protein not
+    r2["stages"][1]["train"]["lr"] = 5e-4
+    plan = go(write(tmp_path, r2), store, dry_run=True)
+    reasons = {s["stage"]: s["reason"] for s in plan.stages}
+    assert reasons["smiles"] == "changed since the last run: train.lr"
+    assert reasons["q"] == "changed since the last run: deps.<SMILES>"
+    assert reasons["protein"] == "cached"
+    assert snapshot(store) == files  # a dry run writes no tag
+    s3 = go(write(tmp_path, r2), store)
+    assert trained(s3) == {"smiles": 4, "q": 6}
+
+    r3 = copy.deepcopy(r2)  # the function tag's lr: only it retrains
+    r3["stages"][0]["train"]["head_lr"] = 3e-4
+    assert trained(go(write(tmp_path, r3), store)) == {"q": 6}
+
+    r4 = copy.deepcopy(r3)  # different data rows: a new data fingerprint
+    r4["stages"][2]["data"][0]["n"] = 6
+    assert trained(go(write(tmp_path, r4), store)) == {"protein": 3}
+    assert all(store.joinpath(k).read_bytes() == v for k, v in files.items())  # old intact
+
+
+def test_extending_a_recipe_trains_only_the_new_tag(workdir, tmp_path):
+    store = tmp_path / "store"
+    r = base_recipe(workdir)
+    go(write(tmp_path, r), store)
+    before = snapshot(store)
+    r["tags"].append({"name": "<K>", "kind": "function", "num_tokens": 2,
+                      "head": {"kind": "classification", "num_outputs": 2}})
+    for name, rows in (("cls.csv", SMILES), ("cls_test.csv", TEST)):
+        with open(workdir / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["smiles", "ring"])
+            w.writerows([s, int("1" in s)] for s in rows)
+    r["stages"].append({"name": "k", "tags": ["<K>"], "train": {"steps": 2},
+                        "data": [{"source": str(workdir / "cls.csv"),
+                                  "template": "<SMILES> {smiles} <K>", "label": "ring"}],
+                        "eval": [{"source": str(workdir / "cls_test.csv"), "label": "ring"}]})
+    s = go(write(tmp_path, r), store)
+    assert trained(s) == {"k": 2}
+    after = snapshot(store)
+    assert {k: after[k] for k in before} == before  # old tags byte-identical
+    assert set(s.stages[-1]["eval"][0]["metrics"]) == {"accuracy", "auroc"}
+    rows = TagStore(store).entries()
+    assert sorted(r["name"] for r in rows) == ["<K>", "<Protein>", "<Q>", "<SMILES>"]
+    k_meta = next(r for r in rows if r["name"] == "<K>")
+    assert k_meta["metric"].endswith(str(round(s.stages[-1]["eval"][0]["metrics"]["accuracy"],
+                                               4)).rstrip("0").rstrip("."))
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import tagllm.train as train
+    from tagllm.protocol import run
+    from tagllm.recipe import load_recipe
+    from tagllm.store import TagStore
+
+    real = train.save_checkpoint
+
+    def save_then_die(directory, model, tags, *args):
+        real(directory, model, tags, *args)
+        if tags == ["<Q>"]:
+            os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
+
+    train.save_checkpoint = save_then_die
+    run(load_recipe(sys.argv[1]), TagStore(sys.argv[2]), log=print, progress=False)
+""")
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(workdir, tmp_path):
+    path = write(tmp_path, base_recipe(workdir))
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(path), str(tmp_path / "a")],
+                            capture_output=True, text=True, env={**os.environ})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    work = list((tmp_path / "a" / ".work").glob("*/state.json"))
+    assert len(work) == 1  # the <Q> stage died after its step-2 checkpoint
+    plan = go(path, tmp_path / "a", dry_run=True)
+    assert stage(plan, "q")["reason"] == "resumes from its checkpoint at step 2/6"
+
+    resumed = go(path, tmp_path / "a")
+    assert trained(resumed) == {"q": 4, "protein": 3}  # q: steps 3..6 only
+    assert stage(resumed, "q")["resumed_from"] == 2
+    assert not list((tmp_path / "a" / ".work").glob("*/state.json"))  # cleaned up
+    straight = go(path, tmp_path / "b")
+    assert trained(straight) == {"smiles": 4, "protein": 3, "q": 6}
+    assert stage(resumed, "q")["key"] == stage(straight, "q")["key"]
+    for entry in (tmp_path / "b").glob("*/tag.safetensors"):
+        a = load_file(tmp_path / "a" / entry.parent.name / "tag.safetensors")
+        b = load_file(entry)
+        for k in b:
+            assert (a[k] - b[k]).abs().max().item() <= 1e-6, k
+    assert stage(resumed, "q")["eval"][0]["metrics"] == pytest.approx(
+        stage(straight, "q")["eval"][0]["metrics"], abs=1e-6)
+    ablation = "ablation: <Q> untrained, head fitted"  # kept in the checkpoint across the kill
+    assert stage(resumed, "q")["eval"][0]["baselines"][ablation] == pytest.approx(
+        stage(straight, "q")["eval"][0]["baselines"][ablation])
+
+
+def test_ctrl_c_saves_a_checkpoint_between_steps(workdir, tmp_path):
+    r = base_recipe(workdir)
+    r["stages"], r["tags"] = [r["stages"][1]], r["tags"][:1]
+    r["stages"][0]["train"].update(steps=6, checkpoint_every=0, log_every=1)
+    path = write(tmp_path, r)
+
+    def interrupt(msg):
+        if "step 3/6" in msg:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(load_recipe(path), TagStore(tmp_path / "s"), log=interrupt, progress=False)
+    state = list((tmp_path / "s" / ".work").glob("*/state.json"))
+    assert len(state) == 1 and '"step": 3' in state[0].read_text()
+    assert trained(go(path, tmp_path / "s")) == {"smiles": 3}
+
+
+def test_joint_stage_mixes_domains_by_weight_and_trains_both(workdir, tmp_path):
+    r = base_recipe(workdir)
+    r["stages"] = [{"name": "domains", "tags": ["<SMILES>", "<Protein>"],
+                    "train": {"steps": 3},
+                    "data": [{"source": str(workdir / "mols.csv"), "weight": 3,
+                              "template": "<SMILES> {smiles}"},
+                             {"source": str(workdir / "prot.fasta"),
+                              "template": "<Protein> {sequence}"}],
+                    "eval": [{"source": str(workdir / "test.csv"),
+                              "template": "<SMILES> {smiles}"}]}]
+    r["tags"] = r["tags"][:2]
+    s = go(write(tmp_path, r), tmp_path / "store")
+    assert trained(s) == {"domains": 3}
+    assert set(s.stages[0]["eval"][0]["metrics"]) == {"loss", "perplexity", "tokens"}
+    names = {e["name"] for e in TagStore(tmp_path / "store").entries()}
+    assert names == {"<SMILES>", "<Protein>"}
+
+
+def test_mixed_batches_follow_the_weights_and_replay_exactly():
+    gen = mixed_batches([[3] * 100, [5] * 50], [3.0, 1.0], batch_size=8, seed=0)
+    batches = [next(gen) for _ in range(400)]
+    counts = np.zeros(2)
+    for b in batches:
+        assert sum(len(i) for _, i in b) == 8
+        for k, idx in b:
+            counts[k] += len(idx)
+            assert all(0 <= i < (100 if k == 0 else 50) for i in idx)
+    assert counts[0] / counts.sum() == pytest.approx(0.75, abs=0.03)
+    again = mixed_batches([[3] * 100, [5] * 50], [3.0, 1.0], batch_size=8, seed=0)
+    assert [next(again) for _ in range(400)] == batches
