@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from tagllm.protocol import run
 from tagllm.recipe import load_recipe
 from tagllm.store import TagStore
+from tagllm.tags import InputTooLongError
 from tagllm.train import mixed_batches
 
 from tiny import save_tiny
@@ -253,3 +254,27 @@ def test_mixed_batches_follow_the_weights_and_replay_exactly():
     assert counts[0] / counts.sum() == pytest.approx(0.75, abs=0.03)
     again = mixed_batches([[3] * 100, [5] * 50], [3.0, 1.0], batch_size=8, seed=0)
     assert [next(again) for _ in range(400)] == batches
+
+
+def test_pretrained_tags_and_the_too_long_policy(workdir, tmp_path):
+    r = base_recipe(workdir)
+    go(write(tmp_path, r), tmp_path / "s1")
+    shared = workdir / "out" / "tags" / "SMILES"  # a tag folder someone shared
+    r2 = {**r, "out": str(tmp_path / "out2"), "pretrained": {"<SMILES>": str(shared)}}
+    r2["stages"] = [r["stages"][0]]
+    r2["tags"] = [t for t in r["tags"] if t["name"] == "<Q>"]
+    r2["stages"][0]["train"] = {"steps": 2, "max_length": 9}
+    r2["stages"][0]["eval"] = []
+    with pytest.raises(InputTooLongError, match=r"mols.csv row 3: 14 tokens > max_length 9 "):
+        go(write(tmp_path, r2), tmp_path / "s2")
+    r2["stages"][0]["data"][0]["too_long"] = "skip"
+    messages: list[str] = []
+    s = run(load_recipe(write(tmp_path, r2)), TagStore(tmp_path / "s2"), log=messages.append,
+            progress=False)
+    assert trained(s) == {"q": 2}
+    assert any("mols.csv: skipped 13 of 16 input(s) longer than 9 tokens" in m
+               for m in messages)
+    meta = json.loads(next((tmp_path / "s2").glob("*/tag.json")).read_text())
+    assert meta["provenance"]["data"][0]["rows"] == 3
+    assert meta["provenance"]["data"][0]["skipped"] == 13
+    assert meta["provenance"]["key_material"]["deps"]["<SMILES>"].startswith("pretrained:")

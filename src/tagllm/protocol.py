@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tagllm.data import Table, parse_labels
+from tagllm.data import DataError, Table, parse_labels
 from tagllm.model import TaggedModel
 from tagllm.recipe import DataConfig, EvalConfig, Recipe, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
 from tagllm.sources import load_source
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff
+from tagllm.tags import InputTooLongError
 from tagllm.train import Part, fit_tags
 
 Log = Callable[[str], None]
@@ -70,13 +71,33 @@ class StagePlan:
 
 
 def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
-          exclude_sequences: set[str], progress: bool) -> LoadedData:
+          exclude_sequences: set[str], progress: bool, tagger: TaggedModel,
+          max_length: int, log: Log) -> LoadedData:
     table, skipped = load_source(cfg.source, cfg.n, cfg.seed if cfg.seed is not None else seed,
                                  label=cfg.label, skip_invalid=getattr(cfg, "skip_invalid", False),
                                  exclude_smiles=exclude_smiles,
                                  exclude_sequences=exclude_sequences, progress=progress)
+    texts = table.render(cfg.template)
+    lengths = [len(tagger.tagtok.encode(t).ids) for t in texts]
+    long = [i for i, n in enumerate(lengths) if n > max_length]
+    if long and cfg.too_long == "error":
+        i = long[0]
+        raise InputTooLongError(
+            f"{table.where(i)}: {lengths[i]} tokens > max_length {max_length} ({len(long)} "
+            f"such input(s)); raise the stage's max_length, or set too_long: skip to drop them")
+    if long:  # too_long: skip, an explicit policy: the dropped rows are counted and logged
+        log(f"{cfg.source}: skipped {len(long)} of {len(texts)} input(s) longer than "
+            f"{max_length} tokens (too_long: skip)")
+        skipped = skipped + [f"{table.where(i)}: {lengths[i]} tokens > {max_length}"
+                             for i in long]
+        if len(long) == len(texts):
+            raise DataError(f"{cfg.source}: every input is longer than {max_length} tokens")
+        drop = set(long)
+        keep = [i for i in range(len(texts)) if i not in drop]
+        table = table.select(keep)
+        texts = [texts[i] for i in keep]
     targets = parse_labels(table, cfg.label) if cfg.label else None
-    return LoadedData(cfg, table, table.render(cfg.template), targets, skipped)
+    return LoadedData(cfg, table, texts, targets, skipped)
 
 
 def _pretrained_key(path: str) -> str:
@@ -88,11 +109,18 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
          progress: bool = True) -> list[StagePlan]:
     """Work out every stage's key in dependency order; nothing is trained."""
     order = recipe.order()
+    tagger = TaggedModel(model.base, model.tokenizer, model.model_name)  # every tag: lengths
+    for t in recipe.tags:
+        if t.name not in recipe.pretrained:
+            tagger.add_tag(t, init=torch.zeros(t.num_tokens, model.hidden_size))
+    for path in recipe.pretrained.values():
+        tagger.load_tag(path)  # verified against the base model here, before any training
     evals: dict[str, list[tuple[EvalConfig, LoadedData]]] = {}
     held_smiles: set[str] = set()
     held_seqs: set[str] = set()
     for s in order:  # test data first: it is excluded from every training set
-        evals[s.name] = [(e, _load(e, recipe.seed, set(), set(), progress)) for e in s.eval]
+        evals[s.name] = [(e, _load(e, recipe.seed, set(), set(), progress, tagger,
+                                   s.train.max_length, log)) for e in s.eval]
         if recipe.exclude_eval_molecules:
             for _, d in evals[s.name]:
                 for col, values in d.table.columns.items():
@@ -103,7 +131,8 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
     keys: dict[str, str] = {t: _pretrained_key(p) for t, p in recipe.pretrained.items()}
     out: list[StagePlan] = []
     for s in order:
-        data = [_load(d, recipe.seed, held_smiles, held_seqs, progress) for d in s.data]
+        data = [_load(d, recipe.seed, held_smiles, held_seqs, progress, tagger,
+                      s.train.max_length, log) for d in s.data]
         deps = {t: keys[t] for t in s.uses()}
         material = {
             "store_format": STORE_FORMAT,

@@ -29,12 +29,19 @@ from __future__ import annotations
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tagllm.config import TagConfig, TrainConfig
 
 TAG_IN_TEMPLATE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
 BASELINES = ("knn", "mean")
+TooLong = Literal["error", "skip"]
+
+
+def _too_long(value: str) -> None:
+    if value not in ("error", "skip"):
+        raise ValueError(f"too_long: {value!r} is not 'error' or 'skip' (inputs are never "
+                         "truncated silently)")
 
 
 class RecipeError(ValueError):
@@ -82,8 +89,11 @@ class DataConfig:
                           metadata={"help": "share of each batch when a stage mixes parts"})
     skip_invalid: bool = field(default=False,
                                metadata={"help": "drop invalid rows (listed) instead of failing"})
+    too_long: TooLong = field(default="error", metadata={
+        "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
 
     def __post_init__(self) -> None:
+        _too_long(self.too_long)
         if not isinstance(self.source, str) or not self.source.strip():
             raise ValueError("source: must be a non-empty string")
         if not isinstance(self.template, str) or "{" not in self.template:
@@ -109,8 +119,11 @@ class EvalConfig:
     ablation: bool = field(default=False, metadata={
         "help": "also evaluate the untrained function tag with its closed-form head"})
     name: str | None = field(default=None, metadata={"help": "row label in the results"})
+    too_long: TooLong = field(default="error", metadata={
+        "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
 
     def __post_init__(self) -> None:
+        _too_long(self.too_long)
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines: unknown {bad}; known: {list(BASELINES)}")
