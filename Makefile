@@ -14,7 +14,7 @@ demo: setup
 
 # Lint, then every test, the slow ones on the real default model included.
 test: setup
-	.venv/bin/ruff check src tests
+	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/python -m pytest -m "slow or not slow"
 
 # Tiny-model tests only (seconds).
@@ -22,4 +22,4 @@ test-fast: setup
 	.venv/bin/python -m pytest
 
 lint: setup
-	.venv/bin/ruff check src tests
+	.venv/bin/ruff check src tests benchmarks
