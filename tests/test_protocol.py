@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from tagllm.store import TagStore
 from tagllm.tags import InputTooLongError
 from tagllm.train import mixed_batches
 
-from tiny import save_tiny
+from tiny import KILLER, save_tiny
 
 SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "OCCO", "c1ccncc1", "CC(C)O", "CCOC",
           "C1CCCCC1", "CN(C)C", "O=C=O", "CCCCO", "CCCN", "CC=O", "C#N"]
@@ -159,23 +158,6 @@ def test_extending_a_recipe_trains_only_the_new_tag(workdir, tmp_path):
                                                4)).rstrip("0").rstrip("."))
 
 
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import tagllm.train as train
-    from tagllm.protocol import run
-    from tagllm.recipe import load_recipe
-    from tagllm.store import TagStore
-
-    real = train.save_checkpoint
-
-    def save_then_die(directory, model, tags, *args):
-        real(directory, model, tags, *args)
-        if tags == ["<Q>"]:
-            os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
-
-    train.save_checkpoint = save_then_die
-    run(load_recipe(sys.argv[1]), TagStore(sys.argv[2]), log=print, progress=False)
-""")
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(workdir, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import string
 import sys
+import textwrap
 
 import torch
 
@@ -27,6 +28,27 @@ def char_tokenizer(bos: bool = True):
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
                                    pad_token="<pad>", unk_token="<unk>")
+
+
+#: Runs a recipe (argv: recipe, store) and SIGKILLs itself right after the first
+#: checkpoint of the stage that trains <Q>: an interruption with no clean-up at all.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import tagllm.train as train
+    from tagllm.protocol import run
+    from tagllm.recipe import load_recipe
+    from tagllm.store import TagStore
+
+    real = train.save_checkpoint
+
+    def save_then_die(directory, model, tags, *args):
+        real(directory, model, tags, *args)
+        if tags == [os.environ.get("KILL_AT_TAG", "<Q>")]:
+            os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
+
+    train.save_checkpoint = save_then_die
+    run(load_recipe(sys.argv[1]), TagStore(sys.argv[2]), log=print, progress=False)
+""")
 
 
 def tiny_base(arch: str = "llama", seed: int = 0, hidden: int = 32):
