@@ -442,8 +442,8 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/yellow] (a stage in training kept its checkpoint; "
-                  "run the same command to resume)")
+        err.print("[yellow]interrupted[/yellow] (`tagllm run` keeps the checkpoint of the "
+                  "stage in training: the same command resumes it)")
         sys.exit(130)
 
 

@@ -7,13 +7,18 @@ from typing import Any
 import numpy as np
 
 
+#: Column order of metrics (stored results have sorted keys).
+ORDER = ("mse", "mae", "pearson", "spearman", "accuracy", "auroc", "loss", "perplexity", "tokens")
+
+
 def results_table(results: dict[str, dict[str, float]], title: str):
     """Methods as rows, metrics as columns."""
     from rich.table import Table as RichTable
 
     table = RichTable(title=title)
     table.add_column("method")
-    names = list(next(iter(results.values())))
+    first = list(next(iter(results.values())))
+    names = [n for n in ORDER if n in first] + [n for n in first if n not in ORDER]
     for n in names:
         table.add_column(n.upper() if n in ("mse", "mae", "auroc") else n.capitalize(),
                          justify="right")
@@ -29,7 +34,7 @@ def stage_tables(stages: list[dict[str, Any]]) -> list:
         for ev in s.get("eval", []):
             label = f"tags ({ev['tag']})" if ev.get("tag") else "tags (validation loss)"
             rows = {label: ev["metrics"], **ev.get("baselines", {})}
-            cached = " [cached]" if s.get("cached") else ""
+            cached = " (cached)" if s.get("cached") else ""
             tables.append(results_table(
                 rows, f"stage {s['stage']}{cached}: {ev['name']} ({ev['rows']} examples)"))
     return tables

@@ -195,29 +195,9 @@ def _head_tag(model: TaggedModel, tags: Sequence[str], text: str, where: str) ->
     return found[0]
 
 
-def fit_tags(
-    model: TaggedModel,
-    tags: Sequence[str],
-    parts: Sequence[Part],
-    cfg: TrainConfig | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    after_warm_start: Callable[[], dict | None] | None = None,
-    checkpoint_dir: str | Path | None = None,
-) -> TrainResult:
-    """Train ``tags`` (and their heads) jointly on ``parts``; every other parameter is frozen.
-
-    ``after_warm_start`` runs once the heads have their closed-form fit, before the first
-    gradient step (e.g. to evaluate "tags at initialisation + fitted head"); what it returns
-    is kept in the checkpoint and in the result. With ``checkpoint_dir``, an existing
-    checkpoint there is resumed (the caller must have set up the same tags and data).
-    """
-    cfg = cfg or TrainConfig()
-    tags = list(tags)
-    if not parts:
-        raise ValueError(f"no training data for {tags}")
-    torch.manual_seed(cfg.seed)
-    model.set_trainable(tags)
+def _encode_parts(model: TaggedModel, tags: list[str], parts: Sequence[Part],
+                  cfg: TrainConfig) -> tuple[list, list, list]:
+    """Token ids, target tensors and the head-owning tag of each part, all checked."""
     ids: list[list[list[int]]] = []
     y: list[torch.Tensor | None] = []
     head_of: list[str | None] = []
@@ -244,20 +224,47 @@ def fit_tags(
         model.head_positions(_batch(model, ids[k][:1]).input_ids, tag)  # the tag is present
         head_of.append(tag)
         y.append(yk)
-    supervised = [k for k, t in enumerate(head_of) if t is not None]
+    supervised = [t for t in head_of if t is not None]
     for t in tags:
         h = model.head(t)
         if h is not None and h.has_parameters and t not in head_of:
             raise ValueError(f"tag {t} has a {h.kind} head: training needs targets (a label "
                              "column)")
-    if len({head_of[k] for k in supervised}) != len(supervised):
-        raise ValueError("two labelled parts train the same head: "
-                         f"{[head_of[k] for k in supervised]}")
+    if len(set(supervised)) != len(supervised):
+        raise ValueError(f"two labelled parts train the same head: {supervised}")
     lm_tags = {t for k, p in enumerate(parts) if head_of[k] is None
                for t, is_tag in model.tagtok.split(p.texts[0]) if is_tag and t in tags}
     untouched = [t for t in tags if t not in lm_tags and t not in head_of]
     if untouched:
         raise ValueError(f"no training data contains {untouched}")
+    return ids, y, head_of
+
+
+def fit_tags(
+    model: TaggedModel,
+    tags: Sequence[str],
+    parts: Sequence[Part],
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    after_warm_start: Callable[[], dict | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainResult:
+    """Train ``tags`` (and their heads) jointly on ``parts``; every other parameter is frozen.
+
+    ``after_warm_start`` runs once the heads have their closed-form fit, before the first
+    gradient step (e.g. to evaluate "tags at initialisation + fitted head"); what it returns
+    is kept in the checkpoint and in the result. With ``checkpoint_dir``, an existing
+    checkpoint there is resumed (the caller must have set up the same tags and data).
+    """
+    cfg = cfg or TrainConfig()
+    tags = list(tags)
+    if not parts:
+        raise ValueError(f"no training data for {tags}")
+    torch.manual_seed(cfg.seed)
+    model.set_trainable(tags)
+    ids, y, head_of = _encode_parts(model, tags, parts, cfg)
+    supervised = [k for k, t in enumerate(head_of) if t is not None]
 
     prefix = None
     if supervised and cfg.frozen_prefix:
