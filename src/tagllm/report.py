@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: Column order of metrics (stored results have sorted keys).
 ORDER = ("mse", "mae", "pearson", "spearman", "accuracy", "auroc", "loss", "perplexity", "tokens")
 
