@@ -63,8 +63,6 @@ def save_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
 
 
 def _jsonable(x: Any) -> Any:
-    if isinstance(x, tuple):
-        return list(x)
     if torch.is_tensor(x):
         return x.tolist()
     raise TypeError(f"cannot store {type(x).__name__} in a checkpoint")

@@ -25,7 +25,7 @@ from tagllm.data import DataError, Table, parse_labels
 from tagllm.model import TaggedModel
 from tagllm.recipe import DataConfig, EvalConfig, Recipe, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
-from tagllm.sources import load_source
+from tagllm.sources import PROTEIN_COLUMNS, SMILES_COLUMNS, load_source
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff
 from tagllm.tags import InputTooLongError
 from tagllm.train import Part, fit_tags
@@ -67,14 +67,13 @@ class StagePlan:
     evals: list[tuple[EvalConfig, LoadedData]]
     cached: bool
     reason: str
-    resume_step: int = 0
 
 
 def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
           exclude_sequences: set[str], progress: bool, tagger: TaggedModel,
           max_length: int, log: Log) -> LoadedData:
     table, skipped = load_source(cfg.source, cfg.n, cfg.seed if cfg.seed is not None else seed,
-                                 label=cfg.label, skip_invalid=getattr(cfg, "skip_invalid", False),
+                                 label=cfg.label, skip_invalid=cfg.skip_invalid,
                                  exclude_smiles=exclude_smiles,
                                  exclude_sequences=exclude_sequences, progress=progress)
     texts = table.render(cfg.template)
@@ -124,9 +123,9 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
         if recipe.exclude_eval_molecules:
             for _, d in evals[s.name]:
                 for col, values in d.table.columns.items():
-                    if col.lower() in {"smiles", "drug", "drug1", "drug2"}:
+                    if col.lower() in SMILES_COLUMNS:
                         held_smiles.update(values)
-                    if col.lower() in {"sequence", "protein", "target"}:
+                    if col.lower() in PROTEIN_COLUMNS:
                         held_seqs.update(values)
     keys: dict[str, str] = {t: _pretrained_key(p) for t, p in recipe.pretrained.items()}
     out: list[StagePlan] = []
@@ -148,21 +147,20 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
         tag_keys = {t: digest({"stage": key, "tag": t}) for t in s.tags}
         keys.update(tag_keys)
         cached = all(store.has(k) for k in tag_keys.values())
-        resume = 0
         if cached:
             reason = "cached"
         else:
             ck = store.work_dir(key) / "state.json"
             if ck.is_file():
-                resume = int(json.loads(ck.read_text()).get("step", 0))
-                reason = f"resumes from its checkpoint at step {resume}/{s.train.steps}"
+                step = json.loads(ck.read_text()).get("step", 0)
+                reason = f"resumes from its checkpoint at step {step}/{s.train.steps}"
             else:
                 last = store.last_material(recipe.name, s.name)
                 changed = flat_diff(last, material) if last else []
                 reason = ("changed since the last run: " + ", ".join(changed[:6])
                           + (" ..." if len(changed) > 6 else "")) if changed else "not trained yet"
         out.append(StagePlan(s, key, tag_keys, deps, material, data, evals[s.name], cached,
-                             reason, resume))
+                             reason))
     return out
 
 
@@ -266,8 +264,10 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
     for p in plans:
         if p.cached:
             meta = json.loads((store.path(p.tag_keys[p.stage.tags[0]]) / META).read_text())
+            prov = meta["provenance"]  # what the run that trained it measured
             stages.append({"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
-                           "eval": meta["provenance"].get("eval", [])})
+                           "trained": meta.get("created"), "seconds": prov.get("seconds"),
+                           "final_loss": prov.get("final_loss"), "eval": prov.get("eval", [])})
             store.remember(recipe.name, p.stage.name, p.material)
             continue
         stages.append(_train_stage(recipe, base, p, store, log, progress))

@@ -27,7 +27,7 @@ found here, before any model is loaded, and the message names where it is.
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,6 +119,8 @@ class EvalConfig:
     ablation: bool = field(default=False, metadata={
         "help": "also evaluate the untrained function tag with its closed-form head"})
     name: str | None = field(default=None, metadata={"help": "row label in the results"})
+    skip_invalid: bool = field(default=False,
+                               metadata={"help": "drop invalid rows (listed) instead of failing"})
     too_long: TooLong = field(default="error", metadata={
         "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
 
@@ -194,9 +196,6 @@ class Recipe:
                                                         for n in cyc))
             done.append(ready[0])
         return [by_name[n] for n in done]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _reaches(deps: dict[str, set[str]], start: str, goal: str) -> bool:

@@ -101,11 +101,11 @@ def load_source(
 
 def _exclude(table: Table, sequences: set[str], smiles: set[str]) -> Table:
     drop: set[int] = set()
+    canon = {canonical_smiles(s) for s in smiles}
     for col, values in table.columns.items():
         if sequences and col.lower() in PROTEIN_COLUMNS:
             drop |= {i for i, v in enumerate(values) if v in sequences}
-        if smiles and col.lower() in SMILES_COLUMNS:
-            canon = {canonical_smiles(s) for s in smiles}
+        if canon and col.lower() in SMILES_COLUMNS:
             drop |= {i for i, v in enumerate(values) if canonical_smiles(v) in canon}
     if not drop:
         return table
