@@ -15,8 +15,8 @@ from typing import Literal
 
 from rich.console import Console
 
-console = Console()
-err = Console(stderr=True)
+console = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def _log(msg: str) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from tagllm.data import DataError, Table, parse_labels
 from tagllm.model import TaggedModel
-from tagllm.recipe import DataConfig, EvalConfig, Recipe, StageConfig, tags_in
+from tagllm.recipe import DataConfig, EvalConfig, Recipe, RecipeError, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
 from tagllm.sources import PROTEIN_COLUMNS, SMILES_COLUMNS, load_source
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff
@@ -112,8 +112,11 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
     for t in recipe.tags:
         if t.name not in recipe.pretrained:
             tagger.add_tag(t, init=torch.zeros(t.num_tokens, model.hidden_size))
-    for path in recipe.pretrained.values():
-        tagger.load_tag(path)  # verified against the base model here, before any training
+    for name, path in recipe.pretrained.items():
+        found = tagger.load_tag(path)  # verified against the base model before any training
+        if found != name:
+            raise RecipeError(f"{recipe.source}: pretrained {name} points to {path}, which "
+                              f"holds the tag {found}")
     evals: dict[str, list[tuple[EvalConfig, LoadedData]]] = {}
     held_smiles: set[str] = set()
     held_seqs: set[str] = set()
@@ -253,8 +256,9 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
     for p in plans:
         for d in p.data:
             if d.skipped:
-                log(f"stage {p.stage.name}: skipped {len(d.skipped)} invalid row(s) of "
-                    f"{d.config.source}: " + "; ".join(d.skipped[:5]))
+                more = f" (and {len(d.skipped) - 3} more)" if len(d.skipped) > 3 else ""
+                log(f"stage {p.stage.name}: skipped {len(d.skipped)} row(s) of "
+                    f"{d.config.source}: " + "; ".join(d.skipped[:3]) + more)
     if dry_run:
         return RunSummary(recipe.name, recipe.out,
                           [{"stage": p.stage.name, "cached": p.cached, "steps_run": 0,

@@ -31,7 +31,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from tagllm.config import TagConfig, TrainConfig
+from tagllm.config import HeadConfig, TagConfig, TrainConfig
 
 TAG_IN_TEMPLATE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
 BASELINES = ("knn", "mean")
@@ -238,8 +238,6 @@ def recipe_from_dict(data: Any, source: str = "<memory>") -> Recipe:
     for i, t in enumerate(_list(data.get("tags"), f"{source}: tags")):
         where = f"{source}: tags[{i}]" + (f" ({t.get('name')})" if isinstance(t, dict) else "")
         if isinstance(t, dict) and isinstance(t.get("head"), dict):
-            from tagllm.config import HeadConfig
-
             t = {**t, "head": build(HeadConfig, t["head"], f"{where}.head")}
         tags.append(build(TagConfig, t, where))
     stages = []
