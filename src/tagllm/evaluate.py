@@ -133,9 +133,7 @@ def lm_metrics(model, texts: Sequence[str], batch_size: int = 16, max_length: in
                        unit="batch"):
             batch = model.encode([texts[i] for i in order[s:s + batch_size]],
                                  max_length=max_length)
-            n = int((batch.attention_mask[:, 1:].bool()
-                     & (batch.input_ids[:, 1:] < model.bank.vocab_rows)).sum())
-            total += float(model.lm_loss(batch)) * n
-            count += n
+            total += float(model.lm_loss(batch, reduction="sum"))
+            count += int(model.lm_targets(batch).sum())
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}

@@ -211,13 +211,19 @@ class TaggedModel(nn.Module):
         pos = self.head_positions(input_ids, tag)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos].float()
 
-    def lm_loss(self, batch: Batch) -> torch.Tensor:
-        """Next-token loss on base tokens only (tag positions and padding are not targets)."""
+    def lm_loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+        """Next-token loss on base tokens only (tag positions and padding are not targets):
+        the mean over those tokens, or with ``reduction="sum"`` their sum."""
         hidden = self.hidden_states(batch)[:, :-1]  # (B, T-1, H)
         targets = batch.input_ids[:, 1:]  # (B, T-1)
-        valid = batch.attention_mask[:, 1:].bool() & (targets < self.bank.vocab_rows)
+        valid = self.lm_targets(batch)
         logits = self.logits(hidden[valid]).float()  # (N, V)
-        return F.cross_entropy(logits, targets[valid])
+        return F.cross_entropy(logits, targets[valid], reduction=reduction)
+
+    def lm_targets(self, batch: Batch) -> torch.Tensor:
+        """(B, T-1) mask of the positions whose next token is a loss target."""
+        targets = batch.input_ids[:, 1:]
+        return batch.attention_mask[:, 1:].bool() & (targets < self.bank.vocab_rows)
 
     def head_loss(self, batch: Batch, tag: str, targets: torch.Tensor) -> torch.Tensor:
         head = self.head(tag)

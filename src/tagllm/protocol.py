@@ -306,7 +306,8 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
         log(f"stage {s.name} eval {row['name']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row["metrics"].items()))
     provenance = {
-        "recipe": recipe.name, "recipe_file": recipe.source, "stage_key": p.key, "stage": asdict(s), "key_material": p.material,
+        "recipe": recipe.name, "recipe_file": recipe.source, "stage_key": p.key,
+        "stage": asdict(s), "key_material": p.material,
         "data": [{"source": d.config.source, "n": d.config.n, "rows": len(d.texts),
                   "seed": d.config.seed if d.config.seed is not None else recipe.seed,
                   "skipped": len(d.skipped), "fingerprint": d.fingerprint()} for d in p.data],
