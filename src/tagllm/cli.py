@@ -56,7 +56,8 @@ def run(
     settings, data fingerprint, dependencies' keys, seed) is already stored is not trained
     again. An interrupted stage (Ctrl-C, SIGTERM, or killed) resumes from its last
     checkpoint when the same command runs again. The tags and results.json are exported
-    to the recipe's out folder.
+    to the recipe's out folder. Under `torchrun` or `accelerate launch` with N processes,
+    each process takes 1/N of every batch and the tag gradients are summed across them.
 
     Args:
         recipe: the YAML recipe file (see recipes/).
@@ -64,6 +65,7 @@ def run(
         store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
         progress: show progress bars.
     """
+    from tagllm.distributed import world
     from tagllm.protocol import run as run_recipe
     from tagllm.recipe import load_recipe
     from tagllm.report import stage_tables
@@ -72,7 +74,7 @@ def run(
     r = load_recipe(recipe)  # every recipe error surfaces here, before any model loads
     summary = run_recipe(r, TagStore(store), dry_run=dry_run, log=_log, progress=progress,
                          show=console.print)
-    if dry_run:
+    if dry_run or not world().is_main:  # under a multi-process launch, one process reports
         return
     for table in stage_tables(summary.stages):
         console.print(table)

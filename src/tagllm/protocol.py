@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from tagllm.data import DataError, Table, parse_labels
+from tagllm.distributed import world
 from tagllm.model import TaggedModel
 from tagllm.recipe import DataConfig, EvalConfig, Recipe, RecipeError, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
@@ -248,7 +249,10 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
     t0 = time.perf_counter()
     store = store or TagStore()
     show = show or (lambda x: log(str(x)))
-    base = TaggedModel.from_pretrained(recipe.model)
+    w = world()
+    if not w.is_main:  # under a multi-process launch one process reports and writes
+        log, show, progress = (lambda m: None), (lambda x: None), False
+    base = TaggedModel.from_pretrained(recipe.model, device=w.device)
     log(f"base model {base.model_name} ({type(base.base).__name__}, fingerprint "
         f"{base.fingerprint[:19]}); tag store {store.root}")
     plans = plan(recipe, base, store, log, progress)
@@ -272,11 +276,14 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
             stages.append({"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
                            "trained": meta.get("created"), "seconds": prov.get("seconds"),
                            "final_loss": prov.get("final_loss"), "eval": prov.get("eval", [])})
-            store.remember(recipe.name, p.stage.name, p.material)
+            if w.is_main:
+                store.remember(recipe.name, p.stage.name, p.material)
             continue
         stages.append(_train_stage(recipe, base, p, store, log, progress))
     summary = RunSummary(recipe.name, recipe.out, stages, time.perf_counter() - t0)
-    export(recipe, plans, store, summary)
+    if w.is_main:
+        export(recipe, plans, store, summary)
+    w.barrier()
     return summary
 
 
@@ -312,15 +319,21 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
                   "seed": d.config.seed if d.config.seed is not None else recipe.seed,
                   "skipped": len(d.skipped), "fingerprint": d.fingerprint()} for d in p.data],
         "seed": s.train.seed, "steps": res.steps, "resumed_from": res.resumed_from,
+        "processes": len(res.examples_per_process),
+        "examples_per_process": res.examples_per_process,
         "seconds": round(res.seconds, 1), "final_loss": res.final_loss,
         "warm_start": res.warm_start, "eval": evals,
     }
-    for t in s.tags:  # each tag of a stage is stored under its own key
-        m.save_tag(t, store.path(p.tag_keys[t]), provenance={**provenance, "key": p.tag_keys[t]},
-                   trained_with=[x for x in m.bank.names if x != t])
-    store.clear_work(p.key)
-    store.remember(recipe.name, s.name, p.material)
+    if world().is_main:  # the tags are equal on every process: one writes them
+        for t in s.tags:  # each tag of a stage is stored under its own key
+            m.save_tag(t, store.path(p.tag_keys[t]),
+                       provenance={**provenance, "key": p.tag_keys[t]},
+                       trained_with=[x for x in m.bank.names if x != t])
+        store.clear_work(p.key)
+        store.remember(recipe.name, s.name, p.material)
+    world().barrier()
     return {"stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
+            "examples_per_process": res.examples_per_process,
             "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
             "final_loss": res.final_loss, "eval": evals}
 

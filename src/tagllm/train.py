@@ -24,6 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from tagllm.checkpoint import StopRequest, load_checkpoint, save_checkpoint
 from tagllm.config import TrainConfig
+from tagllm.distributed import World, world
 from tagllm.heads import ClassificationHead, RegressionHead
 from tagllm.model import Batch, TaggedModel
 from tagllm.prefix import FrozenPrefix
@@ -41,6 +42,7 @@ class TrainResult:
     warm_start: dict | None = None
     resumed_from: int = 0  # steps already done by an earlier, interrupted run
     after_warm_start: dict | None = None  # what the after_warm_start hook returned
+    examples_per_process: list[int] = field(default_factory=list)  # by rank, this call
 
     @property
     def steps_run(self) -> int:
@@ -136,6 +138,10 @@ def warm_start_head(model: TaggedModel, tag: str, feats: torch.Tensor, targets: 
     return {"examples": len(X), "alpha": chosen}
 
 
+def _quiet(msg: str) -> None:
+    pass
+
+
 def _seconds_since(t0: float) -> float:
     return time.perf_counter() - t0
 
@@ -193,6 +199,23 @@ def _head_tag(model: TaggedModel, tags: Sequence[str], text: str, where: str) ->
         raise ValueError(f"{where}: labelled inputs contain several trained tags with heads "
                          f"({found}); give each its own data")
     return found[0]
+
+
+def _sum_gradients(w: World, params: list[torch.nn.Parameter], loss: torch.Tensor,
+                   stop: bool) -> list[float]:
+    """Sum the gradients of ``params``, the loss and the stop flag over all processes in
+    one all-reduce; returns [global loss, number of processes asking to stop]."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    extra = torch.tensor([float(loss.detach()), float(stop)], device=loss.device)
+    if not w.distributed:
+        return extra.tolist()
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [extra])
+    w.sum_(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
+        offset += g.numel()
+    return flat[offset:].tolist()
 
 
 def _encode_parts(model: TaggedModel, tags: list[str], parts: Sequence[Part],
@@ -261,6 +284,12 @@ def fit_tags(
     tags = list(tags)
     if not parts:
         raise ValueError(f"no training data for {tags}")
+    w = world()
+    if cfg.batch_size % w.size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {w.size} "
+                         "processes (the global batch is split evenly)")
+    if not w.is_main:  # one process reports
+        progress, log = False, _quiet
     torch.manual_seed(cfg.seed)
     model.set_trainable(tags)
     ids, y, head_of = _encode_parts(model, tags, parts, cfg)
@@ -302,40 +331,62 @@ def fit_tags(
         next(batches)
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt, model, tags, opt, sched, {
-            "step": step, "losses": losses, "warm_start": warm, "after_warm_start": after,
-            "train": cfg.to_dict()})
+        if w.is_main:  # one writer; the others wait until the state is on disk
+            save_checkpoint(ckpt, model, tags, opt, sched, {
+                "step": step, "losses": losses, "warm_start": warm, "after_warm_start": after,
+                "train": cfg.to_dict(), "processes": w.size})
+        w.barrier()
 
     t0 = time.perf_counter()
+    examples = 0  # seen by this process
     pbar = bar(cfg.steps, f"training {', '.join(tags)}", progress, unit="step")
     pbar.update(step0)
-    # Ctrl-C / SIGTERM finish the current step, save a checkpoint, then stop.
+    vocab = model.bank.vocab_rows
+    # Ctrl-C / SIGTERM finish the current step, save a checkpoint, then stop (all processes
+    # at the same step: the request travels with the gradients).
     with StopRequest() as stop:
         try:
             for step in range(step0 + 1, cfg.steps + 1):
+                items = [(k, i) for k, idx in next(batches) for i in idx]  # the global batch
+                n_part = [sum(1 for kk, _ in items if kk == k) for k in range(len(parts))]
+                mine: dict[int, list[int]] = {}
+                for k, i in w.shard(items):
+                    mine.setdefault(k, []).append(i)
+                examples += sum(len(v) for v in mine.values())
+                # next-token targets of each LM part over all processes: the loss is the
+                # global token mean whatever the split
+                targets = torch.zeros(len(parts), dtype=torch.float64)
+                for k, idx in mine.items():
+                    if head_of[k] is None:
+                        targets[k] = sum(sum(t < vocab for t in ids[k][i][1:]) for i in idx)
+                w.sum_(targets)
                 loss = torch.zeros((), device=model.device)
-                for k, idx in next(batches):
+                for k, idx in mine.items():
                     batch_ids = [ids[k][i] for i in idx]
                     tag = head_of[k]
                     if tag is None:
-                        part_loss = model.lm_loss(_batch(model, batch_ids))
-                    elif prefix is not None:
-                        feats = prefix.tag_features([(k, i) for i in idx], batch_ids, tag)
-                        part_loss = model.head(tag).loss(model.head(tag)(feats),
-                                                         y[k][idx].to(model.device))
+                        part_loss = (model.lm_loss(_batch(model, batch_ids), reduction="sum")
+                                     / targets[k].item())
                     else:
-                        part_loss = model.head_loss(_batch(model, batch_ids), tag, y[k][idx])
-                    loss = loss + part_loss * (len(idx) / cfg.batch_size)  # mix by share
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training {tags}: loss is {loss.item()} at "
-                                             f"step {step}")
+                        if prefix is not None:
+                            feats = prefix.tag_features([(k, i) for i in idx], batch_ids, tag)
+                            head = model.head(tag)
+                            mean = head.loss(head(feats), y[k][idx].to(model.device))
+                        else:
+                            mean = model.head_loss(_batch(model, batch_ids), tag, y[k][idx])
+                        part_loss = mean * (len(idx) / n_part[k])  # this share of the mean
+                    loss = loss + part_loss * (n_part[k] / cfg.batch_size)  # mix by share
                 loss.backward()
+                loss_value = _sum_gradients(w, params, loss, stop.requested is not None)
+                if not math.isfinite(loss_value[0]):
+                    raise FloatingPointError(f"training {tags}: loss is {loss_value[0]} at "
+                                             f"step {step}")
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+                losses.append(loss_value[0])
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -343,12 +394,15 @@ def fit_tags(
                         f"{np.mean(losses[-cfg.log_every:]):.4f} ({_seconds_since(t0):.0f} s)")
                 if step == cfg.steps:
                     break
-                if ckpt is not None and (stop.requested or (
+                # a stop request on any process (alone, a process needs no collective)
+                stopping = loss_value[1] > 0 or (stop.requested is not None and not w.distributed)
+                if ckpt is not None and (stopping or (
                         cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                     checkpoint(step)
-                if stop.requested:
+                if stopping:
+                    why = stop.requested or "a stop request on another process"
                     where = f"; saved step {step} to {ckpt}, run again to resume" if ckpt else ""
-                    log(f"stopped by {stop.requested} at step {step}/{cfg.steps}{where}")
+                    log(f"stopped by {why} at step {step}/{cfg.steps}{where}")
                     raise KeyboardInterrupt
         finally:
             pbar.close()
@@ -356,7 +410,8 @@ def fit_tags(
     if prefix is not None:
         log(f"frozen prefix: {prefix.hits} cached / {prefix.misses} computed prefixes, "
             f"{prefix.used / 1e9:.2f} GB kept")
-    return TrainResult(cfg.steps, _seconds_since(t0), losses, warm, step0, after)
+    per_process = w.gather_object(examples)
+    return TrainResult(cfg.steps, _seconds_since(t0), losses, warm, step0, after, per_process)
 
 
 def _warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tensor,
@@ -375,8 +430,13 @@ def _warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Ten
     rng = np.random.default_rng(cfg.seed)
     sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
     t0 = time.perf_counter()
-    feats = tag_features(model, tag, [ids[i] for i in sub], cfg.batch_size, progress,
-                         prefix=prefix, keys=[(part, i) for i in sub])
+    w = world()  # each process computes a share of the features; the sum assembles them
+    mine = w.shard(list(range(len(sub))))
+    local = tag_features(model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
+                         prefix=prefix, keys=[(part, sub[j]) for j in mine])
+    feats = torch.zeros(len(sub), model.hidden_size)
+    feats[mine] = local
+    w.sum_(feats)
     warm = warm_start_head(model, tag, feats, y[sub].numpy(), cfg.ridge_alpha)
     warm["seconds"] = round(_seconds_since(t0), 2)
     log(f"warm start of the {tag} head: closed form on {warm['examples']} frozen feature "

@@ -1,0 +1,65 @@
+"""Two processes (torchrun, gloo on CPU) reach the same tags as one process with the same
+global batch: the tag and head gradients are summed across processes each step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+from safetensors.torch import load_file
+
+from tagllm.protocol import run
+from tagllm.recipe import load_recipe
+from tagllm.store import TagStore
+
+from tiny import save_tiny
+
+SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "OCCO", "c1ccncc1", "CC(C)O", "CCOC",
+          "C1CCCCC1", "CN(C)C", "O=C=O", "CCCCO", "CCCN", "CC=O", "C#N"]
+PROTEINS = ["MKVLAAGIVGLLLAQ", "MSTNPKPQRKTKRNT", "MAHHHHHHVDDDDKM", "MGSSHHHHHHSSGLV",
+            "MKKLLPTAAAGLLLL", "MDPVVVLGLCLSCLL", "MRLLLLLALLGGAAA", "MEEPQSDPSVEPPLS"]
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    save_tiny(tmp_path / "tiny")
+    (tmp_path / "m.csv").write_text("smiles,y\n" + "".join(
+        f"{s},{len(s) / 10 + 0.05 * (i % 3)}\n" for i, s in enumerate(SMILES)))
+    (tmp_path / "p.fasta").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(PROTEINS)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "ddp", "model": str(tmp_path / "tiny"), "out": str(tmp_path / "out"),
+        "train": {"batch_size": 4, "warmup_steps": 1, "steps": 5},
+        "tags": [{"name": "<SMILES>", "num_tokens": 3}, {"name": "<Protein>", "num_tokens": 2},
+                 {"name": "<Q>", "kind": "function", "num_tokens": 2,
+                  "head": {"kind": "regression"}}],
+        "stages": [
+            {"name": "domains", "tags": ["<SMILES>", "<Protein>"],  # joint: mixed batches
+             "data": [{"source": str(tmp_path / "m.csv"), "template": "<SMILES> {smiles}"},
+                      {"source": str(tmp_path / "p.fasta"),
+                       "template": "<Protein> {sequence}"}]},
+            {"name": "q", "tags": ["<Q>"],  # warm start + frozen prefix, sharded
+             "data": [{"source": str(tmp_path / "m.csv"), "template": "<SMILES> {smiles} <Q>",
+                       "label": "y"}]}]}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--standalone", "--module", "tagllm.cli", "run", str(recipe),
+         "--store", str(tmp_path / "two"), "--progress", "false"],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run(load_recipe(recipe), TagStore(tmp_path / "one"), log=lambda s: None,
+              progress=False)
+    assert one.steps_run == 10
+    for entry in sorted((tmp_path / "one").glob("*/tag.json")):
+        meta2 = json.loads((tmp_path / "two" / entry.parent.name / "tag.json").read_text())
+        prov = meta2["provenance"]
+        assert prov["processes"] == 2  # both ranks really ran, each on half of every batch
+        assert prov["examples_per_process"] == [10, 10]
+        assert json.loads(entry.read_text())["provenance"]["examples_per_process"] == [20]
+        a = load_file(entry.parent / "tag.safetensors")
+        b = load_file(tmp_path / "two" / entry.parent.name / "tag.safetensors")
+        for k in a:
+            assert (a[k] - b[k]).abs().max().item() < 1e-4, (meta2["name"], k)
