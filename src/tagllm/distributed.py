@@ -39,9 +39,15 @@ class World:
         return items[self.rank::self.size]
 
     def sum_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over all processes, in place."""
+        """Sum ``t`` over all processes, in place (through this process's device, which
+        NCCL needs)."""
         if self.distributed:
-            torch.distributed.all_reduce(t)
+            if t.device == self.device:
+                torch.distributed.all_reduce(t)
+            else:
+                on_device = t.to(self.device)
+                torch.distributed.all_reduce(on_device)
+                t.copy_(on_device)
         return t
 
     def barrier(self) -> None:
