@@ -126,3 +126,28 @@ stages:
         main(["run", str(recipe), *store])
     assert e.value.code == 2
     assert "unknown key(s) ['stpes']" in capsys.readouterr().err
+
+
+def test_predict_streams_chunks_and_keeps_rows_and_atomicity(tmp_path, tiny_model_dir, data,
+                                                            capsys):
+    _train_two_stages(tmp_path, tiny_model_dir, data)
+    big = tmp_path / "big.csv"
+    rows = [SMILES[i % len(SMILES)] for i in range(150)]
+    rows[129] = "C1CC"  # invalid (unclosed ring), data row 130, in the third chunk of 64
+    with open(big, "w", newline="") as f:
+        csv.writer(f).writerows([["smiles"], *([s] for s in rows)])
+    out = tmp_path / "big_pred.csv"
+    args = ["predict", "--tags", str(tmp_path), "--input", str(big), "--output", str(out),
+            "--model", str(tiny_model_dir), "--batch_size", "2", "--progress", "false"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "big.csv row 130" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".big_pred.csv.tmp*"))  # nothing half
+    main([*args, "--skip_invalid", "true"])
+    got = list(csv.DictReader(open(out)))
+    assert [r["smiles"] for r in got] == rows[:129] + rows[130:]
+    from tagllm.data import iter_table
+
+    chunks = list(iter_table(big, chunk_rows=64))
+    assert [len(c) for c in chunks] == [64, 64, 22]
+    assert chunks[2].where(1) == f"{big} row 130"

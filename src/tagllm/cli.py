@@ -226,7 +226,9 @@ def predict(
     """Predict with a function tag's head: CSV/TSV/.smi in, CSV with predictions out.
 
     The output keeps the input columns and adds `prediction` (one output), `prediction_K`
-    (several outputs) or `prob_K` (class probabilities). It is written atomically.
+    (several outputs) or `prob_K` (class probabilities). A CSV/TSV/.smi input is read,
+    checked, predicted and written in chunks, so memory stays flat however long the file;
+    the output appears atomically when every row is done.
 
     Args:
         tags: tag folders to load, comma-separated, or a folder of tag folders.
@@ -241,41 +243,44 @@ def predict(
         progress: show a progress bar.
     """
     from tagllm.model import TaggedModel
-    from tagllm.progress import track
-    from tagllm.sources import load_source
+    from tagllm.progress import bar
+    from tagllm.sources import stream_source
 
-    table, skipped = load_source(input, skip_invalid=skip_invalid, progress=progress)
-    _report_skipped(skipped)
-    if not len(table):
-        raise ValueError(f"{input}: no rows to predict")
     m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
-    texts = table.render(template)
-    tag = tag or m.function_tag_of(texts[0])
-    head = m.head(tag)
-    n_out = head.num_outputs
-    prefix = "prob" if head.kind == "classification" else "prediction"
-    names = [prefix] if n_out == 1 and prefix == "prediction" else [
-        f"{prefix}_{k}" for k in range(n_out)]
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    chunk = 32 * batch_size  # stream: predict and write chunk by chunk
+    chunk = 32 * batch_size  # read, check, predict and write the file chunk by chunk
+    written = 0
+    pbar = bar(None, "predicting", progress, unit="row")
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow([*table.columns, *names])
-            starts = range(0, len(texts), chunk)
-            for s in track(starts, f"predicting with {tag}", progress, unit="chunk"):
-                preds = m.predict(texts[s:s + chunk], tag=tag, batch_size=batch_size,
-                                  max_length=max_length)
-                for i, row in enumerate(preds):
-                    j = s + i
+            for table, skipped in stream_source(input, chunk, skip_invalid, progress):
+                _report_skipped(skipped)
+                if not len(table):
+                    continue
+                texts = table.render(template)
+                if not written:  # the first rows fix the tag, the head and the header
+                    tag = tag or m.function_tag_of(texts[0])
+                    head = m.head(tag)
+                    prefix = "prob" if head.kind == "classification" else "prediction"
+                    names = [prefix] if head.num_outputs == 1 and prefix == "prediction" \
+                        else [f"{prefix}_{k}" for k in range(head.num_outputs)]
+                    w.writerow([*table.columns, *names])
+                preds = m.predict(texts, tag=tag, batch_size=batch_size, max_length=max_length)
+                for j, row in enumerate(preds):
                     w.writerow([*(table.columns[c][j] for c in table.columns),
                                 *(f"{x:.6g}" for x in row)])
+                written += len(texts)
+                pbar.update(len(texts))
+        if not written:
+            raise ValueError(f"{input}: no rows to predict")
         os.replace(tmp, out)
     finally:
+        pbar.close()
         tmp.unlink(missing_ok=True)
-    console.print(f"wrote {len(texts)} predictions to {out}")
+    console.print(f"wrote {written} predictions to {out}")
 
 
 def evaluate(

@@ -17,6 +17,7 @@ def track(items: Iterable[T], desc: str, enabled: bool = True, total: int | None
                      dynamic_ncols=True, leave=False))
 
 
-def bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
+def bar(total: int | None, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
+    """A manual progress bar (``total=None``: a counter without an end)."""
     return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, dynamic_ncols=True,
                 leave=False)

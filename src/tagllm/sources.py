@@ -10,10 +10,17 @@ by row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 
-from tagllm.data import DataError, Table, check_number, check_text, read_table, validate_rows
+from tagllm.data import (
+    DataError,
+    Table,
+    check_number,
+    check_text,
+    iter_table,
+    read_table,
+    validate_rows,
+)
 from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, shuffled
 
 BUILTIN_PREFIXES = ("moses:", "proteins:")
@@ -74,8 +81,7 @@ def load_source(
         if label is not None:
             raise ValueError(f"{spec} has no labels (columns: id, sequence)")
         table, problems = _proteins(spec.split(":", 1)[1]), []
-    elif Path(spec).suffix.lower() in FASTA_SUFFIXES or spec.lower().endswith(
-            tuple(s + ".gz" for s in FASTA_SUFFIXES)):
+    elif _is_fasta(spec):
         from tagllm.data.proteins import check_protein, read_fasta
 
         if label is not None:
@@ -83,20 +89,43 @@ def load_source(
         table, problems = validate_rows(read_fasta(spec), {"sequence": check_protein},
                                         skip_invalid=skip_invalid)
     else:
-        from tagllm.data.proteins import check_protein
-
         table = read_table(spec, [c for c in [*text_columns, label] if c])
-        checks = {c: check_text for c in text_columns}
-        checks.update({c: check_smiles for c in table.columns if c.lower() in SMILES_COLUMNS})
-        checks.update({c: check_protein for c in table.columns
-                       if c.lower() in PROTEIN_COLUMNS})
-        if label:
-            checks[label] = check_number
-        table, problems = validate_rows(table, checks, skip_invalid=skip_invalid)
+        table, problems = _validate(table, label, text_columns, skip_invalid)
     table = _exclude(table, set(exclude_sequences), set(exclude_smiles))
     if n is not None and n < len(table):
         table = table.select(sorted(shuffled(len(table), seed)[:n].tolist()))
     return table, problems
+
+
+def _validate(table: Table, label: str | None, text_columns: Iterable[str],
+              skip_invalid: bool) -> tuple[Table, list[str]]:
+    """Check every row of a file's table: SMILES and protein columns by name, the label as
+    a finite number, text columns non-empty."""
+    from tagllm.data.proteins import check_protein
+
+    checks = {c: check_text for c in text_columns}
+    checks.update({c: check_smiles for c in table.columns if c.lower() in SMILES_COLUMNS})
+    checks.update({c: check_protein for c in table.columns if c.lower() in PROTEIN_COLUMNS})
+    if label:
+        checks[label] = check_number
+    return validate_rows(table, checks, skip_invalid=skip_invalid)
+
+
+def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
+                  progress: bool = True) -> Iterator[tuple[Table, list[str]]]:
+    """Validated chunks of ``spec`` with their skipped-row messages: a CSV/TSV/.smi file is
+    read ``chunk_rows`` rows at a time (constant memory however long the file); built-in
+    sources and FASTA files come as one chunk."""
+    if spec.startswith(BUILTIN_PREFIXES) or _is_fasta(spec):
+        yield load_source(spec, skip_invalid=skip_invalid, progress=progress)
+        return
+    for chunk in iter_table(spec, chunk_rows=chunk_rows):
+        yield _validate(chunk, None, (), skip_invalid)
+
+
+def _is_fasta(spec: str) -> bool:
+    name = spec.lower().removesuffix(".gz")
+    return name.endswith(FASTA_SUFFIXES)
 
 
 def _exclude(table: Table, sequences: set[str], smiles: set[str]) -> Table:

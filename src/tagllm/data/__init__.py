@@ -10,7 +10,7 @@ import csv
 import gzip
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,31 +73,44 @@ def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
 
     ``columns`` must be present (case-sensitive); a missing column fails naming the file.
     """
+    return next(iter_table(path, columns))
+
+
+def iter_table(path: str | Path, columns: Sequence[str] = (),
+               chunk_rows: int | None = None) -> Iterator[Table]:
+    """:func:`read_table` in chunks of ``chunk_rows`` rows (all at once when None), so a
+    large file streams in constant memory. Row numbers count from the file's first row."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     stem_suffix = Path(p.stem).suffix if p.suffix == ".gz" else p.suffix
     with _open_text(p) as f:
         if stem_suffix == ".smi":
-            cols: dict[str, list] = {"smiles": [], "name": []}
-            for line in f:
-                parts = line.split(maxsplit=1)
-                cols["smiles"].append(parts[0] if parts else "")
-                cols["name"].append(parts[1].strip() if len(parts) > 1 else "")
-            table = Table(cols, str(p))
+            names = ["smiles", "name"]
+            rows = ([parts[0] if parts else "", parts[1].strip() if len(parts) > 1 else ""]
+                    for parts in (line.split(maxsplit=1) for line in f))
         else:
-            delim = "\t" if stem_suffix in (".tsv", ".tab") else ","
-            reader = csv.DictReader(f, delimiter=delim)
+            reader = csv.DictReader(f, delimiter="\t" if stem_suffix in (".tsv", ".tab") else ",")
             if not reader.fieldnames:
                 raise DataError(f"{p}: empty file or no header row")
-            cols = {name: [] for name in reader.fieldnames}
-            for row in reader:
-                for name in reader.fieldnames:
-                    cols[name].append(row.get(name) or "")
-            table = Table(cols, str(p))
-    for c in columns:
-        table[c]  # raises DataError naming the column and file
-    return table
+            names = list(reader.fieldnames)
+            rows = ([row.get(n) or "" for n in names] for row in reader)
+        for c in columns:
+            if c not in names:
+                raise DataError(f"{p}: missing column {c!r}; columns: {sorted(names)}")
+        start, buf = 1, []
+        for r in rows:
+            buf.append(r)
+            if chunk_rows and len(buf) == chunk_rows:
+                yield _table(names, buf, p, start)
+                start, buf = start + len(buf), []
+        if buf or start == 1:
+            yield _table(names, buf, p, start)
+
+
+def _table(names: list[str], rows: list[list[str]], path: Path, start: int) -> Table:
+    cols = {n: [r[j] for r in rows] for j, n in enumerate(names)}
+    return Table(cols, str(path), list(range(start, start + len(rows))))
 
 
 def check_number(value) -> float:
