@@ -31,7 +31,7 @@ def _reference_logits(m, text: str) -> torch.Tensor:
                 if i in vids:
                     rows.append(m.bank.parameter(name)[vids.index(i)])
         else:
-            rows.append(embed.weight[i])
+            rows.append(embed(torch.tensor(i)))  # the module: Gemma scales its embeddings
     x = torch.stack(rows)[None]  # (1, T, H)
     out = m.base(inputs_embeds=x, position_ids=torch.arange(x.shape[1])[None])
     return out.logits[0]

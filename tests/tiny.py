@@ -10,7 +10,7 @@ import textwrap
 
 import torch
 
-ARCHS = ("llama", "gpt2", "qwen2")
+ARCHS = ("llama", "gpt2", "qwen2", "gemma3")
 
 
 def char_tokenizer(bos: bool = True):
@@ -75,6 +75,16 @@ def tiny_base(arch: str = "llama", seed: int = 0, hidden: int = 32):
                           num_attention_heads=4, num_key_value_heads=2,
                           max_position_embeddings=512, **common)
         model = Qwen2ForCausalLM(cfg)
+    elif arch == "gemma3":  # sliding-window + global layers, scaled embeddings, softcapping
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(hidden_size=hidden, intermediate_size=2 * hidden,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               head_dim=hidden // 4, sliding_window=4,
+                               layer_types=["sliding_attention", "full_attention"],
+                               final_logit_softcapping=30.0, max_position_embeddings=512,
+                               **common)
+        model = Gemma3ForCausalLM(cfg)
     elif arch == "gpt2":
         cfg = GPT2Config(n_embd=hidden, n_layer=2, n_head=4, n_positions=512, **common)
         model = GPT2LMHeadModel(cfg)

@@ -39,6 +39,21 @@ def split_point(ids: Sequence[int], trainable_ids: set[int]) -> int:
     return len(ids)
 
 
+def supports_frozen_prefix(model: TaggedModel) -> bool:
+    """Whether the base model attends to a full cached prefix in every layer.
+
+    Sliding-window layers (Gemma 3, Mistral-style) keep only the last window of keys in
+    their cache, so a cached prefix would not give the full-sequence gradients: such
+    models train function tags with full-sequence passes instead.
+    """
+    cfg = model.base.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None:
+        return not any("sliding" in t for t in layer_types)
+    return not (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True))
+
+
 class FrozenPrefix:
     """Computes, caches and re-uses the key/values of the frozen prefix of each example."""
 

@@ -27,7 +27,7 @@ from tagllm.config import TrainConfig
 from tagllm.distributed import World, world
 from tagllm.heads import ClassificationHead, RegressionHead
 from tagllm.model import Batch, TaggedModel
-from tagllm.prefix import FrozenPrefix
+from tagllm.prefix import FrozenPrefix, supports_frozen_prefix
 from tagllm.progress import bar, track
 from tagllm.tags import pad_batch
 
@@ -296,7 +296,11 @@ def fit_tags(
     supervised = [k for k, t in enumerate(head_of) if t is not None]
 
     prefix = None
-    if supervised and cfg.frozen_prefix:
+    if supervised and cfg.frozen_prefix and not supports_frozen_prefix(model):
+        log(f"{type(model.base).__name__} has sliding-window attention layers: training "
+            f"{', '.join(tags)} with full-sequence passes (frozen-prefix training needs full "
+            "attention)")
+    elif supervised and cfg.frozen_prefix:
         prefix = FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = load_checkpoint(ckpt, model, tags) if ckpt is not None else None
