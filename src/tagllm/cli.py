@@ -159,7 +159,8 @@ def train(
         num_outputs: regression outputs or number of classes.
         num_tokens: p, the number of vectors of the tag.
         load: tag folders to load, frozen, comma-separated (e.g. the stage-1 domain tags).
-        model: base model: embedded short name (smollm2), Hugging Face id or local folder.
+        model: base model: embedded short name (smollm2, gemma3), Hugging Face id or local
+            folder.
         n_examples: use a seeded random sample of this many rows.
         steps: optimizer steps.
         batch_size: examples per step.
