@@ -38,7 +38,8 @@ from tagllm import HeadConfig, TagConfig, TaggedModel
 from tagllm.model import Batch
 from tagllm.prefix import FrozenPrefix
 
-KINDS = ("limit", "stage1", "stage2_full", "stage2_prefix", "stage2_cached", "peft")
+KINDS = ("limit", "stage1", "stage1_bf16", "stage2_full", "stage2_prefix", "stage2_cached",
+         "peft")
 
 
 class Bench:
@@ -85,6 +86,13 @@ class Bench:
     def stage1(self) -> None:
         self.m.set_trainable(["<D>"])
         self._step(self.m.lm_loss(self.s1))
+
+    def stage1_bf16(self) -> None:
+        """Stage 1 under bf16 autocast (TrainConfig.autocast="bf16")."""
+        with torch.autocast(self.m.device.type, dtype=torch.bfloat16):
+            self.m.set_trainable(["<D>"])
+            loss = self.m.lm_loss(self.s1)
+        self._step(loss)
 
     def stage2_full(self) -> None:
         self.m.set_trainable(["<F>"])
@@ -210,6 +218,7 @@ def main() -> None:
 
     ratios = {
         "stage-1 step / limit": (t["stage1"] / t["limit"], 1.05),
+        "stage-1 step, bf16 autocast / fp32": (t["stage1_bf16"] / t["stage1"], None),
         "stage-2 step, full sequence / limit": (t["stage2_full"] / t["limit"], None),
         "stage-2 step, frozen prefix / limit": (t["stage2_prefix"] / t["limit"], 0.5),
         "stage-2 step, cached prefix / limit": (t["stage2_cached"] / t["limit"], 0.2),

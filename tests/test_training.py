@@ -145,3 +145,20 @@ def test_batched_generation_equals_one_at_a_time_and_plain_generate(arch):
     plain = m.base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
                             do_sample=False, pad_token_id=m.pad_id)
     assert m.tokenizer.decode(plain[0, ids.shape[1]:], skip_special_tokens=True) == single[1]
+
+
+def test_bf16_autocast_trains_the_tag_and_leaves_the_base_alone():
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<S>", num_tokens=2))
+    before = {k: v.clone() for k, v in m.base.state_dict().items()}
+    start = m.bank.parameter("<S>").detach().clone()
+    cfg = TrainConfig(steps=3, batch_size=4, warmup_steps=0, lr=1e-2, autocast="bf16")
+    res = fit_tag(m, "<S>", [f"<S> {t}" for t in TEXTS], cfg=cfg, progress=False,
+                  log=lambda s: None)
+    assert all(np.isfinite(res.losses))
+    assert m.bank.parameter("<S>").dtype == torch.float32  # the tag stays fp32
+    assert not torch.equal(start, m.bank.parameter("<S>"))
+    for k, v in m.base.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="autocast"):
+        TrainConfig(autocast="int8")

@@ -141,6 +141,11 @@ class TrainConfig:
         default=4.0,
         metadata={"help": "memory for prefix key/values kept across epochs; 0 = recompute"},
     )
+    autocast: Literal["no", "bf16", "fp16"] = field(
+        default="no",
+        metadata={"help": "run forward passes under torch.autocast in bf16/fp16 (weights stay "
+                          "as loaded; tags, heads and optimizer state stay fp32)"},
+    )
     checkpoint_every: int = field(
         default=50,
         metadata={"help": "save a resumable checkpoint every N steps (and on Ctrl-C); 0 = only "
@@ -158,6 +163,8 @@ class TrainConfig:
         _check(self.max_grad_norm >= 0, "TrainConfig", "max_grad_norm", "must be >= 0")
         _check(self.ridge_alpha >= 0, "TrainConfig", "ridge_alpha", "must be >= 0")
         _check(self.prefix_cache_gb >= 0, "TrainConfig", "prefix_cache_gb", "must be >= 0")
+        _check(self.autocast in ("no", "bf16", "fp16"), "TrainConfig", "autocast",
+               f"{self.autocast!r} is not 'no', 'bf16' or 'fp16'")
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
                "TrainConfig", "checkpoint_every", "must be an int >= 0")
 

@@ -11,6 +11,7 @@ resumes from it to the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -136,6 +137,14 @@ def warm_start_head(model: TaggedModel, tag: str, feats: torch.Tensor, targets: 
         head.linear.weight.copy_(torch.as_tensor(W_raw, dtype=torch.float32))
         head.linear.bias.copy_(torch.as_tensor(b_raw, dtype=torch.float32))
     return {"examples": len(X), "alpha": chosen}
+
+
+def _autocast(model: TaggedModel, cfg: TrainConfig):
+    """``torch.autocast`` in the configured dtype, or nothing."""
+    if cfg.autocast == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.autocast == "bf16" else torch.float16
+    return torch.autocast(model.device.type, dtype=dtype)
 
 
 def _quiet(msg: str) -> None:
@@ -365,21 +374,23 @@ def fit_tags(
                         targets[k] = sum(sum(t < vocab for t in ids[k][i][1:]) for i in idx)
                 w.sum_(targets)
                 loss = torch.zeros((), device=model.device)
-                for k, idx in mine.items():
-                    batch_ids = [ids[k][i] for i in idx]
-                    tag = head_of[k]
-                    if tag is None:
-                        part_loss = (model.lm_loss(_batch(model, batch_ids), reduction="sum")
-                                     / targets[k].item())
-                    else:
-                        if prefix is not None:
-                            feats = prefix.tag_features([(k, i) for i in idx], batch_ids, tag)
-                            head = model.head(tag)
-                            mean = head.loss(head(feats), y[k][idx].to(model.device))
+                with _autocast(model, cfg):
+                    for k, idx in mine.items():
+                        batch_ids = [ids[k][i] for i in idx]
+                        tag = head_of[k]
+                        if tag is None:
+                            part_loss = (model.lm_loss(_batch(model, batch_ids), reduction="sum")
+                                         / targets[k].item())
                         else:
-                            mean = model.head_loss(_batch(model, batch_ids), tag, y[k][idx])
-                        part_loss = mean * (len(idx) / n_part[k])  # this share of the mean
-                    loss = loss + part_loss * (n_part[k] / cfg.batch_size)  # mix by share
+                            if prefix is not None:
+                                feats = prefix.tag_features([(k, i) for i in idx], batch_ids,
+                                                            tag)
+                                head = model.head(tag)
+                                mean = head.loss(head(feats), y[k][idx].to(model.device))
+                            else:
+                                mean = model.head_loss(_batch(model, batch_ids), tag, y[k][idx])
+                            part_loss = mean * (len(idx) / n_part[k])  # this share of the mean
+                        loss = loss + part_loss * (n_part[k] / cfg.batch_size)  # mix by share
                 loss.backward()
                 loss_value = _sum_gradients(w, params, loss, stop.requested is not None)
                 if not math.isfinite(loss_value[0]):
