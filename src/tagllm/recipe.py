@@ -75,18 +75,15 @@ def build(cls: type, data: Any, where: str) -> Any:
         raise RecipeError(f"{where}: {e}") from None
 
 
-@dataclass
-class DataConfig:
-    """One data stream of a stage: where rows come from and how each becomes an input."""
+@dataclass(kw_only=True)
+class RowsConfig:
+    """Where the rows of a data or evaluation entry come from, and how they are checked."""
 
-    source: str = field(metadata={"help": "CSV/TSV/.smi file, or a built-in: moses:train, "
-                                          "moses:test, moses:test_scaffolds"})
-    template: str = field(metadata={"help": "input text per row, {column} placeholders"})
+    source: str = field(metadata={"help": "CSV/TSV/.smi/FASTA file, or a built-in: "
+                                          "moses:train|test|test_scaffolds, proteins:train|test"})
     label: str | None = field(default=None, metadata={"help": "target column (heads)"})
     n: int | None = field(default=None, metadata={"help": "seeded random sample size"})
     seed: int | None = field(default=None, metadata={"help": "sample seed (recipe seed)"})
-    weight: float = field(default=1.0,
-                          metadata={"help": "share of each batch when a stage mixes parts"})
     skip_invalid: bool = field(default=False,
                                metadata={"help": "drop invalid rows (listed) instead of failing"})
     too_long: TooLong = field(default="error", metadata={
@@ -96,43 +93,45 @@ class DataConfig:
         _too_long(self.too_long)
         if not isinstance(self.source, str) or not self.source.strip():
             raise ValueError("source: must be a non-empty string")
-        if not isinstance(self.template, str) or "{" not in self.template:
-            raise ValueError(f"template: {self.template!r} has no {{column}} placeholder")
         if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
             raise ValueError(f"n: must be a positive int, got {self.n!r}")
+
+
+@dataclass(kw_only=True)
+class DataConfig(RowsConfig):
+    """One data stream of a stage: its rows and how each becomes an input."""
+
+    template: str = field(metadata={"help": "input text per row, {column} placeholders"})
+    weight: float = field(default=1.0,
+                          metadata={"help": "share of each batch when a stage mixes parts"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.template, str) or "{" not in self.template:
+            raise ValueError(f"template: {self.template!r} has no {{column}} placeholder")
         if not (isinstance(self.weight, int | float) and self.weight > 0):
             raise ValueError(f"weight: must be > 0, got {self.weight!r}")
 
 
-@dataclass
-class EvalConfig:
+@dataclass(kw_only=True)
+class EvalConfig(RowsConfig):
     """A held-out evaluation after a stage: head metrics, or next-token loss without label."""
 
-    source: str = field(metadata={"help": "file or built-in source of the test rows"})
     template: str | None = field(default=None,
                                  metadata={"help": "default: the stage's data template"})
-    label: str | None = field(default=None, metadata={"help": "target column"})
-    n: int | None = field(default=None, metadata={"help": "seeded random sample size"})
-    seed: int | None = field(default=None, metadata={"help": "sample seed (recipe seed)"})
     baselines: list[str] = field(default_factory=list,
                                  metadata={"help": f"reference models: {list(BASELINES)}"})
     ablation: bool = field(default=False, metadata={
         "help": "also evaluate the untrained function tag with its closed-form head"})
     name: str | None = field(default=None, metadata={"help": "row label in the results"})
-    skip_invalid: bool = field(default=False,
-                               metadata={"help": "drop invalid rows (listed) instead of failing"})
-    too_long: TooLong = field(default="error", metadata={
-        "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
 
     def __post_init__(self) -> None:
-        _too_long(self.too_long)
+        super().__post_init__()
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines: unknown {bad}; known: {list(BASELINES)}")
         if self.baselines and not self.label:
             raise ValueError("baselines need a label")
-        if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
-            raise ValueError(f"n: must be a positive int, got {self.n!r}")
 
 
 @dataclass
