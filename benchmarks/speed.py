@@ -37,9 +37,10 @@ from rich.table import Table
 from tagllm import HeadConfig, TagConfig, TaggedModel
 from tagllm.model import Batch
 from tagllm.prefix import FrozenPrefix
+from tagllm.train import _activation_checkpointing
 
-KINDS = ("limit", "stage1", "stage1_bf16", "stage2_full", "stage2_prefix", "stage2_cached",
-         "peft")
+KINDS = ("limit", "stage1", "stage1_bf16", "stage1_ckpt", "stage2_full", "stage2_prefix",
+         "stage2_cached", "peft")
 
 
 class Bench:
@@ -90,6 +91,13 @@ class Bench:
     def stage1_bf16(self) -> None:
         """Stage 1 under bf16 autocast (TrainConfig.autocast="bf16")."""
         with torch.autocast(self.m.device.type, dtype=torch.bfloat16):
+            self.m.set_trainable(["<D>"])
+            loss = self.m.lm_loss(self.s1)
+        self._step(loss)
+
+    def stage1_ckpt(self) -> None:
+        """Stage 1 with activation checkpointing (TrainConfig.activation_checkpointing)."""
+        with _activation_checkpointing(self.m, True):
             self.m.set_trainable(["<D>"])
             loss = self.m.lm_loss(self.s1)
         self._step(loss)
@@ -214,11 +222,13 @@ def main() -> None:
     b.stage2_cached()  # fill the cross-epoch cache once: later calls are "epoch 2+"
     t = interleaved({k: getattr(b, k) for k in KINDS}, args.rounds, sync)
     t.update(gen)
-    mem = {k: peak_memory(k, args) for k in ("limit", "stage1", "stage2_prefix", "peft")}
+    mem = {k: peak_memory(k, args)
+           for k in ("limit", "stage1", "stage1_ckpt", "stage2_prefix", "peft")}
 
     ratios = {
         "stage-1 step / limit": (t["stage1"] / t["limit"], 1.05),
         "stage-1 step, bf16 autocast / fp32": (t["stage1_bf16"] / t["stage1"], None),
+        "stage-1 step, activation checkpointing / plain": (t["stage1_ckpt"] / t["stage1"], None),
         "stage-2 step, full sequence / limit": (t["stage2_full"] / t["limit"], None),
         "stage-2 step, frozen prefix / limit": (t["stage2_prefix"] / t["limit"], 0.5),
         "stage-2 step, cached prefix / limit": (t["stage2_cached"] / t["limit"], 0.2),
@@ -229,6 +239,8 @@ def main() -> None:
             (t["generate_tagged"] / t["generate_plain"], 1.10),
         "peak memory, stage-1 training / limit":
             (mem["stage1"]["peak_mb"] / mem["limit"]["peak_mb"], 1.2),
+        "peak memory, stage-1 with activation checkpointing / limit":
+            (mem["stage1_ckpt"]["peak_mb"] / mem["limit"]["peak_mb"], None),
         "peak memory, stage-2 frozen prefix / limit":
             (mem["stage2_prefix"]["peak_mb"] / mem["limit"]["peak_mb"], 1.2),
         "peak memory, PEFT prompt tuning / limit":

@@ -162,3 +162,35 @@ def test_bf16_autocast_trains_the_tag_and_leaves_the_base_alone():
         assert torch.equal(v, before[k]), k
     with pytest.raises(ValueError, match="autocast"):
         TrainConfig(autocast="int8")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # gpt2: dropout in config, must stay off
+def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch):
+    from tagllm.train import _activation_checkpointing
+
+    m = tiny_tagged(arch)
+    m.add_tag(TagConfig("<S>", num_tokens=2))
+    m.set_trainable(["<S>"])
+    batch = m.encode([f"<S> {t}" for t in TEXTS])
+    grads, saved = [], []
+    for enabled in (False, True):
+        packed = []  # tensors the forward pass keeps for the backward pass
+
+        def pack(t, packed=packed):
+            packed.append(t.numel())
+            return t
+
+        with _activation_checkpointing(m, enabled), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = m.lm_loss(batch)
+        saved.append(sum(packed))
+        loss.backward()
+        grads.append(m.bank.parameter("<S>").grad.clone())
+        m.zero_grad(set_to_none=True)
+    assert saved[1] < 0.7 * saved[0]  # the layers' activations were not kept
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+    assert not any(mod.training for mod in m.base.modules())  # restored to eval
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=0, activation_checkpointing=True)
+    res = fit_tag(m, "<S>", [f"<S> {t}" for t in TEXTS], cfg=cfg, progress=False,
+                  log=lambda s: None)
+    assert all(np.isfinite(res.losses))

@@ -146,6 +146,11 @@ class TrainConfig:
         metadata={"help": "run forward passes under torch.autocast in bf16/fp16 (weights stay "
                           "as loaded; tags, heads and optimizer state stay fp32)"},
     )
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer's activations in the backward pass of "
+                          "full-sequence steps (less memory, more time; for large models)"},
+    )
     checkpoint_every: int = field(
         default=50,
         metadata={"help": "save a resumable checkpoint every N steps (and on Ctrl-C); 0 = only "

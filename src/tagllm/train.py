@@ -139,6 +139,43 @@ def warm_start_head(model: TaggedModel, tag: str, feats: torch.Tensor, targets: 
     return {"examples": len(X), "alpha": chosen}
 
 
+@contextlib.contextmanager
+def _activation_checkpointing(model: TaggedModel, enabled: bool):
+    """Recompute layer activations in the backward pass of full-sequence steps.
+
+    Hugging Face checkpoints a decoder layer only while it is in training mode; the layers
+    alone are switched (their dropout submodules stay in eval mode, so a frozen model still
+    computes deterministically), and everything is restored on exit.
+    """
+    if not enabled:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.base
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(base).__name__} does not support activation checkpointing")
+    enable = getattr(base, "activation_checkpointing_enable", None) or \
+        base.gradient_checkpointing_enable
+    disable = getattr(base, "activation_checkpointing_disable", None) or \
+        base.gradient_checkpointing_disable
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    enable()
+    for layer in layers:
+        layer.training = True  # not .train(): that would recurse into dropout modules
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+        disable()
+        if hasattr(base, "disable_input_require_grads"):
+            try:
+                base.disable_input_require_grads()
+            except AttributeError:  # no hook was registered
+                pass
+
+
 def _autocast(model: TaggedModel, cfg: TrainConfig):
     """``torch.autocast`` in the configured dtype, or nothing."""
     if cfg.autocast == "no":
@@ -379,8 +416,9 @@ def fit_tags(
                         batch_ids = [ids[k][i] for i in idx]
                         tag = head_of[k]
                         if tag is None:
-                            part_loss = (model.lm_loss(_batch(model, batch_ids), reduction="sum")
-                                         / targets[k].item())
+                            with _activation_checkpointing(model, cfg.activation_checkpointing):
+                                part_loss = model.lm_loss(_batch(model, batch_ids),
+                                                          reduction="sum") / targets[k].item()
                         else:
                             if prefix is not None:
                                 feats = prefix.tag_features([(k, i) for i in idx], batch_ids,
@@ -388,7 +426,10 @@ def fit_tags(
                                 head = model.head(tag)
                                 mean = head.loss(head(feats), y[k][idx].to(model.device))
                             else:
-                                mean = model.head_loss(_batch(model, batch_ids), tag, y[k][idx])
+                                with _activation_checkpointing(model,
+                                                               cfg.activation_checkpointing):
+                                    mean = model.head_loss(_batch(model, batch_ids), tag,
+                                                           y[k][idx])
                             part_loss = mean * (len(idx) / n_part[k])  # this share of the mean
                         loss = loss + part_loss * (n_part[k] / cfg.batch_size)  # mix by share
                 loss.backward()
