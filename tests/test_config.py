@@ -44,3 +44,9 @@ def test_head_from_dict_roundtrip():
                              "head": {"kind": "regression", "num_outputs": 2}})
     assert t.head == HeadConfig("regression", 2, "mse")
     assert TagConfig.from_json(t.to_dict()) == t
+
+
+def test_store_key_fields_leave_out_defaults_and_non_result_settings():
+    assert TrainConfig().result_dict() == {}
+    cfg = TrainConfig(lr=5e-4, log_every=3, activation_checkpointing=True, checkpoint_every=7)
+    assert cfg.result_dict() == {"lr": 5e-4}

@@ -176,9 +176,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    #: Fields that change how a run is logged, cached or checkpointed, never its result.
-    NOT_RESULT = ("log_every", "prefix_cache_gb", "checkpoint_every")
+    #: Fields that change how a run is logged, cached, checkpointed or how much memory it
+    #: takes, never its result.
+    NOT_RESULT = ("log_every", "prefix_cache_gb", "checkpoint_every", "activation_checkpointing")
 
     def result_dict(self) -> dict[str, Any]:
-        """The fields that determine the trained tags (the tag store's key uses these)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.NOT_RESULT}
+        """The fields that determine the trained tags and differ from their defaults (the tag
+        store's key uses these). Leaving defaults out keeps keys stable when a new field with
+        a neutral default is added; changing a default must bump ``store.STORE_FORMAT``."""
+        default = {f.name: f.default for f in fields(self)}
+        return {k: v for k, v in asdict(self).items()
+                if k not in self.NOT_RESULT and v != default[k]}
