@@ -292,10 +292,10 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
     s = p.stage
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(base, p, recipe, store)
-    ablation_evals = [e for e, _ in p.evals if e.ablation and e.label]
+    wants_ablation = any(e.ablation and e.label for e, _ in p.evals)
 
     def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
-        if not ablation_evals:
+        if not wants_ablation:
             return None
         return {"eval": _evaluate(m, p, progress, baselines=False)}
 
