@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -23,10 +24,19 @@ PROTEINS = ["MKVLAAGIVGLLLAQ", "MSTNPKPQRKTKRNT", "MAHHHHHHVDDDDKM", "MGSSHHHHHH
             "MKKLLPTAAAGLLLL", "MDPVVVLGLCLSCLL", "MRLLLLLALLGGAAA", "MEEPQSDPSVEPPLS"]
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fsdp):
+    """DDP-style (every process holds the whole base) and FSDP (the base's blocks sharded
+    across the processes); both with evaluation split across the processes."""
     save_tiny(tmp_path / "tiny")
     (tmp_path / "m.csv").write_text("smiles,y\n" + "".join(
         f"{s},{len(s) / 10 + 0.05 * (i % 3)}\n" for i, s in enumerate(SMILES)))
+    (tmp_path / "me.csv").write_text("smiles,y\n" + "".join(
+        f"{s},{len(s) / 10}\n" for s in ["CCCCCC", "CCOCC", "NCCN", "OCC(O)CO", "CCCl", "CS",
+                                         "CC(N)=O"]))
+    (tmp_path / "pe.fasta").write_text("".join(
+        f">e{i}\n{s}\n" for i, s in enumerate(["MKTAYIAKQR", "MVLSPADKTN", "MSDKIIHLTD",
+                                                "MAEGEITTFT", "MGLSDGEWQQ"])))
     (tmp_path / "p.fasta").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(PROTEINS)))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
@@ -39,17 +49,26 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
             {"name": "domains", "tags": ["<SMILES>", "<Protein>"],  # joint: mixed batches
              "data": [{"source": str(tmp_path / "m.csv"), "template": "<SMILES> {smiles}"},
                       {"source": str(tmp_path / "p.fasta"),
+                       "template": "<Protein> {sequence}"}],
+             "eval": [{"source": str(tmp_path / "pe.fasta"),  # 5 rows: uneven shares
                        "template": "<Protein> {sequence}"}]},
             {"name": "q", "tags": ["<Q>"],  # warm start + frozen prefix, sharded
              "data": [{"source": str(tmp_path / "m.csv"), "template": "<SMILES> {smiles} <Q>",
-                       "label": "y"}]}]}))
+                       "label": "y"}],
+             "eval": [{"source": str(tmp_path / "me.csv"), "template": "<SMILES> {smiles} <Q>",
+                       "label": "y", "baselines": ["mean"], "ablation": True}]}]}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--standalone", "--module", "tagllm.cli", "run", str(recipe),
-         "--store", str(tmp_path / "two"), "--progress", "false"],
+         "--store", str(tmp_path / "two"), "--progress", "false", "--fsdp", str(fsdp)],
         capture_output=True, text=True, env=env, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
+    if fsdp:  # tiny llama: 18,560 of its 25,248 parameters are in the 2 blocks
+        assert "holds 15,968 of the base model's 25,248 parameters" in " ".join(
+            two.stderr.split()), two.stderr[-3000:]
+    rows2 = [r for s in json.loads((tmp_path / "out" / "results.json").read_text())["stages"]
+             for r in s["eval"]]
     one = run(load_recipe(recipe), TagStore(tmp_path / "one"), log=lambda s: None,
               progress=False)
     assert one.steps_run == 10
@@ -57,9 +76,17 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
         meta2 = json.loads((tmp_path / "two" / entry.parent.name / "tag.json").read_text())
         prov = meta2["provenance"]
         assert prov["processes"] == 2  # both ranks really ran, each on half of every batch
+        assert prov["sharded_base"] is fsdp
         assert prov["examples_per_process"] == [10, 10]
         assert json.loads(entry.read_text())["provenance"]["examples_per_process"] == [20]
         a = load_file(entry.parent / "tag.safetensors")
         b = load_file(tmp_path / "two" / entry.parent.name / "tag.safetensors")
         for k in a:
             assert (a[k] - b[k]).abs().max().item() < 1e-4, (meta2["name"], k)
+    # evaluation, split across the processes (7 and 5 rows: uneven shares), matches
+    rows1 = [r for s in one.stages for r in s["eval"]]
+    assert [r["rows"] for r in rows1] == [r["rows"] for r in rows2] == [5, 7]
+    for r1, r2 in zip(rows1, rows2, strict=True):
+        for k, v in r1["metrics"].items():
+            assert abs(v - r2["metrics"][k]) < 1e-4 * max(1, abs(v)), (r1["name"], k)
+        assert set(r1.get("baselines", {})) == set(r2.get("baselines", {}))

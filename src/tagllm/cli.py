@@ -46,10 +46,11 @@ def run(
     dry_run: bool = False,
     store: str | None = None,
     progress: bool = True,
+    fsdp: bool | None = None,
 ) -> None:
     """Run a recipe: train the missing stages in dependency order, reuse the stored ones.
 
-    Usage: tagllm run RECIPE.yaml [--dry_run] [--store DIR]
+    Usage: tagllm run RECIPE.yaml [--dry_run] [--store DIR] [--fsdp]
 
     Each stage trains on a fresh tag bank over the frozen base, with the tags it uses
     loaded frozen from the tag store. A stage whose key (base model, tag configs, training
@@ -57,13 +58,18 @@ def run(
     again. An interrupted stage (Ctrl-C, SIGTERM, or killed) resumes from its last
     checkpoint when the same command runs again. The tags and results.json are exported
     to the recipe's out folder. Under `torchrun` or `accelerate launch` with N processes,
-    each process takes 1/N of every batch and the tag gradients are summed across them.
+    each process takes 1/N of every batch and the tag gradients are summed across them;
+    evaluation is split across the processes too. With --fsdp (or an accelerate FSDP
+    config) the base model's blocks are also sharded, for models too big for one GPU.
 
     Args:
         recipe: the YAML recipe file (see recipes/).
         dry_run: print the plan (what is cached, what would train and why) and stop.
         store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
         progress: show progress bars.
+        fsdp: under a multi-process launch, shard the frozen base model's transformer blocks
+            across the processes (FSDP2); default: on when `accelerate launch` has an FSDP
+            configuration (ACCELERATE_USE_FSDP) or TAGLLM_FSDP=1.
     """
     from tagllm.distributed import world
     from tagllm.protocol import run as run_recipe
@@ -73,7 +79,7 @@ def run(
 
     r = load_recipe(recipe)  # every recipe error surfaces here, before any model loads
     summary = run_recipe(r, TagStore(store), dry_run=dry_run, log=_log, progress=progress,
-                         show=console.print)
+                         show=console.print, fsdp=fsdp)
     if dry_run or not world().is_main:  # under a multi-process launch, one process reports
         return
     for table in stage_tables(summary.stages):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -54,6 +55,25 @@ class World:
         if self.distributed:
             torch.distributed.barrier()
 
+    def share(self, n: int) -> tuple[list[int], int]:
+        """This process's contiguous share of ``n`` items, padded (by repeating its last
+        item) to the same length on every process, so every process runs the same number
+        of forward passes, which a sharded (FSDP) model needs: (indices, how many are
+        real)."""
+        per = -(-n // self.size)
+        real = list(range(min(self.rank * per, n), min((self.rank + 1) * per, n)))
+        fill = real[-1] if real else n - 1
+        return real + [fill] * (per - len(real)), len(real)
+
+    def gather_rows(self, local: torch.Tensor | np.ndarray, share: list[int], real: int,
+                    n: int) -> torch.Tensor:
+        """(n, ...) float64: this process's results for ``share`` (from :meth:`share`) and
+        every other process's, in item order (one all-reduce of a tensor, no pickling)."""
+        local = torch.as_tensor(local, dtype=torch.float64)
+        out = local.new_zeros((n, *local.shape[1:]))
+        out[share[:real]] = local[:real]
+        return self.sum_(out)
+
     def gather_object(self, obj: Any) -> list[Any]:
         """``obj`` from every process, in rank order."""
         if not self.distributed:
@@ -61,6 +81,71 @@ class World:
         out: list[Any] = [None] * self.size
         torch.distributed.all_gather_object(out, obj)
         return out
+
+
+def fsdp_requested() -> bool:
+    """Whether the launch asked for sharded base weights: ``accelerate launch`` with an FSDP
+    configuration (``ACCELERATE_USE_FSDP``) or ``TAGLLM_FSDP=1``."""
+    return any(os.environ.get(k, "").lower() in ("1", "true")
+               for k in ("ACCELERATE_USE_FSDP", "TAGLLM_FSDP"))
+
+
+def shard_model(base: torch.nn.Module, w: World, offload: bool | None = None) -> int:
+    """Shard the frozen base model's transformer blocks across the processes with FSDP2
+    (``fully_shard``): each process keeps 1/N of every block's weights and gathers a block
+    only while it runs. The embeddings, final norm and LM head stay whole (tags are spliced
+    into the embeddings outside the model's forward). Blocks are the modules named in the
+    model's ``_no_split_modules``, as accelerate's transformer auto-wrap policy does; the
+    rest of the model is then moved to this process's device. With ``offload`` (default:
+    accelerate's ``FSDP_OFFLOAD_PARAMS``) the shards live in CPU memory.
+
+    Every process must then run the same sequence of forward passes (each block's forward
+    is a collective): training, evaluation and generation do so when ``is_sharded``.
+    Returns the number of sharded blocks.
+    """
+    if not w.distributed:
+        return 0
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(base).__name__} names no transformer block class "
+                         "(_no_split_modules), so it cannot be sharded")
+    if offload is None:
+        offload = os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true"
+    mesh = init_device_mesh(w.device.type, (w.size,))
+    policy = CPUOffloadPolicy() if offload else OffloadPolicy()
+    for block in blocks:  # moves each block's shard to the device (or keeps it on the CPU)
+        fully_shard(block, mesh=mesh, offload_policy=policy)
+    inside = {id(m) for b in blocks for m in b.modules()}
+    for m in base.modules():  # the rest, whole, onto this process's device
+        if id(m) in inside:
+            continue
+        for p in m.parameters(recurse=False):
+            p.data = p.data.to(w.device)  # in place, so tied weights stay tied
+        for name, buf in m.named_buffers(recurse=False):
+            m._buffers[name] = buf.to(w.device)
+    return len(blocks)
+
+
+def local_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(parameters held by this process, parameters of the whole module)."""
+    from torch.distributed.tensor import DTensor
+
+    mine = total = 0
+    for p in module.parameters():
+        total += p.numel()
+        mine += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+    return mine, total
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether some part of ``module`` is sharded with FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
 @cache

@@ -106,10 +106,23 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     return {"accuracy": acc, "auroc": float(auc)}
 
 
+def _on_shares(n: int, fn) -> np.ndarray:
+    """``fn(indices)`` -> per-item rows, run on this process's share of ``n`` items and
+    assembled from every process (each process evaluates 1/N of the rows)."""
+    from tagllm.distributed import world
+
+    w = world()
+    share, real = w.share(n)
+    return w.gather_rows(fn(share), share, real, n).numpy()
+
+
 def head_metrics(model, texts: Sequence[str], y: np.ndarray, tag: str,
                  batch_size: int = 32, progress: bool = False) -> dict[str, float]:
-    """Evaluate ``tag``'s head on labelled texts with the metrics of its kind."""
-    out = model.predict(texts, tag=tag, batch_size=batch_size, progress=progress)
+    """Evaluate ``tag``'s head on labelled texts with the metrics of its kind (under a
+    multi-process launch each process predicts a share of the texts)."""
+    texts = list(texts)
+    out = _on_shares(len(texts), lambda idx: model.predict(
+        [texts[i] for i in idx], tag=tag, batch_size=batch_size, progress=progress))
     if model.head(tag).kind == "classification":
         return classification_metrics(y, out)
     if out.shape[1] == 1:
@@ -121,19 +134,26 @@ def head_metrics(model, texts: Sequence[str], y: np.ndarray, tag: str,
 
 def lm_metrics(model, texts: Sequence[str], batch_size: int = 16, max_length: int | None = None,
                progress: bool = False) -> dict[str, float]:
-    """Next-token loss (mean over every predicted base token) and perplexity on ``texts``."""
+    """Next-token loss (mean over every predicted base token) and perplexity on ``texts``
+    (under a multi-process launch each process scores a share of the texts)."""
     import torch
 
     from tagllm.progress import track
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for s in track(range(0, len(texts), batch_size), "validation loss", progress,
-                       unit="batch"):
-            batch = model.encode([texts[i] for i in order[s:s + batch_size]],
-                                 max_length=max_length)
-            total += float(model.lm_loss(batch, reduction="sum"))
-            count += int(model.lm_targets(batch).sum())
+    texts = list(texts)
+
+    def score(idx: list[int]) -> np.ndarray:  # per text: (loss sum, target count)
+        rows = np.zeros((len(idx), 2))
+        order = sorted(range(len(idx)), key=lambda j: len(texts[idx[j]]))
+        with torch.inference_mode():
+            for s in track(range(0, len(idx), batch_size), "validation loss", progress,
+                           unit="batch"):
+                js = order[s:s + batch_size]
+                batch = model.encode([texts[idx[j]] for j in js], max_length=max_length)
+                rows[js, 0] = model.lm_loss(batch, reduction="row").double().cpu().numpy()
+                rows[js, 1] = model.lm_targets(batch).sum(1).cpu().numpy()
+        return rows
+
+    total, count = _on_shares(len(texts), score).sum(0)
     loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
+    return {"loss": float(loss), "perplexity": float(np.exp(loss)), "tokens": int(count)}

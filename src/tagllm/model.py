@@ -89,6 +89,14 @@ class TaggedModel(nn.Module):
         return self.base.get_input_embeddings().weight.device
 
     @property
+    def sharded(self) -> bool:
+        """Whether the base model's blocks are sharded across processes (FSDP): then every
+        process must run the same forward passes."""
+        from tagllm.distributed import is_sharded
+
+        return is_sharded(self.base)
+
+    @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = embedding_fingerprint(self.base.get_input_embeddings().weight)
@@ -213,12 +221,17 @@ class TaggedModel(nn.Module):
 
     def lm_loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
         """Next-token loss on base tokens only (tag positions and padding are not targets):
-        the mean over those tokens, or with ``reduction="sum"`` their sum."""
+        the mean over those tokens, with ``reduction="sum"`` their sum, with
+        ``reduction="row"`` the sum of each input (B,)."""
         hidden = self.hidden_states(batch)[:, :-1]  # (B, T-1, H)
         targets = batch.input_ids[:, 1:]  # (B, T-1)
         valid = self.lm_targets(batch)
         logits = self.logits(hidden[valid]).float()  # (N, V)
-        return F.cross_entropy(logits, targets[valid], reduction=reduction)
+        if reduction != "row":
+            return F.cross_entropy(logits, targets[valid], reduction=reduction)
+        per_token = F.cross_entropy(logits, targets[valid], reduction="none")  # (N,)
+        rows = valid.nonzero()[:, 0]
+        return per_token.new_zeros(len(valid)).index_add_(0, rows, per_token)  # (B,)
 
     def lm_targets(self, batch: Batch) -> torch.Tensor:
         """(B, T-1) mask of the positions whose next token is a loss target."""
@@ -280,6 +293,7 @@ class TaggedModel(nn.Module):
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 pad_token_id=self.pad_id,
+                synced_gpus=self.sharded,  # sharded blocks: all processes step together
                 **kwargs,
             )
             results.extend(self.tokenizer.batch_decode(out, skip_special_tokens=True))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tagllm.data import DataError, Table, parse_labels
-from tagllm.distributed import world
+from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
 from tagllm.model import TaggedModel
 from tagllm.recipe import DataConfig, EvalConfig, Recipe, RecipeError, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
@@ -243,18 +243,28 @@ class RunSummary:
 
 
 def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
-        log: Log = print, progress: bool = True, show: Callable[[Any], None] | None = None
-        ) -> RunSummary:
-    """Train what is missing in dependency order; reuse what the store has."""
+        log: Log = print, progress: bool = True, show: Callable[[Any], None] | None = None,
+        fsdp: bool | None = None) -> RunSummary:
+    """Train what is missing in dependency order; reuse what the store has.
+
+    Under a multi-process launch with ``fsdp`` (default: :func:`fsdp_requested`), the base
+    model's blocks are sharded across the processes (:func:`shard_model`)."""
     t0 = time.perf_counter()
     store = store or TagStore()
     show = show or (lambda x: log(str(x)))
     w = world()
     if not w.is_main:  # under a multi-process launch one process reports and writes
         log, show, progress = (lambda m: None), (lambda x: None), False
-    base = TaggedModel.from_pretrained(recipe.model, device=w.device)
+    fsdp = w.distributed and (fsdp_requested() if fsdp is None else fsdp)
+    # a model to shard loads on the CPU first: each process's device then gets its shard
+    base = TaggedModel.from_pretrained(recipe.model, device="cpu" if fsdp else w.device)
     log(f"base model {base.model_name} ({type(base.base).__name__}, fingerprint "
         f"{base.fingerprint[:19]}); tag store {store.root}")
+    if fsdp:
+        n = shard_model(base.base, w)
+        mine, total = local_parameters(base.base)
+        log(f"FSDP: {n} transformer blocks sharded across {w.size} processes; this process "
+            f"holds {mine:,} of the base model's {total:,} parameters")
     plans = plan(recipe, base, store, log, progress)
     show(plan_table(recipe, plans))
     for p in plans:
@@ -319,7 +329,7 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
                   "seed": d.config.seed if d.config.seed is not None else recipe.seed,
                   "skipped": len(d.skipped), "fingerprint": d.fingerprint()} for d in p.data],
         "seed": s.train.seed, "steps": res.steps, "resumed_from": res.resumed_from,
-        "processes": len(res.examples_per_process),
+        "processes": len(res.examples_per_process), "sharded_base": m.sharded,
         "examples_per_process": res.examples_per_process,
         "seconds": round(res.seconds, 1), "final_loss": res.final_loss,
         "warm_start": res.warm_start, "eval": evals,

@@ -342,7 +342,11 @@ def fit_tags(
     supervised = [k for k, t in enumerate(head_of) if t is not None]
 
     prefix = None
-    if supervised and cfg.frozen_prefix and not supports_frozen_prefix(model):
+    sharded = model.sharded
+    if supervised and cfg.frozen_prefix and sharded:
+        log(f"the base model is sharded (FSDP): training {', '.join(tags)} with "
+            "full-sequence passes, which every process runs in step")
+    elif supervised and cfg.frozen_prefix and not supports_frozen_prefix(model):
         log(f"{type(model.base).__name__} has sliding-window attention layers: training "
             f"{', '.join(tags)} with full-sequence passes (frozen-prefix training needs full "
             "attention)")
@@ -403,16 +407,21 @@ def fit_tags(
                 for k, i in w.shard(items):
                     mine.setdefault(k, []).append(i)
                 examples += sum(len(v) for v in mine.values())
+                idle = []  # parts with no example here but some elsewhere in this batch
+                if sharded:  # every process runs one forward per part of the global batch
+                    idle = [k for k in range(len(parts)) if n_part[k] and k not in mine]
+                    for k in idle:  # a stand-in example whose loss counts zero
+                        mine[k] = [next(i for kk, i in items if kk == k)]
                 # next-token targets of each LM part over all processes: the loss is the
                 # global token mean whatever the split
                 targets = torch.zeros(len(parts), dtype=torch.float64)
                 for k, idx in mine.items():
-                    if head_of[k] is None:
+                    if head_of[k] is None and k not in idle:
                         targets[k] = sum(sum(t < vocab for t in ids[k][i][1:]) for i in idx)
                 w.sum_(targets)
                 loss = torch.zeros((), device=model.device)
                 with _autocast(model, cfg):
-                    for k, idx in mine.items():
+                    for k, idx in sorted(mine.items()):  # same part order everywhere
                         batch_ids = [ids[k][i] for i in idx]
                         tag = head_of[k]
                         if tag is None:
@@ -431,6 +440,8 @@ def fit_tags(
                                     mean = model.head_loss(_batch(model, batch_ids), tag,
                                                            y[k][idx])
                             part_loss = mean * (len(idx) / n_part[k])  # this share of the mean
+                        if k in idle:
+                            part_loss = part_loss * 0.0
                         loss = loss + part_loss * (n_part[k] / cfg.batch_size)  # mix by share
                 loss.backward()
                 loss_value = _sum_gradients(w, params, loss, stop.requested is not None)
@@ -486,13 +497,11 @@ def _warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Ten
     rng = np.random.default_rng(cfg.seed)
     sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
     t0 = time.perf_counter()
-    w = world()  # each process computes a share of the features; the sum assembles them
-    mine = w.shard(list(range(len(sub))))
+    w = world()  # each process computes a share of the features; one all-reduce joins them
+    mine, real = w.share(len(sub))
     local = tag_features(model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
                          prefix=prefix, keys=[(part, sub[j]) for j in mine])
-    feats = torch.zeros(len(sub), model.hidden_size)
-    feats[mine] = local
-    w.sum_(feats)
+    feats = w.gather_rows(local, mine, real, len(sub)).float()
     warm = warm_start_head(model, tag, feats, y[sub].numpy(), cfg.ridge_alpha)
     warm["seconds"] = round(_seconds_since(t0), 2)
     log(f"warm start of the {tag} head: closed form on {warm['examples']} frozen feature "
