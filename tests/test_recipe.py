@@ -83,6 +83,13 @@ def test_shipped_qed_recipe_is_valid():
     ({"stages__0__eval": [{"source": "t.csv", "label": "y", "baselines": ["rf"]}]},
      r"eval\[0\]: baselines: unknown \['rf'\]"),
     ({"tags__0__name": "SMILES"}, r"is not a tag name like <SMILES>"),
+    ({"stages__0__data__0__label": ["y", "z"]},
+     r"data\[0\]: label names 2 column\(s\) \['y', 'z'\] but <Q>'s regression head has "
+     r"num_outputs 1"),
+    ({"stages__0__data__0__label": []}, r"label: a column name or a non-empty list"),
+    ({"tags__2__head": {"kind": "classification", "num_outputs": 2},
+      "stages__0__data__0__label": ["y", "z"]},
+     r"a classification head takes one label column of class indices"),
 ])
 def test_bad_recipes_fail_naming_the_problem(changes, message):
     with pytest.raises(RecipeError, match=message):

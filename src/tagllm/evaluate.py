@@ -52,11 +52,16 @@ REGRESSION_METRICS = ("mse", "mae", "pearson", "spearman")
 
 def regression_metrics(y: np.ndarray, p: np.ndarray,
                        names: Sequence[str] = REGRESSION_METRICS) -> dict[str, float]:
-    """Metrics of predictions ``p`` against targets ``y`` (single output, flattened)."""
-    y, p = np.ravel(np.asarray(y, dtype=np.float64)), np.ravel(np.asarray(p, dtype=np.float64))
-    if y.shape != p.shape:
-        raise ValueError(f"{len(y)} targets but {len(p)} predictions")
-    return {n: METRICS[n](y, p) for n in names}
+    """Metrics of predictions ``p`` against targets ``y``: (N,) or (N, 1) for one output;
+    (N, k) for k outputs gives each metric averaged over the outputs."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if y.size != p.size:
+        raise ValueError(f"{y.size} targets but {p.size} predictions")
+    y = y.reshape(len(y), -1) if y.ndim > 1 else y[:, None]
+    p = p.reshape(y.shape)
+    per = [{n: METRICS[n](y[:, j], p[:, j]) for n in names} for j in range(y.shape[1])]
+    return {n: float(np.nanmean([m[n] for m in per])) if len(per) > 1 else per[0][n]
+            for n in names}
 
 
 def morgan_fingerprints(smiles: Sequence[str], radius: int = 2, bits: int = 2048) -> np.ndarray:
@@ -74,21 +79,60 @@ def morgan_fingerprints(smiles: Sequence[str], radius: int = 2, bits: int = 2048
     return out
 
 
-def knn_baseline(train_smiles: Sequence[str], train_y: np.ndarray, test_smiles: Sequence[str],
-                 k: int = 5) -> np.ndarray:
-    """Morgan-fingerprint k-nearest-neighbour regression with Tanimoto (Jaccard) distance,
-    distance-weighted (scikit-learn)."""
-    from sklearn.neighbors import KNeighborsRegressor
+def kmer_profiles(seqs: Sequence[str], k: int = 3) -> np.ndarray:
+    """(N, 20**k) k-mer frequency vectors of protein sequences (standard residues only)."""
+    alphabet = "ACDEFGHIKLMNPQRSTVWY"
+    index = {a: i for i, a in enumerate(alphabet)}
+    out = np.zeros((len(seqs), len(alphabet) ** k), dtype=np.float32)
+    for n, s in enumerate(seqs):
+        for i in range(len(s) - k + 1):
+            code = 0
+            for c in s[i:i + k]:
+                if c not in index:
+                    break
+                code = code * len(alphabet) + index[c]
+            else:
+                out[n, code] += 1
+        out[n] /= max(out[n].sum(), 1)
+    return out
 
-    knn = KNeighborsRegressor(n_neighbors=k, metric="jaccard", algorithm="brute",
+
+#: The input column a k-NN baseline can use, with its features and distance.
+KNN_INPUTS: dict[str, tuple[Callable[[Sequence[str]], np.ndarray], str]] = {
+    "smiles": (morgan_fingerprints, "jaccard"),  # Tanimoto on Morgan fingerprints
+    "sequence": (kmer_profiles, "cosine"),  # cosine on 3-mer profiles
+}
+
+
+def knn_baseline(train_x: Sequence[str], train_y: np.ndarray, test_x: Sequence[str],
+                 k: int = 5, column: str = "smiles", classes: int = 0) -> np.ndarray:
+    """k-nearest-neighbour baseline, distance-weighted (scikit-learn): Morgan fingerprints
+    with Tanimoto distance for SMILES, 3-mer profiles with cosine distance for proteins.
+    Regression predicts values; with ``classes`` it predicts class probabilities."""
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    features, distance = KNN_INPUTS[column]
+    if classes:
+        knn = KNeighborsClassifier(n_neighbors=k, metric=distance, algorithm="brute",
+                                   weights="distance", n_jobs=-1)
+        knn.fit(features(train_x), np.asarray(train_y).astype(int))
+        prob = np.zeros((len(test_x), classes))
+        prob[:, knn.classes_] = knn.predict_proba(features(test_x))
+        return prob
+    knn = KNeighborsRegressor(n_neighbors=k, metric=distance, algorithm="brute",
                               weights="distance", n_jobs=-1)
-    knn.fit(morgan_fingerprints(train_smiles), np.asarray(train_y))
-    return knn.predict(morgan_fingerprints(test_smiles))
+    knn.fit(features(train_x), np.asarray(train_y))
+    return knn.predict(features(test_x))
 
 
-def mean_baseline(train_y: np.ndarray, n: int) -> np.ndarray:
-    """Predict the training mean for every test example."""
-    return np.full(n, float(np.mean(train_y)))
+def mean_baseline(train_y: np.ndarray, n: int, classes: int = 0) -> np.ndarray:
+    """Predict the training mean of every output for every test example; with ``classes``,
+    the training class frequencies."""
+    y = np.asarray(train_y, dtype=np.float64)
+    if classes:
+        prior = np.bincount(y.astype(int).ravel(), minlength=classes) / len(y)
+        return np.tile(prior, (n, 1))
+    return np.broadcast_to(y.mean(0), (n, *y.shape[1:])).copy()
 
 
 def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
@@ -125,11 +169,7 @@ def head_metrics(model, texts: Sequence[str], y: np.ndarray, tag: str,
         [texts[i] for i in idx], tag=tag, batch_size=batch_size, progress=progress))
     if model.head(tag).kind == "classification":
         return classification_metrics(y, out)
-    if out.shape[1] == 1:
-        return regression_metrics(y, out[:, 0])
-    y2 = np.asarray(y, dtype=np.float64).reshape(len(out), -1)  # multi-output: average
-    per = [regression_metrics(y2[:, j], out[:, j]) for j in range(out.shape[1])]
-    return {k: float(np.nanmean([m[k] for m in per])) for k in per[0]}
+    return regression_metrics(y, out)  # several outputs: each metric averaged over them
 
 
 def lm_metrics(model, texts: Sequence[str], batch_size: int = 16, max_length: int | None = None,

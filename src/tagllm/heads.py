@@ -97,6 +97,16 @@ class ClassificationHead(Head):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets.long().view(-1))
 
+    def check_targets(self, targets: torch.Tensor, where: str) -> None:
+        """Targets must be class indices 0 .. num_outputs - 1 (one per input)."""
+        t = targets.reshape(len(targets), -1)
+        bad = ((t != t.round()) | (t < 0) | (t >= self.num_outputs)).any(1).nonzero()
+        if t.shape[1] != 1 or len(bad):
+            i = int(bad[0]) if len(bad) else 0
+            raise ValueError(f"{where}: classification labels must be one class index in 0.."
+                             f"{self.num_outputs - 1} per input; entry {i} is "
+                             f"{t[i].tolist()}")
+
     def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.softmax(-1)
 

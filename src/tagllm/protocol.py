@@ -26,7 +26,7 @@ from tagllm.distributed import fsdp_requested, local_parameters, shard_model, wo
 from tagllm.model import TaggedModel
 from tagllm.recipe import DataConfig, EvalConfig, Recipe, RecipeError, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
-from tagllm.sources import PROTEIN_COLUMNS, SMILES_COLUMNS, load_source
+from tagllm.sources import PROTEIN_COLUMNS, SMILES_COLUMNS, label_columns, load_source
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff
 from tagllm.tags import InputTooLongError
 from tagllm.train import Part, fit_tags
@@ -72,7 +72,7 @@ class StagePlan:
 
 def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
           exclude_sequences: set[str], progress: bool, tagger: TaggedModel,
-          max_length: int, log: Log) -> LoadedData:
+          max_length: int, log: Log, classes: int = 0) -> LoadedData:
     table, skipped = load_source(cfg.source, cfg.n, cfg.seed if cfg.seed is not None else seed,
                                  label=cfg.label, skip_invalid=cfg.skip_invalid,
                                  exclude_smiles=exclude_smiles,
@@ -96,8 +96,24 @@ def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
         keep = [i for i in range(len(texts)) if i not in drop]
         table = table.select(keep)
         texts = [texts[i] for i in keep]
-    targets = parse_labels(table, cfg.label) if cfg.label else None
+    cols = label_columns(cfg.source, cfg.label)
+    targets = parse_labels(table, cols[0] if len(cols) == 1 else cols) if cols else None
+    if classes and targets is not None:
+        bad = [i for i, v in enumerate(targets) if v != int(v) or not 0 <= v < classes]
+        if bad:
+            raise DataError(f"{table.where(bad[0])}: label {cols[0]!r}: {targets[bad[0]]:g} is "
+                            f"not a class index 0..{classes - 1} ({len(bad)} such row(s))")
     return LoadedData(cfg, table, texts, targets, skipped)
+
+
+def _classes(recipe: Recipe, rows: DataConfig | EvalConfig) -> int:
+    """The number of classes of the classification head a labelled entry feeds (0: none)."""
+    if not rows.label or not rows.template:
+        return 0
+    heads = [recipe.tag[t].head for t in tags_in(rows.template)
+             if t in recipe.tag and recipe.tag[t].head is not None]
+    head = heads[-1] if heads else None
+    return head.num_outputs if head is not None and head.kind == "classification" else 0
 
 
 def _pretrained_key(path: str) -> str:
@@ -123,7 +139,8 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
     held_seqs: set[str] = set()
     for s in order:  # test data first: it is excluded from every training set
         evals[s.name] = [(e, _load(e, recipe.seed, set(), set(), progress, tagger,
-                                   s.train.max_length, log)) for e in s.eval]
+                                   s.train.max_length, log, _classes(recipe, e)))
+                         for e in s.eval]
         if recipe.exclude_eval_molecules:
             for _, d in evals[s.name]:
                 for col, values in d.table.columns.items():
@@ -135,7 +152,7 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
     out: list[StagePlan] = []
     for s in order:
         data = [_load(d, recipe.seed, held_smiles, held_seqs, progress, tagger,
-                      s.train.max_length, log) for d in s.data]
+                      s.train.max_length, log, _classes(recipe, d)) for d in s.data]
         deps = {t: keys[t] for t in s.uses()}
         material = {
             "store_format": STORE_FORMAT,
@@ -198,7 +215,14 @@ def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
 
 def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = True
               ) -> list[dict[str, Any]]:
-    from tagllm.evaluate import head_metrics, knn_baseline, lm_metrics, mean_baseline
+    from tagllm.evaluate import (
+        KNN_INPUTS,
+        classification_metrics,
+        head_metrics,
+        knn_baseline,
+        lm_metrics,
+        mean_baseline,
+    )
     from tagllm.evaluate import regression_metrics as reg
 
     results = []
@@ -212,14 +236,21 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = Tr
             train = next((x for x in p.data if x.targets is not None
                           and tag in tags_in(x.config.template)), None)
             if baselines and train is not None and e.baselines:
+                head = m.head(tag)
+                classes = head.num_outputs if head.kind == "classification" else 0
+                score = (lambda y, p: classification_metrics(y, p)) if classes else reg
                 row["baselines"] = {}
-                if "knn" in e.baselines and "smiles" in train.table.columns \
-                        and "smiles" in d.table.columns:
-                    row["baselines"]["Morgan k-NN (k=5)"] = reg(d.targets, knn_baseline(
-                        train.table["smiles"], train.targets, d.table["smiles"]))
+                inputs = [c for c in KNN_INPUTS if c in train.table.columns
+                          and c in d.table.columns]
+                if "knn" in e.baselines and len(inputs) == 1:  # one input column only
+                    c = inputs[0]
+                    name = {"smiles": "Morgan k-NN (k=5)", "sequence": "3-mer k-NN (k=5)"}[c]
+                    row["baselines"][name] = score(d.targets, knn_baseline(
+                        train.table[c], train.targets, d.table[c], column=c, classes=classes))
                 if "mean" in e.baselines:
-                    row["baselines"]["training mean"] = reg(
-                        d.targets, mean_baseline(train.targets, len(d.targets)))
+                    row["baselines"]["training class frequencies" if classes
+                                     else "training mean"] = score(
+                        d.targets, mean_baseline(train.targets, len(d.targets), classes))
         else:
             row = {"name": name, "rows": len(d.texts),
                    "metrics": lm_metrics(m, d.texts, max_length=p.stage.train.max_length,

@@ -81,7 +81,9 @@ class RowsConfig:
 
     source: str = field(metadata={"help": "CSV/TSV/.smi/FASTA file, or a built-in: "
                                           "moses:train|test|test_scaffolds, proteins:train|test"})
-    label: str | None = field(default=None, metadata={"help": "target column (heads)"})
+    label: str | list[str] | None = field(default=None, metadata={
+        "help": "target column(s) of the head: one, a list (multi-output regression), or a "
+                "source's group name (proteins:*: descriptors)"})
     n: int | None = field(default=None, metadata={"help": "seeded random sample size"})
     seed: int | None = field(default=None, metadata={"help": "sample seed (recipe seed)"})
     skip_invalid: bool = field(default=False,
@@ -93,6 +95,12 @@ class RowsConfig:
         _too_long(self.too_long)
         if not isinstance(self.source, str) or not self.source.strip():
             raise ValueError("source: must be a non-empty string")
+        if self.label is not None and not (
+                (isinstance(self.label, str) and self.label.strip()) or (
+                isinstance(self.label, list) and self.label
+                and all(isinstance(c, str) and c.strip() for c in self.label))):
+            raise ValueError(f"label: a column name or a non-empty list of them, got "
+                             f"{self.label!r}")
         if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
             raise ValueError(f"n: must be a positive int, got {self.n!r}")
 
@@ -316,6 +324,8 @@ def check(r: Recipe) -> None:
             if in_tpl and not d.label:
                 raise RecipeError(f"{where}.data[{j}]: {in_tpl[0]} has a "
                                   f"{declared[in_tpl[0]].head.kind} head: set label")
+            if in_tpl:
+                _check_outputs(declared[in_tpl[-1]], d, f"{where}.data[{j}]")
         fed = {t for d in s.data for t in tags_in(d.template)}
         for t in s.tags:
             if t not in fed:
@@ -329,10 +339,28 @@ def check(r: Recipe) -> None:
             if e.label and not any(t in heads for t in tags_in(e.template)):
                 raise RecipeError(f"{where}.eval[{j}]: a label needs a template with a tag "
                                   "whose head this stage trains")
+            if e.label:
+                tag = [t for t in tags_in(e.template) if t in heads][-1]
+                _check_outputs(declared[tag], e, f"{where}.eval[{j}]")
     for t in names:
         if t not in trained_by and t not in r.pretrained:
             raise RecipeError(f"{src}: tag {t} is declared but no stage trains it")
     r.order()
+
+
+def _check_outputs(tag: TagConfig, rows: RowsConfig, where: str) -> None:
+    """A regression head has one output per label column; a classification head one
+    label column of class indices."""
+    from tagllm.sources import label_columns
+
+    cols = label_columns(rows.source, rows.label)
+    head = tag.head
+    if head.kind == "regression" and len(cols) != head.num_outputs:
+        raise RecipeError(f"{where}: label names {len(cols)} column(s) {cols} but {tag.name}'s "
+                          f"regression head has num_outputs {head.num_outputs}")
+    if head.kind == "classification" and len(cols) != 1:
+        raise RecipeError(f"{where}: a classification head takes one label column of class "
+                          f"indices, got {cols}")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -3,14 +3,16 @@
 ``moses:train`` / ``moses:test`` / ``moses:test_scaffolds``: MOSES molecules (``molsets``)
 with columns ``smiles`` and, when asked for, ``qed`` (computed with RDKit and cached).
 ``proteins:train`` / ``proteins:test``: pyhmmer's real protein sequences (columns ``id``,
-``sequence``), split 90/10 by a fixed permutation with no sequence in both.
+``sequence``), split about 90/10 with no identical or near-identical sequence on both sides,
+and on request the standardised ``descriptors`` (``peptides``) as labels.
 Anything else is a path to a CSV/TSV/.smi or FASTA (.fa/.fasta/.faa) file, validated row
 by row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cache
 
 from tagllm.data import (
     DataError,
@@ -32,24 +34,66 @@ SMILES_COLUMNS = {"smiles", "drug", "drug1", "drug2"}
 PROTEIN_COLUMNS = {"sequence", "protein", "target"}
 
 
-def _proteins(split: str) -> Table:
-    from tagllm.data.proteins import pyhmmer_table
+@cache
+def _protein_splits() -> tuple[Table, list[int], list[int]]:
+    """pyhmmer's proteins (identical sequences collapsed) and a fixed ~90/10 split in which
+    near-duplicate groups (:func:`near_duplicate_groups`) never straddle the two sides."""
+    from tagllm.data.proteins import group_split, near_duplicate_groups, pyhmmer_table
 
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"proteins:{split}: unknown split; use proteins:train, proteins:test "
-                         "or proteins:all")
     table = pyhmmer_table(None, 0)
     first: dict[str, int] = {}  # identical sequences collapse to one row
     for i, s in enumerate(table["sequence"]):
         first.setdefault(s, i)
-    keep = sorted(first.values())
-    table = table.select(keep)
+    table = table.select(sorted(first.values()))
+    train, test = group_split(near_duplicate_groups(table["sequence"]), 0.1, seed=0)
+    return table, train, test
+
+
+@cache
+def _descriptor_columns() -> dict[str, list[float]]:
+    """Every protein's descriptors, standardised with the training split's mean and
+    standard deviation (the same statistics for train and test)."""
+    from tagllm.data.proteins import DESCRIPTORS, descriptor_values
+
+    table, train, _ = _protein_splits()
+    x = descriptor_values(table["sequence"], list(DESCRIPTORS))
+    mu, sd = x[train].mean(0), x[train].std(0)
+    z = (x - mu) / sd
+    return {name: z[:, j].tolist() for j, name in enumerate(DESCRIPTORS)}
+
+
+def label_columns(spec: str, label: str | Sequence[str] | None) -> list[str]:
+    """The label column(s) that ``label`` names for ``spec``: a column, a list of columns, or
+    for ``proteins:*`` the group ``descriptors`` (every protein descriptor)."""
+    if label is None:
+        return []
+    if isinstance(label, str):
+        if label == "descriptors" and spec.startswith("proteins:"):
+            from tagllm.data.proteins import DESCRIPTORS
+
+            return list(DESCRIPTORS)
+        return [label]
+    return list(label)
+
+
+def _proteins(split: str, labels: list[str]) -> Table:
+    from tagllm.data.proteins import DESCRIPTORS
+
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"proteins:{split}: unknown split; use proteins:train, proteins:test "
+                         "or proteins:all")
+    bad = [c for c in labels if c not in DESCRIPTORS]
+    if bad:
+        raise ValueError(f"proteins:{split} has no label(s) {bad}; it provides 'descriptors' "
+                         f"or any of {list(DESCRIPTORS)} (standardised)")
+    table, train, test = _protein_splits()
+    if labels:
+        cols = _descriptor_columns()
+        table = Table({**table.columns, **{c: cols[c] for c in labels}}, table.source,
+                      table.rows)
     if split == "all":
         return table
-    order = shuffled(len(table), 0)  # fixed split, independent of the sample seed
-    n_test = len(table) // 10
-    part = order[:n_test] if split == "test" else order[n_test:]
-    return table.select(sorted(part.tolist()))
+    return table.select(test if split == "test" else train)
 
 
 def load_source(
@@ -78,9 +122,7 @@ def load_source(
                             progress=progress)
         return table, []
     if spec.startswith("proteins:"):
-        if label is not None:
-            raise ValueError(f"{spec} has no labels (columns: id, sequence)")
-        table, problems = _proteins(spec.split(":", 1)[1]), []
+        table, problems = _proteins(spec.split(":", 1)[1], label_columns(spec, label)), []
     elif _is_fasta(spec):
         from tagllm.data.proteins import check_protein, read_fasta
 
@@ -89,25 +131,26 @@ def load_source(
         table, problems = validate_rows(read_fasta(spec), {"sequence": check_protein},
                                         skip_invalid=skip_invalid)
     else:
-        table = read_table(spec, [c for c in [*text_columns, label] if c])
-        table, problems = _validate(table, label, text_columns, skip_invalid)
+        labels = label_columns(spec, label)
+        table = read_table(spec, [*text_columns, *labels])
+        table, problems = _validate(table, labels, text_columns, skip_invalid)
     table = _exclude(table, set(exclude_sequences), set(exclude_smiles))
     if n is not None and n < len(table):
         table = table.select(sorted(shuffled(len(table), seed)[:n].tolist()))
     return table, problems
 
 
-def _validate(table: Table, label: str | None, text_columns: Iterable[str],
+def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
               skip_invalid: bool) -> tuple[Table, list[str]]:
-    """Check every row of a file's table: SMILES and protein columns by name, the label as
-    a finite number, text columns non-empty."""
+    """Check every row of a file's table: SMILES and protein columns by name, the labels as
+    finite numbers, text columns non-empty."""
     from tagllm.data.proteins import check_protein
 
     checks = {c: check_text for c in text_columns}
     checks.update({c: check_smiles for c in table.columns if c.lower() in SMILES_COLUMNS})
     checks.update({c: check_protein for c in table.columns if c.lower() in PROTEIN_COLUMNS})
-    if label:
-        checks[label] = check_number
+    for c in labels:
+        checks[c] = check_number
     return validate_rows(table, checks, skip_invalid=skip_invalid)
 
 
@@ -120,7 +163,7 @@ def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
         yield load_source(spec, skip_invalid=skip_invalid, progress=progress)
         return
     for chunk in iter_table(spec, chunk_rows=chunk_rows):
-        yield _validate(chunk, None, (), skip_invalid)
+        yield _validate(chunk, (), (), skip_invalid)
 
 
 def _is_fasta(spec: str) -> bool:

@@ -287,6 +287,8 @@ def _encode_parts(model: TaggedModel, tags: list[str], parts: Sequence[Part],
         if not torch.isfinite(yk).all():
             raise ValueError(f"{where}: targets contain NaN or infinite values")
         head = model.head(tag)
+        if isinstance(head, ClassificationHead):
+            head.check_targets(yk, where)
         if isinstance(head, RegressionHead) and yk.numel() != len(yk) * head.num_outputs:
             raise ValueError(f"{where}: targets of shape {tuple(yk.shape)} for {len(yk)} texts "
                              f"and a head with {head.num_outputs} output(s)")

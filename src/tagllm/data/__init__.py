@@ -124,8 +124,11 @@ def check_number(value) -> float:
     return x
 
 
-def parse_labels(table: Table, column: str) -> np.ndarray:
-    """Column as float64; empty, non-numeric, NaN or infinite values fail naming the row."""
+def parse_labels(table: Table, column: str | Sequence[str]) -> np.ndarray:
+    """A column as float64 (N,), or several as (N, k); empty, non-numeric, NaN or infinite
+    values fail naming the row."""
+    if not isinstance(column, str):
+        return np.stack([parse_labels(table, c) for c in column], axis=1)
     out = np.empty(len(table), dtype=np.float64)
     for i, v in enumerate(table[column]):
         try:
