@@ -60,8 +60,14 @@ def regression_metrics(y: np.ndarray, p: np.ndarray,
     y = y.reshape(len(y), -1) if y.ndim > 1 else y[:, None]
     p = p.reshape(y.shape)
     per = [{n: METRICS[n](y[:, j], p[:, j]) for n in names} for j in range(y.shape[1])]
-    return {n: float(np.nanmean([m[n] for m in per])) if len(per) > 1 else per[0][n]
-            for n in names}
+    return {n: _mean_defined([m[n] for m in per]) for n in names}
+
+
+def _mean_defined(values: list[float]) -> float:
+    """The mean of the defined (non-NaN) values; NaN when none is (e.g. the Pearson
+    correlation of a constant prediction)."""
+    ok = [v for v in values if v == v]
+    return float(np.mean(ok)) if ok else float("nan")
 
 
 def morgan_fingerprints(smiles: Sequence[str], radius: int = 2, bits: int = 2048) -> np.ndarray:

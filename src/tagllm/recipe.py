@@ -80,7 +80,8 @@ class RowsConfig:
     """Where the rows of a data or evaluation entry come from, and how they are checked."""
 
     source: str = field(metadata={"help": "CSV/TSV/.smi/FASTA file, or a built-in: "
-                                          "moses:train|test|test_scaffolds, proteins:train|test"})
+                                          "moses:train|test|test_scaffolds, proteins:train|test, "
+                                          "nci:train|test"})
     label: str | list[str] | None = field(default=None, metadata={
         "help": "target column(s) of the head: one, a list (multi-output regression), or a "
                 "source's group name (proteins:*: descriptors)"})

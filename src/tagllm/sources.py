@@ -5,6 +5,8 @@ with columns ``smiles`` and, when asked for, ``qed`` (computed with RDKit and ca
 ``proteins:train`` / ``proteins:test``: pyhmmer's real protein sequences (columns ``id``,
 ``sequence``), split about 90/10 with no identical or near-identical sequence on both sides,
 and on request the standardised ``descriptors`` (``peptides``) as labels.
+``nci:train`` / ``nci:test``: RDKit's 5,000 NCI compounds, split 80/20 by a hash of the
+canonical SMILES, with labels ``lipinski`` (1: breaks none of the rules of five) and ``qed``.
 Anything else is a path to a CSV/TSV/.smi or FASTA (.fa/.fasta/.faa) file, validated row
 by row.
 """
@@ -25,7 +27,7 @@ from tagllm.data import (
 )
 from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, shuffled
 
-BUILTIN_PREFIXES = ("moses:", "proteins:")
+BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:")
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
 
 #: Columns whose values are SMILES and are checked with RDKit when read from a file.
@@ -121,7 +123,11 @@ def load_source(
         table = moses_table(split, n, seed, labels=label == "qed", exclude=exclude_smiles,
                             progress=progress)
         return table, []
-    if spec.startswith("proteins:"):
+    if spec.startswith("nci:"):
+        from tagllm.data.smiles import nci_table
+
+        table, problems = nci_table(spec.split(":", 1)[1], label_columns(spec, label))
+    elif spec.startswith("proteins:"):
         table, problems = _proteins(spec.split(":", 1)[1], label_columns(spec, label)), []
     elif _is_fasta(spec):
         from tagllm.data.proteins import check_protein, read_fasta

@@ -131,3 +131,64 @@ def moses_table(split: str, n: int | None, seed: int, labels: bool = True,
     if labels:
         cols["qed"] = qed_values(chosen, progress=progress).tolist()
     return Table(cols, f"moses:{split}", rows)
+
+
+# ----------------------------------------------------------------- NCI molecules, Lipinski
+NCI_LABELS = ("lipinski", "qed")
+
+
+def nci_file() -> Path:
+    """RDKit's shipped ``Data/NCI/first_5K.smi`` (5,000 NCI compounds, SMILES and NSC id)."""
+    from rdkit import RDConfig
+
+    return Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
+
+
+def lipinski_pass(mol) -> int:
+    """1 if the molecule breaks none of Lipinski's four rules of five (molecular weight
+    <= 500, Crippen logP <= 5, H-bond donors <= 5, H-bond acceptors <= 10), else 0."""
+    from rdkit.Chem import Crippen, Descriptors, Lipinski
+
+    return int(Descriptors.MolWt(mol) <= 500 and Crippen.MolLogP(mol) <= 5
+               and Lipinski.NumHDonors(mol) <= 5 and Lipinski.NumHAcceptors(mol) <= 10)
+
+
+def nci_table(split: str, labels: Iterable[str] = ()) -> tuple[Table, list[str]]:
+    """NCI molecules with a fixed 80/20 split by canonical SMILES (duplicates collapse to
+    their first row), columns ``smiles``, ``name`` and the requested labels; plus the rows
+    the file itself holds that RDKit cannot parse (reported, never used)."""
+    from rdkit.Chem import QED
+
+    labels = list(labels)
+    bad = [x for x in labels if x not in NCI_LABELS]
+    if bad:
+        raise ValueError(f"nci:{split} has no label(s) {bad}; it provides {list(NCI_LABELS)}")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"nci:{split}: unknown split; use nci:train, nci:test or nci:all")
+    path = nci_file()
+    Chem = _rdkit()
+    cols: dict[str, list] = {"smiles": [], "name": [], **{x: [] for x in labels}}
+    rows: list[int] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            mol = Chem.MolFromSmiles(parts[0]) if parts else None
+            if mol is None:
+                skipped.append(f"{path} row {lineno}: invalid SMILES "
+                               f"{(parts or [''])[0][:80]!r} (RDKit cannot parse it)")
+                continue
+            canon = Chem.MolToSmiles(mol)
+            if canon in seen:
+                continue
+            seen.add(canon)
+            in_test = int(hashlib.sha256(canon.encode()).hexdigest(), 16) % 5 == 0
+            if split != "all" and in_test != (split == "test"):
+                continue
+            cols["smiles"].append(parts[0])
+            cols["name"].append(parts[1] if len(parts) > 1 else str(lineno))
+            rows.append(lineno)
+            for x in labels:
+                cols[x].append(lipinski_pass(mol) if x == "lipinski" else QED.qed(mol))
+    return Table(cols, f"nci:{split}", rows), skipped
