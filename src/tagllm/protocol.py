@@ -72,12 +72,20 @@ class StagePlan:
 
 def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
           exclude_sequences: set[str], progress: bool, tagger: TaggedModel,
-          max_length: int, log: Log, classes: int = 0) -> LoadedData:
+          max_length: int, log: Log, classes: int = 0,
+          held_texts: frozenset[str] = frozenset()) -> LoadedData:
     table, skipped = load_source(cfg.source, cfg.n, cfg.seed if cfg.seed is not None else seed,
                                  label=cfg.label, skip_invalid=cfg.skip_invalid,
                                  exclude_smiles=exclude_smiles,
                                  exclude_sequences=exclude_sequences, progress=progress)
     texts = table.render(cfg.template)
+    held = [i for i, t in enumerate(texts) if t in held_texts]
+    if held:  # the very same input is in an evaluation set: never train on it
+        log(f"{cfg.source}: left out {len(held)} row(s) whose input is in an evaluation set")
+        if len(held) == len(texts):
+            raise DataError(f"{cfg.source}: every input is also in an evaluation set")
+        keep = sorted(set(range(len(texts))) - set(held))
+        table, texts = table.select(keep), [texts[i] for i in keep]
     lengths = [len(tagger.tagtok.encode(t).ids) for t in texts]
     long = [i for i, n in enumerate(lengths) if n > max_length]
     if long and cfg.too_long == "error":
@@ -137,12 +145,14 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
     evals: dict[str, list[tuple[EvalConfig, LoadedData]]] = {}
     held_smiles: set[str] = set()
     held_seqs: set[str] = set()
+    held_texts: set[str] = set()
     for s in order:  # test data first: it is excluded from every training set
         evals[s.name] = [(e, _load(e, recipe.seed, set(), set(), progress, tagger,
                                    s.train.max_length, log, _classes(recipe, e)))
                          for e in s.eval]
         if recipe.exclude_eval_molecules:
             for _, d in evals[s.name]:
+                held_texts.update(d.texts)
                 for col, values in d.table.columns.items():
                     if col.lower() in SMILES_COLUMNS:
                         held_smiles.update(values)
@@ -152,7 +162,8 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
     out: list[StagePlan] = []
     for s in order:
         data = [_load(d, recipe.seed, held_smiles, held_seqs, progress, tagger,
-                      s.train.max_length, log, _classes(recipe, d)) for d in s.data]
+                      s.train.max_length, log, _classes(recipe, d), frozenset(held_texts))
+                for d in s.data]
         deps = {t: keys[t] for t in s.uses()}
         material = {
             "store_format": STORE_FORMAT,

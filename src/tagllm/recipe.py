@@ -81,7 +81,8 @@ class RowsConfig:
 
     source: str = field(metadata={"help": "CSV/TSV/.smi/FASTA file, or a built-in: "
                                           "moses:train|test|test_scaffolds, proteins:train|test, "
-                                          "nci:train|test"})
+                                          "nci:train|test, bindingdb:SPLIT:FILE, "
+                                          "drugcomb:SPLIT:FILE"})
     label: str | list[str] | None = field(default=None, metadata={
         "help": "target column(s) of the head: one, a list (multi-output regression), or a "
                 "source's group name (proteins:*: descriptors)"})

@@ -7,6 +7,9 @@ with columns ``smiles`` and, when asked for, ``qed`` (computed with RDKit and ca
 and on request the standardised ``descriptors`` (``peptides``) as labels.
 ``nci:train`` / ``nci:test``: RDKit's 5,000 NCI compounds, split 80/20 by a hash of the
 canonical SMILES, with labels ``lipinski`` (1: breaks none of the rules of five) and ``qed``.
+``bindingdb:SPLIT:FILE`` / ``drugcomb:SPLIT:FILE``: TDC's BindingDB_Patent and DrugComb_CSS
+tables from a local file in TDC's format, in TDC's split (:mod:`tagllm.data.tdc`); FILE
+``synthetic`` is a labelled synthetic fixture in the same format.
 Anything else is a path to a CSV/TSV/.smi or FASTA (.fa/.fasta/.faa) file, validated row
 by row.
 """
@@ -27,7 +30,7 @@ from tagllm.data import (
 )
 from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, shuffled
 
-BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:")
+BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:", "bindingdb:", "drugcomb:")
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
 
 #: Columns whose values are SMILES and are checked with RDKit when read from a file.
@@ -98,6 +101,28 @@ def _proteins(split: str, labels: list[str]) -> Table:
     return table.select(test if split == "test" else train)
 
 
+def _tdc(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[str]]:
+    """``bindingdb:SPLIT:FILE`` / ``drugcomb:SPLIT:FILE``: a TDC table in its split, every
+    SMILES, sequence and label checked; FILE ``synthetic`` is the labelled fixture."""
+    from tagllm.data import tdc
+
+    kind, rest = spec.split(":", 1)
+    split, _, path = rest.partition(":")
+    if not path:
+        raise ValueError(f"{spec}: write {kind}:SPLIT:FILE, e.g. {kind}:train:data.csv or "
+                         f"{kind}:train:synthetic")
+    if path == tdc.SYNTHETIC:
+        path = str(tdc.synthetic_bindingdb() if kind == "bindingdb" else tdc.synthetic_drugcomb())
+    table = read_table(path)
+    table = tdc.bindingdb_split(table, split) if kind == "bindingdb" else \
+        tdc.drugcomb_split(table, split)
+    known = ["p_affinity", "y"] if kind == "bindingdb" else ["y"]
+    bad = [c for c in labels if c not in known]
+    if bad:
+        raise ValueError(f"{spec} has no label(s) {bad}; it provides {known}")
+    return _validate(table, labels, (), skip_invalid)
+
+
 def load_source(
     spec: str,
     n: int | None = None,
@@ -123,7 +148,9 @@ def load_source(
         table = moses_table(split, n, seed, labels=label == "qed", exclude=exclude_smiles,
                             progress=progress)
         return table, []
-    if spec.startswith("nci:"):
+    if spec.startswith(("bindingdb:", "drugcomb:")):
+        table, problems = _tdc(spec, label_columns(spec, label), skip_invalid)
+    elif spec.startswith("nci:"):
         from tagllm.data.smiles import nci_table
 
         table, problems = nci_table(spec.split(":", 1)[1], label_columns(spec, label))
@@ -178,6 +205,12 @@ def _is_fasta(spec: str) -> bool:
 
 
 def _exclude(table: Table, sequences: set[str], smiles: set[str]) -> Table:
+    """Drop the rows whose one molecule or protein is held out. Rows that pair several
+    (drug and target, two drugs) are left to the caller, which drops a pair only when the
+    same input is held out: the same drug with another target is a different example."""
+    inputs = [c for c in table.columns if c.lower() in SMILES_COLUMNS | PROTEIN_COLUMNS]
+    if len(inputs) != 1:
+        return table
     drop: set[int] = set()
     canon = {canonical_smiles(s) for s in smiles}
     for col, values in table.columns.items():
