@@ -98,3 +98,39 @@ def test_qed_values_match_rdkit():
     smiles = ["CCO", "CC(=O)Oc1ccccc1C(=O)O"]
     np.testing.assert_allclose(qed_values(smiles, progress=False),
                                [QED.qed(Chem.MolFromSmiles(s)) for s in smiles])
+
+
+# ----------------------------------------------------------------- one test per rule
+def test_unknown_amino_acid_names_file_record_and_residue(tmp_path):
+    p = _csv(tmp_path, ">a\nMKVLA\n>b\nMKJ1A\n", "p.fasta")
+    with pytest.raises(DataError, match=r"p.fasta row 3: column 'sequence': unknown amino-acid "
+                                        r"letter\(s\) \['1', 'J'\] \(first at residue 3\)"):
+        load_source(str(p))
+    table, skipped = load_source(str(p), skip_invalid=True)
+    assert table["id"] == ["a"] and len(skipped) == 1 and "row 3" in skipped[0]
+
+
+def test_protein_column_in_a_csv_is_checked(tmp_path):
+    p = _csv(tmp_path, "target,y\nMKVL,1\nMK*VL,2\n")
+    with pytest.raises(DataError, match=r"d.csv row 2: column 'target': unknown amino-acid"):
+        load_source(str(p), label="y")
+
+
+def test_whitespace_only_text_is_rejected(tmp_path):
+    p = _csv(tmp_path, "text,y\nhello,1\n   ,2\n")
+    with pytest.raises(DataError, match=r"d.csv row 2: column 'text': empty or whitespace-only"):
+        load_source(str(p), label="y", text_columns=["text"])
+
+
+def test_duplicate_fasta_id_names_both_lines(tmp_path):
+    p = _csv(tmp_path, ">a\nMKV\n>b\nMKL\n>a\nMKI\n", "p.fasta")
+    with pytest.raises(DataError, match=r"p.fasta line 5: duplicate id 'a' \(first at line 1\)"):
+        load_source(str(p))
+
+
+def test_duplicate_csv_id_names_both_rows(tmp_path):
+    p = _csv(tmp_path, "id,smiles,y\nm1,CCO,1\nm2,CCN,2\nm1,CCC,3\n")
+    with pytest.raises(DataError, match=r"d.csv row 3: duplicate id 'm1' \(first at row 1\)"):
+        load_source(str(p), label="y")
+    table, skipped = load_source(str(p), label="y", skip_invalid=True)
+    assert table["id"] == ["m1", "m2"] and "duplicate id 'm1'" in skipped[0]

@@ -51,3 +51,20 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     assert any(k.startswith("ablation") for k in last["baselines"])
     for t in r.tags:
         assert (tmp_path / "out" / "tags" / t.name.strip("<>") / "tag.safetensors").is_file()
+
+
+def test_classification_labels_must_be_class_indices(tmp_path):
+    from tagllm.data import DataError
+
+    save_tiny(tmp_path / "tiny")
+    (tmp_path / "m.csv").write_text("smiles,active\nCCO,0\nCCN,1\nCCC,2\nCCCC,1\n")
+    r = recipe_from_dict({
+        "name": "c", "model": str(tmp_path / "tiny"), "out": str(tmp_path / "out"),
+        "tags": [{"name": "<C>", "kind": "function", "num_tokens": 2,
+                  "head": {"kind": "classification", "num_outputs": 2}}],
+        "stages": [{"name": "c", "tags": ["<C>"], "data": [
+            {"source": str(tmp_path / "m.csv"), "template": "{smiles} <C>",
+             "label": "active"}]}]})
+    with pytest.raises(DataError, match=r"m.csv row 3: label 'active': 2 is not a class index "
+                                        r"0..1 \(1 such row\(s\)\)"):
+        run(r, TagStore(tmp_path / "store"), dry_run=True, log=lambda m: None, progress=False)

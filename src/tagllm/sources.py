@@ -184,7 +184,30 @@ def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
     checks.update({c: check_protein for c in table.columns if c.lower() in PROTEIN_COLUMNS})
     for c in labels:
         checks[c] = check_number
-    return validate_rows(table, checks, skip_invalid=skip_invalid)
+    table, problems = validate_rows(table, checks, skip_invalid=skip_invalid)
+    return _unique_ids(table, problems, skip_invalid)
+
+
+def _unique_ids(table: Table, problems: list[str], skip_invalid: bool
+                ) -> tuple[Table, list[str]]:
+    """An ``id`` column (any case) must not repeat: a repeat names both rows, or with
+    ``skip_invalid`` the later rows are dropped and listed."""
+    col = next((c for c in table.columns if c.lower() == "id"), None)
+    if col is None:
+        return table, problems
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    for i, v in enumerate(table[col]):
+        if v in first:
+            msg = (f"{table.where(i)}: duplicate id {v!r} (first at row "
+                   f"{table.rows[first[v]]})")
+            if not skip_invalid:
+                raise DataError(msg + " (use --skip_invalid to drop such rows)")
+            problems = [*problems, msg]
+            continue
+        first[v] = i
+        keep.append(i)
+    return (table if len(keep) == len(table) else table.select(keep)), problems
 
 
 def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
