@@ -203,3 +203,35 @@ def lm_metrics(model, texts: Sequence[str], batch_size: int = 16, max_length: in
     total, count = _on_shares(len(texts), score).sum(0)
     loss = total / max(count, 1)
     return {"loss": float(loss), "perplexity": float(np.exp(loss)), "tokens": int(count)}
+
+
+# ----------------------------------------------------------------- translation
+def translation_metrics(hypotheses: Sequence[str], references: Sequence[str],
+                        spm_model: str | None = None) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu, 13a tokenisation) and chrF; with ``spm_model`` (a local
+    SentencePiece model file, e.g. FLORES-200's) also spBLEU: BLEU on SentencePiece pieces.
+    sacrebleu's own ``flores200`` tokenizer downloads that model at run time, so tagllm
+    tokenises with the given file and scores with ``tokenize="none"``."""
+    import sacrebleu
+
+    hyps, refs = list(hypotheses), [list(references)]
+    if len(hyps) != len(refs[0]):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs[0])} references")
+    out = {"bleu": float(sacrebleu.corpus_bleu(hyps, refs, tokenize="13a").score),
+           "chrf": float(sacrebleu.corpus_chrf(hyps, refs).score)}
+    if spm_model:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+
+        def pieces(texts: Sequence[str]) -> list[str]:
+            return [" ".join(sp.encode(t, out_type=str)) for t in texts]
+
+        out["spbleu"] = float(sacrebleu.corpus_bleu(pieces(hyps), [pieces(refs[0])],
+                                                    tokenize="none").score)
+    return out
+
+
+def first_line(text: str) -> str:
+    """A generated translation up to its first line break (the training inputs end there)."""
+    return text.strip().split("\n", 1)[0].strip()

@@ -219,13 +219,14 @@ class TaggedModel(nn.Module):
         pos = self.head_positions(input_ids, tag)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos].float()
 
-    def lm_loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+    def lm_loss(self, batch: Batch, reduction: str = "mean",
+                after: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token loss on base tokens only (tag positions and padding are not targets):
         the mean over those tokens, with ``reduction="sum"`` their sum, with
-        ``reduction="row"`` the sum of each input (B,)."""
+        ``reduction="row"`` the sum of each input (B,). ``after``: see :meth:`lm_targets`."""
         hidden = self.hidden_states(batch)[:, :-1]  # (B, T-1, H)
         targets = batch.input_ids[:, 1:]  # (B, T-1)
-        valid = self.lm_targets(batch)
+        valid = self.lm_targets(batch, after)
         logits = self.logits(hidden[valid]).float()  # (N, V)
         if reduction != "row":
             return F.cross_entropy(logits, targets[valid], reduction=reduction)
@@ -233,10 +234,16 @@ class TaggedModel(nn.Module):
         rows = valid.nonzero()[:, 0]
         return per_token.new_zeros(len(valid)).index_add_(0, rows, per_token)  # (B,)
 
-    def lm_targets(self, batch: Batch) -> torch.Tensor:
-        """(B, T-1) mask of the positions whose next token is a loss target."""
+    def lm_targets(self, batch: Batch, after: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T-1) mask of the positions whose next token is a loss target: base tokens,
+        and with ``after`` (token ids, e.g. the virtual ids of the tags being trained) only
+        those that follow one of these ids; the earlier ones cannot depend on them."""
         targets = batch.input_ids[:, 1:]
-        return batch.attention_mask[:, 1:].bool() & (targets < self.bank.vocab_rows)
+        valid = batch.attention_mask[:, 1:].bool() & (targets < self.bank.vocab_rows)
+        if after is not None:
+            seen = torch.isin(batch.input_ids, after.to(batch.input_ids.device)).cumsum(1) > 0
+            valid &= seen[:, :-1]  # (B, T-1): a tag at or before the predicting position
+        return valid
 
     def head_loss(self, batch: Batch, tag: str, targets: torch.Tensor) -> torch.Tensor:
         head = self.head(tag)
@@ -282,10 +289,17 @@ class TaggedModel(nn.Module):
 
     @torch.inference_mode()
     def generate(self, texts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
-                 do_sample: bool = False, **kwargs) -> list[str]:
-        """Greedy (by default) continuation of each text with the KV cache; left padding."""
+                 do_sample: bool = False, stop: Sequence[str] = (), progress: bool = False,
+                 **kwargs) -> list[str]:
+        """Greedy (by default) continuation of each text with the KV cache; left padding.
+        A sequence ends at the end-of-text token or at any of the ``stop`` strings."""
+        from tagllm.progress import track
+
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         results: list[str] = []
-        for s in range(0, len(texts), batch_size):
+        starts = range(0, len(texts), batch_size)
+        for s in track(starts, "generating", progress, unit="batch"):
             batch = self.encode(list(texts[s:s + batch_size]), side="left")
             out = self.base.generate(
                 inputs_embeds=self.embed(batch.input_ids),

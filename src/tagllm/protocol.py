@@ -224,6 +224,36 @@ def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
     return m
 
 
+def _generation_eval(m: TaggedModel, e: EvalConfig, d: LoadedData, name: str,
+                     baselines: bool, progress: bool) -> dict[str, Any]:
+    """Greedy generation from each input, cut at its first line break, scored against the
+    reference column with sacrebleu; beside it the copy-the-source baseline and the same
+    frozen model prompted in plain text (no tags)."""
+    from tagllm.evaluate import first_line, translation_metrics
+
+    refs = d.table[e.reference]
+
+    def generate(texts: list[str]) -> list[str]:
+        return [first_line(t) for t in m.generate(texts, max_new_tokens=e.max_new_tokens,
+                                                  stop=["\n"], progress=progress)]
+
+    hyps = generate(d.texts)
+    row: dict[str, Any] = {"name": name, "rows": len(d.texts),
+                           "metrics": translation_metrics(hyps, refs, e.spm_model),
+                           "examples": [{"input": d.texts[i], "output": hyps[i],
+                                         "reference": refs[i]} for i in range(min(3, len(hyps)))]}
+    if baselines and e.baselines:
+        row["baselines"] = {}
+        if "copy" in e.baselines:
+            row["baselines"]["copy the source"] = translation_metrics(
+                d.table[e.source_column], refs, e.spm_model)
+        if "prompt" in e.baselines:
+            prompts = d.table.render(e.prompt)
+            row["baselines"]["plain-text prompt (no tags)"] = translation_metrics(
+                generate(prompts), refs, e.spm_model)
+    return row
+
+
 def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = True
               ) -> list[dict[str, Any]]:
     from tagllm.evaluate import (
@@ -262,6 +292,8 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = Tr
                     row["baselines"]["training class frequencies" if classes
                                      else "training mean"] = score(
                         d.targets, mean_baseline(train.targets, len(d.targets), classes))
+        elif e.reference:
+            row = _generation_eval(m, e, d, name, baselines, progress)
         else:
             row = {"name": name, "rows": len(d.texts),
                    "metrics": lm_metrics(m, d.texts, max_length=p.stage.train.max_length,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from tagllm.config import HeadConfig, TagConfig, TrainConfig
 
 TAG_IN_TEMPLATE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
-BASELINES = ("knn", "mean")
+BASELINES = ("knn", "mean", "copy", "prompt")
 TooLong = Literal["error", "skip"]
 
 
@@ -82,7 +82,8 @@ class RowsConfig:
     source: str = field(metadata={"help": "CSV/TSV/.smi/FASTA file, or a built-in: "
                                           "moses:train|test|test_scaffolds, proteins:train|test, "
                                           "nci:train|test, bindingdb:SPLIT:FILE, "
-                                          "drugcomb:SPLIT:FILE"})
+                                          "drugcomb:SPLIT:FILE, bible:LANG[-LANG]:SPLIT, "
+                                          "flores:SRC-TGT:SPLIT:DIR"})
     label: str | list[str] | None = field(default=None, metadata={
         "help": "target column(s) of the head: one, a list (multi-output regression), or a "
                 "source's group name (proteins:*: descriptors)"})
@@ -134,14 +135,37 @@ class EvalConfig(RowsConfig):
     ablation: bool = field(default=False, metadata={
         "help": "also evaluate the untrained function tag with its closed-form head"})
     name: str | None = field(default=None, metadata={"help": "row label in the results"})
+    reference: str | None = field(default=None, metadata={
+        "help": "column of reference texts: generate greedily from the template and score "
+                "with BLEU and chrF (translation)"})
+    source_column: str = field(default="source", metadata={
+        "help": "the column the copy-the-source baseline copies"})
+    prompt: str | None = field(default=None, metadata={
+        "help": "plain-text prompt template without tags for the prompt baseline, e.g. "
+                "\"{src}: {source}\\n{tgt}:\""})
+    max_new_tokens: int = field(default=128, metadata={"help": "generation length limit"})
+    spm_model: str | None = field(default=None, metadata={
+        "help": "local SentencePiece model file: also report spBLEU"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines: unknown {bad}; known: {list(BASELINES)}")
-        if self.baselines and not self.label:
+        text = [b for b in self.baselines if b in ("copy", "prompt")]
+        if self.reference and self.label:
+            raise ValueError("give label (a head's target) or reference (generated text), "
+                             "not both")
+        if text and not self.reference:
+            raise ValueError(f"baselines {text} need reference (a generation evaluation)")
+        if self.baselines and not text and not self.label:
             raise ValueError("baselines need a label")
+        if self.reference and [b for b in self.baselines if b in ("knn", "mean")]:
+            raise ValueError("baselines knn and mean need a label, not a reference")
+        if "prompt" in self.baselines and not self.prompt:
+            raise ValueError("the prompt baseline needs prompt: a plain-text template")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass

