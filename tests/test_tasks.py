@@ -27,6 +27,8 @@ def shrunk(name: str, tmp_path: Path) -> dict:
             e["n"] = 24
         for e in s.get("eval", []):
             e["n"] = 12
+            if "reference" in e:
+                e["max_new_tokens"] = 6
         s["train"] = {**s.get("train", {}), "steps": 2, "batch_size": 4, "warmup_steps": 1,
                       "warm_start_examples": 24, "max_length": 512}
     return d
@@ -37,6 +39,7 @@ def shrunk(name: str, tmp_path: Path) -> dict:
     ("lipinski", {"accuracy", "auroc"}),
     ("binding-affinity", {"mse", "mae", "pearson", "spearman"}),
     ("drug-combination", {"mse", "mae", "pearson", "spearman"}),
+    ("translate", {"bleu", "chrf"}),
 ])
 def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     r = recipe_from_dict(shrunk(name, tmp_path), f"{name}.yaml")
@@ -45,6 +48,11 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     last = summary.stages[-1]["eval"][0]
     assert set(last["metrics"]) == metrics
     assert all(v == v for v in last["metrics"].values())  # no NaN
+    if name == "translate":  # generation, scored beside both text baselines
+        assert set(last["baselines"]) == {"copy the source", "plain-text prompt (no tags)"}
+        assert last["examples"][0]["input"].startswith("<es> ")
+        assert summary.stages[-1]["eval"][1]["name"] == "pt->es (zero-shot)"
+        return
     assert {"training mean", "training class frequencies"} & set(last["baselines"])
     if name in ("descriptor", "lipinski"):  # one input column: a k-NN baseline too
         assert any(k.startswith(("3-mer k-NN", "Morgan k-NN")) for k in last["baselines"])

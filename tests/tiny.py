@@ -19,7 +19,7 @@ def char_tokenizer(bos: bool = True):
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
-    for c in string.printable[:95]:
+    for c in string.printable[:95] + "\n":
         vocab.setdefault(c, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     if bos:

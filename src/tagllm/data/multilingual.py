@@ -64,11 +64,14 @@ def bible_verses(langs: list[str], split: str) -> Table:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         texts: dict[str, dict[tuple[int, int, int], str]] = {}
+        db_id: dict[tuple[int, int, int], int] = {}  # row id in the first language's version
         for code in langs:
-            rows = con.execute("SELECT bNumber, cNumber, vNumber, vText FROM bible "
+            rows = con.execute("SELECT id, bNumber, cNumber, vNumber, vText FROM bible "
                                "WHERE bbName = ? ORDER BY bNumber, cNumber, vNumber",
                                (VERSIONS[code][0],)).fetchall()
-            texts[code] = {(b, c, v): t for b, c, v, t in rows if _in_split(b, split)}
+            texts[code] = {(b, c, v): t for _, b, c, v, t in rows if _in_split(b, split)}
+            if code == langs[0]:
+                db_id = {(b, c, v): i for i, b, c, v, _ in rows}
     finally:
         con.close()
     keys = [k for k in texts[langs[0]]
@@ -76,7 +79,9 @@ def bible_verses(langs: list[str], split: str) -> Table:
     cols = {"id": [f"{b}.{c}.{v}" for b, c, v in keys]}
     for code in langs:
         cols[code] = [" ".join(texts[code][k].split()) for k in keys]
-    return Table(cols, f"{path} ({split})", list(range(1, len(keys) + 1)))
+    # messages name the bible table's row id of the verse in the first language
+    return Table(cols, f"{path} (table bible, {VERSIONS[langs[0]][1]})",
+                 [db_id[k] for k in keys])
 
 
 def parallel(table: Table, src: str, tgt: str) -> Table:
