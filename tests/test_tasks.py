@@ -40,6 +40,7 @@ def shrunk(name: str, tmp_path: Path) -> dict:
     ("binding-affinity", {"mse", "mae", "pearson", "spearman"}),
     ("drug-combination", {"mse", "mae", "pearson", "spearman"}),
     ("translate", {"bleu", "chrf"}),
+    ("qed-in-context", {"mse", "mae", "pearson", "spearman"}),
 ])
 def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     r = recipe_from_dict(shrunk(name, tmp_path), f"{name}.yaml")
@@ -54,6 +55,22 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
         assert summary.stages[-1]["eval"][1]["name"] == "pt->es (zero-shot)"
         return
     assert {"training mean", "training class frequencies"} & set(last["baselines"])
+    if name == "qed-in-context":  # k labelled examples before each query, never itself
+        from tagllm.protocol import plan
+        from tagllm.model import TaggedModel
+
+        plans = plan(r, TaggedModel.from_pretrained(r.model), TagStore(tmp_path / "store"),
+                     log=lambda m: None, progress=False)
+        by_name = {p.stage.name: p for p in plans}
+        for k in (0, 1, 4):
+            d, (_, e) = by_name[f"k{k}"].data[0], by_name[f"k{k}"].evals[0]
+            for texts in (d.texts, e.texts):
+                assert all(t.count(f"<QEDk{k}>") == k + 1 for t in texts)
+                assert all(t.count("\n") == k for t in texts)
+            for t, smi in zip(d.texts, d.table["smiles"], strict=True):
+                assert f"<SMILES> {smi} <QEDk{k}> " not in t  # its own label is not shown
+        assert [s["eval"][0]["name"] for s in summary.stages[1:]] == [
+            "QED, k=0", "QED, k=1", "QED, k=4"]
     if name in ("descriptor", "lipinski"):  # one input column: a k-NN baseline too
         assert any(k.startswith(("3-mer k-NN", "Morgan k-NN")) for k in last["baselines"])
     assert any(k.startswith("ablation") for k in last["baselines"])

@@ -114,6 +114,51 @@ def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
     return LoadedData(cfg, table, texts, targets, skipped)
 
 
+def _add_context(d: LoadedData, pool: LoadedData, seed: int, tagger: TaggedModel,
+                 max_length: int, log: Log) -> None:
+    """Prefix every input of ``d`` with ``k`` labelled examples drawn (seeded, per row)
+    from ``pool``'s rows, each written as its input followed by its label, one per line.
+    When ``pool`` is ``d`` itself a row never serves as its own example. Inputs that grow
+    beyond ``max_length`` follow the entry's too_long policy."""
+    k = d.config.context
+    if len(pool.texts) < k + (pool is d):
+        raise DataError(f"{d.config.source}: context {k} needs more than {len(pool.texts)} "
+                        "labelled training rows")
+
+    def shown(y: np.ndarray | float) -> str:
+        return " ".join(f"{v:.3g}" for v in np.atleast_1d(y))
+
+    rng = np.random.default_rng([seed, 7919])
+    texts = []
+    for i, t in enumerate(d.texts):
+        choice: list[int] = []
+        while len(choice) < k:
+            j = int(rng.integers(len(pool.texts)))
+            if j not in choice and not (pool is d and j == i):
+                choice.append(j)
+        examples = [f"{pool.texts[j]} {shown(pool.targets[j])}" for j in choice]
+        texts.append("\n".join([*examples, t]))
+    lengths = [len(tagger.tagtok.encode(t).ids) for t in texts]
+    long = [i for i, n in enumerate(lengths) if n > max_length]
+    if long and d.config.too_long == "error":
+        i = long[0]
+        raise InputTooLongError(
+            f"{d.table.where(i)}: {lengths[i]} tokens with {k} in-context examples > "
+            f"max_length {max_length} ({len(long)} such input(s)); raise max_length or set "
+            "too_long: skip")
+    if long:
+        log(f"{d.config.source}: skipped {len(long)} input(s) longer than {max_length} "
+            f"tokens with {k} in-context examples (too_long: skip)")
+        d.skipped += [f"{d.table.where(i)}: {lengths[i]} tokens with context > {max_length}"
+                      for i in long]
+    drop = set(long)
+    keep = [i for i in range(len(texts)) if i not in drop]
+    d.table = d.table.select(keep)
+    d.texts = [texts[i] for i in keep]
+    if d.targets is not None:
+        d.targets = d.targets[keep]
+
+
 def _classes(recipe: Recipe, rows: DataConfig | EvalConfig) -> int:
     """The number of classes of the classification head a labelled entry feeds (0: none)."""
     if not rows.label or not rows.template:
@@ -164,6 +209,18 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
         data = [_load(d, recipe.seed, held_smiles, held_seqs, progress, tagger,
                       s.train.max_length, log, _classes(recipe, d), frozenset(held_texts))
                 for d in s.data]
+        for e, d in evals[s.name]:
+            if e.context:  # examples from the training entry that feeds the same tag
+                pool = next((x for x in data if x.targets is not None and x.config.label
+                             and set(tags_in(x.config.template)) & set(tags_in(e.template))
+                             & set(s.tags)), None)
+                if pool is None:
+                    raise RecipeError(f"{recipe.source}: stage {s.name!r} eval {e.source}: "
+                                      "context needs a labelled training entry with its tag")
+                _add_context(d, pool, recipe.seed, tagger, s.train.max_length, log)
+        for d in data:  # after the evals, whose examples are the plain training rows
+            if d.config.context:  # examples from the entry itself, never the row itself
+                _add_context(d, d, recipe.seed, tagger, s.train.max_length, log)
         deps = {t: keys[t] for t in s.uses()}
         material = {
             "store_format": STORE_FORMAT,

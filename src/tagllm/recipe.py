@@ -93,9 +93,16 @@ class RowsConfig:
                                metadata={"help": "drop invalid rows (listed) instead of failing"})
     too_long: TooLong = field(default="error", metadata={
         "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
+    context: int = field(default=0, metadata={
+        "help": "in-context examples before each input: k labelled rows of the training "
+                "data, each written as the template followed by its label"})
 
     def __post_init__(self) -> None:
         _too_long(self.too_long)
+        if not isinstance(self.context, int) or self.context < 0:
+            raise ValueError(f"context: must be an int >= 0, got {self.context!r}")
+        if self.context and not self.label:
+            raise ValueError("context: in-context examples need a label to show")
         if not isinstance(self.source, str) or not self.source.strip():
             raise ValueError("source: must be a non-empty string")
         if self.label is not None and not (
