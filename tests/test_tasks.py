@@ -56,8 +56,8 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
         return
     assert {"training mean", "training class frequencies"} & set(last["baselines"])
     if name == "qed-in-context":  # k labelled examples before each query, never itself
-        from tagllm.protocol import plan
         from tagllm.model import TaggedModel
+        from tagllm.protocol import plan
 
         plans = plan(r, TaggedModel.from_pretrained(r.model), TagStore(tmp_path / "store"),
                      log=lambda m: None, progress=False)
