@@ -151,3 +151,33 @@ def test_predict_streams_chunks_and_keeps_rows_and_atomicity(tmp_path, tiny_mode
     chunks = list(iter_table(big, chunk_rows=64))
     assert [len(c) for c in chunks] == [64, 64, 22]
     assert chunks[2].where(1) == f"{big} row 130"
+
+
+def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
+    common = ["--model", str(tiny_model_dir), "--progress", "false"]
+    labelled = tmp_path / "c.csv"
+    labelled.write_text("smiles,c\n" + "".join(f"{s},{i % 2}\n" for i, s in enumerate(SMILES)))
+    main(["train", "--tag", "<C>", "--kind", "function", "--head", "classification",
+          "--num_outputs", "2", "--label", "c", "--data", str(labelled), "--template",
+          "{smiles} <C>", "--out", str(tmp_path / "tags" / "C"), "--num_tokens", "2",
+          "--steps", "2", "--batch_size", "4", *common])
+    other = tmp_path / "c_train.csv"  # the baselines' own training molecules
+    other.write_text("smiles,c\nCCCCCCO,0\nCCCCCN,1\nc1ccccc1CC,0\nCCOCCO,1\nCC(C)CC,0\n"
+                     "NCCCCN,1\n")
+    js = tmp_path / "c.json"
+    main(["evaluate", "--tags", str(tmp_path / "tags"), "--data", str(labelled), "--label", "c",
+          "--template", "{smiles} <C>", "--baseline_train", str(other),
+          "--json_out", str(js), *common])
+    res = json.loads(js.read_text())
+    assert set(res["tags (<C>)"]) == {"accuracy", "auroc"}
+    assert set(res) == {"tags (<C>)", "smiles k-NN (k=5)", "training class frequencies"}
+
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("source,target\nhello,hola\ngood day,buenos dias\n")
+    main(["evaluate", "--tags", str(tmp_path / "tags"), "--data", str(pairs),
+          "--reference", "target", "--template", "{source} <C> =", "--prompt",
+          "English: {source}\nSpanish:", "--max_new_tokens", "4", "--json_out", str(js),
+          *common])
+    res = json.loads(js.read_text())
+    assert set(res) == {"tags", "copy the source", "plain-text prompt (no tags)"}
+    assert set(res["tags"]) == {"bleu", "chrf"}

@@ -111,8 +111,8 @@ def test_unknown_amino_acid_names_file_record_and_residue(tmp_path):
 
 
 def test_protein_column_in_a_csv_is_checked(tmp_path):
-    p = _csv(tmp_path, "target,y\nMKVL,1\nMK*VL,2\n")
-    with pytest.raises(DataError, match=r"d.csv row 2: column 'target': unknown amino-acid"):
+    p = _csv(tmp_path, "protein,y\nMKVL,1\nMK*VL,2\n")
+    with pytest.raises(DataError, match=r"d.csv row 2: column 'protein': unknown amino-acid"):
         load_source(str(p), label="y")
 
 

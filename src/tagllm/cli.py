@@ -293,34 +293,49 @@ def predict(
 def evaluate(
     tags: str,
     data: str,
-    label: str,
+    label: str | None = None,
     template: str = "<SMILES> {smiles} <QED>",
     tag: str | None = None,
     model: str = "smollm2",
     n_examples: int | None = None,
     baseline_train: str | None = None,
     baseline_examples: int = 3000,
+    reference: str | None = None,
+    prompt: str | None = None,
+    max_new_tokens: int = 128,
+    spm_model: str | None = None,
     batch_size: int = 32,
     seed: int = 0,
     skip_invalid: bool = False,
     json_out: str | None = None,
     progress: bool = True,
 ) -> None:
-    """Evaluate a regression tag on a labelled split: MSE, MAE, Pearson, Spearman.
+    """Evaluate a function tag on a labelled split, with the metrics of its head, or a
+    generating tag (e.g. <Translate>) against reference texts with BLEU and chrF.
 
-    With --baseline_train (e.g. moses:train) the table adds a Morgan-fingerprint k-NN and the
-    training-mean predictor fitted on that data, for molecule inputs (a `smiles` column).
+    Regression heads: MSE, MAE, Pearson, Spearman (averaged over outputs); classification
+    heads: accuracy and AUROC. With --baseline_train (e.g. moses:train) the table adds a
+    k-NN (Morgan fingerprints for a `smiles` column, 3-mer profiles for a `sequence`
+    column) and the training mean / class frequencies. With --reference the template is
+    continued greedily up to a line break and scored beside copying the `source` column
+    and, with --prompt, the same model prompted in plain text.
 
     Args:
         tags: tag folders to load, comma-separated, or a folder of tag folders.
-        data: labelled CSV/TSV, or moses:test.
-        label: the label column.
+        data: labelled CSV/TSV or a built-in source (moses:test, nci:test, proteins:test,
+            bible:es-pt:test, flores:SRC-TGT:SPLIT:DIR, ...).
+        label: the label column(s), comma-separated for several outputs (or a source's
+            group such as `descriptors`).
         template: input text per row, with {column} placeholders.
         tag: the function tag whose head predicts (default: the one in the template).
         model: base model the tags were trained for.
         n_examples: evaluate a seeded random sample of this many rows.
         baseline_train: training data for the baselines (k-NN, mean).
         baseline_examples: rows of baseline_train to use.
+        reference: column of reference texts: a generation evaluation instead of a head's.
+        prompt: plain-text prompt template (no tags) for the prompt baseline.
+        max_new_tokens: generation length limit.
+        spm_model: local SentencePiece model file: also report spBLEU.
         batch_size: inputs per forward pass.
         seed: random seed for the samples.
         skip_invalid: drop invalid rows (reported) instead of stopping.
@@ -328,30 +343,61 @@ def evaluate(
         progress: show progress bars.
     """
     from tagllm.data import parse_labels
-    from tagllm.evaluate import knn_baseline, mean_baseline, regression_metrics
+    from tagllm.evaluate import (
+        KNN_INPUTS,
+        classification_metrics,
+        first_line,
+        head_metrics,
+        knn_baseline,
+        mean_baseline,
+        regression_metrics,
+        translation_metrics,
+    )
     from tagllm.model import TaggedModel
     from tagllm.report import results_table
-    from tagllm.sources import load_source
+    from tagllm.sources import label_columns, load_source
 
-    table, skipped = load_source(data, n_examples, seed, label=label, skip_invalid=skip_invalid,
-                                 progress=progress)
+    if (label is None) == (reference is None):
+        raise ValueError("give --label (a head's target) or --reference (generated text)")
+    labels = label_columns(data, label.split(",") if label and "," in label else label)
+    table, skipped = load_source(data, n_examples, seed, label=labels or None,
+                                 skip_invalid=skip_invalid, progress=progress)
     _report_skipped(skipped)
     m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
     texts = table.render(template)
-    y = parse_labels(table, label)
-    tag = tag or m.function_tag_of(texts[0])
-    pred = m.predict(texts, tag=tag, batch_size=batch_size, progress=progress)[:, 0]
-    results = {f"tags ({tag})": regression_metrics(y, pred)}
-    if baseline_train:
-        train_t, _ = load_source(baseline_train, baseline_examples, seed, label=label,
-                                 exclude_smiles=table.columns.get("smiles", []),
-                                 progress=progress)
-        y_tr = parse_labels(train_t, label)
-        if "smiles" in table.columns and "smiles" in train_t.columns:
-            results["Morgan k-NN (k=5)"] = regression_metrics(
-                y, knn_baseline(train_t["smiles"], y_tr, table["smiles"]))
-        results["training mean"] = regression_metrics(y, mean_baseline(y_tr, len(y)))
-    console.print(results_table(results, f"{data}: {len(y)} examples"))
+    if reference:
+        def gen(x: list[str]) -> list[str]:
+            return [first_line(t) for t in m.generate(x, max_new_tokens, batch_size=batch_size,
+                                                      stop=["\n"], progress=progress)]
+
+        refs = table[reference]
+        results = {"tags": translation_metrics(gen(texts), refs, spm_model)}
+        if "source" in table.columns:
+            results["copy the source"] = translation_metrics(table["source"], refs, spm_model)
+        if prompt:
+            results["plain-text prompt (no tags)"] = translation_metrics(
+                gen(table.render(prompt)), refs, spm_model)
+    else:
+        y = parse_labels(table, labels[0] if len(labels) == 1 else labels)
+        tag = tag or m.function_tag_of(texts[0])
+        head = m.head(tag)
+        classes = head.num_outputs if head.kind == "classification" else 0
+        score = classification_metrics if classes else regression_metrics
+        results = {f"tags ({tag})": head_metrics(m, texts, y, tag, batch_size, progress)}
+        if baseline_train:
+            train_t, _ = load_source(baseline_train, baseline_examples, seed, label=labels,
+                                     exclude_smiles=table.columns.get("smiles", []),
+                                     exclude_sequences=table.columns.get("sequence", []),
+                                     progress=progress)
+            y_tr = parse_labels(train_t, labels[0] if len(labels) == 1 else labels)
+            inputs = [c for c in KNN_INPUTS if c in table.columns and c in train_t.columns]
+            if len(inputs) == 1:
+                results[f"{inputs[0]} k-NN (k=5)"] = score(y, knn_baseline(
+                    train_t[inputs[0]], y_tr, table[inputs[0]], column=inputs[0],
+                    classes=classes))
+            results["training class frequencies" if classes else "training mean"] = score(
+                y, mean_baseline(y_tr, len(y), classes))
+    console.print(results_table(results, f"{data}: {len(texts)} examples"))
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
 

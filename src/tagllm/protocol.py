@@ -26,7 +26,7 @@ from tagllm.distributed import fsdp_requested, local_parameters, shard_model, wo
 from tagllm.model import TaggedModel
 from tagllm.recipe import DataConfig, EvalConfig, Recipe, RecipeError, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
-from tagllm.sources import PROTEIN_COLUMNS, SMILES_COLUMNS, label_columns, load_source
+from tagllm.sources import HELD_OUT_COLUMNS, SMILES_COLUMNS, label_columns, load_source
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff
 from tagllm.tags import InputTooLongError
 from tagllm.train import Part, fit_tags
@@ -201,7 +201,7 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
                 for col, values in d.table.columns.items():
                     if col.lower() in SMILES_COLUMNS:
                         held_smiles.update(values)
-                    if col.lower() in PROTEIN_COLUMNS:
+                    if col.lower() in HELD_OUT_COLUMNS:
                         held_seqs.update(values)
     keys: dict[str, str] = {t: _pretrained_key(p) for t, p in recipe.pretrained.items()}
     out: list[StagePlan] = []

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 #: Column order of metrics (stored results have sorted keys).
-ORDER = ("mse", "mae", "pearson", "spearman", "accuracy", "auroc", "loss", "perplexity", "tokens")
+ORDER = ("mse", "mae", "pearson", "spearman", "accuracy", "auroc", "bleu", "chrf", "spbleu",
+         "loss", "perplexity", "tokens")
 
 
 def results_table(results: dict[str, dict[str, float]], title: str):
@@ -19,7 +20,8 @@ def results_table(results: dict[str, dict[str, float]], title: str):
     first = list(next(iter(results.values())))
     names = [n for n in ORDER if n in first] + [n for n in first if n not in ORDER]
     for n in names:
-        table.add_column(n.upper() if n in ("mse", "mae", "auroc") else n.capitalize(),
+        table.add_column(n.upper() if n in ("mse", "mae", "auroc", "bleu") else
+                         "spBLEU" if n == "spbleu" else n.capitalize(),
                          justify="right")
     for method, m in results.items():
         table.add_row(method, *(_fmt(m.get(n)) for n in names))
@@ -31,7 +33,8 @@ def stage_tables(stages: list[dict[str, Any]]) -> list:
     tables = []
     for s in stages:
         for ev in s.get("eval", []):
-            label = f"tags ({ev['tag']})" if ev.get("tag") else "tags (validation loss)"
+            label = (f"tags ({ev['tag']})" if ev.get("tag") else "tags (generation)"
+                     if "bleu" in ev["metrics"] else "tags (validation loss)")
             rows = {label: ev["metrics"], **ev.get("baselines", {})}
             cached = " (cached)" if s.get("cached") else ""
             tables.append(results_table(

@@ -40,7 +40,10 @@ FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
 #: Columns whose values are SMILES and are checked with RDKit when read from a file.
 SMILES_COLUMNS = {"smiles", "drug", "drug1", "drug2"}
 #: Columns whose values are protein sequences, checked letter by letter.
-PROTEIN_COLUMNS = {"sequence", "protein", "target"}
+PROTEIN_COLUMNS = {"sequence", "protein"}
+#: Columns held out by text: sequences, and also TDC's protein ``target`` (which in a
+#: translation table is the reference text: never trained on either way).
+HELD_OUT_COLUMNS = PROTEIN_COLUMNS | {"target"}
 
 
 @cache
@@ -149,7 +152,8 @@ def _tdc(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[
     bad = [c for c in labels if c not in known]
     if bad:
         raise ValueError(f"{spec} has no label(s) {bad}; it provides {known}")
-    return _validate(table, labels, (), skip_invalid)
+    return _validate(table, labels, (), skip_invalid,
+                     proteins=("target",) if kind == "bindingdb" else ())
 
 
 def load_source(
@@ -208,14 +212,15 @@ def load_source(
 
 
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
-              skip_invalid: bool) -> tuple[Table, list[str]]:
+              skip_invalid: bool, proteins: Sequence[str] = ()) -> tuple[Table, list[str]]:
     """Check every row of a file's table: SMILES and protein columns by name, the labels as
     finite numbers, text columns non-empty."""
     from tagllm.data.proteins import check_protein
 
     checks = {c: check_text for c in text_columns}
     checks.update({c: check_smiles for c in table.columns if c.lower() in SMILES_COLUMNS})
-    checks.update({c: check_protein for c in table.columns if c.lower() in PROTEIN_COLUMNS})
+    checks.update({c: check_protein for c in table.columns
+                   if c.lower() in PROTEIN_COLUMNS or c in proteins})
     for c in labels:
         checks[c] = check_number
     table, problems = validate_rows(table, checks, skip_invalid=skip_invalid)
@@ -265,13 +270,13 @@ def _exclude(table: Table, sequences: set[str], smiles: set[str]) -> Table:
     """Drop the rows whose one molecule or protein is held out. Rows that pair several
     (drug and target, two drugs) are left to the caller, which drops a pair only when the
     same input is held out: the same drug with another target is a different example."""
-    inputs = [c for c in table.columns if c.lower() in SMILES_COLUMNS | PROTEIN_COLUMNS]
+    inputs = [c for c in table.columns if c.lower() in SMILES_COLUMNS | HELD_OUT_COLUMNS]
     if len(inputs) != 1:
         return table
     drop: set[int] = set()
     canon = {canonical_smiles(s) for s in smiles}
     for col, values in table.columns.items():
-        if sequences and col.lower() in PROTEIN_COLUMNS:
+        if sequences and col.lower() in HELD_OUT_COLUMNS:
             drop |= {i for i, v in enumerate(values) if v in sequences}
         if canon and col.lower() in SMILES_COLUMNS:
             drop |= {i for i, v in enumerate(values) if canonical_smiles(v) in canon}
