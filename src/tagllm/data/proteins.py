@@ -6,7 +6,6 @@ test data (``pip install --no-deps pyhmmer``); the file is read, the package nev
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, _open_text
+from tagllm.data import DataError, Table, _open_text, package_dir
 from tagllm.data.smiles import shuffled
 
 #: The 20 standard residues plus X (unknown), B/Z (ambiguous), U (Sec) and O (Pyl).
@@ -73,11 +72,7 @@ def read_fasta(path: str | Path) -> Table:
 
 
 def pyhmmer_fasta() -> Path:
-    spec = importlib.util.find_spec("pyhmmer")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the default proteins need the pyhmmer package: "
-                                "pip install --no-deps pyhmmer==0.12.3")
-    return Path(list(spec.submodule_search_locations)[0]) / PYHMMER_FASTA
+    return package_dir("pyhmmer", "pyhmmer==0.12.3", "the default proteins") / PYHMMER_FASTA
 
 
 def pyhmmer_table(n: int | None, seed: int) -> Table:

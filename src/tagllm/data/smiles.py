@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import importlib.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table
+from tagllm.data import DataError, Table, package_dir
 
 MOSES_SPLITS = ("train", "test", "test_scaffolds")
 
@@ -46,11 +45,7 @@ def check_smiles(smiles: str) -> str:
 
 
 def moses_dir() -> Path:
-    spec = importlib.util.find_spec("moses")  # located, not imported
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("MOSES data not found; install it with "
-                                "`pip install --no-deps molsets==0.3.1`")
-    return Path(next(iter(spec.submodule_search_locations))) / "dataset" / "data"
+    return package_dir("moses", "molsets==0.3.1", "the MOSES molecules") / "dataset" / "data"
 
 
 def read_moses(split: str) -> list[str]:
