@@ -86,24 +86,10 @@ def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
             raise DataError(f"{cfg.source}: every input is also in an evaluation set")
         keep = sorted(set(range(len(texts))) - set(held))
         table, texts = table.select(keep), [texts[i] for i in keep]
-    lengths = [len(tagger.tagtok.encode(t).ids) for t in texts]
-    long = [i for i, n in enumerate(lengths) if n > max_length]
-    if long and cfg.too_long == "error":
-        i = long[0]
-        raise InputTooLongError(
-            f"{table.where(i)}: {lengths[i]} tokens > max_length {max_length} ({len(long)} "
-            f"such input(s)); raise the stage's max_length, or set too_long: skip to drop them")
-    if long:  # too_long: skip, an explicit policy: the dropped rows are counted and logged
-        log(f"{cfg.source}: skipped {len(long)} of {len(texts)} input(s) longer than "
-            f"{max_length} tokens (too_long: skip)")
-        skipped = skipped + [f"{table.where(i)}: {lengths[i]} tokens > {max_length}"
-                             for i in long]
-        if len(long) == len(texts):
-            raise DataError(f"{cfg.source}: every input is longer than {max_length} tokens")
-        drop = set(long)
-        keep = [i for i in range(len(texts)) if i not in drop]
-        table = table.select(keep)
-        texts = [texts[i] for i in keep]
+    keep, dropped = _within_length(cfg, table, texts, tagger, max_length, log)
+    if dropped:
+        skipped = skipped + dropped
+        table, texts = table.select(keep), [texts[i] for i in keep]
     cols = label_columns(cfg.source, cfg.label)
     targets = parse_labels(table, cols[0] if len(cols) == 1 else cols) if cols else None
     if classes and targets is not None:
@@ -112,6 +98,32 @@ def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
             raise DataError(f"{table.where(bad[0])}: label {cols[0]!r}: {targets[bad[0]]:g} is "
                             f"not a class index 0..{classes - 1} ({len(bad)} such row(s))")
     return LoadedData(cfg, table, texts, targets, skipped)
+
+
+def _within_length(cfg: DataConfig | EvalConfig, table: Table, texts: list[str],
+                   tagger: TaggedModel, max_length: int, log: Log, what: str = ""
+                   ) -> tuple[list[int], list[str]]:
+    """The entry's too_long policy on its rendered inputs: ``error`` names the first row
+    over ``max_length`` tokens; ``skip`` drops those rows, counted and logged, and never
+    all of them. Returns the rows to keep and a message per dropped row. Nothing is ever
+    truncated."""
+    lengths = [len(tagger.tagtok.encode(t).ids) for t in texts]
+    long = [i for i, n in enumerate(lengths) if n > max_length]
+    if long and cfg.too_long == "error":
+        i = long[0]
+        raise InputTooLongError(
+            f"{table.where(i)}: {lengths[i]} tokens{what} > max_length {max_length} "
+            f"({len(long)} such input(s)); raise the stage's max_length, or set too_long: "
+            "skip to drop them")
+    if long:  # too_long: skip, an explicit policy: the dropped rows are counted and logged
+        log(f"{cfg.source}: skipped {len(long)} of {len(texts)} input(s) longer than "
+            f"{max_length} tokens{what} (too_long: skip)")
+        if len(long) == len(texts):
+            raise DataError(f"{cfg.source}: every input is longer than {max_length} "
+                            f"tokens{what}")
+    drop = set(long)
+    return ([i for i in range(len(texts)) if i not in drop],
+            [f"{table.where(i)}: {lengths[i]} tokens{what} > {max_length}" for i in long])
 
 
 def _add_context(d: LoadedData, pool: LoadedData, seed: int, tagger: TaggedModel,
@@ -138,21 +150,9 @@ def _add_context(d: LoadedData, pool: LoadedData, seed: int, tagger: TaggedModel
                 choice.append(j)
         examples = [f"{pool.texts[j]} {shown(pool.targets[j])}" for j in choice]
         texts.append("\n".join([*examples, t]))
-    lengths = [len(tagger.tagtok.encode(t).ids) for t in texts]
-    long = [i for i, n in enumerate(lengths) if n > max_length]
-    if long and d.config.too_long == "error":
-        i = long[0]
-        raise InputTooLongError(
-            f"{d.table.where(i)}: {lengths[i]} tokens with {k} in-context examples > "
-            f"max_length {max_length} ({len(long)} such input(s)); raise max_length or set "
-            "too_long: skip")
-    if long:
-        log(f"{d.config.source}: skipped {len(long)} input(s) longer than {max_length} "
-            f"tokens with {k} in-context examples (too_long: skip)")
-        d.skipped += [f"{d.table.where(i)}: {lengths[i]} tokens with context > {max_length}"
-                      for i in long]
-    drop = set(long)
-    keep = [i for i in range(len(texts)) if i not in drop]
+    keep, dropped = _within_length(d.config, d.table, texts, tagger, max_length, log,
+                                   f" with {k} in-context examples")
+    d.skipped += dropped
     d.table = d.table.select(keep)
     d.texts = [texts[i] for i in keep]
     if d.targets is not None:
