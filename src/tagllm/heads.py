@@ -81,6 +81,12 @@ class RegressionHead(Head):
         return outputs * self.target_std + self.target_mean
 
 
+def not_class_indices(labels, classes: int) -> list[int]:
+    """Positions of the labels that are not a class index 0 .. classes - 1."""
+    return [i for i, v in enumerate(torch.as_tensor(labels).reshape(-1).tolist())
+            if v != int(v) or not 0 <= v < classes]
+
+
 @register_head("classification")
 class ClassificationHead(Head):
     """Linear hidden -> num_classes with cross-entropy; predictions are probabilities."""
@@ -100,12 +106,11 @@ class ClassificationHead(Head):
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
         """Targets must be class indices 0 .. num_outputs - 1 (one per input)."""
         t = targets.reshape(len(targets), -1)
-        bad = ((t != t.round()) | (t < 0) | (t >= self.num_outputs)).any(1).nonzero()
-        if t.shape[1] != 1 or len(bad):
-            i = int(bad[0]) if len(bad) else 0
+        bad = not_class_indices(t, self.num_outputs) if t.shape[1] == 1 else [0]
+        if bad:
             raise ValueError(f"{where}: classification labels must be one class index in 0.."
-                             f"{self.num_outputs - 1} per input; entry {i} is "
-                             f"{t[i].tolist()}")
+                             f"{self.num_outputs - 1} per input; entry {bad[0]} is "
+                             f"{t[bad[0]].tolist()}")
 
     def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.softmax(-1)

@@ -23,6 +23,7 @@ import torch
 
 from tagllm.data import DataError, Table, parse_labels
 from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
+from tagllm.heads import not_class_indices
 from tagllm.model import TaggedModel
 from tagllm.recipe import DataConfig, EvalConfig, Recipe, RecipeError, StageConfig, tags_in
 from tagllm.serialization import META, TENSORS, atomic_write_dir, read_tag
@@ -93,7 +94,7 @@ def _load(cfg: DataConfig | EvalConfig, seed: int, exclude_smiles: set[str],
     cols = label_columns(cfg.source, cfg.label)
     targets = parse_labels(table, cols[0] if len(cols) == 1 else cols) if cols else None
     if classes and targets is not None:
-        bad = [i for i, v in enumerate(targets) if v != int(v) or not 0 <= v < classes]
+        bad = not_class_indices(targets, classes)
         if bad:
             raise DataError(f"{table.where(bad[0])}: label {cols[0]!r}: {targets[bad[0]]:g} is "
                             f"not a class index 0..{classes - 1} ({len(bad)} such row(s))")
