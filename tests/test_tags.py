@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tagllm import TagConfig
+from tagllm.model import Batch
 from tagllm.tags import InputTooLongError, UnknownTagError
 
 from tiny import tiny_tagged
@@ -96,3 +97,24 @@ def test_empty_input_is_an_error():
     m = _with_tags("llama")
     with pytest.raises(ValueError, match="input 0: empty input text"):
         m.encode(["   "])
+
+
+def test_text_init_reads_as_its_text_after_line_breaks(arch):
+    """An untrained tag with init='text' is, to the model, its text right-aligned after
+    line breaks: "<L> CCO" gives the hidden states of "\\n\\n\\n\\nFr:CCO"."""
+    m = tiny_tagged(arch)
+    m.add_tag(TagConfig("<L>", num_tokens=7, init="text", init_text="Fr:"))
+    tok = m.tokenizer
+    plain = tok("\n" * 4 + "Fr:" + "CCO")["input_ids"]
+    tagged = m.encode(["<L> CCO"])
+    assert tagged.input_ids.shape[1] == len(plain)
+    ids = torch.tensor([plain])
+    ref = m.hidden_states(Batch(ids, torch.ones_like(ids), torch.arange(len(plain))[None]))
+    torch.testing.assert_close(m.hidden_states(tagged), ref)
+
+
+def test_text_init_longer_than_the_tag_is_refused():
+    m = tiny_tagged("llama")
+    with pytest.raises(ValueError, match=r"tag <L>: init_text 'French:' is 7 tokens for this "
+                                         r"tokenizer, more than num_tokens=3"):
+        m.add_tag(TagConfig("<L>", num_tokens=3, init="text", init_text="French:"))

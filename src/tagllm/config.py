@@ -91,8 +91,8 @@ class TagConfig:
         _check(self.init in ("vocab_mean", "text", "random"), "TagConfig", "init",
                f"unknown init {self.init!r}")
         if self.init == "text":
-            _check(bool(self.init_text.strip()), "TagConfig", "init_text",
-                   "init='text' needs a non-empty init_text")
+            _check(isinstance(self.init_text, str) and self.init_text != "", "TagConfig",
+                   "init_text", "init='text' needs a non-empty init_text")  # "\n" is valid
         if isinstance(self.head, dict):
             self.head = from_dict(HeadConfig, self.head, where=f"{self.name}.head")
         if self.head is not None:

@@ -129,10 +129,26 @@ class TaggedModel(nn.Module):
             elif config.init == "random":
                 init = mean + std * noise
             else:
-                ids = self.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
-                ids = [ids[i % len(ids)] for i in range(config.num_tokens)]
-                init = embed(torch.tensor(ids, device=self.device)).float().cpu()
+                init = embed(torch.tensor(self._init_text_ids(config),
+                                          device=self.device)).float().cpu()
         return init
+
+    def _init_text_ids(self, config: TagConfig) -> list[int]:
+        """p token ids for init='text': the text's tokens right-aligned after line breaks,
+        so the untrained tag reads as the text itself after blank lines (the model sees
+        "\\n\\n…Spanish:" where the tag stands). Repeating the text to fill p reads as
+        "Spanish:Spanish:…", and padding with spaces as "▁▁▁Spanish:"; both measurably
+        broke translation prompts that line breaks did not (docs/tasks.md)."""
+        p = config.num_tokens
+        ids = self.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"tag {config.name}: init_text {config.init_text!r} has no tokens")
+        if len(ids) > p:
+            raise ValueError(
+                f"tag {config.name}: init_text {config.init_text!r} is {len(ids)} tokens for "
+                f"this tokenizer, more than num_tokens={p}; shorten it or raise num_tokens")
+        pad = self.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:] or ids[:1]
+        return pad * (p - len(ids)) + ids
 
     def head(self, name: str) -> Head | None:
         key = _head_key(self.bank.require(name))

@@ -434,7 +434,7 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
     s = p.stage
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(base, p, recipe, store)
-    wants_ablation = any(e.ablation and e.label for e, _ in p.evals)
+    wants_ablation = any(e.ablation and (e.label or e.reference) for e, _ in p.evals)
 
     def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
         if not wants_ablation:
@@ -447,10 +447,13 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
                    store.work_dir(p.key))
     evals = _evaluate(m, p, progress)
     if res.after_warm_start:
-        for row, before in zip(evals, res.after_warm_start["eval"], strict=False):
-            if before.get("tag"):
-                row.setdefault("baselines", {})[
-                    f"ablation: {before['tag']} untrained, head fitted"] = before["metrics"]
+        for (e, _), row, before in zip(p.evals, evals, res.after_warm_start["eval"],
+                                       strict=False):
+            if not e.ablation:
+                continue
+            what = (f"{before['tag']} untrained, head fitted" if before.get("tag")
+                    else f"{', '.join(s.tags)} untrained")  # generation: the starting tags
+            row.setdefault("baselines", {})[f"ablation: {what}"] = before["metrics"]
     for row in evals:
         log(f"stage {s.name} eval {row['name']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row["metrics"].items()))

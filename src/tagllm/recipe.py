@@ -140,7 +140,8 @@ class EvalConfig(RowsConfig):
     baselines: list[str] = field(default_factory=list,
                                  metadata={"help": f"reference models: {list(BASELINES)}"})
     ablation: bool = field(default=False, metadata={
-        "help": "also evaluate the untrained function tag with its closed-form head"})
+        "help": "also evaluate the untrained function tag: with its closed-form head, or "
+                "generating (reference)"})
     name: str | None = field(default=None, metadata={"help": "row label in the results"})
     reference: str | None = field(default=None, metadata={
         "help": "column of reference texts: generate greedily from the template and score "

@@ -21,7 +21,9 @@ from typing import Any
 
 from tagllm.serialization import META, read_tag
 
-STORE_FORMAT = 1
+#: Part of every key. Bumped whenever the same recipe would train differently:
+#: 2 = LM losses count only tokens after a trained tag; init='text' right-aligns its text.
+STORE_FORMAT = 2
 
 
 def default_store() -> Path:
