@@ -76,7 +76,8 @@ class TagConfig:
     init: InitKind = field(
         default="vocab_mean",
         metadata={"help": "vocab_mean (mean of the vocabulary embeddings plus noise), "
-                          "text (embeddings of init_text), random"},
+                          "text (init_text's embeddings, right-aligned after line "
+                          "breaks), random"},
     )
     init_text: str = field(default="", metadata={"help": "text for init='text'"})
     head: HeadConfig | None = field(default=None, metadata={"help": "optional task head"})
