@@ -312,8 +312,10 @@ def _generation_eval(m: TaggedModel, e: EvalConfig, d: LoadedData, name: str,
     return row
 
 
-def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = True
+def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = True,
+              evals: list[tuple[EvalConfig, LoadedData]] | None = None
               ) -> list[dict[str, Any]]:
+    """One result row per eval entry of the stage (or of ``evals``, a subset of them)."""
     from tagllm.evaluate import (
         KNN_INPUTS,
         classification_metrics,
@@ -325,7 +327,7 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, baselines: bool = Tr
     from tagllm.evaluate import regression_metrics as reg
 
     results = []
-    for e, d in p.evals:
+    for e, d in p.evals if evals is None else evals:
         name = e.name or f"{e.source}" + (f" n={len(d.texts)}" if e.n else "")
         if e.label:
             tag = next(t for t in tags_in(e.template) if t in p.stage.tags
@@ -434,12 +436,13 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
     s = p.stage
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(base, p, recipe, store)
-    wants_ablation = any(e.ablation and (e.label or e.reference) for e, _ in p.evals)
+    ablated = [i for i, (e, _) in enumerate(p.evals) if e.ablation and (e.label or e.reference)]
 
     def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
-        if not wants_ablation:
+        if not ablated:
             return None
-        return {"eval": _evaluate(m, p, progress, baselines=False)}
+        return {"eval": _evaluate(m, p, progress, baselines=False,
+                                  evals=[p.evals[i] for i in ablated])}
 
     parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
                   f"({d.config.source})") for j, d in enumerate(p.data)]
@@ -447,13 +450,10 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
                    store.work_dir(p.key))
     evals = _evaluate(m, p, progress)
     if res.after_warm_start:
-        for (e, _), row, before in zip(p.evals, evals, res.after_warm_start["eval"],
-                                       strict=False):
-            if not e.ablation:
-                continue
+        for i, before in zip(ablated, res.after_warm_start["eval"], strict=True):
             what = (f"{before['tag']} untrained, head fitted" if before.get("tag")
                     else f"{', '.join(s.tags)} untrained")  # generation: the starting tags
-            row.setdefault("baselines", {})[f"ablation: {what}"] = before["metrics"]
+            evals[i].setdefault("baselines", {})[f"ablation: {what}"] = before["metrics"]
     for row in evals:
         log(f"stage {s.name} eval {row['name']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row["metrics"].items()))
