@@ -20,10 +20,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tagllm.evaluate import lm_metrics
+from tagllm.evaluation.runner import lm_metrics
 from tagllm.model import TaggedModel
-from tagllm.protocol import plan, run
-from tagllm.recipe import load_recipe
+from tagllm.protocol import load_recipe, plan, run
 from tagllm.store import TagStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ from rich.table import Table
 from tagllm import HeadConfig, TagConfig, TaggedModel
 from tagllm.model import Batch
 from tagllm.prefix import FrozenPrefix
-from tagllm.train import _activation_checkpointing
+from tagllm.training.loop import _activation_checkpointing
 
 KINDS = ("limit", "stage1", "stage1_bf16", "stage1_ckpt", "stage2_full", "stage2_prefix",
          "stage2_cached", "peft")

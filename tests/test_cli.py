@@ -40,7 +40,7 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     _train_two_stages(tmp_path, tiny_model_dir, data)
     meta = json.loads((tmp_path / "Q" / "tag.json").read_text())
     assert meta["trained_with"].keys() == {"<SMILES>"}
-    assert meta["provenance"]["n_examples"] == len(SMILES)
+    assert meta["provenance"]["data"][0]["rows"] == len(SMILES)
 
     out = tmp_path / "pred.csv"
     tags = ["--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}"]
@@ -93,7 +93,7 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys
     bad = tmp_path / "bad.csv"
     bad.write_text("smiles,y\nCCO,1\nnot_a_smiles,2\n")
     with pytest.raises(SystemExit):
-        main(["train", "--tag", "<X>", "--data", str(bad), "--template", "{smiles}",
+        main(["train", "--tag", "<X>", "--data", str(bad), "--template", "<X> {smiles}",
               "--out", str(tmp_path / "X"), "--model", str(tiny_model_dir)])
     assert "bad.csv row 2: column 'smiles': invalid SMILES" in \
         capsys.readouterr().err.replace("\n", " ")
@@ -170,7 +170,7 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
           "--json_out", str(js), *common])
     res = json.loads(js.read_text())
     assert set(res["tags (<C>)"]) == {"accuracy", "auroc"}
-    assert set(res) == {"tags (<C>)", "smiles k-NN (k=5)", "training class frequencies"}
+    assert set(res) == {"tags (<C>)", "Morgan k-NN (k=5)", "training class frequencies"}
 
     pairs = tmp_path / "p.csv"
     pairs.write_text("source,target\nhello,hola\ngood day,buenos dias\n")
@@ -179,5 +179,5 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
           "English: {source}\nSpanish:", "--max_new_tokens", "4", "--json_out", str(js),
           *common])
     res = json.loads(js.read_text())
-    assert set(res) == {"tags", "copy the source", "plain-text prompt (no tags)"}
-    assert set(res["tags"]) == {"bleu", "chrf"}
+    assert set(res) == {"tags (generation)", "copy the source", "plain-text prompt (no tags)"}
+    assert set(res["tags (generation)"]) == {"bleu", "chrf"}

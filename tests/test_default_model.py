@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tagllm import HeadConfig, TagConfig, TaggedModel, TrainConfig
-from tagllm.train import fit_tag
+from tagllm.training import fit_tag
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +62,7 @@ def test_resume_after_sigkill_on_the_real_model(tmp_path):
     import yaml
     from safetensors.torch import load_file
 
-    from tagllm.protocol import run
-    from tagllm.recipe import load_recipe
+    from tagllm.protocol import load_recipe, run
     from tagllm.store import TagStore
 
     from tiny import KILLER

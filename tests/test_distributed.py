@@ -12,8 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tagllm.protocol import run
-from tagllm.recipe import load_recipe
+from tagllm.protocol import load_recipe, run
 from tagllm.store import TagStore
 
 from tiny import save_tiny

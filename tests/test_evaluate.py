@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagllm.evaluate import knn_baseline, mean_baseline, morgan_fingerprints, regression_metrics
+from tagllm.evaluation.baselines import knn_baseline, mean_baseline, morgan_fingerprints
+from tagllm.evaluation.metrics import regression_metrics
 
 
 def test_regression_metrics_definitions():

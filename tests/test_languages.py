@@ -8,7 +8,7 @@ import torch
 
 from tagllm import TagConfig
 from tagllm.data import DataError
-from tagllm.evaluate import first_line, translation_metrics
+from tagllm.evaluation.metrics import first_line, translation_metrics
 from tagllm.sources import load_source
 
 from tiny import tiny_tagged

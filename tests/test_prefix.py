@@ -7,7 +7,7 @@ import torch
 
 from tagllm import HeadConfig, TagConfig, TrainConfig
 from tagllm.prefix import FrozenPrefix, supports_frozen_prefix
-from tagllm.train import fit_tag
+from tagllm.training import fit_tag
 
 from tiny import tiny_tagged
 

@@ -12,7 +12,8 @@ from tagllm.data.proteins import (
     group_split,
     near_duplicate_groups,
 )
-from tagllm.sources import _protein_splits, load_source
+from tagllm.data.proteins import protein_splits as _protein_splits
+from tagllm.sources import load_source
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 

@@ -16,11 +16,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tagllm.protocol import run
-from tagllm.recipe import load_recipe
+from tagllm.protocol import load_recipe, run
 from tagllm.store import TagStore
 from tagllm.tags import InputTooLongError
-from tagllm.train import mixed_batches
+from tagllm.training import mixed_batches
 
 from tiny import KILLER, save_tiny
 

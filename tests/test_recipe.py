@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tagllm.recipe import RecipeError, load_recipe, recipe_from_dict
+from tagllm.protocol import RecipeError, load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

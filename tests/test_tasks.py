@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tagllm.protocol import run
-from tagllm.recipe import recipe_from_dict
+from tagllm.protocol import recipe_from_dict, run
 from tagllm.store import TagStore
 
 from tiny import save_tiny

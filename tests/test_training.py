@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tagllm import HeadConfig, TagConfig, TrainConfig
-from tagllm.train import fit_tag, length_bucketed_batches
+from tagllm.training import fit_tag, length_bucketed_batches
 
 from tiny import tiny_tagged
 
@@ -166,7 +166,7 @@ def test_bf16_autocast_trains_the_tag_and_leaves_the_base_alone():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])  # gpt2: dropout in config, must stay off
 def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch):
-    from tagllm.train import _activation_checkpointing
+    from tagllm.training.loop import _activation_checkpointing
 
     m = tiny_tagged(arch)
     m.add_tag(TagConfig("<S>", num_tokens=2))

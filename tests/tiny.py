@@ -34,19 +34,18 @@ def char_tokenizer(bos: bool = True):
 #: checkpoint of the stage that trains <Q>: an interruption with no clean-up at all.
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import tagllm.train as train
-    from tagllm.protocol import run
-    from tagllm.recipe import load_recipe
+    import tagllm.training.loop as loop
+    from tagllm.protocol import load_recipe, run
     from tagllm.store import TagStore
 
-    real = train.save_checkpoint
+    real = loop.save_checkpoint
 
     def save_then_die(directory, model, tags, *args):
         real(directory, model, tags, *args)
         if tags == [os.environ.get("KILL_AT_TAG", "<Q>")]:
             os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
 
-    train.save_checkpoint = save_then_die
+    loop.save_checkpoint = save_then_die
     run(load_recipe(sys.argv[1]), TagStore(sys.argv[2]), log=print, progress=False)
 """)
 

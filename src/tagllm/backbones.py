@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from tagllm.data import package_dir
+from tagllm.errors import MissingPackageError
+from tagllm.fileio import atomic_write_dir
+from tagllm.paths import models_dir, package_dir, tagllm_home
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,10 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
-def tagllm_home() -> Path:
-    return Path(os.environ.get("TAGLLM_HOME", Path.home() / ".cache" / "tagllm"))
-
-
 def embedded_model_dir(short_name: str) -> Path:
     """Folder of the converted safetensors copy of an embedded model, converting once."""
     em = EMBEDDED[short_name]
-    target = tagllm_home() / "models" / short_name
+    target = models_dir() / short_name
     if (target / "config.json").exists() and (target / ".complete").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -78,7 +75,7 @@ def embedded_model_dir(short_name: str) -> Path:
     src = _gguf_dir(em)
     gguf = src / em.gguf_file
     if not gguf.exists():
-        raise FileNotFoundError(f"{gguf} is missing from package {em.pip_spec}")
+        raise MissingPackageError(f"{gguf} is missing from package {em.pip_spec}")
     print(f"tagllm: converting {em.display_name} to safetensors under {target} "
           "(first use only, about 20-60 s) ...", flush=True)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=em.gguf_file)
@@ -87,21 +84,17 @@ def embedded_model_dir(short_name: str) -> Path:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # transformers 5 refuses to save a GGUF-loaded model otherwise
         quantizer.remove_quantization_config(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{short_name}.", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / ".complete").write_text(em.pip_spec + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+
+    try:
+        return atomic_write_dir(target, fill)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
         if em.parts:  # the assembled GGUF was only needed for the conversion
             shutil.rmtree(src, ignore_errors=True)
-    return target
 
 
 def _gguf_dir(em: EmbeddedModel) -> Path:
@@ -116,14 +109,14 @@ def _gguf_dir(em: EmbeddedModel) -> Path:
         for package, rel in em.parts:
             part = package_dir(package, em.pip_spec, f"the {em.short_name} weights") / rel
             if not part.is_file():
-                raise FileNotFoundError(f"{part} is missing; reinstall {em.pip_spec}")
+                raise MissingPackageError(f"{part} is missing; reinstall {em.pip_spec}")
             with open(part, "rb") as g:
                 for block in iter(lambda g=g: g.read(1 << 22), b""):
                     h.update(block)
                     f.write(block)
     if h.hexdigest() != em.sha256:
         shutil.rmtree(out, ignore_errors=True)
-        raise FileNotFoundError(f"the {em.gguf_file} assembled from {em.pip_spec} has SHA-256 "
+        raise MissingPackageError(f"the {em.gguf_file} assembled from {em.pip_spec} has SHA-256 "
                                 f"{h.hexdigest()}, expected {em.sha256}; reinstall it")
     return out
 

@@ -13,22 +13,20 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from tagllm.serialization import TagFileError, _sha256, atomic_write_dir
+from tagllm.errors import CheckpointError
+from tagllm.fileio import atomic_write_dir, sha256_file
+from tagllm.model import TaggedModel
 
-if TYPE_CHECKING:
-    from tagllm.model import TaggedModel
+__all__ = ["CheckpointError", "CheckpointState", "StopRequest", "load_checkpoint",
+           "save_checkpoint"]
 
 TENSORS = "state.safetensors"
 META = "state.json"
-
-
-class CheckpointError(TagFileError):
-    """A checkpoint that is corrupt or does not match the job being resumed."""
 
 
 def save_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
@@ -56,7 +54,7 @@ def save_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
 
     def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / TENSORS))
-        record["sha256"] = _sha256(tmp / TENSORS)
+        record["sha256"] = sha256_file(tmp / TENSORS)
         (tmp / META).write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
 
     return atomic_write_dir(directory, fill)
@@ -108,7 +106,7 @@ def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
         meta = json.loads((d / META).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{d / META}: not valid JSON ({e}); delete {d} to start over") from e
-    if not (d / TENSORS).is_file() or meta.get("sha256") != _sha256(d / TENSORS):
+    if not (d / TENSORS).is_file() or meta.get("sha256") != sha256_file(d / TENSORS):
         raise CheckpointError(f"{d / TENSORS}: missing or checksum mismatch; delete {d} to "
                               "start over")
     if meta.get("tags") != list(tags):

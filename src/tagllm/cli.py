@@ -1,53 +1,75 @@
 """The ``tagllm`` command line, made from typed functions (jsonargparse).
 
-Every flag has a type, a default and help taken from the docstrings below.
+Every flag has a type, a default and help taken from the docstrings below (``tagllm train``
+takes every field of :class:`~tagllm.config.TrainConfig` as a flag, with its help). A
+command only parses, calls the library and prints: the work is in :mod:`tagllm.protocol`,
+:mod:`tagllm.inference` and :mod:`tagllm.evaluation`. An error a user can cause
+(:class:`~tagllm.errors.TagllmError`) prints one line and exits with status 2; anything else
+is a bug in tagllm and prints its traceback.
 """
 
 from __future__ import annotations
 
-import csv
+import inspect as _inspect
 import json
 import logging
 import os
 import sys
+import typing
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
 
+from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
+from tagllm.errors import TagllmError
+
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
+BUG = ("this is a bug in tagllm, not in your input: please report it with the traceback "
+       "above and the command you ran")
 
 
 def _log(msg: str) -> None:
     err.print(f"[dim]{msg}[/dim]", highlight=False)
 
 
-def tag_dirs(spec: str | None) -> list[Path]:
-    """Comma-separated tag folders; a folder of tag folders stands for all of them."""
-    from tagllm.serialization import META
-
-    dirs: list[Path] = []
-    for part in (spec or "").split(","):
-        if not part.strip():
-            continue
-        p = Path(part.strip())
-        if p.is_dir() and not (p / META).exists():
-            subs = sorted(d for d in p.iterdir() if (d / META).is_file())
-            if subs:
-                dirs.extend(subs)
-                continue
-        dirs.append(p)
-    return dirs
+def _report_skipped(skipped: list[str]) -> None:
+    if skipped:
+        err.print(f"[yellow]skipped {len(skipped)} invalid row(s):[/yellow]")
+        for msg in skipped[:20]:
+            err.print(f"  {msg}", highlight=False)
+        if len(skipped) > 20:
+            err.print(f"  ... and {len(skipped) - 20} more")
 
 
-def run(
-    recipe: str,
-    dry_run: bool = False,
-    store: str | None = None,
-    progress: bool = True,
-    fsdp: bool | None = None,
-) -> None:
+def with_fields(cls: type, skip: tuple[str, ...] = ()) -> Callable:
+    """Give a command every field of dataclass ``cls`` (but ``skip``) as a keyword flag,
+    typed, with the field's default and its ``help`` metadata: one source for both."""
+    hints = typing.get_type_hints(cls)
+    extra = [f for f in fields(cls) if f.name not in skip]
+
+    def wrap(fn: Callable) -> Callable:
+        sig = _inspect.signature(fn)
+        own = typing.get_type_hints(fn)
+        params = [p.replace(annotation=own.get(p.name, p.annotation))
+                  for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        params += [_inspect.Parameter(f.name, _inspect.Parameter.KEYWORD_ONLY,
+                                      default=f.default, annotation=hints[f.name])
+                   for f in extra]
+        fn.__signature__ = sig.replace(parameters=params)
+        fn.__annotations__ = {**own, **{f.name: hints[f.name] for f in extra}}
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + "".join(
+            f"\n        {f.name}: {f.metadata.get('help', '')}." for f in extra)
+        return fn
+
+    return wrap
+
+
+def run(recipe: str, dry_run: bool = False, store: str | None = None, progress: bool = True,
+        fsdp: bool | None = None) -> None:
     """Run a recipe: train the missing stages in dependency order, reuse the stored ones.
 
     Usage: tagllm run RECIPE.yaml [--dry_run] [--store DIR] [--fsdp]
@@ -72,14 +94,13 @@ def run(
             configuration (ACCELERATE_USE_FSDP) or TAGLLM_FSDP=1.
     """
     from tagllm.distributed import world
-    from tagllm.protocol import run as run_recipe
-    from tagllm.recipe import load_recipe
+    from tagllm.protocol import load_recipe, run
     from tagllm.report import stage_tables
     from tagllm.store import TagStore
 
     r = load_recipe(recipe)  # every recipe error surfaces here, before any model loads
-    summary = run_recipe(r, TagStore(store), dry_run=dry_run, log=_log, progress=progress,
-                         show=console.print, fsdp=fsdp)
+    summary = run(r, TagStore(store), dry_run=dry_run, log=_log, progress=progress,
+                  show=console.print, fsdp=fsdp)
     if dry_run or not world().is_main:  # under a multi-process launch, one process reports
         return
     for table in stage_tables(summary.stages):
@@ -97,139 +118,70 @@ def list_tags(store: str | None = None, verify: bool = False) -> None:
         store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
         verify: also verify every entry's files (schema, checksum, shapes).
     """
-    from rich.table import Table as RichTable
-
+    from tagllm.report import store_table
     from tagllm.store import TagStore
 
     st = TagStore(store)
     rows = st.entries()
-    table = RichTable(title=f"tag store {st.root}: {len(rows)} tag(s)")
-    for col in ("name", "kind", "p", "base model", "metric", "recipe/stage", "key", "created"):
-        table.add_column(col)
-    for r in rows:
-        status = ""
-        if verify:
-            try:
-                st.verify(r["key"])
-                status = " [green]ok[/green]"
-            except ValueError as e:
-                status = f" [red]{e}[/red]"
-        table.add_row(str(r.get("name")), str(r.get("kind")), str(r.get("num_tokens")),
-                      str(r.get("base_model")), str(r.get("metric", "")),
-                      f"{r.get('recipe')}/{r.get('stage')}", r["key"] + status,
-                      str(r.get("created", "")))
-    console.print(table)
+    console.print(store_table(st.root, rows, st.problems(rows) if verify else None))
 
 
-def train(
-    tag: str,
-    data: str,
-    template: str,
-    out: str,
-    kind: Literal["domain", "function"] = "domain",
-    head: Literal["none", "regression", "classification"] = "none",
-    label: str | None = None,
-    num_outputs: int = 1,
-    num_tokens: int = 10,
-    load: str | None = None,
-    model: str = "smollm2",
-    n_examples: int | None = None,
-    steps: int = 100,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    head_lr: float = 1e-3,
-    warmup_steps: int = 10,
-    max_length: int = 256,
-    warm_start: bool = True,
-    seed: int = 0,
-    skip_invalid: bool = False,
-    progress: bool = True,
-) -> None:
+@with_fields(TrainConfig, skip=("log_every", "checkpoint_every"))
+def train(tag: str, data: str, template: str, out: str,
+          kind: Literal["domain", "function"] = "domain",
+          head: Literal["none", "regression", "classification"] = "none",
+          label: str | None = None, num_outputs: int = 1, num_tokens: int = 10,
+          load: str | None = None, model: str = "smollm2", n_examples: int | None = None,
+          skip_invalid: bool = False, store: str | None = None, progress: bool = True,
+          **settings) -> None:
     """Train one tag (one stage) with every other tag and the base model frozen.
 
-    Stage 1 (domain tag, next-token prediction):
+    A one-stage recipe run through the tag store: an identical second call trains nothing,
+    and an interrupted one resumes from its checkpoint. Stage 1, then stage 2:
       tagllm train --tag '<SMILES>' --data moses:train --n_examples 2000
         --template '<SMILES> {smiles}' --out tags/SMILES
-    Stage 2 (function tag with a head, domain tags loaded frozen):
       tagllm train --tag '<QED>' --kind function --head regression --label qed
         --data moses:train --template '<SMILES> {smiles} <QED>' --load tags/SMILES --out tags/QED
 
     Args:
         tag: the new tag's name, e.g. <SMILES>.
-        data: a CSV/TSV/.smi file, or a built-in source: moses:train, moses:test.
+        data: a CSV/TSV/.smi/FASTA file, or a built-in source (moses:train, ...).
         template: the input text per row, with {column} placeholders.
         out: the tag folder to write (atomically).
         kind: domain or function.
         head: head of a function tag: none (next-token loss), regression or classification.
-        label: the label column (required with a head).
+        label: the label column(s), comma-separated (required with a head).
         num_outputs: regression outputs or number of classes.
         num_tokens: p, the number of vectors of the tag.
         load: tag folders to load, frozen, comma-separated (e.g. the stage-1 domain tags).
-        model: base model: embedded short name (smollm2, gemma3), Hugging Face id or local
-            folder.
+        model: base model: embedded short name (smollm2, gemma3), Hugging Face id or folder.
         n_examples: use a seeded random sample of this many rows.
-        steps: optimizer steps.
-        batch_size: examples per step.
-        lr: peak learning rate of the tag (cosine schedule with warm-up).
-        head_lr: peak learning rate of the head.
-        warmup_steps: linear warm-up steps.
-        max_length: longest input in tokens (longer inputs are an error, never truncated).
-        warm_start: fit the head in closed form on frozen features before training.
-        seed: random seed.
         skip_invalid: drop invalid rows (reported) instead of stopping at the first one.
+        store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
         progress: show progress bars.
     """
-    from tagllm.config import HeadConfig, TagConfig, TrainConfig
-    from tagllm.data import parse_labels
-    from tagllm.model import TaggedModel
-    from tagllm.sources import load_source
-    from tagllm.train import fit_tag
+    from tagllm.protocol.standalone import tag_dirs, train_one
+    from tagllm.store import TagStore
 
-    if head != "none" and not label:
-        raise ValueError("--label is required with a head")
-    if head != "none" and kind != "function":
-        raise ValueError("only function tags own heads: add --kind function")
     cfg = TagConfig(tag, kind=kind, num_tokens=num_tokens,
                     head=None if head == "none" else HeadConfig(head, num_outputs))
-    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, head_lr=head_lr,
-                       warmup_steps=warmup_steps, max_length=max_length, seed=seed,
-                       warm_start_head=warm_start)
-    table, skipped = load_source(data, n_examples, seed, label=label if head != "none" else None,
-                                 skip_invalid=skip_invalid, progress=progress)
-    _report_skipped(skipped)
-    m = TaggedModel.from_pretrained(model, tags=tag_dirs(load))
-    m.add_tag(cfg, seed=seed)
-    texts = table.render(template)
-    targets = parse_labels(table, label) if head != "none" else None
-    result = fit_tag(m, tag, texts, targets, cfg=tcfg, progress=progress, log=_log)
-    path = m.save_tag(tag, out, trained_with=m.bank.names, provenance={
-        "data": data, "n_examples": len(table), "template": template, "label": label,
-        "train": tcfg.to_dict(), "final_loss": result.final_loss,
-        "warm_start": result.warm_start, "seconds": round(result.seconds, 1)})
-    console.print(f"wrote {path} (final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
+    rows = DataConfig(source=data, template=template, n=n_examples, skip_invalid=skip_invalid,
+                      label=_labels(label) if head != "none" else None)
+    path, stage = train_one(cfg, rows, TrainConfig(**settings), model, tag_dirs(load), out,
+                            TagStore(store), progress, _log)
+    how = "found in the tag store" if stage["cached"] else f"{stage['steps_run']} steps"
+    console.print(f"wrote {path} ({how}; final loss {stage['final_loss']:.4f}, "
+                  f"{stage['seconds'] or 0:.0f} s)")
 
 
-def _report_skipped(skipped: list[str]) -> None:
-    if skipped:
-        err.print(f"[yellow]skipped {len(skipped)} invalid row(s):[/yellow]")
-        for msg in skipped[:20]:
-            err.print(f"  {msg}", highlight=False)
-        if len(skipped) > 20:
-            err.print(f"  ... and {len(skipped) - 20} more")
+def _labels(label: str | None) -> str | list[str] | None:
+    """``a,b`` -> ["a", "b"]; one name stays a string (it may name a source's group)."""
+    return label.split(",") if label and "," in label else label
 
 
-def predict(
-    tags: str,
-    input: str,
-    output: str,
-    template: str = "<SMILES> {smiles} <QED>",
-    tag: str | None = None,
-    model: str = "smollm2",
-    batch_size: int = 32,
-    max_length: int = 512,
-    skip_invalid: bool = False,
-    progress: bool = True,
-) -> None:
+def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smiles} <QED>",
+            tag: str | None = None, model: str = "smollm2", batch_size: int = 32,
+            max_length: int = 512, skip_invalid: bool = False, progress: bool = True) -> None:
     """Predict with a function tag's head: CSV/TSV/.smi in, CSV with predictions out.
 
     The output keeps the input columns and adds `prediction` (one output), `prediction_K`
@@ -249,165 +201,70 @@ def predict(
         skip_invalid: drop invalid rows (reported) instead of stopping.
         progress: show a progress bar.
     """
+    from tagllm.inference import predict_file
     from tagllm.model import TaggedModel
-    from tagllm.progress import bar
-    from tagllm.sources import stream_source
+    from tagllm.protocol.standalone import tag_dirs
 
     m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    chunk = 32 * batch_size  # read, check, predict and write the file chunk by chunk
-    written = 0
-    pbar = bar(None, "predicting", progress, unit="row")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            for table, skipped in stream_source(input, chunk, skip_invalid, progress):
-                _report_skipped(skipped)
-                if not len(table):
-                    continue
-                texts = table.render(template)
-                if not written:  # the first rows fix the tag, the head and the header
-                    tag = tag or m.function_tag_of(texts[0])
-                    head = m.head(tag)
-                    prefix = "prob" if head.kind == "classification" else "prediction"
-                    names = [prefix] if head.num_outputs == 1 and prefix == "prediction" \
-                        else [f"{prefix}_{k}" for k in range(head.num_outputs)]
-                    w.writerow([*table.columns, *names])
-                preds = m.predict(texts, tag=tag, batch_size=batch_size, max_length=max_length)
-                for j, row in enumerate(preds):
-                    w.writerow([*(table.columns[c][j] for c in table.columns),
-                                *(f"{x:.6g}" for x in row)])
-                written += len(texts)
-                pbar.update(len(texts))
-        if not written:
-            raise ValueError(f"{input}: no rows to predict")
-        os.replace(tmp, out)
-    finally:
-        pbar.close()
-        tmp.unlink(missing_ok=True)
-    console.print(f"wrote {written} predictions to {out}")
+    n = predict_file(m, input, output, template, tag, batch_size, max_length, skip_invalid,
+                     progress, _report_skipped)
+    console.print(f"wrote {n} predictions to {output}")
 
 
-def evaluate(
-    tags: str,
-    data: str,
-    label: str | None = None,
-    template: str = "<SMILES> {smiles} <QED>",
-    tag: str | None = None,
-    model: str = "smollm2",
-    n_examples: int | None = None,
-    baseline_train: str | None = None,
-    baseline_examples: int = 3000,
-    reference: str | None = None,
-    prompt: str | None = None,
-    max_new_tokens: int = 128,
-    spm_model: str | None = None,
-    batch_size: int = 32,
-    seed: int = 0,
-    skip_invalid: bool = False,
-    json_out: str | None = None,
-    progress: bool = True,
-) -> None:
-    """Evaluate a function tag on a labelled split, with the metrics of its head, or a
-    generating tag (e.g. <Translate>) against reference texts with BLEU and chrF.
-
-    Regression heads: MSE, MAE, Pearson, Spearman (averaged over outputs); classification
-    heads: accuracy and AUROC. With --baseline_train (e.g. moses:train) the table adds a
-    k-NN (Morgan fingerprints for a `smiles` column, 3-mer profiles for a `sequence`
-    column) and the training mean / class frequencies. With --reference the template is
-    continued greedily up to a line break and scored beside copying the `source` column
-    and, with --prompt, the same model prompted in plain text.
+def evaluate(tags: str, data: str, label: str | None = None,
+             template: str = "<SMILES> {smiles} <QED>", tag: str | None = None,
+             model: str = "smollm2", n_examples: int | None = None,
+             baseline_train: str | None = None, baseline_examples: int = 3000,
+             reference: str | None = None, source_column: str = "source",
+             prompt: str | None = None, max_new_tokens: int = 128, spm_model: str | None = None,
+             batch_size: int = 32, max_length: int = 512, seed: int = 0,
+             skip_invalid: bool = False, json_out: str | None = None,
+             progress: bool = True) -> None:
+    """Evaluate saved tags on a data source, as `tagllm run` evaluates a stage (the same
+    metrics, baselines and names): a function tag's head on a label (regression: MSE, MAE,
+    Pearson, Spearman; classification: accuracy, AUROC), beside a k-NN (Morgan fingerprints
+    or 3-mer profiles) and the training mean / class frequencies fitted on
+    --baseline_train; or generation up to a line break against --reference (BLEU, chrF),
+    beside copying --source_column and, with --prompt, the plain-text prompt. Every file
+    and source is checked before the model loads.
 
     Args:
         tags: tag folders to load, comma-separated, or a folder of tag folders.
-        data: labelled CSV/TSV or a built-in source (moses:test, nci:test, proteins:test,
-            bible:es-pt:test, flores:SRC-TGT:SPLIT:DIR, ...).
-        label: the label column(s), comma-separated for several outputs (or a source's
-            group such as `descriptors`).
+        data: labelled CSV/TSV or a built-in source (moses:test, nci:test, ...).
+        label: the label column(s), comma-separated (or a source's group: descriptors).
         template: input text per row, with {column} placeholders.
         tag: the function tag whose head predicts (default: the one in the template).
         model: base model the tags were trained for.
         n_examples: evaluate a seeded random sample of this many rows.
-        baseline_train: training data for the baselines (k-NN, mean).
-        baseline_examples: rows of baseline_train to use.
-        reference: column of reference texts: a generation evaluation instead of a head's.
+        baseline_train: training rows of the baselines (test molecules left out).
+        baseline_examples: rows of baseline_train to sample.
+        reference: column of reference texts: a generation evaluation.
+        source_column: the column the copy-the-source baseline copies.
         prompt: plain-text prompt template (no tags) for the prompt baseline.
         max_new_tokens: generation length limit.
         spm_model: local SentencePiece model file: also report spBLEU.
         batch_size: inputs per forward pass.
-        seed: random seed for the samples.
+        max_length: longest input in tokens (longer inputs are an error).
+        seed: random seed of the samples.
         skip_invalid: drop invalid rows (reported) instead of stopping.
-        json_out: also write the metrics to this JSON file.
+        json_out: also write the table (method -> metrics) to this JSON file.
         progress: show progress bars.
     """
-    from tagllm.data import parse_labels
-    from tagllm.evaluate import (
-        KNN_INPUTS,
-        classification_metrics,
-        first_line,
-        head_metrics,
-        knn_baseline,
-        mean_baseline,
-        regression_metrics,
-        translation_metrics,
-    )
-    from tagllm.model import TaggedModel
-    from tagllm.report import results_table
-    from tagllm.sources import label_columns, load_source
+    from tagllm.protocol.standalone import evaluate_entries, evaluate_saved, tag_dirs
+    from tagllm.report import eval_table, method_rows
 
-    if (label is None) == (reference is None):
-        raise ValueError("give --label (a head's target) or --reference (generated text)")
-    labels = label_columns(data, label.split(",") if label and "," in label else label)
-    table, skipped = load_source(data, n_examples, seed, label=labels or None,
-                                 skip_invalid=skip_invalid, progress=progress)
-    _report_skipped(skipped)
-    m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
-    texts = table.render(template)
-    if reference:
-        def gen(x: list[str]) -> list[str]:
-            return [first_line(t) for t in m.generate(x, max_new_tokens, batch_size=batch_size,
-                                                      stop=["\n"], progress=progress)]
-
-        refs = table[reference]
-        results = {"tags": translation_metrics(gen(texts), refs, spm_model)}
-        if "source" in table.columns:
-            results["copy the source"] = translation_metrics(table["source"], refs, spm_model)
-        if prompt:
-            results["plain-text prompt (no tags)"] = translation_metrics(
-                gen(table.render(prompt)), refs, spm_model)
-    else:
-        y = parse_labels(table, labels[0] if len(labels) == 1 else labels)
-        tag = tag or m.function_tag_of(texts[0])
-        head = m.head(tag)
-        classes = head.num_outputs if head.kind == "classification" else 0
-        score = classification_metrics if classes else regression_metrics
-        results = {f"tags ({tag})": head_metrics(m, texts, y, tag, batch_size, progress)}
-        if baseline_train:
-            train_t, _ = load_source(baseline_train, baseline_examples, seed, label=labels,
-                                     exclude_smiles=table.columns.get("smiles", []),
-                                     exclude_sequences=table.columns.get("sequence", []),
-                                     progress=progress)
-            y_tr = parse_labels(train_t, labels[0] if len(labels) == 1 else labels)
-            inputs = [c for c in KNN_INPUTS if c in table.columns and c in train_t.columns]
-            if len(inputs) == 1:
-                results[f"{inputs[0]} k-NN (k=5)"] = score(y, knn_baseline(
-                    train_t[inputs[0]], y_tr, table[inputs[0]], column=inputs[0],
-                    classes=classes))
-            results["training class frequencies" if classes else "training mean"] = score(
-                y, mean_baseline(y_tr, len(y), classes))
-    console.print(results_table(results, f"{data}: {len(texts)} examples"))
+    spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed, skip_invalid,
+                               baseline_train, baseline_examples, reference, source_column,
+                               prompt, max_new_tokens, spm_model)
+    row = evaluate_saved(tag_dirs(tags), spec, model, base, tag, batch_size, max_length,
+                         progress, _log)
+    console.print(eval_table(row))
     if json_out:
-        Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
+        Path(json_out).write_text(json.dumps(method_rows(row), indent=2) + "\n")
 
 
-def generate(
-    prompt: str,
-    tags: str | None = None,
-    model: str = "smollm2",
-    max_new_tokens: int = 64,
-) -> None:
+def generate(prompt: str, tags: str | None = None, model: str = "smollm2",
+             max_new_tokens: int = 64) -> None:
     """Continue a prompt greedily with the frozen LM head (KV cache), tags spliced in.
 
     Args:
@@ -417,6 +274,7 @@ def generate(
         max_new_tokens: tokens to generate.
     """
     from tagllm.model import TaggedModel
+    from tagllm.protocol.standalone import tag_dirs
 
     m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
     console.print(m.generate([prompt], max_new_tokens)[0], highlight=False, markup=False)
@@ -434,15 +292,12 @@ def inspect(tagdir: str, model: str | None = None) -> None:
         tagdir: the tag folder.
         model: also check that the tag fits this base model (short name, id or folder).
     """
-    from safetensors import safe_open
-
-    from tagllm.serialization import TENSORS, read_tag
+    from tagllm.serialization import read_tag
 
     meta, tensors = read_tag(tagdir)
     console.print_json(json.dumps(meta))
-    with safe_open(str(Path(tagdir) / TENSORS), "pt") as f:
-        for k in f.keys():
-            console.print(f"tensor {k}: {tuple(tensors[k].shape)} {tensors[k].dtype}")
+    for k in sorted(tensors):
+        console.print(f"tensor {k}: {tuple(tensors[k].shape)} {tensors[k].dtype}")
     console.print("[green]files verified: schema, checksum, shapes, finite values[/green]")
     if model:
         from tagllm.model import TaggedModel
@@ -464,9 +319,8 @@ POSITIONAL = {"inspect": "--tagdir", "run": "--recipe"}
 
 
 def _normalise_args(args: list[str]) -> list[str]:
-    """``--dry-run`` == ``--dry_run``; a bare boolean flag means true (``--dry_run``)."""
-    import inspect as _inspect
-
+    """``--dry-run`` == ``--dry_run``; a bare boolean flag means true (``--dry_run``);
+    ``tagllm inspect TAGDIR`` == ``tagllm inspect --tagdir TAGDIR``."""
     fn = COMMANDS.get(args[0]) if args else None
     bools = {n for n, p in _inspect.signature(fn).parameters.items()
              if p.annotation in (bool, "bool")} if fn else set()
@@ -478,33 +332,34 @@ def _normalise_args(args: list[str]) -> list[str]:
             if a[2:] in bools and (nxt is None or nxt.startswith("-")):
                 a += "=true"
         out.append(a)
+    if len(out) > 1 and out[0] in POSITIONAL and not out[1].startswith("-"):
+        out.insert(1, POSITIONAL[out[0]])
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``tagllm`` entry point."""
     from jsonargparse import CLI
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from tagllm.data import DataError
-    from tagllm.recipe import RecipeError
-    from tagllm.serialization import TagFileError
-    from tagllm.tags import InputTooLongError, UnknownTagError
-
     args = _normalise_args(list(sys.argv[1:] if argv is None else argv))
-    if len(args) > 1 and args[0] in POSITIONAL and not args[1].startswith("-"):
-        args.insert(1, POSITIONAL[args[0]])  # `tagllm inspect TAGDIR`, `tagllm run RECIPE`
     try:
         CLI(COMMANDS, args=args, as_positional=False,
             description="tagllm: learned input tags for a frozen causal LM (Tag-LLM)")
-    except (DataError, RecipeError, TagFileError, UnknownTagError, InputTooLongError, ValueError,
-            FileNotFoundError) as e:
+    except TagllmError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow] (`tagllm run` keeps the checkpoint of the "
                   "stage in training: the same command resumes it)")
         sys.exit(130)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        err.print(f"[red]{BUG}[/red]", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Typed configuration dataclasses.
+"""Typed configuration dataclasses: a tag, its head, a training run, and the data and
+evaluation entries of a stage (what ``tagllm run``'s recipes and ``tagllm train`` /
+``tagllm evaluate``'s flags both become).
 
-Every config validates itself in ``__post_init__`` and raises :class:`ValueError` naming the
+Every config validates itself in ``__post_init__`` and raises :class:`ConfigError` naming the
 offending field, so a bad recipe or flag fails before any model is loaded.
 """
 
@@ -10,8 +12,13 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from tagllm.errors import ConfigError
+from tagllm.evaluation.baselines import BASELINES
+from tagllm.heads import HEADS, head_class
+
 TAG_NAME_RE = re.compile(r"^<[A-Za-z][A-Za-z0-9_.\-]*>$")
 
+TooLong = Literal["error", "skip"]
 TagKind = Literal["domain", "function"]
 HeadKind = Literal["lm", "regression", "classification"]
 InitKind = Literal["vocab_mean", "text", "random"]
@@ -19,7 +26,7 @@ InitKind = Literal["vocab_mean", "text", "random"]
 
 def _check(cond: bool, owner: str, name: str, msg: str) -> None:
     if not cond:
-        raise ValueError(f"{owner}.{name}: {msg}")
+        raise ConfigError(f"{owner}.{name}: {msg}")
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
@@ -28,7 +35,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         prefix = f"{where}: " if where else ""
-        raise ValueError(
+        raise ConfigError(
             f"{prefix}unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(known)}"
         )
     return cls(**data)
@@ -49,18 +56,20 @@ class HeadConfig:
     )
 
     def __post_init__(self) -> None:
-        from tagllm.heads import HEADS, default_loss  # registry lives with the heads
-
         _check(self.kind in HEADS, "HeadConfig", "kind",
                f"unknown head kind {self.kind!r}; known: {sorted(HEADS)}")
-        _check(self.num_outputs >= 1, "HeadConfig", "num_outputs", "must be >= 1")
-        if self.kind == "classification":
-            _check(self.num_outputs >= 2, "HeadConfig", "num_outputs",
-                   "a classification head needs >= 2 classes")
-        if not self.loss:
-            self.loss = default_loss(self.kind)
-        _check(self.loss in {"mse", "l1", "cross_entropy", "lm"}, "HeadConfig", "loss",
-               f"unknown loss {self.loss!r}")
+        cls = HEADS[self.kind]  # the registry says what each kind takes
+        _check(isinstance(self.num_outputs, int) and self.num_outputs >= 1, "HeadConfig",
+               "num_outputs", f"must be an int >= 1, got {self.num_outputs!r}")
+        self.loss = self.loss or cls.losses[0]
+        problem = cls.config_error(self.num_outputs, self.loss)
+        _check(problem is None, "HeadConfig", "num_outputs" if "outputs" in str(problem)
+               else "loss", str(problem))
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the head trains on labels (it owns parameters at the tag position)."""
+        return head_class(self.kind).has_parameters
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,3 +197,112 @@ class TrainConfig:
         default = {f.name: f.default for f in fields(self)}
         return {k: v for k, v in asdict(self).items()
                 if k not in self.NOT_RESULT and v != default[k]}
+
+
+def _too_long(value: str) -> None:
+    if value not in ("error", "skip"):
+        raise ConfigError(f"too_long: {value!r} is not 'error' or 'skip' (inputs are never "
+                         "truncated silently)")
+
+
+@dataclass(kw_only=True)
+class RowsConfig:
+    """Where the rows of a data or evaluation entry come from, and how they are checked."""
+
+    source: str = field(metadata={"help": "CSV/TSV/.smi/FASTA file, or a built-in: "
+                                          "moses:train|test|test_scaffolds, proteins:train|test, "
+                                          "nci:train|test, bindingdb:SPLIT:FILE, "
+                                          "drugcomb:SPLIT:FILE, bible:LANG[-LANG]:SPLIT, "
+                                          "flores:SRC-TGT:SPLIT:DIR"})
+    label: str | list[str] | None = field(default=None, metadata={
+        "help": "target column(s) of the head: one, a list (multi-output regression), or a "
+                "source's group name (proteins:*: descriptors)"})
+    n: int | None = field(default=None, metadata={"help": "seeded random sample size"})
+    seed: int | None = field(default=None, metadata={"help": "sample seed (recipe seed)"})
+    skip_invalid: bool = field(default=False,
+                               metadata={"help": "drop invalid rows (listed) instead of failing"})
+    too_long: TooLong = field(default="error", metadata={
+        "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
+    context: int = field(default=0, metadata={
+        "help": "in-context examples before each input: k labelled rows of the training "
+                "data, each written as the template followed by its label"})
+
+    def __post_init__(self) -> None:
+        _too_long(self.too_long)
+        if not isinstance(self.context, int) or self.context < 0:
+            raise ConfigError(f"context: must be an int >= 0, got {self.context!r}")
+        if self.context and not self.label:
+            raise ConfigError("context: in-context examples need a label to show")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ConfigError("source: must be a non-empty string")
+        if self.label is not None and not (
+                (isinstance(self.label, str) and self.label.strip()) or (
+                isinstance(self.label, list) and self.label
+                and all(isinstance(c, str) and c.strip() for c in self.label))):
+            raise ConfigError(f"label: a column name or a non-empty list of them, got "
+                             f"{self.label!r}")
+        if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
+            raise ConfigError(f"n: must be a positive int, got {self.n!r}")
+
+
+@dataclass(kw_only=True)
+class DataConfig(RowsConfig):
+    """One data stream of a stage: its rows and how each becomes an input."""
+
+    template: str = field(metadata={"help": "input text per row, {column} placeholders"})
+    weight: float = field(default=1.0,
+                          metadata={"help": "share of each batch when a stage mixes parts"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.template, str) or "{" not in self.template:
+            raise ConfigError(f"template: {self.template!r} has no {{column}} placeholder")
+        if not (isinstance(self.weight, int | float) and self.weight > 0):
+            raise ConfigError(f"weight: must be > 0, got {self.weight!r}")
+
+
+@dataclass(kw_only=True)
+class EvalConfig(RowsConfig):
+    """A held-out evaluation after a stage: head metrics, or next-token loss without label."""
+
+    template: str | None = field(default=None,
+                                 metadata={"help": "default: the stage's data template"})
+    baselines: list[str] = field(default_factory=list,
+                                 metadata={"help": "methods to compare with, from the "
+                                                   "registry: knn, mean (label); copy, "
+                                                   "prompt (reference)"})
+    ablation: bool = field(default=False, metadata={
+        "help": "also evaluate the untrained function tag: with its closed-form head, or "
+                "generating (reference)"})
+    name: str | None = field(default=None, metadata={"help": "row label in the results"})
+    reference: str | None = field(default=None, metadata={
+        "help": "column of reference texts: generate greedily from the template and score "
+                "with BLEU and chrF (translation)"})
+    source_column: str = field(default="source", metadata={
+        "help": "the column the copy-the-source baseline copies"})
+    prompt: str | None = field(default=None, metadata={
+        "help": "plain-text prompt template without tags for the prompt baseline, e.g. "
+                "\"{src}: {source}\\n{tgt}:\""})
+    max_new_tokens: int = field(default=128, metadata={"help": "generation length limit"})
+    spm_model: str | None = field(default=None, metadata={
+        "help": "local SentencePiece model file: also report spBLEU"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ConfigError(f"baselines: unknown {bad}; known: {list(BASELINES)}")
+        if self.reference and self.label:
+            raise ConfigError("give label (a head's target) or reference (generated text), "
+                              "not both")
+        kind = "reference" if self.reference else "label"
+        wrong = [b for b in self.baselines if BASELINES[b].needs != kind]
+        if wrong:
+            need = BASELINES[wrong[0]].needs
+            raise ConfigError(f"baselines {wrong} need {need} ("
+                              + ("a generation evaluation" if need == "reference"
+                                 else "a head's target, not a reference") + ")")
+        if "prompt" in self.baselines and not self.prompt:
+            raise ConfigError("the prompt baseline needs prompt: a plain-text template")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")

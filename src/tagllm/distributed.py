@@ -11,12 +11,15 @@ run is a world of one and touches no process group.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
+
+from tagllm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ class World:
         out[share[:real]] = local[:real]
         return self.sum_(out)
 
+    def on_shares(self, n: int, fn: Callable[[list[int]], Any]) -> torch.Tensor:
+        """(n, ...) float64: ``fn(indices)`` -> one row per index, run on this process's
+        share of ``n`` items and assembled from every process's share."""
+        share, real = self.share(n)
+        return self.gather_rows(fn(share), share, real, n)
+
     def gather_object(self, obj: Any) -> list[Any]:
         """``obj`` from every process, in rank order."""
         if not self.distributed:
@@ -111,7 +120,7 @@ def shard_model(base: torch.nn.Module, w: World, offload: bool | None = None) ->
     names = set(getattr(base, "_no_split_modules", None) or ())
     blocks = [m for m in base.modules() if type(m).__name__ in names]
     if not blocks:
-        raise ValueError(f"{type(base).__name__} names no transformer block class "
+        raise ConfigError(f"{type(base).__name__} names no transformer block class "
                          "(_no_split_modules), so it cannot be sharded")
     if offload is None:
         offload = os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true"

@@ -1,17 +1,28 @@
-"""Task heads on the last hidden state of a function tag.
+"""Task heads on the last hidden state of a function tag, each owning its behaviour.
 
-A head kind is one class registered with :func:`register_head`. ``lm`` reuses the frozen
-model's own output embedding (it owns no parameters); ``regression`` and ``classification``
-are linear layers hidden -> n.
+A head kind is one class registered with :func:`register_head`. The class says everything
+the rest of tagllm needs to know about the kind, so nothing outside this module branches on
+it: which losses it takes and how many outputs it needs (:meth:`Head.config_error`), what a
+label column must look like (:meth:`Head.label_columns_error`, :meth:`Head.label_errors`,
+:meth:`Head.check_targets`), the target statistics it keeps (:meth:`Head.prepare`), its
+closed-form warm start (:meth:`Head.warm_start`), its loss, its predictions and their column
+names, the metrics that score them, and what a baseline must predict to be comparable
+(:attr:`Head.classes`). ``lm`` reuses the frozen model's own output embedding (it owns no
+parameters); ``regression`` and ``classification`` are linear layers hidden -> n.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tagllm.errors import ConfigError, DataError
+from tagllm.evaluation.metrics import classification_metrics, regression_metrics
 
 HEADS: dict[str, type[Head]] = {}
 
@@ -27,15 +38,20 @@ def register_head(kind: str) -> Callable[[type[Head]], type[Head]]:
     return wrap
 
 
-def default_loss(kind: str) -> str:
-    return {"regression": "mse", "classification": "cross_entropy", "lm": "lm"}[kind]
+def head_class(kind: str) -> type[Head]:
+    """The registered class of ``kind``."""
+    if kind not in HEADS:
+        raise ConfigError(f"unknown head kind {kind!r}; known: {sorted(HEADS)}")
+    return HEADS[kind]
 
 
 class Head(nn.Module):
     """Base class: maps hidden states (B, H) to outputs (B, n)."""
 
-    kind: str = ""
-    has_parameters: bool = True
+    kind: ClassVar[str] = ""
+    has_parameters: ClassVar[bool] = True  # trained on labels at the tag's position
+    losses: ClassVar[tuple[str, ...]] = ()  # the first is the default
+    min_outputs: ClassVar[int] = 1
 
     def __init__(self, hidden_size: int, num_outputs: int, loss: str) -> None:
         super().__init__()
@@ -43,33 +59,141 @@ class Head(nn.Module):
         self.num_outputs = num_outputs
         self.loss_name = loss
 
+    # ------------------------------------------------------------- the kind's rules
+    @classmethod
+    def config_error(cls, num_outputs: int, loss: str) -> str | None:
+        """Why ``(num_outputs, loss)`` cannot configure this kind (None if it can)."""
+        if num_outputs < cls.min_outputs:
+            return f"a {cls.kind} head needs num_outputs >= {cls.min_outputs}"
+        if loss not in cls.losses:
+            return f"a {cls.kind} head takes loss {list(cls.losses)}, not {loss!r}"
+        return None
+
+    @classmethod
+    def label_columns_error(cls, num_outputs: int, columns: Sequence[str], tag: str
+                            ) -> str | None:
+        """Why these label columns cannot feed ``tag``'s head (None if they can)."""
+        return None
+
+    @classmethod
+    def label_errors(cls, targets: np.ndarray, num_outputs: int) -> list[tuple[int, str]]:
+        """(row, reason) of each (finite) label this kind cannot take."""
+        return []
+
+    @property
+    def classes(self) -> int:
+        """What comparable predictions are: 0 for values, n for probabilities over n
+        classes (baselines predict the same form)."""
+        return 0
+
+    # ------------------------------------------------------------- training
+    def check_targets(self, targets: torch.Tensor, where: str) -> None:
+        """Refuse targets this head cannot train on, naming ``where``."""
+        if not torch.isfinite(targets).all():
+            raise DataError(f"{where}: targets contain NaN or infinite values")
+
+    def prepare(self, targets: torch.Tensor) -> None:
+        """Set statistics of the training targets before any fitting (default: none)."""
+
+    def warm_start(self, features: torch.Tensor, targets: np.ndarray, alpha: float) -> dict:
+        """Fit the head in closed form on frozen features (N, H); returns what was done."""
+        raise DataError(f"a {self.kind} head has no closed-form warm start")
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # ------------------------------------------------------------- predictions
     def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
         """Turn raw outputs into user-facing predictions."""
         return outputs
 
+    def output_names(self) -> list[str]:
+        """Column names of the predictions in a CSV."""
+        if self.num_outputs == 1:
+            return ["prediction"]
+        return [f"prediction_{k}" for k in range(self.num_outputs)]
 
-@register_head("regression")
-class RegressionHead(Head):
-    """Linear hidden -> num_outputs. Targets are standardised with stored mean/std."""
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """The kind's metrics of ``predictions`` (as :meth:`postprocess` gives them)."""
+        raise NotImplementedError
 
-    def __init__(self, hidden_size: int, num_outputs: int = 1, loss: str = "mse") -> None:
+
+def _standardised(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Z, mean, sd): features standardised so one penalty suits every dimension."""
+    X = features.double().numpy()
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    return (X - mu) / sd, mu, sd
+
+
+class LinearHead(Head):
+    """A linear layer hidden -> num_outputs, zero-initialised."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, loss: str) -> None:
         super().__init__(hidden_size, num_outputs, loss)
         self.linear = nn.Linear(hidden_size, num_outputs)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, n)
+        return self.linear(hidden)
+
+    def _set_linear(self, W: np.ndarray, b: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> None:
+        """Load a fit on standardised features as weights on the raw features."""
+        W_raw = W / sd
+        b_raw = b - W_raw @ mu
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(W_raw, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(b_raw, dtype=torch.float32))
+
+
+@register_head("regression")
+class RegressionHead(LinearHead):
+    """Linear hidden -> num_outputs. Targets are standardised with stored mean/std."""
+
+    losses = ("mse", "l1")
+
+    def __init__(self, hidden_size: int, num_outputs: int = 1, loss: str = "mse") -> None:
+        super().__init__(hidden_size, num_outputs, loss)
         # Target scaling: the head predicts standardised targets (well-conditioned for any
         # label scale); these buffers are saved with the tag.
         self.register_buffer("target_mean", torch.zeros(num_outputs))
         self.register_buffer("target_std", torch.ones(num_outputs))
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, n)
-        return self.linear(hidden)
+    @classmethod
+    def label_columns_error(cls, num_outputs: int, columns: Sequence[str], tag: str
+                            ) -> str | None:
+        if len(columns) != num_outputs:
+            return (f"label names {len(columns)} column(s) {list(columns)} but {tag}'s "
+                    f"regression head has num_outputs {num_outputs}")
+        return None
+
+    def check_targets(self, targets: torch.Tensor, where: str) -> None:
+        super().check_targets(targets, where)
+        if targets.numel() != len(targets) * self.num_outputs:
+            raise DataError(f"{where}: targets of shape {tuple(targets.shape)} for "
+                            f"{len(targets)} texts and a head with {self.num_outputs} output(s)")
+
+    def prepare(self, targets: torch.Tensor) -> None:
+        y = targets.view(len(targets), -1)
+        with torch.no_grad():
+            self.target_mean.copy_(y.mean(0))
+            self.target_std.copy_(y.std(0).clamp_min(1e-8) if len(y) > 1
+                                  else torch.ones_like(y[0]))
 
     def standardise(self, targets: torch.Tensor) -> torch.Tensor:
         return (targets - self.target_mean) / self.target_std
+
+    def warm_start(self, features: torch.Tensor, targets: np.ndarray, alpha: float) -> dict:
+        """Ridge regression (alpha chosen by RidgeCV around ``alpha``) on the standardised
+        targets."""
+        from sklearn.linear_model import RidgeCV
+
+        Z, mu, sd = _standardised(features)
+        y = self.standardise(torch.as_tensor(targets, dtype=torch.float32)
+                             .view(len(Z), -1)).double().numpy()
+        reg = RidgeCV(alphas=np.logspace(-2, 4, 13) * max(alpha, 1e-6)).fit(Z, y)
+        self._set_linear(np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_), mu, sd)
+        return {"examples": len(Z), "alpha": float(reg.alpha_)}
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         z = self.standardise(targets.to(outputs.dtype).view_as(outputs))
@@ -80,6 +204,10 @@ class RegressionHead(Head):
     def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs * self.target_std + self.target_mean
 
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """MSE, MAE, Pearson, Spearman (averaged over the outputs)."""
+        return regression_metrics(targets, predictions)
+
 
 def not_class_indices(labels, classes: int) -> list[int]:
     """Positions of the labels that are not a class index 0 .. classes - 1."""
@@ -88,32 +216,68 @@ def not_class_indices(labels, classes: int) -> list[int]:
 
 
 @register_head("classification")
-class ClassificationHead(Head):
+class ClassificationHead(LinearHead):
     """Linear hidden -> num_classes with cross-entropy; predictions are probabilities."""
+
+    losses = ("cross_entropy",)
+    min_outputs = 2
 
     def __init__(self, hidden_size: int, num_outputs: int = 2, loss: str = "cross_entropy"):
         super().__init__(hidden_size, num_outputs, loss)
-        self.linear = nn.Linear(hidden_size, num_outputs)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
-        return self.linear(hidden)
+    @classmethod
+    def label_columns_error(cls, num_outputs: int, columns: Sequence[str], tag: str
+                            ) -> str | None:
+        if len(columns) != 1:
+            return f"a classification head takes one label column of class indices, got " \
+                   f"{list(columns)}"
+        return None
+
+    @classmethod
+    def label_errors(cls, targets: np.ndarray, num_outputs: int) -> list[tuple[int, str]]:
+        flat = np.asarray(targets).reshape(-1)
+        return [(i, f"{flat[i]:g} is not a class index 0..{num_outputs - 1}")
+                for i in not_class_indices(targets, num_outputs)]
+
+    @property
+    def classes(self) -> int:
+        return self.num_outputs
+
+    def check_targets(self, targets: torch.Tensor, where: str) -> None:
+        """Targets must be class indices 0 .. num_outputs - 1 (one per input)."""
+        super().check_targets(targets, where)
+        t = targets.reshape(len(targets), -1)
+        bad = not_class_indices(t, self.num_outputs) if t.shape[1] == 1 else [0]
+        if bad:
+            raise DataError(f"{where}: classification labels must be one class index in 0.."
+                            f"{self.num_outputs - 1} per input; entry {bad[0]} is "
+                            f"{t[bad[0]].tolist()}")
+
+    def warm_start(self, features: torch.Tensor, targets: np.ndarray, alpha: float) -> dict:
+        """Logistic regression with C = 1 / ``alpha``."""
+        from sklearn.linear_model import LogisticRegression
+
+        Z, mu, sd = _standardised(features)
+        clf = LogisticRegression(C=1.0 / max(alpha, 1e-6), max_iter=2000).fit(Z, targets)
+        W, b = clf.coef_, clf.intercept_
+        if W.shape[0] == 1:  # binary: sklearn gives one row, the head has two logits
+            W = np.concatenate([-W / 2, W / 2])
+            b = np.concatenate([-b / 2, b / 2])
+        self._set_linear(W, b, mu, sd)
+        return {"examples": len(Z), "alpha": alpha}
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets.long().view(-1))
 
-    def check_targets(self, targets: torch.Tensor, where: str) -> None:
-        """Targets must be class indices 0 .. num_outputs - 1 (one per input)."""
-        t = targets.reshape(len(targets), -1)
-        bad = not_class_indices(t, self.num_outputs) if t.shape[1] == 1 else [0]
-        if bad:
-            raise ValueError(f"{where}: classification labels must be one class index in 0.."
-                             f"{self.num_outputs - 1} per input; entry {bad[0]} is "
-                             f"{t[bad[0]].tolist()}")
-
     def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.softmax(-1)
+
+    def output_names(self) -> list[str]:
+        return [f"prob_{k}" for k in range(self.num_outputs)]
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """Accuracy and AUROC from the class probabilities."""
+        return classification_metrics(targets, predictions)
 
 
 @register_head("lm")
@@ -121,6 +285,7 @@ class LMHead(Head):
     """The frozen model's own LM head: generation. Owns no parameters."""
 
     has_parameters = False
+    losses = ("lm",)
 
     def __init__(self, hidden_size: int, num_outputs: int = 1, loss: str = "lm") -> None:
         super().__init__(hidden_size, num_outputs, loss)
@@ -130,6 +295,4 @@ class LMHead(Head):
 
 
 def build_head(kind: str, hidden_size: int, num_outputs: int, loss: str) -> Head:
-    if kind not in HEADS:
-        raise ValueError(f"unknown head kind {kind!r}; known: {sorted(HEADS)}")
-    return HEADS[kind](hidden_size, num_outputs, loss)
+    return head_class(kind)(hidden_size, num_outputs, loss)

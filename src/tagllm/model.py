@@ -12,8 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagllm.backbones import load_backbone
 from tagllm.config import TagConfig
+from tagllm.distributed import is_sharded
+from tagllm.errors import ConfigError, DataError, TagFileError
 from tagllm.heads import Head, build_head
+from tagllm.progress import track
+from tagllm.serialization import check_base_model, read_tag, tensor_digest, write_tag
 from tagllm.tags import TagBank, TagTokenizer, pad_batch
 
 
@@ -76,8 +81,6 @@ class TaggedModel(nn.Module):
         device: str | torch.device = "cpu",
     ) -> TaggedModel:
         """Load a base model (HF id, local folder or embedded short name) and tag folders."""
-        from tagllm.backbones import load_backbone
-
         base, tok, name = load_backbone(model, dtype=dtype)
         tm = cls(base.to(device), tok, name)
         for t in tags:
@@ -92,8 +95,6 @@ class TaggedModel(nn.Module):
     def sharded(self) -> bool:
         """Whether the base model's blocks are sharded across processes (FSDP): then every
         process must run the same forward passes."""
-        from tagllm.distributed import is_sharded
-
         return is_sharded(self.base)
 
     @property
@@ -142,9 +143,9 @@ class TaggedModel(nn.Module):
         p = config.num_tokens
         ids = self.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"tag {config.name}: init_text {config.init_text!r} has no tokens")
+            raise ConfigError(f"tag {config.name}: init_text {config.init_text!r} has no tokens")
         if len(ids) > p:
-            raise ValueError(
+            raise ConfigError(
                 f"tag {config.name}: init_text {config.init_text!r} is {len(ids)} tokens for "
                 f"this tokenizer, more than num_tokens={p}; shorten it or raise num_tokens")
         pad = self.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:] or ids[:1]
@@ -158,26 +159,58 @@ class TaggedModel(nn.Module):
         """Make exactly these tags (and their heads) trainable; freeze all other tags."""
         names = {self.bank.require(n) for n in names}
         for n in self.bank.names:
-            self.bank.parameter(n).requires_grad_(n in names)
-            h = self.head(n)
-            if h is not None:
-                h.requires_grad_(n in names)
+            self.set_requires_grad(n, n in names)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
     # ----------------------------------------------------------------- files
+    def base_model_info(self) -> dict:
+        """What a tag file records of the base model it belongs to."""
+        return {"name": self.model_name, "architecture": type(self.base).__name__,
+                "fingerprint": self.fingerprint, "vocab_rows": self.bank.vocab_rows,
+                "hidden_size": self.hidden_size}
+
     def save_tag(self, name: str, directory: str | Path, provenance: dict | None = None,
                  trained_with: Sequence[str] = ()) -> Path:
-        from tagllm.serialization import save_tag
-
-        return save_tag(self, name, directory, provenance or {}, trained_with)
+        """Write tag ``name`` (embedding and head) to a tag folder, atomically."""
+        cfg = self.bank.configs[self.bank.require(name)]
+        tensors = {"embedding": self.bank.parameter(name)}
+        head = self.head(name)
+        if head is not None:
+            tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+        base = {k: v for k, v in self.base_model_info().items() if k != "hidden_size"}
+        return write_tag(directory, cfg, tensors, base, self.hidden_size, provenance or {},
+                         {t: tensor_digest(self.bank.parameter(t)) for t in trained_with
+                          if t != name})
 
     def load_tag(self, directory: str | Path, trainable: bool = False) -> str:
-        """Load a tag folder (verified against this base model); returns the tag name."""
-        from tagllm.serialization import load_tag
+        """Load a tag folder, verified against this base model (frozen unless
+        ``trainable``); returns the tag name."""
+        meta, tensors = read_tag(directory)
+        check_base_model(directory, meta, self.base_model_info())
+        name = meta["name"]
+        if name in self.bank:
+            raise TagFileError(f"{directory}: tag {name} is already loaded in this model")
+        self.add_tag(TagConfig.from_json(meta["config"]), init=tensors["embedding"])
+        head = self.head(name)
+        if head is not None:
+            state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+            try:
+                with torch.no_grad():
+                    head.load_state_dict(state)
+            except RuntimeError as e:
+                raise TagFileError(f"{directory}: head tensors do not match the head config "
+                                   f"({e})") from e
+        self.set_requires_grad(name, trainable)
+        return name
 
-        return load_tag(self, directory, trainable=trainable)
+    def set_requires_grad(self, name: str, trainable: bool) -> None:
+        """Make one tag (and its head) trainable or frozen."""
+        self.bank.parameter(name).requires_grad_(trainable)
+        head = self.head(name)
+        if head is not None:
+            head.requires_grad_(trainable)
 
     # ----------------------------------------------------------------- encoding
     def encode(self, texts: Sequence[str], side: str = "right", max_length: int | None = None,
@@ -213,7 +246,7 @@ class TaggedModel(nn.Module):
         hit = input_ids == self.bank.last_virtual_id(tag)  # (B, T)
         missing = (~hit.any(-1)).nonzero().flatten().tolist()
         if missing:
-            raise ValueError(f"input(s) {missing} do not contain the function tag {tag}")
+            raise DataError(f"input(s) {missing} do not contain the function tag {tag}")
         arange = torch.arange(input_ids.shape[1], device=input_ids.device)
         return torch.where(hit, arange, -1).amax(-1)
 
@@ -221,7 +254,7 @@ class TaggedModel(nn.Module):
         """Raw head outputs (B, n) on the hidden state of ``tag``'s last vector."""
         head = self.head(tag)
         if head is None or not head.has_parameters:
-            raise ValueError(f"tag {tag} has no regression/classification head")
+            raise ConfigError(f"tag {tag} has no regression/classification head")
         feats = self.tag_features(batch, tag)
         return head(feats)
 
@@ -271,7 +304,7 @@ class TaggedModel(nn.Module):
         found = [t for t in self.tagtok.encode(text).tags
                  if (h := self.head(t)) is not None and h.has_parameters]
         if not found:
-            raise ValueError(f"no function tag with a head in input {text[:80]!r}; "
+            raise DataError(f"no function tag with a head in input {text[:80]!r}; "
                              f"tags with heads: {self.head_tags()}")
         return found[-1]
 
@@ -290,11 +323,9 @@ class TaggedModel(nn.Module):
         tag = tag or self.function_tag_of(texts[0])
         head = self.head(tag)
         if head is None or not head.has_parameters:
-            raise ValueError(f"tag {tag} has no regression/classification head")
+            raise ConfigError(f"tag {tag} has no regression/classification head")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
         out = np.zeros((len(texts), head.num_outputs), dtype=np.float32)
-        from tagllm.progress import track
-
         starts = range(0, len(texts), batch_size)
         for s in track(starts, f"predicting with {tag}", progress, unit="batch"):
             idx = order[s:s + batch_size]
@@ -309,8 +340,6 @@ class TaggedModel(nn.Module):
                  **kwargs) -> list[str]:
         """Greedy (by default) continuation of each text with the KV cache; left padding.
         A sequence ends at the end-of-text token or at any of the ``stop`` strings."""
-        from tagllm.progress import track
-
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         results: list[str] = []

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tagllm.model import TaggedModel
+from tagllm.model import Batch, TaggedModel
 from tagllm.tags import pad_batch
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (kv_heads, T, head_dim) each
@@ -146,8 +146,6 @@ class FrozenPrefix:
         m = self.model
         parts = [self.split(s) for s in ids]
         if any(not p for p, _ in parts):
-            from tagllm.model import Batch
-
             batch = Batch(*pad_batch(ids, m.pad_id)).to(m.device)
             return m.tag_features(batch, tag)
         kvs = self.get(keys, [p for p, _ in parts])

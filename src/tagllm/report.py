@@ -28,18 +28,45 @@ def results_table(results: dict[str, dict[str, float]], title: str):
     return table
 
 
+def method_rows(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """An evaluation row as methods -> metrics: the tags first, then baselines/ablation."""
+    label = (f"tags ({ev['tag']})" if ev.get("tag") else "tags (generation)"
+             if "bleu" in ev["metrics"] else "tags (validation loss)")
+    return {label: ev["metrics"], **ev.get("baselines", {})}
+
+
+def eval_table(ev: dict[str, Any], prefix: str = ""):
+    """One evaluation row of ``tagllm run`` or ``tagllm evaluate`` as a table."""
+    return results_table(method_rows(ev), f"{prefix}{ev['name']} ({ev['rows']} examples)")
+
+
 def stage_tables(stages: list[dict[str, Any]]) -> list:
     """One table per evaluation of each stage: the tags' row, then baselines/ablation."""
-    tables = []
-    for s in stages:
-        for ev in s.get("eval", []):
-            label = (f"tags ({ev['tag']})" if ev.get("tag") else "tags (generation)"
-                     if "bleu" in ev["metrics"] else "tags (validation loss)")
-            rows = {label: ev["metrics"], **ev.get("baselines", {})}
-            cached = " (cached)" if s.get("cached") else ""
-            tables.append(results_table(
-                rows, f"stage {s['stage']}{cached}: {ev['name']} ({ev['rows']} examples)"))
-    return tables
+    return [eval_table(ev, f"stage {s['stage']}{' (cached)' if s.get('cached') else ''}: ")
+            for s in stages for ev in s.get("eval", [])]
+
+
+def store_table(root: Any, rows: list[dict[str, Any]],
+                problems: dict[str, str | None] | None = None):
+    """The tag store as a table; ``problems`` (key -> error or None) adds "ok" or the error
+    after each verified key."""
+    from rich.table import Table as RichTable
+
+    table = RichTable(title=f"tag store {root}: {len(rows)} tag(s)")
+    for col in ("name", "kind", "p", "base model", "metric", "recipe/stage", "key", "created"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r.get("name")), str(r.get("kind")), str(r.get("num_tokens")),
+                      str(r.get("base_model")), str(r.get("metric", "")),
+                      f"{r.get('recipe')}/{r.get('stage')}",
+                      r["key"] + _verified(problems, r["key"]), str(r.get("created", "")))
+    return table
+
+
+def _verified(problems: dict[str, str | None] | None, key: str) -> str:
+    if problems is None:
+        return ""
+    return f" [red]{problems[key]}[/red]" if problems.get(key) else " [green]ok[/green]"
 
 
 def _fmt(x: float | None) -> str:

@@ -20,7 +20,6 @@ by row.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from functools import cache
 
 from tagllm.data import (
     DataError,
@@ -31,7 +30,14 @@ from tagllm.data import (
     read_table,
     validate_rows,
 )
-from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, shuffled
+from tagllm.data.proteins import (
+    DESCRIPTORS,
+    check_protein,
+    descriptor_columns,
+    protein_splits,
+    read_fasta,
+)
+from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, nci_table, shuffled
 
 BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:", "bindingdb:", "drugcomb:", "bible:",
                     "flores:")
@@ -46,34 +52,6 @@ PROTEIN_COLUMNS = {"sequence", "protein"}
 HELD_OUT_COLUMNS = PROTEIN_COLUMNS | {"target"}
 
 
-@cache
-def _protein_splits() -> tuple[Table, list[int], list[int]]:
-    """pyhmmer's proteins (identical sequences collapsed) and a fixed ~90/10 split in which
-    near-duplicate groups (:func:`near_duplicate_groups`) never straddle the two sides."""
-    from tagllm.data.proteins import group_split, near_duplicate_groups, pyhmmer_table
-
-    table = pyhmmer_table(None, 0)
-    first: dict[str, int] = {}  # identical sequences collapse to one row
-    for i, s in enumerate(table["sequence"]):
-        first.setdefault(s, i)
-    table = table.select(sorted(first.values()))
-    train, test = group_split(near_duplicate_groups(table["sequence"]), 0.1, seed=0)
-    return table, train, test
-
-
-@cache
-def _descriptor_columns() -> dict[str, list[float]]:
-    """Every protein's descriptors, standardised with the training split's mean and
-    standard deviation (the same statistics for train and test)."""
-    from tagllm.data.proteins import DESCRIPTORS, descriptor_values
-
-    table, train, _ = _protein_splits()
-    x = descriptor_values(table["sequence"], list(DESCRIPTORS))
-    mu, sd = x[train].mean(0), x[train].std(0)
-    z = (x - mu) / sd
-    return {name: z[:, j].tolist() for j, name in enumerate(DESCRIPTORS)}
-
-
 def label_columns(spec: str, label: str | Sequence[str] | None) -> list[str]:
     """The label column(s) that ``label`` names for ``spec``: a column, a list of columns, or
     for ``proteins:*`` the group ``descriptors`` (every protein descriptor)."""
@@ -81,26 +59,22 @@ def label_columns(spec: str, label: str | Sequence[str] | None) -> list[str]:
         return []
     if isinstance(label, str):
         if label == "descriptors" and spec.startswith("proteins:"):
-            from tagllm.data.proteins import DESCRIPTORS
-
             return list(DESCRIPTORS)
         return [label]
     return list(label)
 
 
 def _proteins(split: str, labels: list[str]) -> Table:
-    from tagllm.data.proteins import DESCRIPTORS
-
     if split not in ("train", "test", "all"):
-        raise ValueError(f"proteins:{split}: unknown split; use proteins:train, proteins:test "
+        raise DataError(f"proteins:{split}: unknown split; use proteins:train, proteins:test "
                          "or proteins:all")
     bad = [c for c in labels if c not in DESCRIPTORS]
     if bad:
-        raise ValueError(f"proteins:{split} has no label(s) {bad}; it provides 'descriptors' "
+        raise DataError(f"proteins:{split} has no label(s) {bad}; it provides 'descriptors' "
                          f"or any of {list(DESCRIPTORS)} (standardised)")
-    table, train, test = _protein_splits()
+    table, train, test = protein_splits()
     if labels:
-        cols = _descriptor_columns()
+        cols = descriptor_columns()
         table = Table({**table.columns, **{c: cols[c] for c in labels}}, table.source,
                       table.rows)
     if split == "all":
@@ -119,12 +93,12 @@ def _text(spec: str) -> Table:
         split, _, directory = rest.partition(":")
         src, _, tgt = pair.partition("-")
         if not (src and tgt and split and directory):
-            raise ValueError(f"{spec}: write flores:SRC-TGT:SPLIT:DIR, e.g. "
+            raise DataError(f"{spec}: write flores:SRC-TGT:SPLIT:DIR, e.g. "
                              "flores:spa_Latn-por_Latn:devtest:/data/flores200")
         return ml.flores_parallel(directory, src, tgt, split)
     langs, _, split = rest.partition(":")
     if not (langs and split):
-        raise ValueError(f"{spec}: write bible:LANG:SPLIT or bible:SRC-TGT:SPLIT, e.g. "
+        raise DataError(f"{spec}: write bible:LANG:SPLIT or bible:SRC-TGT:SPLIT, e.g. "
                          "bible:fr:train or bible:es-pt:test")
     src, _, tgt = langs.partition("-")
     if not tgt:
@@ -141,7 +115,7 @@ def _tdc(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[
     kind, rest = spec.split(":", 1)
     split, _, path = rest.partition(":")
     if not path:
-        raise ValueError(f"{spec}: write {kind}:SPLIT:FILE, e.g. {kind}:train:data.csv or "
+        raise DataError(f"{spec}: write {kind}:SPLIT:FILE, e.g. {kind}:train:data.csv or "
                          f"{kind}:train:synthetic")
     if path == tdc.SYNTHETIC:
         path = str(tdc.synthetic_bindingdb() if kind == "bindingdb" else tdc.synthetic_drugcomb())
@@ -151,7 +125,7 @@ def _tdc(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[
     known = ["p_affinity", "y"] if kind == "bindingdb" else ["y"]
     bad = [c for c in labels if c not in known]
     if bad:
-        raise ValueError(f"{spec} has no label(s) {bad}; it provides {known}")
+        raise DataError(f"{spec} has no label(s) {bad}; it provides {known}")
     return _validate(table, labels, (), skip_invalid,
                      proteins=("target",) if kind == "bindingdb" else ())
 
@@ -160,7 +134,7 @@ def load_source(
     spec: str,
     n: int | None = None,
     seed: int = 0,
-    label: str | None = None,
+    label: str | Sequence[str] | None = None,
     text_columns: Iterable[str] = (),
     skip_invalid: bool = False,
     exclude_smiles: Iterable[str] = (),
@@ -169,54 +143,52 @@ def load_source(
 ) -> tuple[Table, list[str]]:
     """Load ``spec`` as a validated :class:`Table` and the list of skipped-row messages.
 
-    ``n`` takes a seeded random sample; ``label`` is a numeric column that must be finite.
+    ``n`` takes a seeded random sample; ``label`` names the label column(s) (one, a list, or
+    a source's group, see :func:`label_columns`), numbers that must be finite.
     ``exclude_smiles`` (compared canonically) and ``exclude_sequences`` name rows that must
     not appear (e.g. the test set when sampling training data); they are removed before
     sampling.
     """
+    labels = label_columns(spec, label)
     if spec.startswith("moses:"):
-        split = spec.split(":", 1)[1]
-        if label not in (None, "qed"):
-            raise ValueError(f"{spec} has no label {label!r}; it provides 'qed'")
-        table = moses_table(split, n, seed, labels=label == "qed", exclude=exclude_smiles,
-                            progress=progress)
-        return table, []
-    if spec.startswith(("bible:", "flores:")):
-        if label is not None:
-            raise ValueError(f"{spec} has no labels; translation evaluations name the "
-                             "reference column with `reference: target`")
-        table, problems = _text(spec), []
-    elif spec.startswith(("bindingdb:", "drugcomb:")):
-        table, problems = _tdc(spec, label_columns(spec, label), skip_invalid)
-    elif spec.startswith("nci:"):
-        from tagllm.data.smiles import nci_table
-
-        table, problems = nci_table(spec.split(":", 1)[1], label_columns(spec, label))
-    elif spec.startswith("proteins:"):
-        table, problems = _proteins(spec.split(":", 1)[1], label_columns(spec, label)), []
-    elif _is_fasta(spec):
-        from tagllm.data.proteins import check_protein, read_fasta
-
-        if label is not None:
-            raise ValueError(f"{spec}: a FASTA file has no label column")
-        table, problems = validate_rows(read_fasta(spec), {"sequence": check_protein},
-                                        skip_invalid=skip_invalid)
-    else:
-        labels = label_columns(spec, label)
-        table = read_table(spec, [*text_columns, *labels])
-        table, problems = _validate(table, labels, text_columns, skip_invalid)
+        if labels not in ([], ["qed"]):
+            raise DataError(f"{spec} has no label(s) {labels}; it provides 'qed'")
+        return moses_table(spec.split(":", 1)[1], n, seed, labels=bool(labels),
+                           exclude=exclude_smiles, progress=progress), []
+    table, problems = _read(spec, labels, list(text_columns), skip_invalid)
     table = _exclude(table, set(exclude_sequences), set(exclude_smiles))
     if n is not None and n < len(table):
         table = table.select(sorted(shuffled(len(table), seed)[:n].tolist()))
     return table, problems
 
 
+def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: bool
+          ) -> tuple[Table, list[str]]:
+    """Every row of ``spec`` (except MOSES, which samples as it reads), validated."""
+    if spec.startswith(("bible:", "flores:")):
+        if labels:
+            raise DataError(f"{spec} has no labels; translation evaluations name the "
+                            "reference column with `reference: target`")
+        return _text(spec), []
+    if spec.startswith(("bindingdb:", "drugcomb:")):
+        return _tdc(spec, labels, skip_invalid)
+    if spec.startswith("nci:"):
+        return nci_table(spec.split(":", 1)[1], labels)
+    if spec.startswith("proteins:"):
+        return _proteins(spec.split(":", 1)[1], labels), []
+    if _is_fasta(spec):
+        if labels:
+            raise DataError(f"{spec}: a FASTA file has no label column")
+        return validate_rows(read_fasta(spec), {"sequence": check_protein},
+                             skip_invalid=skip_invalid)
+    table = read_table(spec, [*text_columns, *labels])
+    return _validate(table, labels, text_columns, skip_invalid)
+
+
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
               skip_invalid: bool, proteins: Sequence[str] = ()) -> tuple[Table, list[str]]:
     """Check every row of a file's table: SMILES and protein columns by name, the labels as
     finite numbers, text columns non-empty."""
-    from tagllm.data.proteins import check_protein
-
     checks = {c: check_text for c in text_columns}
     checks.update({c: check_smiles for c in table.columns if c.lower() in SMILES_COLUMNS})
     checks.update({c: check_protein for c in table.columns

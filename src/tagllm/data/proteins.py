@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, _open_text, package_dir
+from tagllm.data import DataError, Table, _open_text
 from tagllm.data.smiles import shuffled
+from tagllm.paths import package_dir
 
 #: The 20 standard residues plus X (unknown), B/Z (ambiguous), U (Sec) and O (Pyl).
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -161,5 +163,29 @@ def descriptor_values(seqs: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """(N, len(names)) raw descriptor values of each sequence."""
     unknown = [n for n in names if n not in DESCRIPTORS]
     if unknown:
-        raise ValueError(f"unknown protein descriptor(s) {unknown}; known: {list(DESCRIPTORS)}")
+        raise DataError(f"unknown protein descriptor(s) {unknown}; known: {list(DESCRIPTORS)}")
     return np.array([[DESCRIPTORS[n](s) for n in names] for s in seqs], dtype=np.float64)
+
+
+@cache
+def protein_splits() -> tuple[Table, list[int], list[int]]:
+    """pyhmmer's proteins (identical sequences collapsed) and a fixed ~90/10 split in which
+    near-duplicate groups (:func:`near_duplicate_groups`) never straddle the two sides."""
+    table = pyhmmer_table(None, 0)
+    first: dict[str, int] = {}  # identical sequences collapse to one row
+    for i, s in enumerate(table["sequence"]):
+        first.setdefault(s, i)
+    table = table.select(sorted(first.values()))
+    train, test = group_split(near_duplicate_groups(table["sequence"]), 0.1, seed=0)
+    return table, train, test
+
+
+@cache
+def descriptor_columns() -> dict[str, list[float]]:
+    """Every protein's descriptors, standardised with the training split's mean and
+    standard deviation (the same statistics for train and test)."""
+    table, train, _ = protein_splits()
+    x = descriptor_values(table["sequence"], list(DESCRIPTORS))
+    mu, sd = x[train].mean(0), x[train].std(0)
+    z = (x - mu) / sd
+    return {name: z[:, j].tolist() for j, name in enumerate(DESCRIPTORS)}

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, package_dir
+from tagllm.data import DataError, Table, write_csv
+from tagllm.paths import data_cache_dir, package_dir
 
 MOSES_SPLITS = ("train", "test", "test_scaffolds")
 
@@ -51,7 +51,7 @@ def moses_dir() -> Path:
 def read_moses(split: str) -> list[str]:
     """All SMILES of one MOSES split (train: 1.58M, test: 176k, test_scaffolds: 176k)."""
     if split not in MOSES_SPLITS:
-        raise ValueError(f"unknown MOSES split {split!r}; known: {MOSES_SPLITS}")
+        raise DataError(f"unknown MOSES split {split!r}; known: {MOSES_SPLITS}")
     path = moses_dir() / f"{split}.csv.gz"
     with gzip.open(path, "rt") as f:
         lines = f.read().splitlines()
@@ -66,9 +66,7 @@ def shuffled(n_items: int, seed: int) -> np.ndarray:
 
 
 def _cache_dir() -> Path:
-    from tagllm.backbones import tagllm_home
-
-    return tagllm_home() / "data"
+    return data_cache_dir()
 
 
 def qed_values(smiles: Iterable[str], progress: bool = True) -> np.ndarray:
@@ -92,13 +90,7 @@ def qed_values(smiles: Iterable[str], progress: bool = True) -> np.ndarray:
         if mol is None:
             raise DataError(f"QED: invalid SMILES {s!r} at position {i}")
         out[i] = QED.qed(mol)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["smiles", "qed"])
-        w.writerows(zip(smiles, (repr(float(x)) for x in out), strict=True))
-    os.replace(tmp, path)
+    write_csv(path, ["smiles", "qed"], zip(smiles, (repr(float(x)) for x in out), strict=True))
     return out
 
 
@@ -157,9 +149,9 @@ def nci_table(split: str, labels: Iterable[str] = ()) -> tuple[Table, list[str]]
     labels = list(labels)
     bad = [x for x in labels if x not in NCI_LABELS]
     if bad:
-        raise ValueError(f"nci:{split} has no label(s) {bad}; it provides {list(NCI_LABELS)}")
+        raise DataError(f"nci:{split} has no label(s) {bad}; it provides {list(NCI_LABELS)}")
     if split not in ("train", "test", "all"):
-        raise ValueError(f"nci:{split}: unknown split; use nci:train, nci:test or nci:all")
+        raise DataError(f"nci:{split}: unknown split; use nci:train, nci:test or nci:all")
     path = nci_file()
     Chem = _rdkit()
     cols: dict[str, list] = {"smiles": [], "name": [], **{x: [] for x in labels}}

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, check_number
+from tagllm.data import DataError, Table, check_number, write_csv
+from tagllm.paths import data_cache_dir
 
 BINDINGDB_COLUMNS = ("Drug_ID", "Drug", "Target_ID", "Target", "Y", "Year")
 DRUGCOMB_COLUMNS = ("Drug1_ID", "Drug1", "Drug2_ID", "Drug2", "Cell_Line_ID", "Y")
@@ -58,7 +59,7 @@ def bindingdb_split(table: Table, split: str) -> Table:
     years = range(TRAIN_YEARS.start, TEST_YEARS.stop) if split == "all" else \
         {"train": TRAIN_YEARS, "test": TEST_YEARS}.get(split)
     if years is None:
-        raise ValueError(f"unknown split {split!r}; use train, test or all")
+        raise DataError(f"unknown split {split!r}; use train, test or all")
     keep, py = [], []
     for i, (year, y) in enumerate(zip(table["Year"], table["Y"], strict=True)):
         try:
@@ -81,7 +82,7 @@ def drugcomb_split(table: Table, split: str, test_fraction: float = 0.2) -> Tabl
     for c in DRUGCOMB_COLUMNS:
         table[c]
     if split not in ("train", "test", "all"):
-        raise ValueError(f"unknown split {split!r}; use train, test or all")
+        raise DataError(f"unknown split {split!r}; use train, test or all")
     keep = []
     for i, (d1, d2, cell) in enumerate(zip(table["Drug1"], table["Drug2"],
                                            table["Cell_Line_ID"], strict=True)):
@@ -94,23 +95,7 @@ def drugcomb_split(table: Table, split: str, test_fraction: float = 0.2) -> Tabl
 
 # ----------------------------------------------------------------- synthetic fixtures
 def _fixture_path(name: str) -> Path:
-    from tagllm.backbones import tagllm_home
-
-    return tagllm_home() / "data" / f"SYNTHETIC-{name}.csv"
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    import csv
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    return data_cache_dir() / f"SYNTHETIC-{name}.csv"
 
 
 def _molecule_features(smiles: list[str]) -> np.ndarray:
@@ -136,12 +121,11 @@ def synthetic_bindingdb(n_pairs: int = 3000, n_targets: int = 40, n_drugs: int =
     path = _fixture_path(f"BindingDB_Patent-{n_pairs}-{n_targets}-{n_drugs}-{max_residues}")
     if path.is_file():
         return path
-    from tagllm.data.proteins import descriptor_values
+    from tagllm.data.proteins import descriptor_values, protein_splits
     from tagllm.data.smiles import read_moses
-    from tagllm.sources import load_source
 
     rng = np.random.default_rng(0)
-    prot, _ = load_source("proteins:all")
+    prot = protein_splits()[0]
     short = [i for i, s in enumerate(prot["sequence"]) if len(s) <= max_residues]
     targets = [short[int(i)] for i in rng.permutation(len(short))[:n_targets]]
     seqs = [prot["sequence"][i] for i in targets]
@@ -162,7 +146,7 @@ def synthetic_bindingdb(n_pairs: int = 3000, n_targets: int = 40, n_drugs: int =
         y_nm = 10 ** (9 - p)
         rows.append([f"SYNTHETIC-drug-{d}", drugs[d], f"SYNTHETIC-{prot['id'][targets[t]]}",
                      seqs[t], f"{y_nm:.6g}", int(rng.integers(2013, 2022))])
-    return _write_csv(path, list(BINDINGDB_COLUMNS), rows)
+    return write_csv(path, list(BINDINGDB_COLUMNS), rows)
 
 
 #: Cell line names of the NCI-60 panel, used as labels of the synthetic fixture.
@@ -195,4 +179,4 @@ def synthetic_drugcomb(n_rows: int = 3000, n_drugs: int = 120) -> Path:
         css = 15 + base[c] + 4 * (mf[a] + mf[b]) @ weights[c] + rng.normal(0, 2)
         rows.append([f"SYNTHETIC-drug-{a}", drugs[a], f"SYNTHETIC-drug-{b}", drugs[b],
                      CELL_LINES[c], f"{css:.4f}"])
-    return _write_csv(path, list(DRUGCOMB_COLUMNS), rows)
+    return write_csv(path, list(DRUGCOMB_COLUMNS), rows)

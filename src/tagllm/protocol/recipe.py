@@ -29,23 +29,21 @@ from __future__ import annotations
 import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tagllm.config import HeadConfig, TagConfig, TrainConfig
+from tagllm.config import (
+    DataConfig,
+    EvalConfig,
+    HeadConfig,
+    RowsConfig,
+    TagConfig,
+    TrainConfig,
+)
+from tagllm.errors import RecipeError
+from tagllm.heads import head_class
+from tagllm.sources import label_columns
 
 TAG_IN_TEMPLATE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
-BASELINES = ("knn", "mean", "copy", "prompt")
-TooLong = Literal["error", "skip"]
-
-
-def _too_long(value: str) -> None:
-    if value not in ("error", "skip"):
-        raise ValueError(f"too_long: {value!r} is not 'error' or 'skip' (inputs are never "
-                         "truncated silently)")
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run; the message names the file and the key."""
 
 
 def tags_in(template: str) -> list[str]:
@@ -73,107 +71,6 @@ def build(cls: type, data: Any, where: str) -> Any:
         raise
     except (ValueError, TypeError) as e:
         raise RecipeError(f"{where}: {e}") from None
-
-
-@dataclass(kw_only=True)
-class RowsConfig:
-    """Where the rows of a data or evaluation entry come from, and how they are checked."""
-
-    source: str = field(metadata={"help": "CSV/TSV/.smi/FASTA file, or a built-in: "
-                                          "moses:train|test|test_scaffolds, proteins:train|test, "
-                                          "nci:train|test, bindingdb:SPLIT:FILE, "
-                                          "drugcomb:SPLIT:FILE, bible:LANG[-LANG]:SPLIT, "
-                                          "flores:SRC-TGT:SPLIT:DIR"})
-    label: str | list[str] | None = field(default=None, metadata={
-        "help": "target column(s) of the head: one, a list (multi-output regression), or a "
-                "source's group name (proteins:*: descriptors)"})
-    n: int | None = field(default=None, metadata={"help": "seeded random sample size"})
-    seed: int | None = field(default=None, metadata={"help": "sample seed (recipe seed)"})
-    skip_invalid: bool = field(default=False,
-                               metadata={"help": "drop invalid rows (listed) instead of failing"})
-    too_long: TooLong = field(default="error", metadata={
-        "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
-    context: int = field(default=0, metadata={
-        "help": "in-context examples before each input: k labelled rows of the training "
-                "data, each written as the template followed by its label"})
-
-    def __post_init__(self) -> None:
-        _too_long(self.too_long)
-        if not isinstance(self.context, int) or self.context < 0:
-            raise ValueError(f"context: must be an int >= 0, got {self.context!r}")
-        if self.context and not self.label:
-            raise ValueError("context: in-context examples need a label to show")
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise ValueError("source: must be a non-empty string")
-        if self.label is not None and not (
-                (isinstance(self.label, str) and self.label.strip()) or (
-                isinstance(self.label, list) and self.label
-                and all(isinstance(c, str) and c.strip() for c in self.label))):
-            raise ValueError(f"label: a column name or a non-empty list of them, got "
-                             f"{self.label!r}")
-        if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
-            raise ValueError(f"n: must be a positive int, got {self.n!r}")
-
-
-@dataclass(kw_only=True)
-class DataConfig(RowsConfig):
-    """One data stream of a stage: its rows and how each becomes an input."""
-
-    template: str = field(metadata={"help": "input text per row, {column} placeholders"})
-    weight: float = field(default=1.0,
-                          metadata={"help": "share of each batch when a stage mixes parts"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.template, str) or "{" not in self.template:
-            raise ValueError(f"template: {self.template!r} has no {{column}} placeholder")
-        if not (isinstance(self.weight, int | float) and self.weight > 0):
-            raise ValueError(f"weight: must be > 0, got {self.weight!r}")
-
-
-@dataclass(kw_only=True)
-class EvalConfig(RowsConfig):
-    """A held-out evaluation after a stage: head metrics, or next-token loss without label."""
-
-    template: str | None = field(default=None,
-                                 metadata={"help": "default: the stage's data template"})
-    baselines: list[str] = field(default_factory=list,
-                                 metadata={"help": f"reference models: {list(BASELINES)}"})
-    ablation: bool = field(default=False, metadata={
-        "help": "also evaluate the untrained function tag: with its closed-form head, or "
-                "generating (reference)"})
-    name: str | None = field(default=None, metadata={"help": "row label in the results"})
-    reference: str | None = field(default=None, metadata={
-        "help": "column of reference texts: generate greedily from the template and score "
-                "with BLEU and chrF (translation)"})
-    source_column: str = field(default="source", metadata={
-        "help": "the column the copy-the-source baseline copies"})
-    prompt: str | None = field(default=None, metadata={
-        "help": "plain-text prompt template without tags for the prompt baseline, e.g. "
-                "\"{src}: {source}\\n{tgt}:\""})
-    max_new_tokens: int = field(default=128, metadata={"help": "generation length limit"})
-    spm_model: str | None = field(default=None, metadata={
-        "help": "local SentencePiece model file: also report spBLEU"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        bad = [b for b in self.baselines if b not in BASELINES]
-        if bad:
-            raise ValueError(f"baselines: unknown {bad}; known: {list(BASELINES)}")
-        text = [b for b in self.baselines if b in ("copy", "prompt")]
-        if self.reference and self.label:
-            raise ValueError("give label (a head's target) or reference (generated text), "
-                             "not both")
-        if text and not self.reference:
-            raise ValueError(f"baselines {text} need reference (a generation evaluation)")
-        if self.baselines and not text and not self.label:
-            raise ValueError("baselines need a label")
-        if self.reference and [b for b in self.baselines if b in ("knn", "mean")]:
-            raise ValueError("baselines knn and mean need a label, not a reference")
-        if "prompt" in self.baselines and not self.prompt:
-            raise ValueError("the prompt baseline needs prompt: a plain-text template")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -319,82 +216,92 @@ def check(r: Recipe) -> None:
     snames = [s.name for s in r.stages]
     for n in {n for n in snames if snames.count(n) > 1}:
         raise RecipeError(f"{src}: stage name {n!r} is used twice")
-    declared = r.tag
-    all_trained = {t for st in r.stages for t in st.tags}
-    trained_by: dict[str, str] = {}
+    trained_by = _trainers(r)
     for s in r.stages:
-        where = f"{src}: stage {s.name!r}"
-        if not s.tags:
-            raise RecipeError(f"{where}: tags is empty; name the tags this stage trains")
-        if not s.data:
-            raise RecipeError(f"{where}: data is empty")
-        for t in s.tags:
-            if t not in declared:
-                raise RecipeError(f"{where} trains {t}, which is not declared under tags "
-                                  f"(declared: {names})")
-            if t in r.pretrained:
-                raise RecipeError(f"{where} trains {t}, which is also given under pretrained")
-            if t in trained_by:
-                raise RecipeError(f"{where} trains {t}, which stage {trained_by[t]!r} trains "
-                                  "already; a tag is trained by one stage")
-            trained_by[t] = s.name
-    for s in r.stages:
-        where = f"{src}: stage {s.name!r}"
-        for t in s.uses():
-            if t not in all_trained and t not in r.pretrained:
-                raise RecipeError(f"{where} uses {t}, which no stage trains and no pretrained "
-                                  f"entry provides (missing dependency); trained tags: "
-                                  f"{sorted(all_trained)}")
-        for a in s.after:
-            if a not in snames:
-                raise RecipeError(f"{where}: after names unknown stage {a!r}")
-        heads = [t for t in s.tags if declared[t].head is not None
-                 and declared[t].head.kind != "lm"]
-        for j, d in enumerate(s.data):
-            in_tpl = [t for t in tags_in(d.template) if t in heads]
-            if d.label and not in_tpl:
-                raise RecipeError(f"{where}.data[{j}]: label {d.label!r} given but the template "
-                                  f"{d.template!r} has no tag with a head trained here")
-            if in_tpl and not d.label:
-                raise RecipeError(f"{where}.data[{j}]: {in_tpl[0]} has a "
-                                  f"{declared[in_tpl[0]].head.kind} head: set label")
-            if in_tpl:
-                _check_outputs(declared[in_tpl[-1]], d, f"{where}.data[{j}]")
-        fed = {t for d in s.data for t in tags_in(d.template)}
-        for t in s.tags:
-            if t not in fed:
-                raise RecipeError(f"{where} trains {t}, but no data template contains it")
-        for j, e in enumerate(s.eval):
-            if e.template is None:
-                if len(s.data) != 1:
-                    raise RecipeError(f"{where}.eval[{j}]: set template (the stage has "
-                                      "several data entries)")
-                e.template = s.data[0].template
-            if e.label and not any(t in heads for t in tags_in(e.template)):
-                raise RecipeError(f"{where}.eval[{j}]: a label needs a template with a tag "
-                                  "whose head this stage trains")
-            if e.label:
-                tag = [t for t in tags_in(e.template) if t in heads][-1]
-                _check_outputs(declared[tag], e, f"{where}.eval[{j}]")
+        _check_stage(r, s, set(trained_by), snames)
     for t in names:
         if t not in trained_by and t not in r.pretrained:
             raise RecipeError(f"{src}: tag {t} is declared but no stage trains it")
     r.order()
 
 
-def _check_outputs(tag: TagConfig, rows: RowsConfig, where: str) -> None:
-    """A regression head has one output per label column; a classification head one
-    label column of class indices."""
-    from tagllm.sources import label_columns
+def _trainers(r: Recipe) -> dict[str, str]:
+    """The stage that trains each tag; a stage trains declared tags, each only once."""
+    trained_by: dict[str, str] = {}
+    for s in r.stages:
+        where = f"{r.source}: stage {s.name!r}"
+        if not s.tags:
+            raise RecipeError(f"{where}: tags is empty; name the tags this stage trains")
+        if not s.data:
+            raise RecipeError(f"{where}: data is empty")
+        for t in s.tags:
+            if t not in r.tag:
+                raise RecipeError(f"{where} trains {t}, which is not declared under tags "
+                                  f"(declared: {[x.name for x in r.tags]})")
+            if t in r.pretrained:
+                raise RecipeError(f"{where} trains {t}, which is also given under pretrained")
+            if t in trained_by:
+                raise RecipeError(f"{where} trains {t}, which stage {trained_by[t]!r} trains "
+                                  "already; a tag is trained by one stage")
+            trained_by[t] = s.name
+    return trained_by
 
+
+def _check_stage(r: Recipe, s: StageConfig, all_trained: set[str], snames: list[str]) -> None:
+    """A stage's dependencies exist, its labelled entries feed the heads it trains, and
+    every tag it trains gets data."""
+    where = f"{r.source}: stage {s.name!r}"
+    for t in s.uses():
+        if t not in all_trained and t not in r.pretrained:
+            raise RecipeError(f"{where} uses {t}, which no stage trains and no pretrained "
+                              f"entry provides (missing dependency); trained tags: "
+                              f"{sorted(all_trained)}")
+    for a in s.after:
+        if a not in snames:
+            raise RecipeError(f"{where}: after names unknown stage {a!r}")
+    heads = [t for t in s.tags if r.tag[t].head is not None and r.tag[t].head.supervised]
+    for j, d in enumerate(s.data):
+        in_tpl = [t for t in tags_in(d.template) if t in heads]
+        if d.label and not in_tpl:
+            raise RecipeError(f"{where}.data[{j}]: label {d.label!r} given but the template "
+                              f"{d.template!r} has no tag with a head trained here")
+        if in_tpl and not d.label:
+            raise RecipeError(f"{where}.data[{j}]: {in_tpl[0]} has a "
+                              f"{r.tag[in_tpl[0]].head.kind} head: set label")
+        if in_tpl:
+            _check_outputs(r.tag[in_tpl[-1]], d, f"{where}.data[{j}]")
+    fed = {t for d in s.data for t in tags_in(d.template)}
+    for t in s.tags:
+        if t not in fed:
+            raise RecipeError(f"{where} trains {t}, but no data template contains it")
+    _check_evals(r, s, heads, where)
+
+
+def _check_evals(r: Recipe, s: StageConfig, heads: list[str], where: str) -> None:
+    """Each evaluation has a template (the stage's one by default), and a label only with
+    a head this stage trains, fitting its outputs."""
+    for j, e in enumerate(s.eval):
+        if e.template is None:
+            if len(s.data) != 1:
+                raise RecipeError(f"{where}.eval[{j}]: set template (the stage has "
+                                  "several data entries)")
+            e.template = s.data[0].template
+        if e.label and not any(t in heads for t in tags_in(e.template)):
+            raise RecipeError(f"{where}.eval[{j}]: a label needs a template with a tag "
+                              "whose head this stage trains")
+        if e.label:
+            tag = [t for t in tags_in(e.template) if t in heads][-1]
+            _check_outputs(r.tag[tag], e, f"{where}.eval[{j}]")
+
+
+def _check_outputs(tag: TagConfig, rows: RowsConfig, where: str) -> None:
+    """The label columns fit the head (its kind says how: one per regression output, one
+    column of class indices for classification)."""
     cols = label_columns(rows.source, rows.label)
-    head = tag.head
-    if head.kind == "regression" and len(cols) != head.num_outputs:
-        raise RecipeError(f"{where}: label names {len(cols)} column(s) {cols} but {tag.name}'s "
-                          f"regression head has num_outputs {head.num_outputs}")
-    if head.kind == "classification" and len(cols) != 1:
-        raise RecipeError(f"{where}: a classification head takes one label column of class "
-                          f"indices, got {cols}")
+    problem = head_class(tag.head.kind).label_columns_error(tag.head.num_outputs, cols,
+                                                            tag.name)
+    if problem:
+        raise RecipeError(f"{where}: {problem}")
 
 
 def load_recipe(path: str | Path) -> Recipe:

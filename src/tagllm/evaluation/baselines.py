@@ -1,0 +1,238 @@
+"""The methods tags are compared against: one registered class each.
+
+A baseline is a class with a registry ``key`` (the name recipes and flags use), the kind of
+evaluation it serves (``needs``: ``"label"`` for a head's targets, ``"reference"`` for
+generated text), whether it learns from training rows, and ``fit`` / ``predict``. Its
+predictions have the form of the tags' own (values, class probabilities, or texts), so the
+runner (:mod:`tagllm.evaluation.runner`) scores both with the same metrics. A new method
+(a linear probe, LoRA, a random forest) is one more class with :func:`register_baseline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import numpy as np
+
+from tagllm.errors import DataError
+
+
+class Rows(Protocol):
+    """What a method sees of one split: a table of named columns (``table[col]``,
+    ``table.columns``, ``table.render(template)``), the rendered inputs and the targets."""
+
+    table: Any
+    texts: list[str]
+    targets: np.ndarray | None
+
+
+@dataclass
+class Task:
+    """What is predicted. ``classes``: 0 for values (regression), n for probabilities over
+    n classes; the generation fields serve the text baselines."""
+
+    classes: int = 0
+    source_column: str = "source"
+    prompt: str | None = None
+    generate: Callable[[list[str]], list[str]] | None = None  # the frozen model, no tags
+
+
+class Baseline:
+    """Base class of a comparison method (see the module docstring)."""
+
+    key: ClassVar[str] = ""
+    needs: ClassVar[Literal["label", "reference"]] = "label"
+    needs_train: ClassVar[bool] = True
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        """The row label in result tables."""
+        raise NotImplementedError
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        """Why this method cannot run on these splits (None: it can)."""
+        return None
+
+    def fit(self, train: Rows | None) -> None:
+        """Learn from the training rows (nothing for methods that do not learn)."""
+
+    def predict(self, test: Rows) -> np.ndarray | list[str]:
+        raise NotImplementedError
+
+
+BASELINES: dict[str, type[Baseline]] = {}
+
+
+def register_baseline(cls: type[Baseline]) -> type[Baseline]:
+    """Class decorator adding a method to the registry under its ``key``."""
+    BASELINES[cls.key] = cls
+    return cls
+
+
+def baseline_keys(needs: str) -> list[str]:
+    """The registered keys of one kind of evaluation, in registry order."""
+    return [k for k, c in BASELINES.items() if c.needs == needs]
+
+
+# ----------------------------------------------------------------- features
+def morgan_fingerprints(smiles: Sequence[str], radius: int = 2, bits: int = 2048) -> np.ndarray:
+    """(N, bits) boolean Morgan fingerprints (RDKit)."""
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
+    out = np.zeros((len(smiles), bits), dtype=bool)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s)
+        if mol is None:
+            raise DataError(f"invalid SMILES {s!r} at position {i}")
+        out[i] = gen.GetFingerprintAsNumPy(mol).astype(bool)
+    return out
+
+
+def kmer_profiles(seqs: Sequence[str], k: int = 3) -> np.ndarray:
+    """(N, 20**k) k-mer frequency vectors of protein sequences (standard residues only)."""
+    alphabet = "ACDEFGHIKLMNPQRSTVWY"
+    index = {a: i for i, a in enumerate(alphabet)}
+    out = np.zeros((len(seqs), len(alphabet) ** k), dtype=np.float32)
+    for n, s in enumerate(seqs):
+        for i in range(len(s) - k + 1):
+            code = 0
+            for c in s[i:i + k]:
+                if c not in index:
+                    break
+                code = code * len(alphabet) + index[c]
+            else:
+                out[n, code] += 1
+        out[n] /= max(out[n].sum(), 1)
+    return out
+
+
+#: The input column a k-NN baseline can use: its features, distance and display name.
+KNN_INPUTS: dict[str, tuple[Callable[[Sequence[str]], np.ndarray], str, str]] = {
+    "smiles": (morgan_fingerprints, "jaccard", "Morgan k-NN (k=5)"),  # Tanimoto distance
+    "sequence": (kmer_profiles, "cosine", "3-mer k-NN (k=5)"),
+}
+
+
+def knn_baseline(train_x: Sequence[str], train_y: np.ndarray, test_x: Sequence[str],
+                 k: int = 5, column: str = "smiles", classes: int = 0) -> np.ndarray:
+    """k-nearest-neighbour predictions, distance-weighted (scikit-learn): Morgan fingerprints
+    with Tanimoto distance for SMILES, 3-mer profiles with cosine distance for proteins.
+    Regression predicts values; with ``classes`` it predicts class probabilities."""
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    features, distance, _ = KNN_INPUTS[column]
+    if classes:
+        knn = KNeighborsClassifier(n_neighbors=k, metric=distance, algorithm="brute",
+                                   weights="distance", n_jobs=-1)
+        knn.fit(features(train_x), np.asarray(train_y).astype(int))
+        prob = np.zeros((len(test_x), classes))
+        prob[:, knn.classes_] = knn.predict_proba(features(test_x))
+        return prob
+    knn = KNeighborsRegressor(n_neighbors=k, metric=distance, algorithm="brute",
+                              weights="distance", n_jobs=-1)
+    knn.fit(features(train_x), np.asarray(train_y))
+    return knn.predict(features(test_x))
+
+
+def mean_baseline(train_y: np.ndarray, n: int, classes: int = 0) -> np.ndarray:
+    """Predict the training mean of every output for every test example; with ``classes``,
+    the training class frequencies."""
+    y = np.asarray(train_y, dtype=np.float64)
+    if classes:
+        prior = np.bincount(y.astype(int).ravel(), minlength=classes) / len(y)
+        return np.tile(prior, (n, 1))
+    return np.broadcast_to(y.mean(0), (n, *y.shape[1:])).copy()
+
+
+# ----------------------------------------------------------------- the registered methods
+@register_baseline
+class KNN(Baseline):
+    """k-NN on the one molecule or protein column the rows have (see KNN_INPUTS)."""
+
+    key = "knn"
+
+    @staticmethod
+    def _inputs(train: Rows | None, test: Rows) -> list[str]:
+        return [c for c in KNN_INPUTS if train is not None and c in train.table.columns
+                and c in test.table.columns]
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        cols = self._inputs(train, test)
+        if len(cols) != 1:
+            return (f"needs exactly one input column of {list(KNN_INPUTS)} in the training "
+                    f"and test rows, found {cols}")
+        return None
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        return KNN_INPUTS[self._inputs(train, test)[0]][2]
+
+    def fit(self, train: Rows | None) -> None:
+        self.train = train
+
+    def predict(self, test: Rows) -> np.ndarray:
+        col = self._inputs(self.train, test)[0]
+        return knn_baseline(self.train.table[col], self.train.targets, test.table[col],
+                            column=col, classes=self.task.classes)
+
+
+@register_baseline
+class Mean(Baseline):
+    """The training mean of each output, or the training class frequencies."""
+
+    key = "mean"
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        return "training class frequencies" if self.task.classes else "training mean"
+
+    def fit(self, train: Rows | None) -> None:
+        self.train_y = train.targets
+
+    def predict(self, test: Rows) -> np.ndarray:
+        return mean_baseline(self.train_y, len(test.texts), self.task.classes)
+
+
+@register_baseline
+class CopySource(Baseline):
+    """The source text unchanged: what a translation must beat (DESIGN.md §10)."""
+
+    key = "copy"
+    needs = "reference"
+    needs_train = False
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        return "copy the source"
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        if self.task.source_column not in test.table.columns:
+            return (f"the rows have no column {self.task.source_column!r} to copy; columns: "
+                    f"{sorted(test.table.columns)}")
+        return None
+
+    def predict(self, test: Rows) -> list[str]:
+        return list(test.table[self.task.source_column])
+
+
+@register_baseline
+class PlainPrompt(Baseline):
+    """The same frozen model prompted in plain text, without tags."""
+
+    key = "prompt"
+    needs = "reference"
+    needs_train = False
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        return "plain-text prompt (no tags)"
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        return None if self.task.prompt else "needs a plain-text prompt template"
+
+    def predict(self, test: Rows) -> list[str]:
+        if self.task.generate is None:
+            raise DataError("the prompt baseline needs a model to generate with")
+        return self.task.generate(test.table.render(self.task.prompt))

@@ -1,0 +1,120 @@
+"""Metrics (numpy, scipy, scikit-learn, sacrebleu): a registry of named per-output metrics
+and the metric sets of each kind of evaluation (regression, classification, translation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tagllm.errors import DataError
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
+
+
+def metric(name: str):
+    def wrap(fn):
+        METRICS[name] = fn
+        return fn
+
+    return wrap
+
+
+@metric("mse")
+def mse(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean((np.asarray(y) - np.asarray(p)) ** 2))
+
+
+@metric("mae")
+def mae(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(y) - np.asarray(p))))
+
+
+@metric("pearson")
+def pearson(y: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    y, p = np.ravel(y), np.ravel(p)
+    if np.ptp(p) == 0 or np.ptp(y) == 0:
+        return float("nan")  # undefined for a constant prediction
+    return float(pearsonr(y, p).statistic)
+
+
+@metric("spearman")
+def spearman(y: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    y, p = np.ravel(y), np.ravel(p)
+    if np.ptp(p) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(y, p).statistic)
+
+
+REGRESSION_METRICS = ("mse", "mae", "pearson", "spearman")
+
+
+def regression_metrics(y: np.ndarray, p: np.ndarray,
+                       names: Sequence[str] = REGRESSION_METRICS) -> dict[str, float]:
+    """Metrics of predictions ``p`` against targets ``y``: (N,) or (N, 1) for one output;
+    (N, k) for k outputs gives each metric averaged over the outputs."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if y.size != p.size:
+        raise DataError(f"{y.size} targets but {p.size} predictions")
+    y = y.reshape(len(y), -1) if y.ndim > 1 else y[:, None]
+    p = p.reshape(y.shape)
+    per = [{n: METRICS[n](y[:, j], p[:, j]) for n in names} for j in range(y.shape[1])]
+    return {n: _mean_defined([m[n] for m in per]) for n in names}
+
+
+def _mean_defined(values: list[float]) -> float:
+    """The mean of the defined (non-NaN) values; NaN when none is (e.g. the Pearson
+    correlation of a constant prediction)."""
+    ok = [v for v in values if v == v]
+    return float(np.mean(ok)) if ok else float("nan")
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """Accuracy, and AUROC (one-vs-rest for more than two classes), from class probabilities."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).astype(int).ravel()
+    prob = np.asarray(prob, dtype=np.float64)
+    acc = float((prob.argmax(1) == y).mean())
+    try:
+        auc = (roc_auc_score(y, prob[:, 1]) if prob.shape[1] == 2
+               else roc_auc_score(y, prob, multi_class="ovr", labels=list(range(prob.shape[1]))))
+    except ValueError:  # a single class present in y
+        auc = float("nan")
+    return {"accuracy": acc, "auroc": float(auc)}
+
+
+# ----------------------------------------------------------------- translation
+def translation_metrics(hypotheses: Sequence[str], references: Sequence[str],
+                        spm_model: str | None = None) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu, 13a tokenisation) and chrF; with ``spm_model`` (a local
+    SentencePiece model file, e.g. FLORES-200's) also spBLEU: BLEU on SentencePiece pieces.
+    sacrebleu's own ``flores200`` tokenizer downloads that model at run time, so tagllm
+    tokenises with the given file and scores with ``tokenize="none"``."""
+    import sacrebleu
+
+    hyps, refs = list(hypotheses), [list(references)]
+    if len(hyps) != len(refs[0]):
+        raise DataError(f"{len(hyps)} hypotheses but {len(refs[0])} references")
+    out = {"bleu": float(sacrebleu.corpus_bleu(hyps, refs, tokenize="13a").score),
+           "chrf": float(sacrebleu.corpus_chrf(hyps, refs).score)}
+    if spm_model:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+
+        def pieces(texts: Sequence[str]) -> list[str]:
+            return [" ".join(sp.encode(t, out_type=str)) for t in texts]
+
+        out["spbleu"] = float(sacrebleu.corpus_bleu(pieces(hyps), [pieces(refs[0])],
+                                                    tokenize="none").score)
+    return out
+
+
+def first_line(text: str) -> str:
+    """A generated translation up to its first line break (the training inputs end there)."""
+    return text.strip().split("\n", 1)[0].strip()

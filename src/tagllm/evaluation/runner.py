@@ -1,0 +1,134 @@
+"""The one evaluation path: ``tagllm run`` (after each stage) and ``tagllm evaluate`` (saved
+tags on a data source) both call :func:`evaluate`, so the same entry gives the same rows,
+metrics and baseline names either way.
+
+An entry (:class:`~tagllm.config.EvalConfig`) is one of three kinds: with ``label``, a
+function tag's head predicts and its own metrics score the predictions; with
+``reference``, the model generates greedily from each input up to a line break, scored
+with BLEU and chrF; otherwise the next-token loss of the inputs. Beside the tags, every
+requested baseline (:mod:`tagllm.evaluation.baselines`) that can run on the rows is fitted
+and scored with the same metrics; one that cannot is skipped with the reason logged. Under a
+multi-process launch each process predicts a share of the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from tagllm.config import EvalConfig
+from tagllm.distributed import world
+from tagllm.evaluation.baselines import BASELINES, Rows, Task
+from tagllm.evaluation.metrics import first_line, translation_metrics
+from tagllm.model import TaggedModel
+from tagllm.progress import track
+
+Log = Callable[[str], None]
+Score = Callable[[Any], dict[str, float]]
+
+
+def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None = None, *,
+             name: str, tag: str | None = None, max_length: int | None = None,
+             batch_size: int = 32, baselines: bool = True, progress: bool = False,
+             log: Log = print) -> dict[str, Any]:
+    """One result row for ``spec`` on ``test``: ``name``, ``rows``, ``metrics`` (the
+    tags'), ``baselines`` (method name -> metrics) and, for a head, its ``tag`` (default:
+    the function tag of the first input); generation rows keep a few ``examples``.
+    ``train`` rows feed the baselines that learn."""
+    if spec.label:
+        tag = tag or model.function_tag_of(test.texts[0])
+        return labelled(model, spec, test, train, tag, name, batch_size, baselines, progress,
+                        log)
+    if spec.reference:
+        return generation(model, spec, test, name, batch_size, baselines, progress, log)
+    return {"name": name, "rows": len(test.texts),
+            "metrics": lm_metrics(model, test.texts, max_length=max_length, progress=progress)}
+
+
+def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None, tag: str,
+             name: str, batch_size: int, baselines: bool, progress: bool, log: Log
+             ) -> dict[str, Any]:
+    """The head of ``tag`` scored by its own metrics, beside the label baselines."""
+    head = model.head(tag)
+    row: dict[str, Any] = {"name": name, "tag": tag, "rows": len(test.texts),
+                           "metrics": head.metrics(test.targets, predictions(
+                               model, test.texts, tag, batch_size, progress))}
+    if baselines and spec.baselines:
+        row["baselines"] = compare(spec.baselines, Task(classes=head.classes), train, test,
+                                   lambda p: head.metrics(test.targets, p), log)
+    return row
+
+
+def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batch_size: int,
+               baselines: bool, progress: bool, log: Log) -> dict[str, Any]:
+    """Greedy generation from each input, cut at its first line break, scored against the
+    reference column with sacrebleu, beside the text baselines."""
+    refs = test.table[spec.reference]
+
+    def generate(texts: list[str]) -> list[str]:
+        return [first_line(t) for t in model.generate(
+            texts, max_new_tokens=spec.max_new_tokens, batch_size=batch_size, stop=["\n"],
+            progress=progress)]
+
+    def score(hyps: Sequence[str]) -> dict[str, float]:
+        return translation_metrics(hyps, refs, spec.spm_model)
+
+    hyps = generate(test.texts)
+    row: dict[str, Any] = {"name": name, "rows": len(test.texts), "metrics": score(hyps),
+                           "examples": [{"input": test.texts[i], "output": hyps[i],
+                                         "reference": refs[i]} for i in range(min(3, len(hyps)))]}
+    if baselines and spec.baselines:
+        task = Task(source_column=spec.source_column, prompt=spec.prompt, generate=generate)
+        row["baselines"] = compare(spec.baselines, task, None, test, score, log)
+    return row
+
+
+def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows, score: Score,
+            log: Log) -> dict[str, dict[str, float]]:
+    """Each requested baseline (in registry order) fitted on ``train``, predicting ``test``,
+    scored with ``score``; those that cannot run are skipped with the reason logged."""
+    out: dict[str, dict[str, float]] = {}
+    for key in [k for k in BASELINES if k in keys]:
+        method = BASELINES[key](task)
+        why = ("needs training rows" if method.needs_train and train is None
+               else method.unavailable(train, test))
+        if why:
+            log(f"baseline {key} skipped: {why}")
+            continue
+        method.fit(train)
+        out[method.name(train, test)] = score(method.predict(test))
+    return out
+
+
+def predictions(model: TaggedModel, texts: Sequence[str], tag: str, batch_size: int = 32,
+                progress: bool = False) -> np.ndarray:
+    """The head's predictions for ``texts`` (each process predicts a share of them)."""
+    texts = list(texts)
+    return world().on_shares(len(texts), lambda idx: model.predict(
+        [texts[i] for i in idx], tag=tag, batch_size=batch_size, progress=progress)).numpy()
+
+
+def lm_metrics(model: TaggedModel, texts: Sequence[str], batch_size: int = 16,
+               max_length: int | None = None, progress: bool = False) -> dict[str, float]:
+    """Next-token loss (mean over every predicted base token) and perplexity on ``texts``
+    (under a multi-process launch each process scores a share of the texts)."""
+    texts = list(texts)
+
+    def score(idx: list[int]) -> np.ndarray:  # per text: (loss sum, target count)
+        rows = np.zeros((len(idx), 2))
+        order = sorted(range(len(idx)), key=lambda j: len(texts[idx[j]]))
+        with torch.inference_mode():
+            for s in track(range(0, len(idx), batch_size), "validation loss", progress,
+                           unit="batch"):
+                js = order[s:s + batch_size]
+                batch = model.encode([texts[idx[j]] for j in js], max_length=max_length)
+                rows[js, 0] = model.lm_loss(batch, reduction="row").double().cpu().numpy()
+                rows[js, 1] = model.lm_targets(batch).sum(1).cpu().numpy()
+        return rows
+
+    total, count = world().on_shares(len(texts), score).numpy().sum(0)
+    loss = total / max(count, 1)
+    return {"loss": float(loss), "perplexity": float(np.exp(loss)), "tokens": int(count)}

@@ -1,0 +1,45 @@
+"""Where tagllm keeps its files, and where installed data packages are. A leaf module.
+
+``$TAGLLM_HOME`` (default ``~/.cache/tagllm``) holds the converted models (``models/``),
+cached labels and fixtures (``data/``) and the tag store (``store/``, or
+``$TAGLLM_STORE``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from tagllm.errors import MissingPackageError
+
+
+def tagllm_home() -> Path:
+    """``$TAGLLM_HOME``, default ``~/.cache/tagllm``."""
+    return Path(os.environ.get("TAGLLM_HOME", Path.home() / ".cache" / "tagllm"))
+
+
+def store_dir() -> Path:
+    """The default tag store: ``$TAGLLM_STORE``, else ``$TAGLLM_HOME/store``."""
+    env = os.environ.get("TAGLLM_STORE")
+    return Path(env) if env else tagllm_home() / "store"
+
+
+def models_dir() -> Path:
+    """Converted copies of the embedded models."""
+    return tagllm_home() / "models"
+
+
+def data_cache_dir() -> Path:
+    """Cached labels (QED) and the synthetic fixtures."""
+    return tagllm_home() / "data"
+
+
+def package_dir(module: str, install: str, what: str) -> Path:
+    """The folder of an installed data package, found without importing it (its code is
+    never run); a missing package fails with the pip command that installs it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackageError(f"{what} need the {module} package: pip install --no-deps "
+                                  f"{install}")
+    return Path(next(iter(spec.submodule_search_locations)))

@@ -1,0 +1,224 @@
+"""Running a recipe: the stages as a dependency graph of tag trainings over the tag store.
+
+``run`` plans (:mod:`tagllm.protocol.plan`), then trains the missing stages — each on a
+fresh tag bank over the same frozen base, with its dependencies loaded frozen from the
+store — resuming any checkpoint, evaluates them (:mod:`tagllm.evaluation.runner`), stores
+every tag with its provenance, and exports the recipe's tags and results to its ``out``
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tagllm.config import EvalConfig
+from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
+from tagllm.evaluation.runner import evaluate
+from tagllm.fileio import atomic_write_text
+from tagllm.model import TaggedModel
+from tagllm.protocol.inputs import LoadedData, report_skipped
+from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
+from tagllm.protocol.recipe import Recipe, tags_in
+from tagllm.serialization import META
+from tagllm.store import TagStore
+from tagllm.training import Part, TrainResult, fit_tags
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    """What ``run`` did: per stage, whether it trained and how many steps it took."""
+
+    recipe: str
+    out: str
+    stages: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def steps_run(self) -> int:
+        return sum(s["steps_run"] for s in self.stages)
+
+
+def _quiet(msg: Any) -> None:
+    pass
+
+
+def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
+        log: Log = print, progress: bool = True, show: Callable[[Any], None] | None = None,
+        fsdp: bool | None = None, export_to_out: bool = True) -> RunSummary:
+    """Train what is missing in dependency order; reuse what the store has.
+
+    Under a multi-process launch with ``fsdp`` (default: :func:`fsdp_requested`), the base
+    model's blocks are sharded across the processes (:func:`shard_model`). With
+    ``export_to_out`` the tags and ``results.json`` are copied to the recipe's ``out``."""
+    t0 = time.perf_counter()
+    store = store or TagStore()
+    show = show or (lambda table: log(as_text(table)))
+    w = world()
+    if not w.is_main:  # under a multi-process launch one process reports and writes
+        log, show, progress = _quiet, _quiet, False
+    base = load_base(recipe.model, w.distributed and (
+        fsdp_requested() if fsdp is None else fsdp), log)
+    log(f"tag store {store.root}")
+    plans = plan(recipe, base, store, log, progress)
+    show(plan_table(recipe, plans))
+    for p in plans:
+        report_skipped(f"stage {p.stage.name}", p.data, log)
+    if dry_run:
+        return RunSummary(recipe.name, recipe.out,
+                          [{"stage": p.stage.name, "cached": p.cached, "steps_run": 0,
+                            "reason": p.reason, "key": p.key} for p in plans],
+                          time.perf_counter() - t0)
+    stages = [_cached_stage(recipe, p, store) if p.cached
+              else _train_stage(recipe, base, p, store, log, progress) for p in plans]
+    summary = RunSummary(recipe.name, recipe.out, stages, time.perf_counter() - t0)
+    if w.is_main and export_to_out:
+        export(recipe, plans, store, summary)
+    w.barrier()
+    return summary
+
+
+def load_base(model: str, fsdp: bool, log: Log) -> TaggedModel:
+    """The frozen base model, its blocks sharded across the processes with ``fsdp``."""
+    w = world()
+    # a model to shard loads on the CPU first: each process's device then gets its shard
+    base = TaggedModel.from_pretrained(model, device="cpu" if fsdp else w.device)
+    log(f"base model {base.model_name} ({type(base.base).__name__}, fingerprint "
+        f"{base.fingerprint[:19]})")
+    if fsdp:
+        n = shard_model(base.base, w)
+        mine, total = local_parameters(base.base)
+        log(f"FSDP: {n} transformer blocks sharded across {w.size} processes; this process "
+            f"holds {mine:,} of the base model's {total:,} parameters")
+    return base
+
+
+def _cached_stage(recipe: Recipe, p: StagePlan, store: TagStore) -> dict[str, Any]:
+    """A stored stage: what the run that trained it measured."""
+    meta = json.loads((store.path(p.tag_keys[p.stage.tags[0]]) / META).read_text())
+    prov = meta["provenance"]
+    if world().is_main:
+        store.remember(recipe.name, p.stage.name, p.material)
+    return {"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
+            "trained": meta.get("created"), "seconds": prov.get("seconds"),
+            "final_loss": prov.get("final_loss"), "eval": prov.get("eval", [])}
+
+
+def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
+                 store: TagStore) -> TaggedModel:
+    """A fresh tag bank on the shared frozen base: dependencies frozen, new tags trainable."""
+    m = TaggedModel(base_model.base, base_model.tokenizer, base_model.model_name)
+    for t, k in p.deps.items():
+        m.load_tag(recipe.pretrained[t] if k.startswith("pretrained:") else store.path(k))
+    torch.manual_seed(p.stage.train.seed)
+    for t in p.stage.tags:
+        m.add_tag(recipe.tag[t], seed=p.stage.train.seed)
+    return m
+
+
+def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines: bool = True,
+              evals: list[tuple[EvalConfig, LoadedData]] | None = None
+              ) -> list[dict[str, Any]]:
+    """One result row per eval entry of the stage (or of ``evals``, a subset of them)."""
+    rows = []
+    for e, d in p.evals if evals is None else evals:
+        name = e.name or f"{e.source}" + (f" n={len(d.texts)}" if e.n else "")
+        tag = next((t for t in tags_in(e.template) if t in p.stage.tags
+                    and m.head(t) is not None and m.head(t).has_parameters), None)
+        train = next((x for x in p.data if x.targets is not None
+                      and tag in tags_in(x.config.template)), None)
+        rows.append(evaluate(m, e, d, train, name=name, tag=tag,
+                             max_length=p.stage.train.max_length, batch_size=16 if e.reference
+                             else 32, baselines=baselines, progress=progress, log=log))
+    return rows
+
+
+def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore, log: Log,
+                 progress: bool) -> dict[str, Any]:
+    """Train one stage, evaluate it (and its ablation), store its tags."""
+    s = p.stage
+    log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
+    m = _stage_model(base, p, recipe, store)
+    ablated = [i for i, (e, _) in enumerate(p.evals) if e.ablation and (e.label or e.reference)]
+
+    def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
+        if not ablated:
+            return None
+        return {"eval": _evaluate(m, p, progress, log, baselines=False,
+                                  evals=[p.evals[i] for i in ablated])}
+
+    parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
+                  f"({d.config.source})") for j, d in enumerate(p.data)]
+    res = fit_tags(m, s.tags, parts, s.train, progress, log, before_training,
+                   store.work_dir(p.key))
+    evals = _evaluate(m, p, progress, log)
+    if res.after_warm_start:
+        _add_ablation(evals, ablated, res.after_warm_start["eval"], s.tags)
+    for row in evals:
+        log(f"stage {s.name} eval {row['name']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row["metrics"].items()))
+    if world().is_main:  # the tags are equal on every process: one writes them
+        _store_stage(recipe, p, m, store, _provenance(recipe, p, m, res, evals))
+    world().barrier()
+    return {"stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
+            "examples_per_process": res.examples_per_process,
+            "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
+            "final_loss": res.final_loss, "eval": evals}
+
+
+def _add_ablation(evals: list[dict[str, Any]], ablated: list[int],
+                  before: list[dict[str, Any]], tags: list[str]) -> None:
+    """The rows measured before training join the trained tags' rows as baselines."""
+    for i, row in zip(ablated, before, strict=True):
+        what = (f"{row['tag']} untrained, head fitted" if row.get("tag")
+                else f"{', '.join(tags)} untrained")  # generation: the starting tags
+        evals[i].setdefault("baselines", {})[f"ablation: {what}"] = row["metrics"]
+
+
+def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
+                evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a stored tag records of the run that trained it."""
+    s = p.stage
+    return {
+        "recipe": recipe.name, "recipe_file": recipe.source, "stage_key": p.key,
+        "stage": asdict(s), "key_material": p.material,
+        "data": [{"source": d.config.source, "n": d.config.n, "rows": len(d.texts),
+                  "seed": d.config.seed if d.config.seed is not None else recipe.seed,
+                  "skipped": len(d.skipped), "fingerprint": d.fingerprint()} for d in p.data],
+        "seed": s.train.seed, "steps": res.steps, "resumed_from": res.resumed_from,
+        "processes": len(res.examples_per_process), "sharded_base": m.sharded,
+        "examples_per_process": res.examples_per_process,
+        "seconds": round(res.seconds, 1), "final_loss": res.final_loss,
+        "warm_start": res.warm_start, "eval": evals,
+    }
+
+
+def _store_stage(recipe: Recipe, p: StagePlan, m: TaggedModel, store: TagStore,
+                 provenance: dict[str, Any]) -> None:
+    """Each tag of a stage under its own key; then the checkpoint goes."""
+    for t in p.stage.tags:
+        m.save_tag(t, store.path(p.tag_keys[t]), provenance={**provenance, "key": p.tag_keys[t]},
+                   trained_with=[x for x in m.bank.names if x != t])
+    store.clear_work(p.key)
+    store.remember(recipe.name, p.stage.name, p.material)
+
+
+def export(recipe: Recipe, plans: list[StagePlan], store: TagStore, summary: RunSummary) -> None:
+    """Copy the recipe's tags to ``out/tags/<Name>`` and write ``out/results.json``."""
+    out = Path(recipe.out)
+    tags = {t: out / "tags" / t.strip("<>") for p in plans for t in p.tag_keys}
+    for p in plans:
+        for t, k in p.tag_keys.items():
+            store.export(k, tags[t])
+    doc = {"recipe": recipe.name, "recipe_file": recipe.source, "model": recipe.model,
+           "stages": summary.stages, "seconds": round(summary.seconds, 1),
+           "tags": {t: str(path) for t, path in tags.items()}}
+    atomic_write_text(out / "results.json", json.dumps(doc, indent=2, default=float) + "\n")

@@ -1,0 +1,140 @@
+"""The protocol's parts on their own: one stage from flags (``tagllm train``) and saved tags
+evaluated on a data source (``tagllm evaluate``).
+
+``train_one`` is a one-stage recipe run through :func:`~tagllm.protocol.run.run`, so it has
+the tag store (a second identical call trains nothing), checkpoints and resume, and the
+same validation as every recipe. ``evaluate_saved`` reads and checks every tag file and
+every source before it loads a model, then evaluates through the same runner as
+``tagllm run``, with the same baselines under the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
+from tagllm.errors import ConfigError, UnknownTagError
+from tagllm.evaluation.runner import evaluate
+from tagllm.model import TaggedModel
+from tagllm.protocol.inputs import HeldOut, fit_length, read_rows, report_skipped
+from tagllm.protocol.plan import tag_key
+from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
+from tagllm.protocol.run import run
+from tagllm.serialization import META, read_tag
+from tagllm.store import TagStore
+
+Log = Callable[[str], None]
+
+
+def tag_dirs(spec: str | Sequence[str | Path] | None) -> list[Path]:
+    """Tag folders from comma-separated paths; a folder of tag folders stands for all of
+    them."""
+    parts = spec.split(",") if isinstance(spec, str) else list(spec or [])
+    dirs: list[Path] = []
+    for part in parts:
+        if not str(part).strip():
+            continue
+        p = Path(str(part).strip())
+        subs = sorted(d for d in p.iterdir() if (d / META).is_file()) \
+            if p.is_dir() and not (p / META).exists() else []
+        dirs.extend(subs or [p])
+    return dirs
+
+
+def read_tag_configs(dirs: Sequence[Path]) -> dict[str, TagConfig]:
+    """Each tag folder's config by tag name, its files verified (no model needed)."""
+    out = {}
+    for d in dirs:
+        meta, _ = read_tag(d)
+        out[meta["name"]] = TagConfig.from_json(meta["config"])
+    return out
+
+
+def single_stage_recipe(tag: TagConfig, data: DataConfig, train: TrainConfig, model: str,
+                        load: Sequence[Path] = ()) -> Recipe:
+    """The recipe of one stage that trains ``tag`` on ``data``, the tags in ``load``
+    frozen; validated like any recipe."""
+    pretrained = {read_tag(d)[0]["name"]: str(d) for d in load}  # verified, no model yet
+    recipe = Recipe(name="tagllm-train", tags=[tag], model=model, seed=train.seed,
+                    stages=[StageConfig(tag.name.strip("<>"), [tag.name], [data], train)],
+                    pretrained=pretrained, source="tagllm train")
+    check(recipe)
+    return recipe
+
+
+def train_one(tag: TagConfig, data: DataConfig, train: TrainConfig, model: str,
+              load: Sequence[Path], out: str | Path, store: TagStore, progress: bool = True,
+              log: Log = print) -> tuple[Path, dict[str, Any]]:
+    """Train one tag (or find it in the store) and copy it to the folder ``out``; returns
+    the folder and the stage's summary."""
+    recipe = single_stage_recipe(tag, data, train, model, load)
+    summary = run(recipe, store, log=log, progress=progress, export_to_out=False)
+    stage = summary.stages[0]
+    return store.export(tag_key(stage["key"], tag.name), out), stage
+
+
+def _function_tag(configs: dict[str, TagConfig], spec: EvalConfig, tag: str | None) -> str:
+    """The tag whose head predicts ``spec``'s labels, checked against the tag files."""
+    found = [t for t in tags_in(spec.template) if t in configs
+             and configs[t].head is not None and configs[t].head.supervised]
+    tag = tag or (found[-1] if found else None)
+    if tag is None or tag not in configs or configs[tag].head is None \
+            or not configs[tag].head.supervised:
+        raise ConfigError(f"--label needs a function tag with a regression or classification "
+                          f"head in the template {spec.template!r} (or --tag); loaded: "
+                          f"{sorted(configs)}")
+    return tag
+
+
+def evaluate_entries(data: str, label: str | list[str] | None, template: str, n: int | None,
+                     seed: int, skip_invalid: bool, baseline_train: str | None,
+                     baseline_examples: int, reference: str | None, source_column: str,
+                     prompt: str | None, max_new_tokens: int, spm_model: str | None
+                     ) -> tuple[EvalConfig, DataConfig | None]:
+    """``tagllm evaluate``'s flags as the entries a recipe would hold: the evaluation (with
+    every baseline that its kind and flags allow) and the baselines' training rows."""
+    if (label is None) == (reference is None):
+        raise ConfigError("give --label (a head's target) or --reference (generated text)")
+    if baseline_train and not label:
+        raise ConfigError("--baseline_train trains the label baselines: it needs --label")
+    baselines = ((["knn", "mean"] if baseline_train else []) if label
+                 else ["copy", *(["prompt"] if prompt else [])])
+    spec = EvalConfig(source=data, label=label, template=template, n=n, seed=seed,
+                      skip_invalid=skip_invalid, reference=reference, baselines=baselines,
+                      source_column=source_column, prompt=prompt,
+                      max_new_tokens=max_new_tokens, spm_model=spm_model)
+    base = DataConfig(source=baseline_train, template=template, label=label,
+                      n=baseline_examples, seed=seed, skip_invalid=skip_invalid) \
+        if baseline_train else None
+    return spec, base
+
+
+def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
+                   baseline_rows: DataConfig | None = None, tag: str | None = None,
+                   batch_size: int = 32, max_length: int = 512, progress: bool = True,
+                   log: Log = print) -> dict[str, Any]:
+    """Evaluate saved tags on ``spec``'s rows (the result row of
+    :func:`~tagllm.evaluation.runner.evaluate`), every file and source checked first."""
+    configs = read_tag_configs(tags)
+    unknown = [t for t in tags_in(spec.template) if t not in configs]
+    if unknown:
+        raise UnknownTagError(f"unknown tag {unknown[0]} in the template {spec.template!r}; "
+                              f"known tags: {', '.join(sorted(configs)) or 'none'}")
+    head: HeadConfig | None = None
+    if spec.label:
+        tag = _function_tag(configs, spec, tag)
+        head = configs[tag].head
+    seed = spec.seed or 0
+    test = read_rows(spec, seed, None, progress, log, head)
+    train = None
+    if baseline_rows is not None:
+        held = HeldOut()
+        held.add(test)  # as in a recipe: no test molecule, sequence or input in training
+        train = read_rows(baseline_rows, seed, held, progress, log, head)
+    report_skipped("evaluate", [test] + ([train] if train else []), log)
+    m = TaggedModel.from_pretrained(model, tags=tags)
+    fit_length(test, m, max_length, log)
+    return evaluate(m, spec, test, train, name=spec.name or spec.source, tag=tag,
+                    max_length=max_length, batch_size=batch_size, progress=progress, log=log)

@@ -1,0 +1,175 @@
+"""Training data: parts, their checked encoding, and the seeded batch order.
+
+A :class:`Part` is one data stream of a training job. :func:`encode_parts` turns the parts
+into token ids and targets and checks, before any step, that each labelled part feeds one
+trained head (the head's own :meth:`~tagllm.heads.Head.check_targets` says what its targets
+must be) and that every trained tag gets data. :func:`mixed_batches` is the data order: a
+pure function of the seed, so a resumed run replays it exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tagllm.errors import DataError
+from tagllm.model import Batch, TaggedModel
+from tagllm.tags import pad_batch
+
+
+@dataclass
+class Part:
+    """One data stream of a training job: texts, optional targets and a mixing weight.
+
+    A part with ``targets`` trains the head of the one trained function tag in its texts; a
+    part without trains every trained tag in its texts by next-token prediction.
+    """
+
+    texts: Sequence[str]
+    targets: np.ndarray | None = None
+    weight: float = 1.0
+    name: str = ""
+
+
+@dataclass
+class Encoded:
+    """The parts as the loop uses them: per part, token ids, targets (None for next-token
+    parts) and the tag whose head the targets train."""
+
+    ids: list[list[list[int]]]
+    targets: list[torch.Tensor | None]
+    head_of: list[str | None]
+    weights: list[float]
+
+    @property
+    def supervised(self) -> list[int]:
+        """Indices of the labelled parts."""
+        return [k for k, t in enumerate(self.head_of) if t is not None]
+
+
+def collate(model: TaggedModel, ids: Sequence[Sequence[int]]) -> Batch:
+    """A right-padded batch on the model's device."""
+    return Batch(*pad_batch(ids, model.pad_id)).to(model.device)
+
+
+def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int,
+                            bucket: int = 32):
+    """Endless batches of indices: shuffled each epoch, then sorted by length within chunks
+    of ``bucket`` batches so each batch pads little; batch order shuffled again."""
+    rng = np.random.default_rng(seed)
+    n = len(lengths)
+    while True:
+        perm = rng.permutation(n)
+        batches = []
+        chunk = batch_size * bucket
+        for s in range(0, n, chunk):
+            part = sorted(perm[s:s + chunk].tolist(), key=lambda i: lengths[i])
+            batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+        if n >= batch_size:  # drop a ragged final batch when full ones exist
+            batches = [b for b in batches if len(b) == batch_size] or batches
+        for k in rng.permutation(len(batches)):
+            yield batches[k]
+
+
+def mixed_batches(lengths: Sequence[Sequence[int]], weights: Sequence[float],
+                  batch_size: int, seed: int) -> Iterator[list[tuple[int, list[int]]]]:
+    """Endless batches that mix parts: each batch is a list of ``(part, indices)``.
+
+    With one part this is :func:`length_bucketed_batches`. With several, each batch's
+    ``batch_size`` slots are split between the parts by a multinomial draw with ``weights``
+    and filled from each part's own length-bucketed stream, so consecutive indices of a
+    part have similar lengths. Everything follows from ``seed``: replaying the generator
+    reproduces the batches exactly (resume relies on it).
+    """
+    if len(lengths) == 1:
+        for b in length_bucketed_batches(lengths[0], batch_size, seed):
+            yield [(0, b)]
+        return
+    rng = np.random.default_rng([seed, len(lengths)])
+    streams = [itertools.chain.from_iterable(length_bucketed_batches(ls, batch_size, seed + k))
+               for k, ls in enumerate(lengths)]
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    while True:
+        counts = rng.multinomial(batch_size, w)
+        yield [(k, list(itertools.islice(streams[k], int(c))))
+               for k, c in enumerate(counts) if c > 0]
+
+
+def _trained_heads(model: TaggedModel, tags: Sequence[str]) -> list[str]:
+    return [t for t in tags if (h := model.head(t)) is not None and h.has_parameters]
+
+
+def _head_tag(model: TaggedModel, tags: Sequence[str], text: str, where: str) -> str:
+    """The one trained tag with a trainable head that occurs in ``text``."""
+    present = {s for s, is_tag in model.tagtok.split(text) if is_tag}
+    found = [t for t in _trained_heads(model, tags) if t in present]
+    if not found:
+        raise DataError(f"{where}: labelled inputs do not contain a trained function tag with "
+                        f"a head ({_trained_heads(model, tags) or 'none is being trained'}); "
+                        f"first input: {text[:80]!r}")
+    if len(found) > 1:
+        raise DataError(f"{where}: labelled inputs contain several trained tags with heads "
+                        f"({found}); give each its own data")
+    return found[0]
+
+
+def _encode_targets(model: TaggedModel, tags: Sequence[str], part: Part, ids: list[list[int]],
+                    where: str) -> tuple[torch.Tensor, str]:
+    """A labelled part's targets, checked by the head they train, and that head's tag."""
+    tag = _head_tag(model, tags, part.texts[0], where)
+    y = torch.as_tensor(np.asarray(part.targets), dtype=torch.float32)
+    if len(y) != len(part.texts):
+        raise DataError(f"{where}: {len(part.texts)} texts but {len(y)} targets")
+    model.head(tag).check_targets(y, where)
+    model.head_positions(collate(model, ids[:1]).input_ids, tag)  # the tag is present
+    return y, tag
+
+
+def encode_parts(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part],
+                 max_length: int) -> Encoded:
+    """Token ids, target tensors and the head-owning tag of each part, all checked."""
+    out = Encoded([], [], [], [p.weight for p in parts])
+    for k, part in enumerate(parts):
+        where = part.name or f"part {k}"
+        if not part.texts:
+            raise DataError(f"{where}: no training examples")
+        ids = [e.ids for e in model.tagtok.encode_batch(part.texts, max_length, where=where)]
+        y, tag = (None, None) if part.targets is None else \
+            _encode_targets(model, tags, part, ids, where)
+        out.ids.append(ids)
+        out.targets.append(y)
+        out.head_of.append(tag)
+    _check_coverage(model, tags, parts, out.head_of)
+    return out
+
+
+def _check_coverage(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part],
+                    head_of: list[str | None]) -> None:
+    """Every trained head gets labels from exactly one part; every tag gets data."""
+    supervised = [t for t in head_of if t is not None]
+    for t in _trained_heads(model, tags):
+        if t not in supervised:
+            raise DataError(f"tag {t} has a {model.head(t).kind} head: training needs targets "
+                            "(a label column)")
+    if len(set(supervised)) != len(supervised):
+        raise DataError(f"two labelled parts train the same head: {supervised}")
+    lm_tags = {t for k, p in enumerate(parts) if head_of[k] is None
+               for t, is_tag in model.tagtok.split(p.texts[0]) if is_tag and t in tags}
+    untouched = [t for t in tags if t not in lm_tags and t not in supervised]
+    if untouched:
+        raise DataError(f"no training data contains {untouched}")
+
+
+def lm_target_count(seq: Sequence[int], after: set[int], vocab: int) -> int:
+    """How many tokens of ``seq`` are LM targets: base tokens after one of ``after``."""
+    seen, n = False, 0
+    for j, t in enumerate(seq):
+        if j and seen and t < vocab:
+            n += 1
+        seen = seen or t in after
+    return n

@@ -1,0 +1,425 @@
+"""One training loop for the tags of one job (and their heads), the base model frozen.
+
+``fit_tags`` reads top to bottom as litgpt's fine-tuning scripts do: :func:`setup` checks and
+encodes the data and fixes everything the run needs (a :class:`Job`); :func:`start` resumes
+a checkpoint or warm-starts the heads in closed form; :func:`fit` is the flat loop of
+:func:`train_step` s with checkpoints and a clean stop on Ctrl-C / SIGTERM. Parts without
+targets train by next-token prediction, parts with targets train a function tag's head;
+several parts are mixed within each batch by their weights (joint training). A resumed run
+ends with the same tags as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from tagllm.checkpoint import CheckpointState, StopRequest, load_checkpoint, save_checkpoint
+from tagllm.config import TrainConfig
+from tagllm.distributed import World, world
+from tagllm.errors import ConfigError, DataError, TrainingError
+from tagllm.model import TaggedModel
+from tagllm.prefix import FrozenPrefix, supports_frozen_prefix
+from tagllm.progress import bar
+from tagllm.training.batching import (
+    Encoded,
+    Part,
+    collate,
+    encode_parts,
+    lm_target_count,
+    mixed_batches,
+)
+from tagllm.training.warm_start import warm_start
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: steps, wall time, the loss curve and the warm start."""
+
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    warm_start: dict | None = None
+    resumed_from: int = 0  # steps already done by an earlier, interrupted run
+    after_warm_start: dict | None = None  # what the after_warm_start hook returned
+    examples_per_process: list[int] = field(default_factory=list)  # by rank, this call
+
+    @property
+    def steps_run(self) -> int:
+        """Optimizer steps taken by this call (0 when everything was done before)."""
+        return self.steps - self.resumed_from
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-10:]
+        return float(np.mean(tail)) if tail else math.nan
+
+
+@dataclass
+class Job:
+    """Everything one training call fixes before its first step."""
+
+    model: TaggedModel
+    tags: list[str]
+    cfg: TrainConfig
+    data: Encoded
+    prefix: FrozenPrefix | None  # frozen-prefix training of the heads, or full passes
+    world: World
+    ckpt: Path | None
+    log: Log
+    progress: bool
+
+    @cached_property
+    def after_ids(self) -> set[int]:
+        """Virtual ids of the trained tags: LM losses count only the tokens after one (the
+        earlier ones, e.g. the source sentence before <Translate>, give them no gradient)."""
+        return {v for t in self.tags for v in self.model.bank.virtual_ids(t)}
+
+
+@dataclass
+class State:
+    """What changes from step to step, and what a checkpoint keeps of it."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    warm: dict | None = None
+    after: dict | None = None
+    resumed_from: int = 0
+    examples: int = 0  # seen by this process in this call
+
+
+@contextlib.contextmanager
+def _activation_checkpointing(model: TaggedModel, enabled: bool):
+    """Recompute layer activations in the backward pass of full-sequence steps.
+
+    Hugging Face checkpoints a decoder layer only while it is in training mode; the layers
+    alone are switched (their dropout submodules stay in eval mode, so a frozen model still
+    computes deterministically), and everything is restored on exit.
+    """
+    if not enabled:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.base
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{type(base).__name__} does not support activation "
+                          "checkpointing")
+    enable = getattr(base, "activation_checkpointing_enable", None) or \
+        base.gradient_checkpointing_enable
+    disable = getattr(base, "activation_checkpointing_disable", None) or \
+        base.gradient_checkpointing_disable
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    enable()
+    for layer in layers:
+        layer.training = True  # not .train(): that would recurse into dropout modules
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+        disable()
+        if hasattr(base, "disable_input_require_grads"):
+            try:
+                base.disable_input_require_grads()
+            except AttributeError:  # no hook was registered
+                pass
+
+
+def _autocast(model: TaggedModel, cfg: TrainConfig):
+    """``torch.autocast`` in the configured dtype, or nothing."""
+    if cfg.autocast == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.autocast == "bf16" else torch.float16
+    return torch.autocast(model.device.type, dtype=dtype)
+
+
+def _sum_gradients(w: World, params: list[torch.nn.Parameter], loss: torch.Tensor,
+                   stop: bool) -> tuple[float, float]:
+    """Sum the gradients of ``params``, the loss and the stop flag over all processes in
+    one all-reduce; returns (global loss, number of processes asking to stop)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    extra = torch.tensor([float(loss.detach()), float(stop)], device=loss.device)
+    if not w.distributed:
+        return extra[0].item(), extra[1].item()
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [extra])
+    w.sum_(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
+        offset += g.numel()
+    return flat[offset].item(), flat[offset + 1].item()
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def setup(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part], cfg: TrainConfig,
+          progress: bool, log: Log, checkpoint_dir: str | Path | None) -> Job:
+    """Check the job, make exactly ``tags`` trainable, encode the data, and choose how the
+    heads train (frozen-prefix or full-sequence passes)."""
+    tags = list(tags)
+    if not parts:
+        raise DataError(f"no training data for {tags}")
+    w = world()
+    if cfg.batch_size % w.size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {w.size} "
+                          "processes (the global batch is split evenly)")
+    if not w.is_main:  # one process reports
+        progress, log = False, _quiet
+    torch.manual_seed(cfg.seed)
+    model.set_trainable(tags)
+    data = encode_parts(model, tags, parts, cfg.max_length)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    return Job(model, tags, cfg, data, _frozen_prefix(model, tags, data, cfg, log), w, ckpt,
+               log, progress)
+
+
+def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: TrainConfig,
+                   log: Log) -> FrozenPrefix | None:
+    """The frozen-prefix path for labelled parts, where the model allows it."""
+    if not (data.supervised and cfg.frozen_prefix):
+        return None
+    if model.sharded:
+        log(f"the base model is sharded (FSDP): training {', '.join(tags)} with "
+            "full-sequence passes, which every process runs in step")
+        return None
+    if not supports_frozen_prefix(model):
+        log(f"{type(model.base).__name__} has sliding-window attention layers: training "
+            f"{', '.join(tags)} with full-sequence passes (frozen-prefix training needs full "
+            "attention)")
+        return None
+    return FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9)
+
+
+def start(job: Job, after_warm_start: Callable[[], dict | None] | None
+          ) -> tuple[State, CheckpointState | None]:
+    """A checkpoint to resume (its tag values already in the model), or a fresh state whose
+    heads are warm-started in closed form, after which ``after_warm_start`` runs once."""
+    saved = load_checkpoint(job.ckpt, job.model, job.tags) if job.ckpt is not None else None
+    if saved is not None:
+        return State(), saved
+    d = job.data
+    warm = {d.head_of[k]: warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg,
+                                     job.progress, job.log, job.prefix, k)
+            for k in d.supervised}
+    state = State(warm=warm or None)
+    if after_warm_start is not None:
+        state.after = after_warm_start()
+        job.model.set_trainable(job.tags)
+    return state, None
+
+
+def make_optimizer(job: Job) -> tuple[torch.optim.Optimizer, object, list]:
+    """AdamW with one learning rate for the tags and one for the heads, and a cosine
+    schedule with linear warm-up."""
+    params = job.model.trainable_parameters()
+    tag_params = [job.model.bank.parameter(t) for t in job.tags]
+    head_params = [p for p in params if all(p is not q for q in tag_params)]
+    groups = [{"params": tag_params, "lr": job.cfg.lr}]
+    if head_params:
+        groups.append({"params": head_params, "lr": job.cfg.head_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=job.cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, job.cfg.warmup_steps, job.cfg.steps)
+    return opt, sched, params
+
+
+def resume(job: Job, saved: CheckpointState, opt: torch.optim.Optimizer, sched) -> State:
+    """The state of an interrupted run, with its optimizer, scheduler and RNG restored."""
+    meta = saved.restore(opt, sched)
+    job.log(f"resuming {', '.join(job.tags)} at step {meta['step']}/{job.cfg.steps} from "
+            f"{job.ckpt}")
+    return State(step=meta["step"], losses=list(meta["losses"]), warm=meta.get("warm_start"),
+                 after=meta.get("after_warm_start"), resumed_from=meta["step"])
+
+
+def fit_tags(
+    model: TaggedModel,
+    tags: Sequence[str],
+    parts: Sequence[Part],
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    log: Log = print,
+    after_warm_start: Callable[[], dict | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainResult:
+    """Train ``tags`` (and their heads) jointly on ``parts``; every other parameter is frozen.
+
+    ``after_warm_start`` runs once the heads have their closed-form fit, before the first
+    gradient step (e.g. to evaluate "tags at initialisation + fitted head"); what it returns
+    is kept in the checkpoint and in the result. With ``checkpoint_dir``, an existing
+    checkpoint there is resumed (the caller must have set up the same tags and data).
+    """
+    job = setup(model, tags, parts, cfg or TrainConfig(), progress, log, checkpoint_dir)
+    state, saved = start(job, after_warm_start)
+    opt, sched, params = make_optimizer(job)
+    if saved is not None:
+        state = resume(job, saved, opt, sched)
+    t0 = time.perf_counter()
+    fit(job, state, opt, sched, params)
+    model.set_trainable([])
+    if job.prefix is not None:
+        p = job.prefix
+        log(f"frozen prefix: {p.hits} cached / {p.misses} computed prefixes, "
+            f"{p.used / 1e9:.2f} GB kept")
+    return TrainResult(job.cfg.steps, time.perf_counter() - t0, state.losses, state.warm,
+                       state.resumed_from, state.after, job.world.gather_object(state.examples))
+
+
+def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list) -> None:
+    """The loop: a step per global batch from ``state.step`` on, a log line every
+    ``log_every`` steps, a checkpoint every ``checkpoint_every`` steps and on a stop request
+    (Ctrl-C / SIGTERM on any process, honoured by all at the same step)."""
+    cfg, d = job.cfg, job.data
+    batches = mixed_batches([[len(i) for i in part] for part in d.ids], d.weights,
+                            cfg.batch_size, cfg.seed)
+    for _ in range(state.step):  # replay the data order up to where the checkpoint stopped
+        next(batches)
+    t0 = time.perf_counter()
+    pbar = bar(cfg.steps, f"training {', '.join(job.tags)}", job.progress, unit="step")
+    pbar.update(state.step)
+    with StopRequest() as stop:
+        try:
+            for step in range(state.step + 1, cfg.steps + 1):
+                loss, stops = train_step(job, state, next(batches), params, opt, sched,
+                                         stop.requested is not None)
+                state.step = step
+                state.losses.append(loss)
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{loss:.4f}")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    job.log(f"{', '.join(job.tags)} step {step}/{cfg.steps} loss "
+                            f"{np.mean(state.losses[-cfg.log_every:]):.4f} "
+                            f"({time.perf_counter() - t0:.0f} s)")
+                if step < cfg.steps:
+                    # alone, a process needs no collective to see its own stop request
+                    stopping = stops > 0 or (stop.requested is not None
+                                             and not job.world.distributed)
+                    checkpoint_or_stop(job, state, opt, sched, stopping, stop.requested)
+        finally:
+            pbar.close()
+
+
+def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched,
+                       stopping: bool, why: str | None) -> None:
+    """Save a checkpoint when one is due or a stop is requested; then stop if requested."""
+    every = job.cfg.checkpoint_every
+    if job.ckpt is not None and (stopping or (every and state.step % every == 0)):
+        if job.world.is_main:  # one writer; the others wait until the state is on disk
+            save_checkpoint(job.ckpt, job.model, job.tags, opt, sched, {
+                "step": state.step, "losses": state.losses, "warm_start": state.warm,
+                "after_warm_start": state.after, "train": job.cfg.to_dict(),
+                "processes": job.world.size})
+        job.world.barrier()
+    if stopping:
+        where = f"; saved step {state.step} to {job.ckpt}, run again to resume" \
+            if job.ckpt else ""
+        job.log(f"stopped by {why or 'a stop request on another process'} at step "
+                f"{state.step}/{job.cfg.steps}{where}")
+        raise KeyboardInterrupt
+
+
+def train_step(job: Job, state: State, batch: list[tuple[int, list[int]]], params: list,
+               opt: torch.optim.Optimizer, sched, stop: bool) -> tuple[float, float]:
+    """One optimizer step on this process's share of a global batch; returns the global
+    loss and how many processes asked to stop."""
+    items = [(k, i) for k, idx in batch for i in idx]  # the global batch
+    mine, idle, n_part = _local_share(job, items, state)
+    counts = _lm_token_counts(job, mine, idle)
+    loss = torch.zeros((), device=job.model.device)
+    with _autocast(job.model, job.cfg):
+        for k, idx in sorted(mine.items()):  # the same part order on every process
+            part_loss = _part_loss(job, k, idx, counts[k].item(), n_part[k])
+            if k in idle:
+                part_loss = part_loss * 0.0
+            loss = loss + part_loss * (n_part[k] / job.cfg.batch_size)  # mix by share
+    loss.backward()
+    value, stops = _sum_gradients(job.world, params, loss, stop)
+    if not math.isfinite(value):
+        raise TrainingError(f"training {job.tags}: loss is {value} at step {state.step + 1}; "
+                            "lower lr or head_lr")
+    if job.cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, job.cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return value, stops
+
+
+def _local_share(job: Job, items: list[tuple[int, int]], state: State
+                 ) -> tuple[dict[int, list[int]], list[int], list[int]]:
+    """This process's examples by part, the parts it only stands in for (a sharded model
+    needs every process to run one forward per part of the global batch; a stand-in's loss
+    counts zero), and the global number of examples of each part."""
+    n_parts = len(job.data.ids)
+    n_part = [sum(1 for kk, _ in items if kk == k) for k in range(n_parts)]
+    mine: dict[int, list[int]] = {}
+    for k, i in job.world.shard(items):
+        mine.setdefault(k, []).append(i)
+    state.examples += sum(len(v) for v in mine.values())
+    idle = []
+    if job.model.sharded:
+        idle = [k for k in range(n_parts) if n_part[k] and k not in mine]
+        for k in idle:
+            mine[k] = [next(i for kk, i in items if kk == k)]
+    return mine, idle, n_part
+
+
+def _lm_token_counts(job: Job, mine: dict[int, list[int]], idle: list[int]) -> torch.Tensor:
+    """Next-token targets of each LM part over all processes: the loss is the global token
+    mean whatever the split."""
+    counts = torch.zeros(len(job.data.ids), dtype=torch.float64)
+    after, vocab = job.after_ids, job.model.bank.vocab_rows
+    for k, idx in mine.items():
+        if job.data.head_of[k] is None and k not in idle:
+            counts[k] = sum(lm_target_count(job.data.ids[k][i], after, vocab) for i in idx)
+    return job.world.sum_(counts)
+
+
+def _part_loss(job: Job, k: int, idx: list[int], lm_targets: float, n_global: int
+               ) -> torch.Tensor:
+    """Part ``k``'s loss on this process's examples ``idx``: the LM sum over the global
+    token count, or this share of the head's mean loss."""
+    m, d = job.model, job.data
+    ids = [d.ids[k][i] for i in idx]
+    tag = d.head_of[k]
+    if tag is None:
+        after = torch.tensor(sorted(job.after_ids))
+        with _activation_checkpointing(m, job.cfg.activation_checkpointing):
+            return m.lm_loss(collate(m, ids), reduction="sum", after=after) / max(lm_targets, 1.0)
+    if job.prefix is not None:
+        head = m.head(tag)
+        mean = head.loss(head(job.prefix.tag_features([(k, i) for i in idx], ids, tag)),
+                         d.targets[k][idx].to(m.device))
+    else:
+        with _activation_checkpointing(m, job.cfg.activation_checkpointing):
+            mean = m.head_loss(collate(m, ids), tag, d.targets[k][idx])
+    return mean * (len(idx) / n_global)
+
+
+def fit_tag(
+    model: TaggedModel,
+    tag: str,
+    texts: Sequence[str],
+    targets: np.ndarray | None = None,
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    log: Log = print,
+    after_warm_start: Callable[[], dict | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainResult:
+    """Train one tag (and its head) on ``texts``: :func:`fit_tags` with a single part."""
+    return fit_tags(model, [tag], [Part(list(texts), targets)], cfg, progress, log,
+                    after_warm_start, checkpoint_dir)
