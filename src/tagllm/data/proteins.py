@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, _open_text
+from tagllm.data import DataError, Table, _open_text, package_dir
 from tagllm.data.smiles import shuffled
-from tagllm.paths import package_dir
 
 #: The 20 standard residues plus X (unknown), B/Z (ambiguous), U (Sec) and O (Pyl).
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")

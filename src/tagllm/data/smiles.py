@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, write_csv
-from tagllm.paths import data_cache_dir, package_dir
+from tagllm.data import DataError, Table, package_dir, write_csv
+from tagllm.paths import data_cache_dir
 
 MOSES_SPLITS = ("train", "test", "test_scaffolds")
 
