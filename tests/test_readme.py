@@ -1,0 +1,158 @@
+"""Every command of the README runs, so a documented example cannot break unnoticed.
+
+The commands are read from the README's fenced code blocks and run as written, in a
+working folder that holds the files they name, with two substitutions for speed: the tiny
+local model instead of the embedded one (``--model`` and the recipe's ``model:``), and the
+QED recipe scaled down (fewer rows and steps, the same stages, evaluations and baselines).
+A command the test does not know how to run fails the test: add it to ``run_command``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tagllm.cli import main
+
+from tiny import save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: The README lines that are the test suite itself (CI runs `make test`, which is all of it).
+SUITE = {"make test", "make test-fast", ".venv/bin/python -m pytest -m slow"}
+#: `make demo` runs this recipe (checked against the Makefile); the test runs the recipe.
+DEMO = "tagllm run recipes/qed.yaml"
+LAUNCHERS = ("torchrun", "accelerate")
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def commands() -> list[list[str]]:
+    """Every command line of the README's bash blocks (continuations joined, comments
+    dropped), split like a shell would."""
+    out = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                out.append(words)
+    return out
+
+
+def scaled_recipe(src: Path, dst: Path, model: Path) -> None:
+    """recipes/qed.yaml with the tiny model, and few rows and steps."""
+    r = yaml.safe_load(src.read_text())
+    r["model"] = str(model)
+    for s in r["stages"]:
+        s["train"].update(steps=3, batch_size=4, warmup_steps=1, log_every=1)
+        for d in s["data"]:
+            d["n"] = 24
+        for e in s.get("eval", []):
+            e["n"] = 12
+    r["stages"][1]["train"]["warm_start_examples"] = 24
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(yaml.safe_dump(r, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("readme")
+    save_tiny(d / "tiny")
+    scaled_recipe(ROOT / "recipes" / "qed.yaml", d / "recipes" / "qed.yaml", d / "tiny")
+    (d / "configs").symlink_to(ROOT / "configs")
+    (d / "molecules.smi").write_text("CCO ethanol\nc1ccccc1O phenol\nCC(=O)Oc1ccccc1C(=O)O "
+                                     "aspirin\n")
+    return d
+
+
+def with_tiny_model(words: list[str], tiny: Path) -> list[str]:
+    """``--model X`` -> the tiny model; commands that load a model get it added."""
+    words = list(words)
+    if "--model" in words:
+        words[words.index("--model") + 1] = str(tiny)
+    elif words[1] in ("train", "predict", "evaluate", "generate"):
+        words += ["--model", str(tiny)]
+    return words
+
+
+def run_command(words: list[str], workdir: Path) -> None:
+    """Run one README command in ``workdir`` (see the module docstring)."""
+    line = " ".join(words)
+    if line in SUITE:
+        return
+    if line == "make demo":
+        assert f".venv/bin/{DEMO}" in (ROOT / "Makefile").read_text()
+        return run_command(shlex.split(DEMO), workdir)
+    if words[0] == "tagllm":
+        return main(with_tiny_model(words, workdir / "tiny")[1:] + ["--progress", "false"]
+                    if words[1] not in ("list", "generate", "inspect")
+                    else with_tiny_model(words, workdir / "tiny")[1:])
+    if words[0] in LAUNCHERS:  # two CPU processes (gloo) stand in for the GPUs
+        if "--num_processes" in words:
+            words[words.index("--num_processes") + 1] = "2"
+        exe = {"torchrun": [sys.executable, "-m", "torch.distributed.run"],
+               "accelerate": [str(Path(sys.executable).parent / "accelerate")]}[words[0]]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([*exe, *words[1:], "--progress", "false"], cwd=workdir,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "trained 0 stage(s)" in done.stdout.replace("\n", " "), done.stdout[-2000:]
+        return
+    raise AssertionError(f"the README command {line!r} is not run by any test: add it to "
+                         "tests/test_readme.py")
+
+
+def test_every_readme_command_runs(workdir, monkeypatch, capsys):
+    """The bash blocks in order (the launchers last, over the stored tags), then the
+    Python block."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("TAGLLM_STORE", str(workdir / "store"))
+    monkeypatch.setenv("COLUMNS", "200")
+    cmds = commands()
+    assert len(cmds) >= 15
+    for words in sorted(cmds, key=lambda w: w[0] in LAUNCHERS):
+        run_command(words, workdir)
+    out = capsys.readouterr().out
+    assert "Morgan k-NN (k=5)" in out and "training mean" in out
+    assert list(csv_rows(workdir / "predictions.csv")[0]) == ["smiles", "name", "prediction"]
+    for code in blocks("python"):
+        exec(compile(code.replace('"smollm2"', repr(str(workdir / "tiny"))), "README", "exec"),
+             {})
+    assert (workdir / "tags" / "SMILES" / "tag.json").is_file()
+
+
+def csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_prints_what_run_printed(workdir, monkeypatch):
+    """`tagllm evaluate` on the recipe's own test sample, with the baselines fitted on the
+    recipe's training sample, gives the rows `tagllm run` stored: the same methods under
+    the same names with the same numbers (the ablation is measured during training only)."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("TAGLLM_STORE", str(workdir / "store"))
+    main(["run", "recipes/qed.yaml", "--progress", "false"])
+    stored = json.loads((workdir / "runs" / "qed" / "results.json").read_text())
+    ev = stored["stages"][1]["eval"][0]
+    main(["evaluate", "--tags", "runs/qed/tags", "--data", "moses:test", "--n_examples", "12",
+          "--label", "qed", "--baseline_train", "moses:train", "--baseline_examples", "24",
+          "--model", str(workdir / "tiny"), "--json_out", "ev.json", "--progress", "false"])
+    got = json.loads((workdir / "ev.json").read_text())
+    want = {"tags (<QED>)": ev["metrics"], **{k: v for k, v in ev["baselines"].items()
+                                              if not k.startswith("ablation")}}
+    assert list(got) == list(want) == ["tags (<QED>)", "Morgan k-NN (k=5)", "training mean"]
+    for method, metrics in want.items():
+        assert got[method] == pytest.approx(metrics, rel=1e-5, abs=1e-9, nan_ok=True), method
