@@ -181,3 +181,46 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     res = json.loads(js.read_text())
     assert set(res) == {"tags (generation)", "copy the source", "plain-text prompt (no tags)"}
     assert set(res["tags (generation)"]) == {"bleu", "chrf"}
+
+
+def test_evaluate_checks_every_argument_and_source_before_the_model(tmp_path, tiny_model_dir,
+                                                                    data, capsys):
+    """A bad flag, tag or source fails in seconds: with a model path that does not exist,
+    the error is still about the input, so nothing was loaded before the check."""
+    _train_two_stages(tmp_path, tiny_model_dir, data)
+    capsys.readouterr()
+    tags = ["--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}", "--model", str(tmp_path / "none")]
+    cases = [
+        (["--data", str(data), "--label", "y", "--reference", "y"], "give --label"),
+        (["--data", str(data), "--label", "y", "--baseline_train", "moses:train"],
+         "moses:train has no label(s) ['y']"),
+        (["--data", str(data), "--label", "y", "--baseline_train", str(tmp_path / "no.csv")],
+         "no.csv: no such file"),
+        (["--data", str(data), "--label", "nope"], "missing column 'nope'"),
+        (["--data", str(data), "--label", "y", "--template", "<SMILES> {smiles} <X>"],
+         "unknown tag <X>"),
+        (["--data", str(data), "--reference", "y", "--baseline_train", str(data)],
+         "--baseline_train trains the label baselines"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["evaluate", *tags, *args, "--progress", "false"])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_a_bug_prints_its_traceback_and_says_so(monkeypatch, capsys):
+    """Only TagllmError is a user's error (one line, exit 2); any other exception is a bug
+    in tagllm: its traceback is printed with a request to report it (exit 1)."""
+    import tagllm.cli as cli
+
+    def broken(recipe: str) -> None:
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setitem(cli.COMMANDS, "run", broken)
+    with pytest.raises(SystemExit) as e:
+        main(["run", "r.yaml"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: an internal invariant broke" in err
+    assert "this is a bug in tagllm" in err.replace("\n", " ")
