@@ -129,7 +129,7 @@ def list_tags(store: str | None = None, verify: bool = False) -> None:
 @with_fields(TrainConfig, skip=("log_every", "checkpoint_every"))
 def train(tag: str, data: str, template: str, out: str,
           kind: Literal["domain", "function"] = "domain",
-          head: Literal["none", "regression", "classification"] = "none",
+          head: str = "none",
           label: str | None = None, num_outputs: int = 1, num_tokens: int = 10,
           load: str | None = None, model: str = "smollm2", n_examples: int | None = None,
           skip_invalid: bool = False, store: str | None = None, progress: bool = True,
@@ -149,7 +149,8 @@ def train(tag: str, data: str, template: str, out: str,
         template: the input text per row, with {column} placeholders.
         out: the tag folder to write (atomically).
         kind: domain or function.
-        head: head of a function tag: none (next-token loss), regression or classification.
+        head: head of a function tag: none (next-token loss), or a head kind (regression,
+            classification).
         label: the label column(s), comma-separated (required with a head).
         num_outputs: regression outputs or number of classes.
         num_tokens: p, the number of vectors of the tag.

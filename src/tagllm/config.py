@@ -20,7 +20,6 @@ TAG_NAME_RE = re.compile(r"^<[A-Za-z][A-Za-z0-9_.\-]*>$")
 
 TooLong = Literal["error", "skip"]
 TagKind = Literal["domain", "function"]
-HeadKind = Literal["lm", "regression", "classification"]
 InitKind = Literal["vocab_mean", "text", "random"]
 
 
@@ -45,8 +44,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 class HeadConfig:
     """A task head on the last hidden state of a function tag's last vector."""
 
-    kind: HeadKind = field(
-        default="regression", metadata={"help": "lm, regression or classification"}
+    kind: str = field(
+        default="regression",
+        metadata={"help": "a registered head kind: regression, classification or lm"}
     )
     num_outputs: int = field(
         default=1, metadata={"help": "regression outputs, or number of classes"}

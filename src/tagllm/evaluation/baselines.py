@@ -197,16 +197,22 @@ class Mean(Baseline):
         return mean_baseline(self.train_y, len(test.texts), self.task.classes)
 
 
-@register_baseline
-class CopySource(Baseline):
-    """The source text unchanged: what a translation must beat (DESIGN.md §10)."""
+class TextBaseline(Baseline):
+    """A generation baseline: predicts texts, learns nothing, is named by ``title``."""
 
-    key = "copy"
     needs = "reference"
     needs_train = False
+    title: ClassVar[str] = ""
 
     def name(self, train: Rows | None, test: Rows) -> str:
-        return "copy the source"
+        return self.title
+
+
+@register_baseline
+class CopySource(TextBaseline):
+    """The source text unchanged: what a translation must beat (DESIGN.md §10)."""
+
+    key, title = "copy", "copy the source"
 
     def unavailable(self, train: Rows | None, test: Rows) -> str | None:
         if self.task.source_column not in test.table.columns:
@@ -219,15 +225,10 @@ class CopySource(Baseline):
 
 
 @register_baseline
-class PlainPrompt(Baseline):
+class PlainPrompt(TextBaseline):
     """The same frozen model prompted in plain text, without tags."""
 
-    key = "prompt"
-    needs = "reference"
-    needs_train = False
-
-    def name(self, train: Rows | None, test: Rows) -> str:
-        return "plain-text prompt (no tags)"
+    key, title = "prompt", "plain-text prompt (no tags)"
 
     def unavailable(self, train: Rows | None, test: Rows) -> str | None:
         return None if self.task.prompt else "needs a plain-text prompt template"
