@@ -189,8 +189,8 @@ class RegressionHead(LinearHead):
         from sklearn.linear_model import RidgeCV
 
         Z, mu, sd = _standardised(features)
-        y = self.standardise(torch.as_tensor(targets, dtype=torch.float32)
-                             .view(len(Z), -1)).double().numpy()
+        y = torch.as_tensor(targets, dtype=torch.float32).view(len(Z), -1)  # on the CPU
+        y = ((y - self.target_mean.cpu()) / self.target_std.cpu()).double().numpy()
         reg = RidgeCV(alphas=np.logspace(-2, 4, 13) * max(alpha, 1e-6)).fit(Z, y)
         self._set_linear(np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_), mu, sd)
         return {"examples": len(Z), "alpha": float(reg.alpha_)}
