@@ -168,7 +168,8 @@ def validate_rows(
     checks: dict[str, Callable[[str], str]],
     skip_invalid: bool = False,
 ) -> tuple[Table, list[str]]:
-    """Apply per-column checks that return a normalised value or raise ValueError.
+    """Apply per-column checks that return a normalised value or raise ValueError (the
+    validators' contract: :func:`check_number`, ``check_smiles``, ``check_protein``).
 
     Default: the first bad row stops with a :class:`DataError` naming file, row and reason.
     With ``skip_invalid`` the bad rows are dropped and returned as messages (never silently).
