@@ -272,7 +272,7 @@ def fit_tags(
     model.set_trainable([])
     if job.prefix is not None:
         p = job.prefix
-        log(f"frozen prefix: {p.hits} cached / {p.misses} computed prefixes, "
+        job.log(f"frozen prefix: {p.hits} cached / {p.misses} computed prefixes, "
             f"{p.used / 1e9:.2f} GB kept")
     return TrainResult(job.cfg.steps, time.perf_counter() - t0, state.losses, state.warm,
                        state.resumed_from, state.after, job.world.gather_object(state.examples))
