@@ -170,7 +170,8 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
           "--json_out", str(js), *common])
     res = json.loads(js.read_text())
     assert set(res["tags (<C>)"]) == {"accuracy", "auroc"}
-    assert set(res) == {"tags (<C>)", "Morgan k-NN (k=5)", "training class frequencies"}
+    assert set(res) == {"tags (<C>)", "Morgan k-NN (k=5)", "Morgan random forest (200 trees)",
+                        "training class frequencies"}
 
     pairs = tmp_path / "p.csv"
     pairs.write_text("source,target\nhello,hola\ngood day,buenos dias\n")

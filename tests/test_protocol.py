@@ -95,6 +95,14 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     q_eval = stage(s1, "q")["eval"][0]
     assert set(q_eval["baselines"]) == {"Morgan k-NN (k=5)", "training mean",
                                         "ablation: <Q> untrained, head fitted"}
+    # every comparison, the ablation too, carries the paired interval of tags minus method
+    assert set(q_eval["intervals"]) == set(q_eval["baselines"])
+    for method, ci in q_eval["intervals"].items():
+        lo, hi = ci["mse"]
+        diff = q_eval["metrics"]["mse"] - q_eval["baselines"][method]["mse"]
+        assert lo <= hi and (lo <= diff <= hi or abs(hi - lo) < 1e-12), method
+    assert q_eval["intervals"]["training mean"]["pearson"] is None  # a constant prediction
+    assert len(q_eval["predictions"]) == q_eval["rows"]
     files = snapshot(store)
     assert len(files) == 6
     assert (workdir / "out" / "tags" / "Q" / "tag.json").is_file()

@@ -153,6 +153,7 @@ def test_evaluate_prints_what_run_printed(workdir, monkeypatch):
     got = json.loads((workdir / "ev.json").read_text())
     want = {"tags (<QED>)": ev["metrics"], **{k: v for k, v in ev["baselines"].items()
                                               if not k.startswith("ablation")}}
-    assert list(got) == list(want) == ["tags (<QED>)", "Morgan k-NN (k=5)", "training mean"]
+    assert list(got) == list(want) == ["tags (<QED>)", "Morgan k-NN (k=5)",
+                                       "Morgan random forest (200 trees)", "training mean"]
     for method, metrics in want.items():
         assert got[method] == pytest.approx(metrics, rel=1e-5, abs=1e-9, nan_ok=True), method

@@ -80,8 +80,8 @@ def test_shipped_qed_recipe_is_valid():
     ({"stages__0__data__0__label": None}, r"<Q> has a regression head: set label"),
     ({"stages__2__tags": ["<A>"]}, r"trains <A>, which stage 'a' trains already"),
     ({"stages__0__data__0": {"source": "x.csv"}}, r"missing required key\(s\) \['template'\]"),
-    ({"stages__0__eval": [{"source": "t.csv", "label": "y", "baselines": ["rf"]}]},
-     r"eval\[0\]: baselines: unknown \['rf'\]"),
+    ({"stages__0__eval": [{"source": "t.csv", "label": "y", "baselines": ["svm"]}]},
+     r"eval\[0\]: baselines: unknown \['svm'\]"),
     ({"tags__0__name": "SMILES"}, r"is not a tag name like <SMILES>"),
     ({"stages__0__data__0__label": ["y", "z"]},
      r"data\[0\]: label names 2 column\(s\) \['y', 'z'\] but <Q>'s regression head has "

@@ -223,9 +223,10 @@ def evaluate(tags: str, data: str, label: str | None = None,
              progress: bool = True) -> None:
     """Evaluate saved tags on a data source, as `tagllm run` evaluates a stage (the same
     metrics, baselines and names): a function tag's head on a label (regression: MSE, MAE,
-    Pearson, Spearman; classification: accuracy, AUROC), beside a k-NN (Morgan fingerprints
-    or 3-mer profiles) and the training mean / class frequencies fitted on
-    --baseline_train; or generation up to a line break against --reference (BLEU, chrF),
+    Pearson, Spearman; classification: accuracy, AUROC), beside every label baseline of the
+    registry fitted on --baseline_train (k-NN and random forest on Morgan fingerprints or
+    3-mer profiles, the training mean / class frequencies); or generation up to a line
+    break against --reference (BLEU, chrF),
     beside copying --source_column and, with --prompt, the plain-text prompt. Every file
     and source is checked before the model loads.
 
@@ -252,14 +253,16 @@ def evaluate(tags: str, data: str, label: str | None = None,
         progress: show progress bars.
     """
     from tagllm.protocol.standalone import evaluate_entries, evaluate_saved, tag_dirs
-    from tagllm.report import eval_table, method_rows
+    from tagllm.report import eval_table, interval_table, method_rows
 
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed, skip_invalid,
                                baseline_train, baseline_examples, reference, source_column,
                                prompt, max_new_tokens, spm_model)
     row = evaluate_saved(tag_dirs(tags), spec, model, base, tag, batch_size, max_length,
                          progress, _log)
-    console.print(eval_table(row))
+    for table in (eval_table(row), interval_table(row)):
+        if table is not None:
+            console.print(table)
     if json_out:
         Path(json_out).write_text(json.dumps(method_rows(row), indent=2) + "\n")
 

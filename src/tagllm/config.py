@@ -269,8 +269,9 @@ class EvalConfig(RowsConfig):
                                  metadata={"help": "default: the stage's data template"})
     baselines: list[str] = field(default_factory=list,
                                  metadata={"help": "methods to compare with, from the "
-                                                   "registry: knn, mean (label); copy, "
-                                                   "prompt (reference)"})
+                                                   "registry: " + ", ".join(
+                                                       f"{k} ({c.needs})"
+                                                       for k, c in BASELINES.items())})
     ablation: bool = field(default=False, metadata={
         "help": "also evaluate the untrained function tag: with its closed-form head, or "
                 "generating (reference)"})

@@ -20,9 +20,7 @@ def results_table(results: dict[str, dict[str, float]], title: str):
     first = list(next(iter(results.values())))
     names = [n for n in ORDER if n in first] + [n for n in first if n not in ORDER]
     for n in names:
-        table.add_column(n.upper() if n in ("mse", "mae", "auroc", "bleu") else
-                         "spBLEU" if n == "spbleu" else n.capitalize(),
-                         justify="right")
+        table.add_column(_header(n), justify="right")
     for method, m in results.items():
         table.add_row(method, *(_fmt(m.get(n)) for n in names))
     return table
@@ -40,10 +38,37 @@ def eval_table(ev: dict[str, Any], prefix: str = ""):
     return results_table(method_rows(ev), f"{prefix}{ev['name']} ({ev['rows']} examples)")
 
 
+def interval_table(ev: dict[str, Any]):
+    """The paired bootstrap intervals of an evaluation row: tags minus each method, per
+    metric (None when the row has none)."""
+    from rich.table import Table as RichTable
+
+    intervals = ev.get("intervals") or {}
+    if not intervals:
+        return None
+    first = next(iter(intervals.values()))
+    names = [n for n in ORDER if n in first] + [n for n in first if n not in ORDER]
+    table = RichTable(title=f"tags minus method on the same {ev['rows']} rows: 95% paired "
+                      "bootstrap interval (MSE, MAE: below 0 = tags better; others: above 0)")
+    table.add_column("method")
+    for n in names:
+        table.add_column(_header(n), justify="right")
+    for method, m in intervals.items():
+        table.add_row(method, *("n/a" if m.get(n) is None
+                                else f"[{m[n][0]:+.4f}, {m[n][1]:+.4f}]" for n in names))
+    return table
+
+
 def stage_tables(stages: list[dict[str, Any]]) -> list:
-    """One table per evaluation of each stage: the tags' row, then baselines/ablation."""
-    return [eval_table(ev, f"stage {s['stage']}{' (cached)' if s.get('cached') else ''}: ")
-            for s in stages for ev in s.get("eval", [])]
+    """Per evaluation of each stage: the tags' row, then baselines/ablation; then the
+    intervals of the differences, if any."""
+    out = []
+    for s in stages:
+        for ev in s.get("eval", []):
+            out.append(eval_table(ev, f"stage {s['stage']}"
+                                  f"{' (cached)' if s.get('cached') else ''}: "))
+            out += [t for t in [interval_table(ev)] if t is not None]
+    return out
 
 
 def store_table(root: Any, rows: list[dict[str, Any]],
@@ -67,6 +92,11 @@ def _verified(problems: dict[str, str | None] | None, key: str) -> str:
     if problems is None:
         return ""
     return f" [red]{problems[key]}[/red]" if problems.get(key) else " [green]ok[/green]"
+
+
+def _header(n: str) -> str:
+    return n.upper() if n in ("mse", "mae", "auroc", "bleu") else \
+        "spBLEU" if n == "spbleu" else n.capitalize()
 
 
 def _fmt(x: float | None) -> str:

@@ -112,10 +112,11 @@ def kmer_profiles(seqs: Sequence[str], k: int = 3) -> np.ndarray:
     return out
 
 
-#: The input column a k-NN baseline can use: its features, distance and display name.
-KNN_INPUTS: dict[str, tuple[Callable[[Sequence[str]], np.ndarray], str, str]] = {
-    "smiles": (morgan_fingerprints, "jaccard", "Morgan k-NN (k=5)"),  # Tanimoto distance
-    "sequence": (kmer_profiles, "cosine", "3-mer k-NN (k=5)"),
+#: The input columns the fingerprint baselines can use: features, the k-NN distance, and
+#: the features' name in result tables.
+INPUT_FEATURES: dict[str, tuple[Callable[[Sequence[str]], np.ndarray], str, str]] = {
+    "smiles": (morgan_fingerprints, "jaccard", "Morgan"),  # Tanimoto distance
+    "sequence": (kmer_profiles, "cosine", "3-mer"),
 }
 
 
@@ -126,7 +127,7 @@ def knn_baseline(train_x: Sequence[str], train_y: np.ndarray, test_x: Sequence[s
     Regression predicts values; with ``classes`` it predicts class probabilities."""
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
-    features, distance, _ = KNN_INPUTS[column]
+    features, distance, _ = INPUT_FEATURES[column]
     if classes:
         knn = KNeighborsClassifier(n_neighbors=k, metric=distance, algorithm="brute",
                                    weights="distance", n_jobs=-1)
@@ -151,34 +152,82 @@ def mean_baseline(train_y: np.ndarray, n: int, classes: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- the registered methods
-@register_baseline
-class KNN(Baseline):
-    """k-NN on the one molecule or protein column the rows have (see KNN_INPUTS)."""
+def forest_baseline(train_x: Sequence[str], train_y: np.ndarray, test_x: Sequence[str],
+                    column: str = "smiles", classes: int = 0, trees: int = 200,
+                    seed: int = 0) -> np.ndarray:
+    """Random forest predictions (scikit-learn, ``trees`` trees, seeded) on Morgan
+    fingerprints for SMILES or 3-mer profiles for proteins: the practitioner's first choice
+    for a molecular property. With ``classes`` it predicts class probabilities."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    key = "knn"
+    features = INPUT_FEATURES[column][0]
+    y = np.asarray(train_y)
+    if classes:
+        rf = RandomForestClassifier(n_estimators=trees, n_jobs=-1, random_state=seed)
+        rf.fit(features(train_x), y.astype(int).ravel())
+        prob = np.zeros((len(test_x), classes))
+        prob[:, rf.classes_] = rf.predict_proba(features(test_x))
+        return prob
+    rf = RandomForestRegressor(n_estimators=trees, n_jobs=-1, random_state=seed)
+    rf.fit(features(train_x), y if y.ndim > 1 and y.shape[1] > 1 else y.ravel())
+    return rf.predict(features(test_x))
+
+
+class FingerprintBaseline(Baseline):
+    """A method on the one molecule or protein column the rows have (INPUT_FEATURES)."""
+
+    method = ""  # its name after the features' name, e.g. "k-NN (k=5)"
 
     @staticmethod
-    def _inputs(train: Rows | None, test: Rows) -> list[str]:
-        return [c for c in KNN_INPUTS if train is not None and c in train.table.columns
+    def _input(train: Rows | None, test: Rows) -> list[str]:
+        return [c for c in INPUT_FEATURES if train is not None and c in train.table.columns
                 and c in test.table.columns]
 
     def unavailable(self, train: Rows | None, test: Rows) -> str | None:
-        cols = self._inputs(train, test)
+        cols = self._input(train, test)
         if len(cols) != 1:
-            return (f"needs exactly one input column of {list(KNN_INPUTS)} in the training "
-                    f"and test rows, found {cols}")
+            return (f"needs exactly one input column of {list(INPUT_FEATURES)} in the "
+                    f"training and test rows, found {cols}")
         return None
 
     def name(self, train: Rows | None, test: Rows) -> str:
-        return KNN_INPUTS[self._inputs(train, test)[0]][2]
+        return f"{INPUT_FEATURES[self._input(train, test)[0]][2]} {self.method}"
 
     def fit(self, train: Rows | None) -> None:
         self.train = train
 
     def predict(self, test: Rows) -> np.ndarray:
-        col = self._inputs(self.train, test)[0]
-        return knn_baseline(self.train.table[col], self.train.targets, test.table[col],
-                            column=col, classes=self.task.classes)
+        col = self._input(self.train, test)[0]
+        return self.predictions(self.train.table[col], self.train.targets, test.table[col],
+                                col)
+
+    def predictions(self, train_x: Sequence[str], train_y: np.ndarray,
+                    test_x: Sequence[str], column: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+@register_baseline
+class KNN(FingerprintBaseline):
+    """Distance-weighted k-NN: Tanimoto on Morgan fingerprints, cosine on 3-mer profiles."""
+
+    key, method = "knn", "k-NN (k=5)"
+
+    def predictions(self, train_x: Sequence[str], train_y: np.ndarray,
+                    test_x: Sequence[str], column: str) -> np.ndarray:
+        return knn_baseline(train_x, train_y, test_x, column=column,
+                            classes=self.task.classes)
+
+
+@register_baseline
+class RandomForest(FingerprintBaseline):
+    """A random forest of 200 trees on Morgan fingerprints or 3-mer profiles."""
+
+    key, method = "rf", "random forest (200 trees)"
+
+    def predictions(self, train_x: Sequence[str], train_y: np.ndarray,
+                    test_x: Sequence[str], column: str) -> np.ndarray:
+        return forest_baseline(train_x, train_y, test_x, column=column,
+                               classes=self.task.classes)
 
 
 @register_baseline

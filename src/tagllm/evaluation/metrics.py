@@ -80,12 +80,42 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     y = np.asarray(y).astype(int).ravel()
     prob = np.asarray(prob, dtype=np.float64)
     acc = float((prob.argmax(1) == y).mean())
+    if len(np.unique(y)) < 2:  # AUROC is undefined with a single class present
+        return {"accuracy": acc, "auroc": float("nan")}
     try:
         auc = (roc_auc_score(y, prob[:, 1]) if prob.shape[1] == 2
                else roc_auc_score(y, prob, multi_class="ovr", labels=list(range(prob.shape[1]))))
-    except ValueError:  # a single class present in y
+    except ValueError:  # some class of the labels list missing from y (one-vs-rest)
         auc = float("nan")
     return {"accuracy": acc, "auroc": float(auc)}
+
+
+def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray,
+                     score: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+                     n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+                     ) -> dict[str, list[float] | None]:
+    """Per metric of ``score``, the percentile bootstrap interval (``level``) of
+    ``score(y, a) - score(y, b)``: rows are resampled with replacement, the same rows for
+    both predictions (paired), ``n_resamples`` times from ``seed``. A metric undefined on
+    some resample (the Pearson correlation of a constant prediction) has no interval
+    (None)."""
+    y, a, b = np.asarray(y), np.asarray(a), np.asarray(b)
+    if not len(y) == len(a) == len(b):
+        raise DataError(f"{len(y)} targets, {len(a)} and {len(b)} predictions")
+    names = list(score(y, a))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty((n_resamples, len(names)))
+    for r in range(n_resamples):
+        i = rng.integers(0, len(y), len(y))
+        sa, sb = score(y[i], a[i]), score(y[i], b[i])
+        diffs[r] = [sa[n] - sb[n] for n in names]
+    tail = 100 * (1 - level) / 2
+    out: dict[str, list[float] | None] = {}
+    for j, n in enumerate(names):
+        d = diffs[:, j]
+        out[n] = None if np.isnan(d).any() else \
+            [float(np.percentile(d, tail)), float(np.percentile(d, 100 - tail))]
+    return out
 
 
 # ----------------------------------------------------------------- translation

@@ -7,7 +7,9 @@ function tag's head predicts and its own metrics score the predictions; with
 ``reference``, the model generates greedily from each input up to a line break, scored
 with BLEU and chrF; otherwise the next-token loss of the inputs. Beside the tags, every
 requested baseline (:mod:`tagllm.evaluation.baselines`) that can run on the rows is fitted
-and scored with the same metrics; one that cannot is skipped with the reason logged. Under a
+and scored with the same metrics; one that cannot is skipped with the reason logged. For a
+head, each comparison also carries the paired bootstrap 95% interval of the difference
+(tags minus method, on the same rows), and the row keeps the tags' predictions. Under a
 multi-process launch each process predicts a share of the rows.
 """
 
@@ -22,12 +24,11 @@ import torch
 from tagllm.config import EvalConfig
 from tagllm.distributed import world
 from tagllm.evaluation.baselines import BASELINES, Rows, Task
-from tagllm.evaluation.metrics import first_line, translation_metrics
+from tagllm.evaluation.metrics import first_line, paired_bootstrap, translation_metrics
 from tagllm.model import TaggedModel
 from tagllm.progress import track
 
 Log = Callable[[str], None]
-Score = Callable[[Any], dict[str, float]]
 
 
 def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None = None, *,
@@ -36,7 +37,8 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
              log: Log = print) -> dict[str, Any]:
     """One result row for ``spec`` on ``test``: ``name``, ``rows``, ``metrics`` (the
     tags'), ``baselines`` (method name -> metrics) and, for a head, its ``tag`` (default:
-    the function tag of the first input); generation rows keep a few ``examples``.
+    the function tag of the first input), ``predictions`` and ``intervals`` (method name ->
+    metric -> [low, high] of tags minus method); generation rows keep a few ``examples``.
     ``train`` rows feed the baselines that learn."""
     if spec.label:
         tag = tag or model.function_tag_of(test.texts[0])
@@ -53,12 +55,15 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
              ) -> dict[str, Any]:
     """The head of ``tag`` scored by its own metrics, beside the label baselines."""
     head = model.head(tag)
+    preds = predictions(model, test.texts, tag, batch_size, progress)
     row: dict[str, Any] = {"name": name, "tag": tag, "rows": len(test.texts),
-                           "metrics": head.metrics(test.targets, predictions(
-                               model, test.texts, tag, batch_size, progress))}
+                           "metrics": head.metrics(test.targets, preds),
+                           "predictions": preds.tolist()}
     if baselines and spec.baselines:
-        row["baselines"] = compare(spec.baselines, Task(classes=head.classes), train, test,
-                                   lambda p: head.metrics(test.targets, p), log)
+        found = compare(spec.baselines, Task(classes=head.classes), train, test, log)
+        row["baselines"] = {k: head.metrics(test.targets, p) for k, p in found.items()}
+        row["intervals"] = {k: paired_bootstrap(test.targets, preds, p, head.metrics)
+                            for k, p in found.items()}
     return row
 
 
@@ -82,15 +87,16 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
                                          "reference": refs[i]} for i in range(min(3, len(hyps)))]}
     if baselines and spec.baselines:
         task = Task(source_column=spec.source_column, prompt=spec.prompt, generate=generate)
-        row["baselines"] = compare(spec.baselines, task, None, test, score, log)
+        row["baselines"] = {k: score(p) for k, p in compare(spec.baselines, task, None, test,
+                                                            log).items()}
     return row
 
 
-def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows, score: Score,
-            log: Log) -> dict[str, dict[str, float]]:
-    """Each requested baseline (in registry order) fitted on ``train``, predicting ``test``,
-    scored with ``score``; those that cannot run are skipped with the reason logged."""
-    out: dict[str, dict[str, float]] = {}
+def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows,
+            log: Log = print) -> dict[str, Any]:
+    """Each requested baseline (in registry order) fitted on ``train``: its name -> its
+    predictions for ``test``; those that cannot run are skipped with the reason logged."""
+    out: dict[str, Any] = {}
     for key in [k for k in BASELINES if k in keys]:
         method = BASELINES[key](task)
         why = ("needs training rows" if method.needs_train and train is None
@@ -99,7 +105,7 @@ def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows, sco
             log(f"baseline {key} skipped: {why}")
             continue
         method.fit(train)
-        out[method.name(train, test)] = score(method.predict(test))
+        out[method.name(train, test)] = method.predict(test)
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 
 from tagllm.config import EvalConfig
 from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
+from tagllm.evaluation.metrics import paired_bootstrap
 from tagllm.evaluation.runner import evaluate
 from tagllm.fileio import atomic_write_text
 from tagllm.model import TaggedModel
@@ -161,7 +162,7 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
                    store.work_dir(p.key))
     evals = _evaluate(m, p, progress, log)
     if res.after_warm_start:
-        _add_ablation(evals, ablated, res.after_warm_start["eval"], s.tags)
+        _add_ablation(m, p, evals, ablated, res.after_warm_start["eval"])
     for row in evals:
         log(f"stage {s.name} eval {row['name']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row["metrics"].items()))
@@ -174,13 +175,19 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
             "final_loss": res.final_loss, "eval": evals}
 
 
-def _add_ablation(evals: list[dict[str, Any]], ablated: list[int],
-                  before: list[dict[str, Any]], tags: list[str]) -> None:
-    """The rows measured before training join the trained tags' rows as baselines."""
+def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[dict[str, Any]],
+                  ablated: list[int], before: list[dict[str, Any]]) -> None:
+    """The rows measured before training join the trained tags' rows as baselines; for a
+    head, with the paired bootstrap interval of the difference on the same rows."""
     for i, row in zip(ablated, before, strict=True):
         what = (f"{row['tag']} untrained, head fitted" if row.get("tag")
-                else f"{', '.join(tags)} untrained")  # generation: the starting tags
-        evals[i].setdefault("baselines", {})[f"ablation: {what}"] = row["metrics"]
+                else f"{', '.join(p.stage.tags)} untrained")  # generation: starting tags
+        name = f"ablation: {what}"
+        evals[i].setdefault("baselines", {})[name] = row["metrics"]
+        if "predictions" in row and "predictions" in evals[i]:
+            evals[i].setdefault("intervals", {})[name] = paired_bootstrap(
+                p.evals[i][1].targets, evals[i]["predictions"], row["predictions"],
+                m.head(row["tag"]).metrics)
 
 
 def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,

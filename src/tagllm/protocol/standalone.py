@@ -16,6 +16,7 @@ from typing import Any
 
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import ConfigError, UnknownTagError
+from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, fit_length, read_rows, report_skipped
@@ -99,7 +100,7 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
         raise ConfigError("give --label (a head's target) or --reference (generated text)")
     if baseline_train and not label:
         raise ConfigError("--baseline_train trains the label baselines: it needs --label")
-    baselines = ((["knn", "mean"] if baseline_train else []) if label
+    baselines = ((baseline_keys("label") if baseline_train else []) if label
                  else ["copy", *(["prompt"] if prompt else [])])
     spec = EvalConfig(source=data, label=label, template=template, n=n, seed=seed,
                       skip_invalid=skip_invalid, reference=reference, baselines=baselines,
