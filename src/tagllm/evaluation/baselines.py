@@ -177,6 +177,8 @@ class FingerprintBaseline(Baseline):
     """A method on the one molecule or protein column the rows have (INPUT_FEATURES)."""
 
     method = ""  # its name after the features' name, e.g. "k-NN (k=5)"
+    #: (train_x, train_y, test_x, column=, classes=) -> predictions
+    learner: ClassVar[Callable[..., np.ndarray]]
 
     @staticmethod
     def _input(train: Rows | None, test: Rows) -> list[str]:
@@ -198,36 +200,22 @@ class FingerprintBaseline(Baseline):
 
     def predict(self, test: Rows) -> np.ndarray:
         col = self._input(self.train, test)[0]
-        return self.predictions(self.train.table[col], self.train.targets, test.table[col],
-                                col)
-
-    def predictions(self, train_x: Sequence[str], train_y: np.ndarray,
-                    test_x: Sequence[str], column: str) -> np.ndarray:
-        raise NotImplementedError
+        return type(self).learner(self.train.table[col], self.train.targets, test.table[col],
+                                  column=col, classes=self.task.classes)
 
 
 @register_baseline
 class KNN(FingerprintBaseline):
     """Distance-weighted k-NN: Tanimoto on Morgan fingerprints, cosine on 3-mer profiles."""
 
-    key, method = "knn", "k-NN (k=5)"
-
-    def predictions(self, train_x: Sequence[str], train_y: np.ndarray,
-                    test_x: Sequence[str], column: str) -> np.ndarray:
-        return knn_baseline(train_x, train_y, test_x, column=column,
-                            classes=self.task.classes)
+    key, method, learner = "knn", "k-NN (k=5)", staticmethod(knn_baseline)
 
 
 @register_baseline
 class RandomForest(FingerprintBaseline):
     """A random forest of 200 trees on Morgan fingerprints or 3-mer profiles."""
 
-    key, method = "rf", "random forest (200 trees)"
-
-    def predictions(self, train_x: Sequence[str], train_y: np.ndarray,
-                    test_x: Sequence[str], column: str) -> np.ndarray:
-        return forest_baseline(train_x, train_y, test_x, column=column,
-                               classes=self.task.classes)
+    key, method, learner = "rf", "random forest (200 trees)", staticmethod(forest_baseline)
 
 
 @register_baseline
