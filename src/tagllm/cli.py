@@ -255,9 +255,9 @@ def evaluate(tags: str, data: str, label: str | None = None,
     from tagllm.protocol.standalone import evaluate_entries, evaluate_saved, tag_dirs
     from tagllm.report import eval_table, interval_table, method_rows
 
-    spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed, skip_invalid,
-                               baseline_train, baseline_examples, reference, source_column,
-                               prompt, max_new_tokens, spm_model)
+    spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
+                                  skip_invalid, baseline_train, baseline_examples, reference,
+                                  source_column, prompt, max_new_tokens, spm_model)
     row = evaluate_saved(tag_dirs(tags), spec, model, base, tag, batch_size, max_length,
                          progress, _log)
     for table in (eval_table(row), interval_table(row)):
