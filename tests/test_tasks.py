@@ -55,6 +55,7 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
         assert set(last["baselines"]) == {"copy the source", "plain-text prompt (no tags)",
                                           "ablation: <Translate> untrained"}
         assert last["examples"][0]["input"].startswith("<es> ")
+        assert len(last["outputs"]) == last["rows"]  # every generated output is kept
         assert summary.stages[-1]["eval"][1]["name"] == "pt->es (zero-shot)"
         return
     assert {"training mean", "training class frequencies"} & set(last["baselines"])

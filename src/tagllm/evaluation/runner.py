@@ -38,7 +38,8 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
     """One result row for ``spec`` on ``test``: ``name``, ``rows``, ``metrics`` (the
     tags'), ``baselines`` (method name -> metrics) and, for a head, its ``tag`` (default:
     the function tag of the first input), ``predictions`` and ``intervals`` (method name ->
-    metric -> [low, high] of tags minus method); generation rows keep a few ``examples``.
+    metric -> [low, high] of tags minus method); generation rows keep every output
+    (``outputs``) and the first three with their inputs and references (``examples``).
     ``train`` rows feed the baselines that learn."""
     if spec.label:
         tag = tag or model.function_tag_of(test.texts[0])
@@ -84,7 +85,8 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
     hyps = generate(test.texts)
     row: dict[str, Any] = {"name": name, "rows": len(test.texts), "metrics": score(hyps),
                            "examples": [{"input": test.texts[i], "output": hyps[i],
-                                         "reference": refs[i]} for i in range(min(3, len(hyps)))]}
+                                         "reference": refs[i]} for i in range(min(3, len(hyps)))],
+                           "outputs": hyps}
     if baselines and spec.baselines:
         task = Task(source_column=spec.source_column, prompt=spec.prompt, generate=generate)
         row["baselines"] = {k: score(p) for k, p in compare(spec.baselines, task, None, test,
