@@ -8,7 +8,7 @@ import torch
 
 from tagllm import TagConfig
 from tagllm.data import DataError
-from tagllm.evaluation.metrics import first_line, translation_metrics
+from tagllm.evaluation.metrics import first_line, translation_bootstrap, translation_metrics
 from tagllm.sources import load_source
 
 from tiny import tiny_tagged
@@ -84,6 +84,29 @@ def test_translation_metrics_and_spbleu(tmp_path):
                              spm_model=str(tmp_path / "sp.model"))
     assert sp["spbleu"] != sp["bleu"] and 0 < sp["spbleu"] < 100
     assert first_line("  Olá mundo.\n<en> more") == "Olá mundo."
+
+
+def test_translation_bootstrap_is_paired_and_agrees_with_recomputed_corpus_scores():
+    """The interval of BLEU/chrF differences from sufficient statistics equals the one from
+    recomputing sacrebleu's corpus scores on the same resampled sentences."""
+    import numpy as np
+    import sacrebleu
+
+    rng = np.random.default_rng(0)
+    words = "the cat dog sat ran on in a mat park house tree big small red".split()
+    refs = [" ".join(rng.choice(words, 8)) for _ in range(40)]
+    good = [r if i % 3 else " ".join(rng.choice(words, 8)) for i, r in enumerate(refs)]
+    bad = [" ".join(rng.choice(words, 8)) for _ in refs]
+    ci = translation_bootstrap(refs, good, bad, n_resamples=200, seed=3)
+    assert set(ci) == {"bleu", "chrf"} and ci["bleu"][0] > 0 and ci["chrf"][0] > 0
+    idx = np.random.default_rng(3).integers(0, 40, (200, 40))
+    d = [sacrebleu.corpus_bleu([good[j] for j in i], [[refs[j] for j in i]]).score
+         - sacrebleu.corpus_bleu([bad[j] for j in i], [[refs[j] for j in i]]).score
+         for i in idx]
+    assert ci["bleu"] == pytest.approx([np.percentile(d, 2.5), np.percentile(d, 97.5)],
+                                       abs=1e-6)
+    assert translation_bootstrap(refs, good, good, n_resamples=50) == {"bleu": [0.0, 0.0],
+                                                                       "chrf": [0.0, 0.0]}
 
 
 def test_lm_loss_counts_only_tokens_after_the_trained_tag():

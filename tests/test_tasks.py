@@ -56,6 +56,8 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
                                           "ablation: <Translate> untrained"}
         assert last["examples"][0]["input"].startswith("<es> ")
         assert len(last["outputs"]) == last["rows"]  # every generated output is kept
+        assert set(last["intervals"]) == set(last["baselines"])  # BLEU/chrF, paired
+        assert all(set(ci) == {"bleu", "chrf"} for ci in last["intervals"].values())
         assert summary.stages[-1]["eval"][1]["name"] == "pt->es (zero-shot)"
         return
     assert {"training mean", "training class frequencies"} & set(last["baselines"])

@@ -9,7 +9,8 @@ with BLEU and chrF; otherwise the next-token loss of the inputs. Beside the tags
 requested baseline (:mod:`tagllm.evaluation.baselines`) that can run on the rows is fitted
 and scored with the same metrics; one that cannot is skipped with the reason logged. For a
 head, each comparison also carries the paired bootstrap 95% interval of the difference
-(tags minus method, on the same rows), and the row keeps the tags' predictions. Under a
+(tags minus method, on the same rows; BLEU and chrF by sentence for generation), and the
+row keeps the tags' predictions or outputs. Under a
 multi-process launch each process predicts a share of the rows.
 """
 
@@ -24,7 +25,12 @@ import torch
 from tagllm.config import EvalConfig
 from tagllm.distributed import world
 from tagllm.evaluation.baselines import BASELINES, Rows, Task
-from tagllm.evaluation.metrics import first_line, paired_bootstrap, translation_metrics
+from tagllm.evaluation.metrics import (
+    first_line,
+    paired_bootstrap,
+    translation_bootstrap,
+    translation_metrics,
+)
 from tagllm.model import TaggedModel
 from tagllm.progress import track
 
@@ -89,8 +95,9 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
                            "outputs": hyps}
     if baselines and spec.baselines:
         task = Task(source_column=spec.source_column, prompt=spec.prompt, generate=generate)
-        row["baselines"] = {k: score(p) for k, p in compare(spec.baselines, task, None, test,
-                                                            log).items()}
+        found = compare(spec.baselines, task, None, test, log)
+        row["baselines"] = {k: score(p) for k, p in found.items()}
+        row["intervals"] = {k: translation_bootstrap(refs, hyps, p) for k, p in found.items()}
     return row
 
 

@@ -20,7 +20,7 @@ import torch
 
 from tagllm.config import EvalConfig
 from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
-from tagllm.evaluation.metrics import paired_bootstrap
+from tagllm.evaluation.metrics import paired_bootstrap, translation_bootstrap
 from tagllm.evaluation.runner import evaluate
 from tagllm.fileio import atomic_write_text
 from tagllm.model import TaggedModel
@@ -177,17 +177,21 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
 
 def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[dict[str, Any]],
                   ablated: list[int], before: list[dict[str, Any]]) -> None:
-    """The rows measured before training join the trained tags' rows as baselines; for a
-    head, with the paired bootstrap interval of the difference on the same rows."""
+    """The rows measured before training join the trained tags' rows as baselines, with
+    the paired bootstrap interval of the difference on the same rows."""
     for i, row in zip(ablated, before, strict=True):
         what = (f"{row['tag']} untrained, head fitted" if row.get("tag")
                 else f"{', '.join(p.stage.tags)} untrained")  # generation: starting tags
         name = f"ablation: {what}"
         evals[i].setdefault("baselines", {})[name] = row["metrics"]
+        e, d = p.evals[i]
         if "predictions" in row and "predictions" in evals[i]:
             evals[i].setdefault("intervals", {})[name] = paired_bootstrap(
-                p.evals[i][1].targets, evals[i]["predictions"], row["predictions"],
+                d.targets, evals[i]["predictions"], row["predictions"],
                 m.head(row["tag"]).metrics)
+        elif "outputs" in row and "outputs" in evals[i]:
+            evals[i].setdefault("intervals", {})[name] = translation_bootstrap(
+                d.table[e.reference], evals[i]["outputs"], row["outputs"])
 
 
 def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
