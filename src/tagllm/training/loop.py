@@ -86,6 +86,11 @@ class Job:
         earlier ones, e.g. the source sentence before <Translate>, give them no gradient)."""
         return {v for t in self.tags for v in self.model.bank.virtual_ids(t)}
 
+    @cached_property
+    def after_tensor(self) -> torch.Tensor:
+        """:attr:`after_ids` as the sorted id tensor that ``lm_loss`` takes."""
+        return torch.tensor(sorted(self.after_ids))
+
 
 @dataclass
 class State:
@@ -396,9 +401,9 @@ def _part_loss(job: Job, k: int, idx: list[int], lm_targets: float, n_global: in
     ids = [d.ids[k][i] for i in idx]
     tag = d.head_of[k]
     if tag is None:
-        after = torch.tensor(sorted(job.after_ids))
         with _activation_checkpointing(m, job.cfg.activation_checkpointing):
-            return m.lm_loss(collate(m, ids), reduction="sum", after=after) / max(lm_targets, 1.0)
+            return m.lm_loss(collate(m, ids), reduction="sum",
+                             after=job.after_tensor) / max(lm_targets, 1.0)
     if job.prefix is not None:
         head = m.head(tag)
         mean = head.loss(head(job.prefix.tag_features([(k, i) for i in idx], ids, tag)),
