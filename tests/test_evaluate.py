@@ -91,3 +91,62 @@ def test_paired_bootstrap_signs_and_undefined_metrics():
     flat = np.full((40, 2), 0.5)
     ci = paired_bootstrap(labels, good, flat, classification_metrics, n_resamples=200)
     assert ci["auroc"][0] > 0 and set(ci) == {"accuracy", "auroc"}
+
+
+def test_composition_baseline_recovers_composition_descriptors():
+    """A descriptor that is a linear function of amino-acid fractions and log length (as
+    GRAVY or charge per residue are) is recovered on unseen sequences; rows without a
+    sequence column make the method unavailable."""
+    from types import SimpleNamespace
+
+    from tagllm.data import Table
+    from tagllm.evaluation.baselines import Composition, Task, composition_features
+
+    rng = np.random.default_rng(0)
+    aa = "ACDEFGHIKLMNPQRSTVWY"
+    seqs = ["".join(rng.choice(list(aa), size=rng.integers(30, 300))) for _ in range(80)]
+    X = composition_features(seqs)
+    assert X.shape == (80, 21) and np.allclose(X[:, :20].sum(1), 1.0)
+    w = rng.normal(size=21)
+    y = X @ w
+    rows = [SimpleNamespace(table=Table({"sequence": seqs[a:b]}), texts=seqs[a:b],
+                            targets=y[a:b]) for a, b in ((0, 60), (60, 80))]
+    method = Composition(Task())
+    assert method.unavailable(*rows) is None
+    method.fit(rows[0])
+    pred = method.predict(rows[1])
+    assert np.corrcoef(pred, y[60:])[0, 1] > 0.99
+    no_seq = SimpleNamespace(table=Table({"smiles": ["CCO"]}), texts=["CCO"], targets=y[:1])
+    assert "sequence" in method.unavailable(no_seq, no_seq)
+
+
+def test_linear_probe_reads_untagged_inputs_and_fits_on_training_rows_only():
+    from types import SimpleNamespace
+
+    from tagllm.evaluation.baselines import LinearProbe, Task, untagged
+
+    assert untagged(["<SMILES> CCO <QED>", "<Protein>MKV <SMILES>C <BA>"],
+                    ["<SMILES>", "<QED>", "<Protein>", "<BA>"]) == ["CCO", "MKV C"]
+    seen: list[list[str]] = []
+    rng = np.random.default_rng(1)
+    table = {}
+
+    def features(texts: list[str]) -> np.ndarray:
+        seen.append(texts)
+        return np.stack([table.setdefault(t, rng.normal(size=8)) for t in texts])
+
+    texts = [f"<X> m{i}" for i in range(50)]
+    feats = features([t.split()[1] for t in texts])
+    y = feats @ np.arange(8.0)
+    train = SimpleNamespace(table=None, texts=texts[:40], targets=y[:40])
+    test = SimpleNamespace(table=None, texts=texts[40:], targets=y[40:])
+    probe = LinearProbe(Task(features=features, tag_names=("<X>",)))
+    assert LinearProbe(Task()).unavailable(train, test) is not None
+    probe.fit(train)
+    pred = probe.predict(test)
+    assert seen[1] == [f"m{i}" for i in range(40)] and seen[2] == [f"m{i}" for i in range(40, 50)]
+    np.testing.assert_allclose(pred, y[40:], atol=0.2)
+    prob = LinearProbe(Task(classes=2, features=features, tag_names=("<X>",)))
+    prob.fit(SimpleNamespace(table=None, texts=texts[:40], targets=(y[:40] > 0).astype(float)))
+    p = prob.predict(test)
+    assert p.shape == (10, 2) and ((p[:, 1] > 0.5) == (y[40:] > 0)).mean() >= 0.8

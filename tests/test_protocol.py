@@ -46,7 +46,7 @@ def workdir(tmp_path_factory):
 def base_recipe(d):
     return {
         "name": "tiny", "model": str(d / "tiny"), "out": str(d / "out"),
-        "train": {"batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2},
+        "train": {"batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 1},
         "tags": [{"name": "<SMILES>", "num_tokens": 3}, {"name": "<Protein>", "num_tokens": 2},
                  {"name": "<Q>", "kind": "function", "num_tokens": 2,
                   "head": {"kind": "regression"}}],
@@ -191,6 +191,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(workdir, tmp_path):
             assert (a[k] - b[k]).abs().max().item() <= 1e-6, k
     assert stage(resumed, "q")["eval"][0]["metrics"] == pytest.approx(
         stage(straight, "q")["eval"][0]["metrics"], abs=1e-6)
+    # the validation curve and the kept step survive the kill too (checkpointed)
+    a, b = stage(resumed, "q"), stage(straight, "q")
+    assert [c["step"] for c in a["curve"]] == list(range(7)) and a["best_step"] == b["best_step"]
+    assert [c["validation_loss"] for c in a["curve"]] == pytest.approx(
+        [c["validation_loss"] for c in b["curve"]], abs=1e-6)
     ablation = "ablation: <Q> untrained, head fitted"  # kept in the checkpoint across the kill
     assert stage(resumed, "q")["eval"][0]["baselines"][ablation] == pytest.approx(
         stage(straight, "q")["eval"][0]["baselines"][ablation])
@@ -203,7 +208,7 @@ def test_ctrl_c_saves_a_checkpoint_between_steps(workdir, tmp_path):
     path = write(tmp_path, r)
 
     def interrupt(msg):
-        if "step 3/6" in msg:
+        if "step 3/6 loss" in msg:  # not the validation line: a second ^C stops at once
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):

@@ -37,7 +37,7 @@ def test_base_bit_identical_and_only_tag_and_head_get_gradients(arch):
 
     q_before = m.bank.parameter("<Q>").detach().clone()
     y = np.linspace(0.0, 1.0, len(TEXTS))
-    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup_steps=1, seed=0)
+    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup_steps=1, seed=0, select="last")
     fit_tag(m, "<Q>", [f"<S> {t} <Q>" for t in TEXTS], y, cfg=cfg, progress=False,
             log=lambda s: None)
     after = _base_state(m)
@@ -94,7 +94,7 @@ def test_warm_start_fits_a_learnable_target():
         feats = m.tag_features(m.encode(texts), "<Q>").numpy()
     y = feats @ rng.normal(size=feats.shape[1]) * 0.1 + 3.0
     cfg = TrainConfig(steps=1, batch_size=16, lr=1e-6, head_lr=1e-6, warmup_steps=0,
-                      ridge_alpha=1e-4, warm_start_examples=200)
+                      ridge_alpha=1e-4, warm_start_examples=200, validation=0, select="last")
     res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
     pred = m.predict(texts, tag="<Q>")[:, 0]
     assert res.warm_start["<Q>"]["examples"] == 200
@@ -194,3 +194,50 @@ def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch):
     res = fit_tag(m, "<S>", [f"<S> {t}" for t in TEXTS], cfg=cfg, progress=False,
                   log=lambda s: None)
     assert all(np.isfinite(res.losses))
+
+
+def test_validation_is_carved_seeded_and_disjoint():
+    from tagllm.training.batching import Encoded, carve_validation
+
+    ids = [[[7, i] for i in range(50)], [[9, i] for i in range(3)], [[8, 0]]]
+    data = Encoded(ids, [torch.arange(50.0), None, None], ["<Q>", None, None], [1.0, 1, 1])
+    train, val, rows = carve_validation(data, 0.1, seed=3)
+    assert rows == [5, 1, 0]  # a one-row part keeps its row for training
+    for k in range(3):
+        assert sorted(train.ids[k] + val.ids[k]) == sorted(ids[k])
+        assert not {tuple(r) for r in train.ids[k]} & {tuple(r) for r in val.ids[k]}
+    assert [r[1] for r in val.ids[0]] == val.targets[0].int().tolist()  # targets follow
+    again = carve_validation(data, 0.1, seed=3)[1]
+    other = carve_validation(data, 0.1, seed=4)[1]
+    assert again.ids == val.ids and other.ids != val.ids
+    assert carve_validation(data, 0.0, seed=3)[1] is None
+
+
+def test_select_best_keeps_the_step_with_the_lowest_validation_loss():
+    """An absurd learning rate wrecks the tag: 'best' keeps step 0 (the untrained tag with its
+    fitted head, exactly), 'last' keeps the wreck; the curve has a point every eval_every
+    steps and the last; the validation rows are not trained on."""
+    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N", "CC")]
+    y = np.array([len(t) for t in texts], dtype=float)
+    results = {}
+    for select in ("best", "last"):
+        m = tiny_tagged("llama")
+        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+        cfg = TrainConfig(steps=7, batch_size=8, lr=30.0, head_lr=30.0, warmup_steps=0,
+                          eval_every=3, select=select, max_grad_norm=0)
+        seen = []
+        res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=seen.append,
+                      after_warm_start=lambda m=m: {"tag": m.bank.parameter("<Q>")
+                                                    .detach().clone()})
+        results[select] = (res, m.bank.parameter("<Q>").detach().clone())
+    res, tag = results["best"]
+    assert [c["step"] for c in res.curve] == [0, 3, 6, 7] and res.validation_rows == [4]
+    losses = [c["validation_loss"] for c in res.curve]
+    assert res.best_step == res.curve[int(np.argmin(losses))]["step"] == 0
+    assert torch.equal(tag, res.after_warm_start["tag"])
+    last, last_tag = results["last"]
+    assert last.best_step == 0 and not torch.equal(last_tag, tag)
+    assert res.curve[0]["train_loss"] is None and res.curve[1]["train_loss"] == pytest.approx(
+        np.mean(res.losses[:3]))
+    with pytest.raises(ValueError, match="select"):
+        TrainConfig(validation=0, select="best")

@@ -40,8 +40,8 @@ KILLER = textwrap.dedent("""
 
     real = loop.save_checkpoint
 
-    def save_then_die(directory, model, tags, *args):
-        real(directory, model, tags, *args)
+    def save_then_die(directory, model, tags, *args, **kwargs):
+        real(directory, model, tags, *args, **kwargs)
         if tags == [os.environ.get("KILL_AT_TAG", "<Q>")]:
             os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
 

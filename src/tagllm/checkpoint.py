@@ -30,9 +30,11 @@ META = "state.json"
 
 
 def save_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
-                    opt: torch.optim.Optimizer, sched: Any, meta: dict[str, Any]) -> Path:
-    """Write the full training state of ``tags`` to ``directory`` (atomically)."""
-    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+                    opt: torch.optim.Optimizer, sched: Any, meta: dict[str, Any],
+                    extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the full training state of ``tags`` (and any ``extra`` tensors, e.g. the best
+    step's tags) to ``directory`` (atomically)."""
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), **(extra or {})}
     for t in tags:
         tensors[f"tag.{t}"] = model.bank.parameter(t).detach().cpu()
         head = model.head(t)

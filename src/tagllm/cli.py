@@ -171,7 +171,9 @@ def train(tag: str, data: str, template: str, out: str,
     path, stage = train_one(cfg, rows, TrainConfig(**settings), model, tag_dirs(load), out,
                             TagStore(store), progress, _log)
     how = "found in the tag store" if stage["cached"] else f"{stage['steps_run']} steps"
-    console.print(f"wrote {path} ({how}; final loss {stage['final_loss']:.4f}, "
+    kept = "" if stage.get("best_step") is None else \
+        f", kept step {stage['best_step']} by validation loss"
+    console.print(f"wrote {path} ({how}; final loss {stage['final_loss']:.4f}{kept}, "
                   f"{stage['seconds'] or 0:.0f} s)")
 
 

@@ -161,6 +161,21 @@ class TrainConfig:
         metadata={"help": "recompute each layer's activations in the backward pass of "
                           "full-sequence steps (less memory, more time; for large models)"},
     )
+    validation: float = field(
+        default=0.1,
+        metadata={"help": "fraction of each part's training rows held out (seeded) to "
+                          "validate on; 0 = none"},
+    )
+    eval_every: int = field(
+        default=50,
+        metadata={"help": "steps between validation losses (also before the first step and "
+                          "after the last)"},
+    )
+    select: Literal["best", "last"] = field(
+        default="best",
+        metadata={"help": "keep the tags of the step with the lowest validation loss (step "
+                          "0, the untrained tags with fitted heads, included) or the last"},
+    )
     checkpoint_every: int = field(
         default=50,
         metadata={"help": "save a resumable checkpoint every N steps (and on Ctrl-C); 0 = only "
@@ -180,6 +195,15 @@ class TrainConfig:
         _check(self.prefix_cache_gb >= 0, "TrainConfig", "prefix_cache_gb", "must be >= 0")
         _check(self.autocast in ("no", "bf16", "fp16"), "TrainConfig", "autocast",
                f"{self.autocast!r} is not 'no', 'bf16' or 'fp16'")
+        _check(isinstance(self.validation, (int, float)) and 0 <= self.validation < 1,
+               "TrainConfig", "validation", f"must be a fraction in [0, 1), got "
+               f"{self.validation!r}")
+        _check(isinstance(self.eval_every, int) and self.eval_every >= 1, "TrainConfig",
+               "eval_every", f"must be a positive int, got {self.eval_every!r}")
+        _check(self.select in ("best", "last"), "TrainConfig", "select",
+               f"{self.select!r} is not 'best' or 'last'")
+        _check(self.select == "last" or self.validation > 0, "TrainConfig", "select",
+               "'best' needs validation rows (validation > 0); use select='last'")
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
                "TrainConfig", "checkpoint_every", "must be an int >= 0")
 

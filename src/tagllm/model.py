@@ -335,6 +335,25 @@ class TaggedModel(nn.Module):
         return out
 
     @torch.inference_mode()
+    def text_features(self, texts: Sequence[str], batch_size: int = 32,
+                      progress: bool = False) -> np.ndarray:
+        """(N, 2H) features of the frozen model alone (no tags may appear in ``texts``): the
+        last layer mean-pooled over each text's tokens, then at its last token."""
+        texts = list(texts)
+        out = np.zeros((len(texts), 2 * self.hidden_size), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
+        for s in track(range(0, len(texts), batch_size), "frozen features", progress,
+                       unit="batch"):
+            idx = order[s:s + batch_size]
+            batch = self.encode([texts[i] for i in idx])
+            hidden = self.hidden_states(batch).float()  # (B, T, H)
+            mask = batch.attention_mask.unsqueeze(-1).float()  # (B, T, 1), right padding
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # (B, H)
+            last = hidden[torch.arange(len(idx)), batch.attention_mask.sum(1) - 1]  # (B, H)
+            out[idx] = torch.cat([mean, last], -1).cpu().numpy()
+        return out
+
+    @torch.inference_mode()
     def generate(self, texts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
                  do_sample: bool = False, stop: Sequence[str] = (), progress: bool = False,
                  **kwargs) -> list[str]:

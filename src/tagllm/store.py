@@ -25,7 +25,8 @@ from tagllm.serialization import META, TENSORS, read_tag
 
 #: Part of every key. Bumped whenever the same recipe would train differently:
 #: 2 = LM losses count only tokens after a trained tag; init='text' right-aligns its text.
-STORE_FORMAT = 2
+#: 3 = a validation split is carved from the training rows and the best step is kept.
+STORE_FORMAT = 3
 
 
 def digest(material: Any, length: int = 20) -> str:

@@ -10,6 +10,7 @@ runner (:mod:`tagllm.evaluation.runner`) scores both with the same metrics. A ne
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
@@ -37,6 +38,10 @@ class Task:
     source_column: str = "source"
     prompt: str | None = None
     generate: Callable[[list[str]], list[str]] | None = None  # the frozen model, no tags
+    #: the frozen model's pooled hidden states of texts, no tags (N, F): the linear probe's
+    features: Callable[[list[str]], np.ndarray] | None = None
+    #: the tag names to strip from rendered inputs before the probe reads them
+    tag_names: tuple[str, ...] = ()
 
 
 class Baseline:
@@ -94,9 +99,48 @@ def morgan_fingerprints(smiles: Sequence[str], radius: int = 2, bits: int = 2048
     return out
 
 
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def composition_features(seqs: Sequence[str]) -> np.ndarray:
+    """(N, 21): the fraction of each standard amino acid and log10 of the length. Most
+    sequence descriptors (mass, GRAVY, charge, aliphatic index) are functions of these."""
+    index = {a: i for i, a in enumerate(AMINO_ACIDS)}
+    out = np.zeros((len(seqs), len(AMINO_ACIDS) + 1))
+    for n, s in enumerate(seqs):
+        for c in s:
+            if c in index:
+                out[n, index[c]] += 1
+        out[n, :-1] /= max(len(s), 1)
+        out[n, -1] = np.log10(max(len(s), 1))
+    return out
+
+
+def linear_fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                       classes: int = 0) -> np.ndarray:
+    """A linear model on standardised features: ridge with its penalty chosen by efficient
+    leave-one-out CV (RidgeCV) for values, L2 logistic regression with C chosen by 5-fold
+    CV for classes (probabilities). Everything is chosen on the training rows alone."""
+    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(train_y)
+    if classes:
+        clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, scoring="neg_log_loss",
+                                                                max_iter=2000))
+        clf.fit(train_x, y.astype(int).ravel())
+        prob = np.zeros((len(test_x), classes))
+        prob[:, clf.classes_] = clf.predict_proba(test_x)
+        return prob
+    reg = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 5, 17)))
+    reg.fit(train_x, y if y.ndim > 1 and y.shape[1] > 1 else y.ravel())
+    return reg.predict(test_x)
+
+
 def kmer_profiles(seqs: Sequence[str], k: int = 3) -> np.ndarray:
     """(N, 20**k) k-mer frequency vectors of protein sequences (standard residues only)."""
-    alphabet = "ACDEFGHIKLMNPQRSTVWY"
+    alphabet = AMINO_ACIDS
     index = {a: i for i, a in enumerate(alphabet)}
     out = np.zeros((len(seqs), len(alphabet) ** k), dtype=np.float32)
     for n, s in enumerate(seqs):
@@ -216,6 +260,67 @@ class RandomForest(FingerprintBaseline):
     """A random forest of 200 trees on Morgan fingerprints or 3-mer profiles."""
 
     key, method, learner = "rf", "random forest (200 trees)", staticmethod(forest_baseline)
+
+
+@register_baseline
+class Composition(Baseline):
+    """Ridge (or logistic regression) on amino-acid composition and log length: the
+    natural baseline for sequence descriptors, many of which it computes exactly."""
+
+    key = "composition"
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        if train is None or "sequence" not in train.table.columns \
+                or "sequence" not in test.table.columns:
+            return "needs a protein 'sequence' column in the training and test rows"
+        return None
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        return "amino-acid composition, linear"
+
+    def fit(self, train: Rows | None) -> None:
+        self.train = train
+
+    def predict(self, test: Rows) -> np.ndarray:
+        return linear_fit_predict(composition_features(self.train.table["sequence"]),
+                                  self.train.targets,
+                                  composition_features(test.table["sequence"]),
+                                  self.task.classes)
+
+
+def untagged(texts: Sequence[str], tag_names: Sequence[str]) -> list[str]:
+    """The inputs with every tag removed (and spaces collapsed): what the frozen model reads
+    without tags."""
+    if not tag_names:
+        return [" ".join(t.split()) for t in texts]
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(tag_names, key=len,
+                                                                   reverse=True)))
+    return [" ".join(pattern.sub(" ", t).split()) for t in texts]
+
+
+@register_baseline
+class LinearProbe(Baseline):
+    """A linear model on the frozen model's own features of the untagged input: its last
+    layer mean-pooled over the tokens and at the last token (no tags, nothing trained in
+    the model): what the tags must add to."""
+
+    key = "probe"
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        return None if self.task.features else "needs the frozen model's features"
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        return "linear probe (frozen hidden states, no tags)"
+
+    def fit(self, train: Rows | None) -> None:
+        self.train = train
+
+    def predict(self, test: Rows) -> np.ndarray:
+        feats = self.task.features
+        return linear_fit_predict(feats(untagged(self.train.texts, self.task.tag_names)),
+                                  self.train.targets,
+                                  feats(untagged(test.texts, self.task.tag_names)),
+                                  self.task.classes)
 
 
 @register_baseline

@@ -110,7 +110,9 @@ def _cached_stage(recipe: Recipe, p: StagePlan, store: TagStore) -> dict[str, An
         store.remember(recipe.name, p.stage.name, p.material)
     return {"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
             "trained": meta.get("created"), "seconds": prov.get("seconds"),
-            "final_loss": prov.get("final_loss"), "eval": prov.get("eval", [])}
+            "final_loss": prov.get("final_loss"),
+            "best_step": prov.get("validation", {}).get("best_step"),
+            "curve": prov.get("validation", {}).get("curve", []), "eval": prov.get("eval", [])}
 
 
 def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
@@ -172,7 +174,8 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
     return {"stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
             "examples_per_process": res.examples_per_process,
             "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
-            "final_loss": res.final_loss, "eval": evals}
+            "final_loss": res.final_loss, "best_step": res.best_step, "curve": res.curve,
+            "eval": evals}
 
 
 def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[dict[str, Any]],
@@ -209,6 +212,9 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
         "examples_per_process": res.examples_per_process,
         "seconds": round(res.seconds, 1), "final_loss": res.final_loss,
         "warm_start": res.warm_start, "eval": evals,
+        "validation": {"fraction": s.train.validation, "seed": s.train.seed,
+                       "rows": res.validation_rows, "select": s.train.select,
+                       "best_step": res.best_step, "curve": res.curve},
     }
 
 

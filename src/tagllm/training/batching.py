@@ -165,6 +165,32 @@ def _check_coverage(model: TaggedModel, tags: Sequence[str], parts: Sequence[Par
         raise DataError(f"no training data contains {untouched}")
 
 
+def carve_validation(data: Encoded, fraction: float, seed: int
+                     ) -> tuple[Encoded, Encoded | None, list[int]]:
+    """Split every part into training and validation rows: ``fraction`` of each part's rows
+    (at least one, always leaving one to train on), drawn with a generator seeded by
+    ``(seed, part)``. Returns (training data, validation data or None, validation rows of
+    each part)."""
+    if fraction <= 0:
+        return data, None, [0] * len(data.ids)
+    train = Encoded([], [], list(data.head_of), list(data.weights))
+    val = Encoded([], [], list(data.head_of), list(data.weights))
+    counts = []
+    for k, ids in enumerate(data.ids):
+        n = len(ids)
+        n_val = min(max(1, round(fraction * n)), n - 1)
+        perm = np.random.default_rng([seed, k]).permutation(n)
+        rows = (sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist()))
+        for enc, idx in zip((train, val), rows, strict=True):
+            enc.ids.append([ids[i] for i in idx])
+            y = data.targets[k]
+            enc.targets.append(None if y is None else y[idx])
+        counts.append(n_val)
+    if not any(counts):
+        return data, None, counts
+    return train, val, counts
+
+
 def lm_target_count(seq: Sequence[int], after: set[int], vocab: int) -> int:
     """How many tokens of ``seq`` are LM targets: base tokens after one of ``after``."""
     seen, n = False, 0

@@ -33,6 +33,7 @@ from tagllm.progress import bar
 from tagllm.training.batching import (
     Encoded,
     Part,
+    carve_validation,
     collate,
     encode_parts,
     lm_target_count,
@@ -54,6 +55,11 @@ class TrainResult:
     resumed_from: int = 0  # steps already done by an earlier, interrupted run
     after_warm_start: dict | None = None  # what the after_warm_start hook returned
     examples_per_process: list[int] = field(default_factory=list)  # by rank, this call
+    #: validation losses: [{"step", "train_loss" (mean since the previous point),
+    #: "validation_loss"}], step 0 = before the first gradient step
+    curve: list[dict] = field(default_factory=list)
+    best_step: int | None = None  # the step whose tags were kept (select="best")
+    validation_rows: list[int] = field(default_factory=list)  # per part
 
     @property
     def steps_run(self) -> int:
@@ -74,6 +80,8 @@ class Job:
     tags: list[str]
     cfg: TrainConfig
     data: Encoded
+    val: Encoded | None  # validation rows carved from the training data
+    val_rows: list[int]  # validation rows of each part
     prefix: FrozenPrefix | None  # frozen-prefix training of the heads, or full passes
     world: World
     ckpt: Path | None
@@ -102,6 +110,9 @@ class State:
     after: dict | None = None
     resumed_from: int = 0
     examples: int = 0  # seen by this process in this call
+    curve: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"step", "loss"} of the lowest validation loss so far
+    best_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # its tags and heads
 
 
 @contextlib.contextmanager
@@ -186,10 +197,14 @@ def setup(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part], cfg: T
         progress, log = False, _quiet
     torch.manual_seed(cfg.seed)
     model.set_trainable(tags)
-    data = encode_parts(model, tags, parts, cfg.max_length)
+    data, val, val_rows = carve_validation(encode_parts(model, tags, parts, cfg.max_length),
+                                           cfg.validation, cfg.seed)
+    if val is not None:
+        log(f"validation: {sum(val_rows)} of the training rows held out ({cfg.validation:g} "
+            f"of each part, seed {cfg.seed})")
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    return Job(model, tags, cfg, data, _frozen_prefix(model, tags, data, cfg, log), w, ckpt,
-               log, progress)
+    return Job(model, tags, cfg, data, val, val_rows,
+               _frozen_prefix(model, tags, data, cfg, log), w, ckpt, log, progress)
 
 
 def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: TrainConfig,
@@ -246,8 +261,10 @@ def resume(job: Job, saved: CheckpointState, opt: torch.optim.Optimizer, sched) 
     meta = saved.restore(opt, sched)
     job.log(f"resuming {', '.join(job.tags)} at step {meta['step']}/{job.cfg.steps} from "
             f"{job.ckpt}")
+    best = {k[len("best."):]: v for k, v in saved.tensors.items() if k.startswith("best.")}
     return State(step=meta["step"], losses=list(meta["losses"]), warm=meta.get("warm_start"),
-                 after=meta.get("after_warm_start"), resumed_from=meta["step"])
+                 after=meta.get("after_warm_start"), resumed_from=meta["step"],
+                 curve=list(meta.get("curve", [])), best=meta.get("best"), best_tensors=best)
 
 
 def fit_tags(
@@ -274,13 +291,15 @@ def fit_tags(
         state = resume(job, saved, opt, sched)
     t0 = time.perf_counter()
     fit(job, state, opt, sched, params)
+    keep_selected(job, state)
     model.set_trainable([])
     if job.prefix is not None:
         p = job.prefix
         job.log(f"frozen prefix: {p.hits} cached / {p.misses} computed prefixes, "
             f"{p.used / 1e9:.2f} GB kept")
     return TrainResult(job.cfg.steps, time.perf_counter() - t0, state.losses, state.warm,
-                       state.resumed_from, state.after, job.world.gather_object(state.examples))
+                       state.resumed_from, state.after, job.world.gather_object(state.examples),
+                       state.curve, state.best["step"] if state.best else None, job.val_rows)
 
 
 def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list) -> None:
@@ -295,6 +314,8 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
     t0 = time.perf_counter()
     pbar = bar(cfg.steps, f"training {', '.join(job.tags)}", job.progress, unit="step")
     pbar.update(state.step)
+    if state.step == 0:
+        record_validation(job, state)
     with StopRequest() as stop:
         try:
             for step in range(state.step + 1, cfg.steps + 1):
@@ -304,6 +325,8 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
                 state.losses.append(loss)
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss:.4f}")
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    record_validation(job, state)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     job.log(f"{', '.join(job.tags)} step {step}/{cfg.steps} loss "
                             f"{np.mean(state.losses[-cfg.log_every:]):.4f} "
@@ -326,7 +349,8 @@ def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched
             save_checkpoint(job.ckpt, job.model, job.tags, opt, sched, {
                 "step": state.step, "losses": state.losses, "warm_start": state.warm,
                 "after_warm_start": state.after, "train": job.cfg.to_dict(),
-                "processes": job.world.size})
+                "processes": job.world.size, "curve": state.curve, "best": state.best},
+                extra={f"best.{k}": v for k, v in state.best_tensors.items()})
         job.world.barrier()
     if stopping:
         where = f"; saved step {state.step} to {job.ckpt}, run again to resume" \
@@ -334,6 +358,92 @@ def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched
         job.log(f"stopped by {why or 'a stop request on another process'} at step "
                 f"{state.step}/{job.cfg.steps}{where}")
         raise KeyboardInterrupt
+
+
+def _snapshot(job: Job) -> dict[str, torch.Tensor]:
+    """CPU copies of the trained tags and their heads."""
+    out = {f"tag.{t}": job.model.bank.parameter(t).detach().cpu().clone() for t in job.tags}
+    for t in job.tags:
+        head = job.model.head(t)
+        if head is not None:
+            out.update({f"head.{t}.{k}": v.detach().cpu().clone()
+                        for k, v in head.state_dict().items()})
+    return out
+
+
+def _restore(job: Job, tensors: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for t in job.tags:
+            job.model.bank.parameter(t).copy_(tensors[f"tag.{t}"])
+            head = job.model.head(t)
+            if head is not None:
+                pre = f"head.{t}."
+                head.load_state_dict({k[len(pre):]: v for k, v in tensors.items()
+                                      if k.startswith(pre)})
+
+
+def record_validation(job: Job, state: State) -> None:
+    """Append the validation loss at ``state.step`` to the curve and remember the tags of
+    the lowest one."""
+    if job.val is None:
+        return
+    loss = validation_loss(job)
+    since = state.curve[-1]["step"] if state.curve else 0
+    recent = state.losses[since:]
+    state.curve.append({"step": state.step,
+                        "train_loss": float(np.mean(recent)) if recent else None,
+                        "validation_loss": loss})
+    if math.isfinite(loss) and (state.best is None or loss < state.best["loss"]):
+        state.best = {"step": state.step, "loss": loss}
+        if job.cfg.select == "best":
+            state.best_tensors = _snapshot(job)
+    best = f"best {state.best['loss']:.4f} at step {state.best['step']}" if state.best \
+        else "none finite yet"
+    job.log(f"{', '.join(job.tags)} step {state.step}/{job.cfg.steps} validation loss "
+            f"{loss:.4f} ({best})")
+
+
+def keep_selected(job: Job, state: State) -> None:
+    """With ``select="best"``, put back the tags and heads of the best validation step."""
+    if job.cfg.select != "best" or not state.best_tensors:
+        return
+    _restore(job, state.best_tensors)
+    job.log(f"kept {', '.join(job.tags)} of step {state.best['step']}/{job.cfg.steps}, the "
+            f"lowest validation loss ({state.best['loss']:.4f}"
+            + ("; step 0 is before any gradient step)" if state.best["step"] == 0 else ")"))
+
+
+@torch.no_grad()
+def validation_loss(job: Job, batch_size: int | None = None) -> float:
+    """The training objective on the validation rows, with the parts mixed by their
+    weights: each LM part's mean over its predicted tokens, each head's mean loss. Every
+    process computes it on all rows (the same number everywhere, also when sharded)."""
+    m, d = job.model, job.val
+    bs = batch_size or job.cfg.batch_size
+    w = np.asarray(d.weights, dtype=float) / sum(d.weights)
+    total = 0.0
+    with _autocast(m, job.cfg):
+        for k, ids in enumerate(d.ids):
+            if not ids:
+                continue
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            tag, num, den = d.head_of[k], 0.0, 0.0
+            for s in range(0, len(ids), bs):
+                idx = order[s:s + bs]
+                rows = [ids[i] for i in idx]
+                if tag is None:
+                    num += m.lm_loss(collate(m, rows), reduction="sum",
+                                     after=job.after_tensor).item()
+                    den += sum(lm_target_count(r, job.after_ids, m.bank.vocab_rows)
+                               for r in rows)
+                    continue
+                head = m.head(tag)
+                feats = job.prefix.tag_features([("val", k, i) for i in idx], rows, tag) \
+                    if job.prefix is not None else m.tag_features(collate(m, rows), tag)
+                num += head.loss(head(feats), d.targets[k][idx].to(m.device)).item() * len(idx)
+                den += len(idx)
+            total += w[k] * num / max(den, 1.0)
+    return float(total)
 
 
 def train_step(job: Job, state: State, batch: list[tuple[int, list[int]]], params: list,
