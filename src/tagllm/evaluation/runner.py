@@ -67,7 +67,9 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
                            "metrics": head.metrics(test.targets, preds),
                            "predictions": preds.tolist()}
     if baselines and spec.baselines:
-        found = compare(spec.baselines, Task(classes=head.classes), train, test, log)
+        task = Task(classes=head.classes, features=lambda texts: frozen_features(
+            model, texts, batch_size, progress), tag_names=tuple(model.bank.names))
+        found = compare(spec.baselines, task, train, test, log)
         row["baselines"] = {k: head.metrics(test.targets, p) for k, p in found.items()}
         row["intervals"] = {k: paired_bootstrap(test.targets, preds, p, head.metrics)
                             for k, p in found.items()}
@@ -124,6 +126,15 @@ def predictions(model: TaggedModel, texts: Sequence[str], tag: str, batch_size: 
     texts = list(texts)
     return world().on_shares(len(texts), lambda idx: model.predict(
         [texts[i] for i in idx], tag=tag, batch_size=batch_size, progress=progress)).numpy()
+
+
+def frozen_features(model: TaggedModel, texts: Sequence[str], batch_size: int = 32,
+                    progress: bool = False) -> np.ndarray:
+    """The frozen model's pooled features of untagged ``texts`` (the linear probe's), each
+    process computing a share."""
+    texts = list(texts)
+    return world().on_shares(len(texts), lambda idx: model.text_features(
+        [texts[i] for i in idx], batch_size=batch_size, progress=progress)).numpy()
 
 
 def lm_metrics(model: TaggedModel, texts: Sequence[str], batch_size: int = 16,
