@@ -171,7 +171,13 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     res = json.loads(js.read_text())
     assert set(res["tags (<C>)"]) == {"accuracy", "auroc"}
     assert set(res) == {"tags (<C>)", "Morgan k-NN (k=5)", "Morgan random forest (200 trees)",
+                        "linear probe (frozen hidden states, no tags)",
                         "training class frequencies"}
+    main(["evaluate", "--tags", str(tmp_path / "tags"), "--data", str(labelled), "--label", "c",
+          "--template", "{smiles} <C>", "--baseline_train", str(other), "--baselines",
+          "rf,mean", "--json_out", str(js), *common])
+    assert set(json.loads(js.read_text())) == {"tags (<C>)", "Morgan random forest (200 trees)",
+                                               "training class frequencies"}
 
     pairs = tmp_path / "p.csv"
     pairs.write_text("source,target\nhello,hola\ngood day,buenos dias\n")
@@ -202,6 +208,9 @@ def test_evaluate_checks_every_argument_and_source_before_the_model(tmp_path, ti
          "unknown tag <X>"),
         (["--data", str(data), "--reference", "y", "--baseline_train", str(data)],
          "--baseline_train trains the label baselines"),
+        (["--data", str(data), "--label", "y", "--baselines", "rf"], "--baselines chooses"),
+        (["--data", str(data), "--label", "y", "--baseline_train", str(data), "--baselines",
+          "rf,lora9"], "baselines: unknown ['lora9']"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as e:

@@ -218,6 +218,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
              template: str = "<SMILES> {smiles} <QED>", tag: str | None = None,
              model: str = "smollm2", n_examples: int | None = None,
              baseline_train: str | None = None, baseline_examples: int = 3000,
+             baselines: str | None = None,
              reference: str | None = None, source_column: str = "source",
              prompt: str | None = None, max_new_tokens: int = 128, spm_model: str | None = None,
              batch_size: int = 32, max_length: int = 512, seed: int = 0,
@@ -227,7 +228,9 @@ def evaluate(tags: str, data: str, label: str | None = None,
     metrics, baselines and names): a function tag's head on a label (regression: MSE, MAE,
     Pearson, Spearman; classification: accuracy, AUROC), beside every label baseline of the
     registry fitted on --baseline_train (k-NN and random forest on Morgan fingerprints or
-    3-mer profiles, the training mean / class frequencies); or generation up to a line
+    3-mer profiles, a linear model on amino-acid composition, the linear probe on the
+    frozen model's hidden states, the training mean / class frequencies; --baselines picks
+    some); or generation up to a line
     break against --reference (BLEU, chrF),
     beside copying --source_column and, with --prompt, the plain-text prompt. Every file
     and source is checked before the model loads.
@@ -242,6 +245,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
         n_examples: evaluate a seeded random sample of this many rows.
         baseline_train: training rows of the baselines (test molecules left out).
         baseline_examples: rows of baseline_train to sample.
+        baselines: label baselines to run, comma-separated registry keys (knn, rf,
+            composition, probe, mean); default: every one that applies.
         reference: column of reference texts: a generation evaluation.
         source_column: the column the copy-the-source baseline copies.
         prompt: plain-text prompt template (no tags) for the prompt baseline.
@@ -259,7 +264,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
 
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
                                   skip_invalid, baseline_train, baseline_examples, reference,
-                                  source_column, prompt, max_new_tokens, spm_model)
+                                  source_column, prompt, max_new_tokens, spm_model,
+                                  baselines.split(",") if baselines else None)
     row = evaluate_saved(tag_dirs(tags), spec, model, base, tag, batch_size, max_length,
                          progress, _log)
     for table in (eval_table(row), interval_table(row)):

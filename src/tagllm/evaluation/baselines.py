@@ -119,16 +119,20 @@ def composition_features(seqs: Sequence[str]) -> np.ndarray:
 def linear_fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                        classes: int = 0) -> np.ndarray:
     """A linear model on standardised features: ridge with its penalty chosen by efficient
-    leave-one-out CV (RidgeCV) for values, L2 logistic regression with C chosen by 5-fold
-    CV for classes (probabilities). Everything is chosen on the training rows alone."""
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    leave-one-out CV (RidgeCV) for values, L2 logistic regression with C chosen by
+    stratified CV (5 folds, fewer if a class has fewer rows) on the log loss for classes
+    (probabilities). Everything is chosen on the training rows alone."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(train_y)
     if classes:
-        clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, scoring="neg_log_loss",
-                                                                max_iter=2000))
+        counts = np.bincount(y.astype(int).ravel())
+        folds = int(min(5, counts[counts > 0].min()))  # stratified folds need members
+        model = LogisticRegressionCV(Cs=10, cv=folds, scoring="neg_log_loss", max_iter=2000) \
+            if folds >= 2 else LogisticRegression(max_iter=2000)
+        clf = make_pipeline(StandardScaler(), model)
         clf.fit(train_x, y.astype(int).ravel())
         prob = np.zeros((len(test_x), classes))
         prob[:, clf.classes_] = clf.predict_proba(test_x)

@@ -92,7 +92,8 @@ def _function_tag(configs: dict[str, TagConfig], spec: EvalConfig, tag: str | No
 def evaluate_entries(data: str, label: str | list[str] | None, template: str, n: int | None,
                      seed: int, skip_invalid: bool, baseline_train: str | None,
                      baseline_examples: int, reference: str | None, source_column: str,
-                     prompt: str | None, max_new_tokens: int, spm_model: str | None
+                     prompt: str | None, max_new_tokens: int, spm_model: str | None,
+                     label_baselines: list[str] | None = None
                      ) -> tuple[EvalConfig, DataConfig | None]:
     """``tagllm evaluate``'s flags as the entries a recipe would hold: the evaluation (with
     every baseline that its kind and flags allow) and the baselines' training rows."""
@@ -100,7 +101,10 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
         raise ConfigError("give --label (a head's target) or --reference (generated text)")
     if baseline_train and not label:
         raise ConfigError("--baseline_train trains the label baselines: it needs --label")
-    baselines = ((baseline_keys("label") if baseline_train else []) if label
+    if label_baselines and not (label and baseline_train):
+        raise ConfigError("--baselines chooses label baselines: it needs --label and "
+                          "--baseline_train")
+    baselines = ((label_baselines or baseline_keys("label") if baseline_train else []) if label
                  else ["copy", *(["prompt"] if prompt else [])])
     spec = EvalConfig(source=data, label=label, template=template, n=n, seed=seed,
                       skip_invalid=skip_invalid, reference=reference, baselines=baselines,
