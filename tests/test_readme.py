@@ -147,9 +147,12 @@ def test_evaluate_prints_what_run_printed(workdir, monkeypatch):
     main(["run", "recipes/qed.yaml", "--progress", "false"])
     stored = json.loads((workdir / "runs" / "qed" / "results.json").read_text())
     ev = stored["stages"][1]["eval"][0]
+    recipe = yaml.safe_load(open("recipes/qed.yaml"))
+    baselines = recipe["stages"][1]["eval"][0]["baselines"]  # the same methods
     main(["evaluate", "--tags", "runs/qed/tags", "--data", "moses:test", "--n_examples", "12",
           "--label", "qed", "--baseline_train", "moses:train", "--baseline_examples", "24",
-          "--model", str(workdir / "tiny"), "--json_out", "ev.json", "--progress", "false"])
+          "--baselines", ",".join(baselines), "--model", str(workdir / "tiny"),
+          "--json_out", "ev.json", "--progress", "false"])
     got = json.loads((workdir / "ev.json").read_text())
     want = {"tags (<QED>)": ev["metrics"], **{k: v for k, v in ev["baselines"].items()
                                               if not k.startswith("ablation")}}
