@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tagllm.cli import main
+from tagllm.report import method_rows
 
 from tiny import save_tiny
 
@@ -53,7 +54,7 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     js = tmp_path / "m.json"
     main(["evaluate", "--tags", str(tmp_path), "--data", str(data), "--label", "y", "--model",
           str(tiny_model_dir), "--json_out", str(js), "--progress", "false"])
-    metrics = json.loads(js.read_text())["tags (<QED>)"]
+    metrics = method_rows(json.loads(js.read_text()))["tags (<QED>)"]
     assert set(metrics) == {"mse", "mae", "pearson", "spearman"}
 
     capsys.readouterr()
@@ -168,7 +169,7 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     main(["evaluate", "--tags", str(tmp_path / "tags"), "--data", str(labelled), "--label", "c",
           "--template", "{smiles} <C>", "--baseline_train", str(other),
           "--json_out", str(js), *common])
-    res = json.loads(js.read_text())
+    res = method_rows(json.loads(js.read_text()))
     assert set(res["tags (<C>)"]) == {"accuracy", "auroc"}
     assert set(res) == {"tags (<C>)", "Morgan k-NN (k=5)", "Morgan random forest (200 trees)",
                         "linear probe (frozen hidden states, no tags)",
@@ -176,8 +177,11 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     main(["evaluate", "--tags", str(tmp_path / "tags"), "--data", str(labelled), "--label", "c",
           "--template", "{smiles} <C>", "--baseline_train", str(other), "--baselines",
           "rf,mean", "--json_out", str(js), *common])
-    assert set(json.loads(js.read_text())) == {"tags (<C>)", "Morgan random forest (200 trees)",
-                                               "training class frequencies"}
+    picked = json.loads(js.read_text())  # the evaluation row, as results.json holds it
+    assert set(method_rows(picked)) == {"tags (<C>)", "Morgan random forest (200 trees)",
+                                        "training class frequencies"}
+    assert set(picked["intervals"]) == set(picked["baselines"])
+    assert len(picked["predictions"]) == picked["rows"] == len(SMILES)
 
     pairs = tmp_path / "p.csv"
     pairs.write_text("source,target\nhello,hola\ngood day,buenos dias\n")
@@ -185,7 +189,7 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
           "--reference", "target", "--template", "{source} <C> =", "--prompt",
           "English: {source}\nSpanish:", "--max_new_tokens", "4", "--json_out", str(js),
           *common])
-    res = json.loads(js.read_text())
+    res = method_rows(json.loads(js.read_text()))
     assert set(res) == {"tags (generation)", "copy the source", "plain-text prompt (no tags)"}
     assert set(res["tags (generation)"]) == {"bleu", "chrf"}
 

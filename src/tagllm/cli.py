@@ -256,11 +256,12 @@ def evaluate(tags: str, data: str, label: str | None = None,
         max_length: longest input in tokens (longer inputs are an error).
         seed: random seed of the samples.
         skip_invalid: drop invalid rows (reported) instead of stopping.
-        json_out: also write the table (method -> metrics) to this JSON file.
+        json_out: also write the evaluation row to this JSON file, as results.json holds it
+            (metrics, baselines, intervals, predictions or outputs).
         progress: show progress bars.
     """
     from tagllm.protocol.standalone import evaluate_entries, evaluate_saved, tag_dirs
-    from tagllm.report import eval_table, interval_table, method_rows
+    from tagllm.report import eval_table, interval_table
 
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
                                   skip_invalid, baseline_train, baseline_examples, reference,
@@ -272,7 +273,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
         if table is not None:
             console.print(table)
     if json_out:
-        Path(json_out).write_text(json.dumps(method_rows(row), indent=2) + "\n")
+        Path(json_out).write_text(json.dumps(row, indent=2, default=float) + "\n")
 
 
 def generate(prompt: str, tags: str | None = None, model: str = "smollm2",
