@@ -172,7 +172,6 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     res = method_rows(json.loads(js.read_text()))
     assert set(res["tags (<C>)"]) == {"accuracy", "auroc"}
     assert set(res) == {"tags (<C>)", "Morgan k-NN (k=5)", "Morgan random forest (200 trees)",
-                        "linear probe (frozen hidden states, no tags)",
                         "training class frequencies"}
     main(["evaluate", "--tags", str(tmp_path / "tags"), "--data", str(labelled), "--label", "c",
           "--template", "{smiles} <C>", "--baseline_train", str(other), "--baselines",

@@ -150,3 +150,52 @@ def test_linear_probe_reads_untagged_inputs_and_fits_on_training_rows_only():
     prob.fit(SimpleNamespace(table=None, texts=texts[:40], targets=(y[:40] > 0).astype(float)))
     p = prob.predict(test)
     assert p.shape == (10, 2) and ((p[:, 1] > 0.5) == (y[40:] > 0)).mean() >= 0.8
+
+
+@pytest.mark.parametrize("key", ["lora", "prompt_tuning"])
+def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alone(key):
+    """A target that is linear in the frozen model's last-token features is fitted almost
+    exactly (so the features are read at each text's last real token, after any virtual
+    tokens); the base model stays bit-identical; the trainable parameters are counted;
+    class probabilities come out for classification."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tagllm.evaluation.baselines import BASELINES, FineTune, Task
+
+    from tiny import tiny_tagged
+
+    m = tiny_tagged("llama")
+    before = {k: v.clone() for k, v in m.base.state_dict().items()}
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("CNOcn()=#123"), size=rng.integers(3, 14)))
+             for _ in range(120)]
+    with torch.no_grad():
+        feats = np.stack([m.base(**m.tokenizer(t, return_tensors="pt"),
+                                 output_hidden_states=True).hidden_states[-1][0, -1].numpy()
+                          for t in texts])
+    y = feats @ rng.normal(size=feats.shape[1])
+    train = SimpleNamespace(table=None, texts=[f"<X> {t}" for t in texts[:100]], targets=y[:100])
+    test = SimpleNamespace(table=None, texts=[f"<X> {t}" for t in texts[100:]], targets=y[100:])
+    tune = FineTune(m.base, m.tokenizer, steps=2, batch_size=16)
+    method = BASELINES[key](Task(finetune=tune, tag_names=("<X>",)))
+    assert method.unavailable(train, test) is None
+    assert BASELINES[key](Task()).unavailable(train, test) == "needs the frozen base model"
+    method.fit(train)
+    pred = method.predict(test)
+    assert pred.shape == (20,) and np.isfinite(pred).all()
+    if key == "lora":  # LoRA starts as the identity: the closed form is near exact
+        assert np.corrcoef(pred, y[100:])[0, 1] > 0.95
+        lora = sum(8 * (mod.in_features + mod.out_features) for name, mod in
+                   m.base.named_modules() if name.endswith(("q_proj", "v_proj")))
+        assert method.parameters == lora + 33  # r=8 on q and v in each layer, + the head
+    else:
+        assert method.parameters == 10 * 32 + 33  # 10 virtual tokens + head
+    assert "trainable parameters" in method.name(train, test)
+    for k, v in m.base.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    classes = BASELINES[key](Task(classes=2, finetune=tune, tag_names=("<X>",)))
+    classes.fit(SimpleNamespace(table=None, texts=train.texts, targets=(y[:100] > 0) * 1.0))
+    prob = classes.predict(test)
+    assert prob.shape == (20, 2) and np.allclose(prob.sum(1), 1, atol=1e-5)

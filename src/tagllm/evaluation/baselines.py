@@ -42,6 +42,20 @@ class Task:
     features: Callable[[list[str]], np.ndarray] | None = None
     #: the tag names to strip from rendered inputs before the probe reads them
     tag_names: tuple[str, ...] = ()
+    #: the frozen base model and the training budget, for the methods that fine-tune it
+    finetune: FineTune | None = None
+
+
+@dataclass
+class FineTune:
+    """What a fine-tuning baseline (PEFT) gets: the frozen Hugging Face model (never
+    modified: adapters go on a copy), its tokenizer and the tags' step budget."""
+
+    model: Any
+    tokenizer: Any
+    steps: int = 200
+    batch_size: int = 32
+    seed: int = 0
 
 
 class Baseline:
@@ -50,6 +64,8 @@ class Baseline:
     key: ClassVar[str] = ""
     needs: ClassVar[Literal["label", "reference"]] = "label"
     needs_train: ClassVar[bool] = True
+    #: runs the base model over the training rows (or trains it): only when asked by name
+    uses_model: ClassVar[bool] = False
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -78,9 +94,11 @@ def register_baseline(cls: type[Baseline]) -> type[Baseline]:
     return cls
 
 
-def baseline_keys(needs: str) -> list[str]:
-    """The registered keys of one kind of evaluation, in registry order."""
-    return [k for k, c in BASELINES.items() if c.needs == needs]
+def baseline_keys(needs: str, with_model: bool = True) -> list[str]:
+    """The registered keys of one kind of evaluation, in registry order (without the
+    methods that run the base model, unless ``with_model``)."""
+    return [k for k, c in BASELINES.items() if c.needs == needs
+            and (with_model or not c.uses_model)]
 
 
 # ----------------------------------------------------------------- features
@@ -308,7 +326,7 @@ class LinearProbe(Baseline):
     layer mean-pooled over the tokens and at the last token (no tags, nothing trained in
     the model): what the tags must add to."""
 
-    key = "probe"
+    key, uses_model = "probe", True
 
     def unavailable(self, train: Rows | None, test: Rows) -> str | None:
         return None if self.task.features else "needs the frozen model's features"
@@ -325,6 +343,177 @@ class LinearProbe(Baseline):
                                   self.train.targets,
                                   feats(untagged(test.texts, self.task.tag_names)),
                                   self.task.classes)
+
+
+class PeftBaseline(Baseline):
+    """A PEFT method on the frozen model with the tags' kind of head: a linear layer on the
+    last layer's hidden state at the input's last token (standardised targets and MSE for
+    values, cross-entropy for classes), fitted first in closed form on the starting
+    features, then trained with the adapter for the tags' steps and batch size (AdamW,
+    linear warm-up, cosine decay). The input is the untagged text."""
+
+    lr: ClassVar[float] = 1e-3
+    head_lr: ClassVar[float] = 1e-3
+    title: ClassVar[str] = ""
+    uses_model = True
+
+    def peft_config(self) -> Any:
+        raise NotImplementedError
+
+    def virtual_tokens(self) -> int:
+        """Positions the method prepends to every input (0 for LoRA)."""
+        return 0
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        if self.task.finetune is None:
+            return "needs the frozen base model"
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            return "needs the peft package (pip install peft)"
+        return None
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        count = getattr(self, "parameters", None)
+        return self.title + (f" ({count:,} trainable parameters)" if count else "")
+
+    def _features(self, model: Any, texts: Sequence[str]) -> Any:
+        """(B, H) last-layer hidden states at each text's last token (right padding)."""
+        import torch
+
+        ft = self.task.finetune
+        ids = [ft.tokenizer(t, add_special_tokens=False)["input_ids"] or
+               [ft.tokenizer.eos_token_id or 0] for t in texts]
+        T = max(len(i) for i in ids)
+        dev = next(model.parameters()).device
+        x = torch.zeros((len(ids), T), dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for r, i in enumerate(ids):
+            x[r, :len(i)] = torch.tensor(i)
+            mask[r, :len(i)] = 1
+        out = model(input_ids=x.to(dev), attention_mask=mask.to(dev), output_hidden_states=True)
+        hidden = out.hidden_states[-1]  # (B, v + T, H): v prepended virtual tokens
+        last = torch.tensor([len(i) - 1 for i in ids], device=dev) + self.virtual_tokens()
+        return hidden[torch.arange(len(ids), device=dev), last].float()
+
+    def _all_features(self, model: Any, texts: Sequence[str]) -> Any:
+        import torch
+
+        bs = self.task.finetune.batch_size
+        with torch.no_grad():
+            return torch.cat([self._features(model, texts[s:s + bs]).cpu()
+                              for s in range(0, len(texts), bs)])
+
+    def fit(self, train: Rows | None) -> None:
+        import copy
+        import time
+
+        import torch
+        from peft import get_peft_model
+        from transformers import get_cosine_schedule_with_warmup
+
+        ft, t0 = self.task.finetune, time.perf_counter()
+        torch.manual_seed(ft.seed)
+        self.model = get_peft_model(copy.deepcopy(ft.model), self.peft_config())
+        self.model.eval()  # dropout off: the frozen model computes deterministically
+        texts = untagged(train.texts, self.task.tag_names)
+        y = np.asarray(train.targets, dtype=np.float64)
+        y = y.reshape(len(y), -1)
+        classes = self.task.classes
+        self.mean, self.sd = (0.0, 1.0) if classes else (y.mean(0), y.std(0) + 1e-8)
+        feats = self._all_features(self.model, texts).double().numpy()
+        W, b = _closed_form(feats, y if classes else (y - self.mean) / self.sd, classes)
+        self.head = torch.nn.Linear(feats.shape[1], W.shape[0]).to(
+            next(self.model.parameters()).device)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+            self.head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+        adapter = [p for p in self.model.parameters() if p.requires_grad]
+        self.parameters = sum(p.numel() for p in adapter) + sum(
+            p.numel() for p in self.head.parameters())
+        opt = torch.optim.AdamW([{"params": adapter, "lr": self.lr},
+                                 {"params": list(self.head.parameters()),
+                                  "lr": self.head_lr}], weight_decay=0.0)
+        sched = get_cosine_schedule_with_warmup(opt, max(1, ft.steps // 10), ft.steps)
+        rng = np.random.default_rng(ft.seed)
+        target = torch.as_tensor(y if classes else (y - self.mean) / self.sd,
+                                 dtype=torch.float32)
+        order: list[int] = []
+        for _ in range(ft.steps):
+            if len(order) < min(ft.batch_size, len(texts)):
+                order += rng.permutation(len(texts)).tolist()
+            idx, order = order[:ft.batch_size], order[ft.batch_size:]
+            out = self.head(self._features(self.model, [texts[i] for i in idx]))
+            t = target[idx].to(out.device)
+            loss = torch.nn.functional.cross_entropy(out, t.long().view(-1)) if classes \
+                else torch.nn.functional.mse_loss(out, t)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(adapter + list(self.head.parameters()), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        self.seconds = time.perf_counter() - t0
+
+    def predict(self, test: Rows) -> np.ndarray:
+        import torch
+
+        feats = self._all_features(self.model, untagged(test.texts, self.task.tag_names))
+        with torch.no_grad():
+            out = self.head(feats.to(next(self.head.parameters()).device)).float().cpu()
+        if self.task.classes:
+            return out.softmax(-1).numpy()
+        pred = out.numpy() * self.sd + self.mean
+        return pred[:, 0] if pred.shape[1] == 1 else pred
+
+
+def _closed_form(X: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of a linear model on raw features X (N, H): ridge (RidgeCV) or logistic
+    regression on standardised features, mapped back to the raw scale."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Z = (X - mu) / sd
+    if classes:
+        clf = LogisticRegression(max_iter=2000).fit(Z, y.astype(int).ravel())
+        W = np.zeros((classes, X.shape[1]))
+        b = np.zeros(classes)
+        if len(clf.classes_) == 2:  # one row for two classes: split it between them
+            W[clf.classes_[1]], b[clf.classes_[1]] = clf.coef_[0] / 2, clf.intercept_[0] / 2
+            W[clf.classes_[0]], b[clf.classes_[0]] = -clf.coef_[0] / 2, -clf.intercept_[0] / 2
+        else:
+            W[clf.classes_], b[clf.classes_] = clf.coef_, clf.intercept_
+    else:
+        reg = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(Z, y)
+        W, b = np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_)
+    return W / sd, b - (W / sd) @ mu
+
+
+@register_baseline
+class LoRA(PeftBaseline):
+    """PEFT LoRA (r = 8, alpha 16, PEFT's default target modules for the architecture)."""
+
+    key, title, lr = "lora", "PEFT LoRA r=8 + linear head", 3e-4
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0)
+
+
+@register_baseline
+class PromptTuning(PeftBaseline):
+    """PEFT prompt tuning: 10 virtual tokens prepended, initialised from random vocabulary
+    embeddings."""
+
+    key, title, lr = "prompt_tuning", "PEFT prompt tuning (10 tokens) + linear head", 1e-3
+
+    def peft_config(self) -> Any:
+        from peft import PromptTuningConfig
+
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=10)
+
+    def virtual_tokens(self) -> int:
+        return 10
 
 
 @register_baseline

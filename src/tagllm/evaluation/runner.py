@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tagllm.config import EvalConfig
+from tagllm.config import EvalConfig, TrainConfig
 from tagllm.distributed import world
-from tagllm.evaluation.baselines import BASELINES, Rows, Task
+from tagllm.evaluation.baselines import BASELINES, FineTune, Rows, Task
 from tagllm.evaluation.metrics import (
     first_line,
     paired_bootstrap,
@@ -40,17 +40,18 @@ Log = Callable[[str], None]
 def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None = None, *,
              name: str, tag: str | None = None, max_length: int | None = None,
              batch_size: int = 32, baselines: bool = True, progress: bool = False,
-             log: Log = print) -> dict[str, Any]:
+             log: Log = print, budget: TrainConfig | None = None) -> dict[str, Any]:
     """One result row for ``spec`` on ``test``: ``name``, ``rows``, ``metrics`` (the
     tags'), ``baselines`` (method name -> metrics) and, for a head, its ``tag`` (default:
     the function tag of the first input), ``predictions`` and ``intervals`` (method name ->
     metric -> [low, high] of tags minus method); generation rows keep every output
     (``outputs``) and the first three with their inputs and references (``examples``).
-    ``train`` rows feed the baselines that learn."""
+    ``train`` rows feed the baselines that learn; the fine-tuning ones (PEFT) get the steps,
+    batch size and seed of ``budget`` (the stage's training; default 200 steps of 32)."""
     if spec.label:
         tag = tag or model.function_tag_of(test.texts[0])
         return labelled(model, spec, test, train, tag, name, batch_size, baselines, progress,
-                        log)
+                        log, budget)
     if spec.reference:
         return generation(model, spec, test, name, batch_size, baselines, progress, log)
     return {"name": name, "rows": len(test.texts),
@@ -58,8 +59,8 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
 
 
 def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None, tag: str,
-             name: str, batch_size: int, baselines: bool, progress: bool, log: Log
-             ) -> dict[str, Any]:
+             name: str, batch_size: int, baselines: bool, progress: bool, log: Log,
+             budget: TrainConfig | None = None) -> dict[str, Any]:
     """The head of ``tag`` scored by its own metrics, beside the label baselines."""
     head = model.head(tag)
     preds = predictions(model, test.texts, tag, batch_size, progress)
@@ -67,8 +68,12 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
                            "metrics": head.metrics(test.targets, preds),
                            "predictions": preds.tolist()}
     if baselines and spec.baselines:
+        b = budget or TrainConfig(steps=200, batch_size=32)
+        tune = None if model.sharded else FineTune(model.base, model.tokenizer, b.steps,
+                                                   b.batch_size, b.seed)
         task = Task(classes=head.classes, features=lambda texts: frozen_features(
-            model, texts, batch_size, progress), tag_names=tuple(model.bank.names))
+            model, texts, batch_size, progress), tag_names=tuple(model.bank.names),
+            finetune=tune)
         found = compare(spec.baselines, task, train, test, log)
         row["baselines"] = {k: head.metrics(test.targets, p) for k, p in found.items()}
         row["intervals"] = {k: paired_bootstrap(test.targets, preds, p, head.metrics)

@@ -140,7 +140,8 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines:
                       and tag in tags_in(x.config.template)), None)
         rows.append(evaluate(m, e, d, train, name=name, tag=tag,
                              max_length=p.stage.train.max_length, batch_size=16 if e.reference
-                             else 32, baselines=baselines, progress=progress, log=log))
+                             else 32, baselines=baselines, progress=progress, log=log,
+                             budget=p.stage.train))
     return rows
 
 

@@ -104,7 +104,8 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
     if label_baselines and not (label and baseline_train):
         raise ConfigError("--baselines chooses label baselines: it needs --label and "
                           "--baseline_train")
-    baselines = ((label_baselines or baseline_keys("label") if baseline_train else []) if label
+    cheap = baseline_keys("label", with_model=False)  # the model-based ones when named
+    baselines = ((label_baselines or cheap if baseline_train else []) if label
                  else ["copy", *(["prompt"] if prompt else [])])
     spec = EvalConfig(source=data, label=label, template=template, n=n, seed=seed,
                       skip_invalid=skip_invalid, reference=reference, baselines=baselines,
