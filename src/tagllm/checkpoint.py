@@ -23,7 +23,7 @@ from tagllm.fileio import atomic_write_dir, sha256_file
 from tagllm.model import TaggedModel
 
 __all__ = ["CheckpointError", "CheckpointState", "StopRequest", "load_checkpoint",
-           "save_checkpoint"]
+           "put_tag_tensors", "save_checkpoint", "tag_tensors"]
 
 TENSORS = "state.safetensors"
 META = "state.json"
@@ -34,13 +34,8 @@ def save_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
                     extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the full training state of ``tags`` (and any ``extra`` tensors, e.g. the best
     step's tags) to ``directory`` (atomically)."""
-    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), **(extra or {})}
-    for t in tags:
-        tensors[f"tag.{t}"] = model.bank.parameter(t).detach().cpu()
-        head = model.head(t)
-        if head is not None:
-            for k, v in head.state_dict().items():
-                tensors[f"head.{t}.{k}"] = v.detach().cpu()
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), **(extra or {}),
+                                        **tag_tensors(model, tags)}
     osd = opt.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in osd["state"].items():
@@ -114,19 +109,37 @@ def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
     if meta.get("tags") != list(tags):
         raise CheckpointError(f"{d}: checkpoint of {meta.get('tags')}, not of {list(tags)}")
     tensors = load_file(str(d / TENSORS))
+    for t in tags:
+        v = tensors.get(f"tag.{t}")
+        if v is None or v.shape != model.bank.parameter(t).shape:
+            raise CheckpointError(f"{d}: tag {t} missing or of another shape")
+    put_tag_tensors(model, tags, tensors)
+    return CheckpointState(d, meta, tensors)
+
+
+def tag_tensors(model: TaggedModel, tags: list[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of ``tags``' vectors and heads, keyed ``tag.NAME`` and ``head.NAME.KEY``
+    (as checkpoints store them)."""
+    out = {f"tag.{t}": model.bank.parameter(t).detach().cpu().clone() for t in tags}
+    for t in tags:
+        head = model.head(t)
+        if head is not None:
+            out.update({f"head.{t}.{k}": v.detach().cpu().clone()
+                        for k, v in head.state_dict().items()})
+    return out
+
+
+def put_tag_tensors(model: TaggedModel, tags: list[str], tensors: dict[str, torch.Tensor]
+                    ) -> None:
+    """Copy :func:`tag_tensors`' values back into ``model``."""
     with torch.no_grad():
         for t in tags:
-            p = model.bank.parameter(t)
-            v = tensors.get(f"tag.{t}")
-            if v is None or v.shape != p.shape:
-                raise CheckpointError(f"{d}: tag {t} missing or of another shape")
-            p.copy_(v)
+            model.bank.parameter(t).copy_(tensors[f"tag.{t}"])
             head = model.head(t)
             if head is not None:
                 pre = f"head.{t}."
                 head.load_state_dict({k[len(pre):]: v for k, v in tensors.items()
                                       if k.startswith(pre)})
-    return CheckpointState(d, meta, tensors)
 
 
 class StopRequest:

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from tagllm.checkpoint import CheckpointState, StopRequest, load_checkpoint, save_checkpoint
+from tagllm.checkpoint import (
+    CheckpointState,
+    StopRequest,
+    load_checkpoint,
+    put_tag_tensors,
+    save_checkpoint,
+    tag_tensors,
+)
 from tagllm.config import TrainConfig
 from tagllm.distributed import World, world
 from tagllm.errors import ConfigError, DataError, TrainingError
@@ -360,28 +367,6 @@ def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched
         raise KeyboardInterrupt
 
 
-def _snapshot(job: Job) -> dict[str, torch.Tensor]:
-    """CPU copies of the trained tags and their heads."""
-    out = {f"tag.{t}": job.model.bank.parameter(t).detach().cpu().clone() for t in job.tags}
-    for t in job.tags:
-        head = job.model.head(t)
-        if head is not None:
-            out.update({f"head.{t}.{k}": v.detach().cpu().clone()
-                        for k, v in head.state_dict().items()})
-    return out
-
-
-def _restore(job: Job, tensors: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for t in job.tags:
-            job.model.bank.parameter(t).copy_(tensors[f"tag.{t}"])
-            head = job.model.head(t)
-            if head is not None:
-                pre = f"head.{t}."
-                head.load_state_dict({k[len(pre):]: v for k, v in tensors.items()
-                                      if k.startswith(pre)})
-
-
 def record_validation(job: Job, state: State) -> None:
     """Append the validation loss at ``state.step`` to the curve and remember the tags of
     the lowest one."""
@@ -396,7 +381,7 @@ def record_validation(job: Job, state: State) -> None:
     if math.isfinite(loss) and (state.best is None or loss < state.best["loss"]):
         state.best = {"step": state.step, "loss": loss}
         if job.cfg.select == "best":
-            state.best_tensors = _snapshot(job)
+            state.best_tensors = tag_tensors(job.model, job.tags)
     best = f"best {state.best['loss']:.4f} at step {state.best['step']}" if state.best \
         else "none finite yet"
     job.log(f"{', '.join(job.tags)} step {state.step}/{job.cfg.steps} validation loss "
@@ -407,7 +392,7 @@ def keep_selected(job: Job, state: State) -> None:
     """With ``select="best"``, put back the tags and heads of the best validation step."""
     if job.cfg.select != "best" or not state.best_tensors:
         return
-    _restore(job, state.best_tensors)
+    put_tag_tensors(job.model, job.tags, state.best_tensors)
     job.log(f"kept {', '.join(job.tags)} of step {state.best['step']}/{job.cfg.steps}, the "
             f"lowest validation loss ({state.best['loss']:.4f}"
             + ("; step 0 is before any gradient step)" if state.best["step"] == 0 else ")"))
