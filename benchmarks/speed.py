@@ -62,7 +62,6 @@ class Bench:
                         torch.tensor(Fv).expand(batch, p)], 1)  # <D> data <F>, length T
         self.s1, self.s2 = self._batch(s1), self._batch(s2)
         self.y = torch.randn(batch, 1)
-        self.keys = list(range(batch))
         self.p, self.batch, self.seq = p, batch, seq
         self.opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4)
         self.prefix = FrozenPrefix(m, ["<F>"], budget_bytes=0)  # recompute every step
@@ -109,7 +108,7 @@ class Bench:
     def _stage2(self, prefix: FrozenPrefix) -> None:
         self.m.set_trainable(["<F>"])
         head = self.m.head("<F>")
-        feats = prefix.tag_features(self.keys, self.s2.input_ids.tolist(), "<F>")
+        feats = prefix.tag_features(self.s2.input_ids.tolist(), "<F>")
         self._step(head.loss(head(feats), self.y))
 
     def stage2_prefix(self) -> None:

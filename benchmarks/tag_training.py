@@ -77,7 +77,7 @@ def main() -> None:
         with torch.no_grad():
             for s in range(0, len(rows), bs):
                 r = [int(i) for i in rows[s:s + bs]]
-                out[s:s + len(r)] = prefix.tag_features(r, [ids[i] for i in r], "<QED>")
+                out[s:s + len(r)] = prefix.tag_features([ids[i] for i in r], "<QED>")
         return out
 
     def val() -> tuple[float, torch.Tensor]:
@@ -111,7 +111,7 @@ def main() -> None:
             if len(order) < bs:
                 order += g.permutation(ti).tolist()
             b, order = order[:bs], order[bs:]
-            f = prefix.tag_features(b, [ids[i] for i in b], "<QED>")
+            f = prefix.tag_features([ids[i] for i in b], "<QED>")
             loss = head.loss(head(f), torch.tensor(y[b], dtype=torch.float32))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(hp + [tagp], 1.0)

@@ -152,6 +152,39 @@ def test_linear_probe_reads_untagged_inputs_and_fits_on_training_rows_only():
     assert p.shape == (10, 2) and ((p[:, 1] > 0.5) == (y[40:] > 0)).mean() >= 0.8
 
 
+def test_tags_as_text_reads_the_tag_words_at_the_last_token():
+    from types import SimpleNamespace
+
+    from tagllm.config import TagConfig
+    from tagllm.evaluation.baselines import TagsAsText, Task, tags_as_words
+    from tagllm.tags import tag_as_words
+
+    assert tag_as_words(TagConfig("<SMILES>")) == "SMILES:"
+    assert tag_as_words(TagConfig("<es>", init="text", init_text="\nSpanish: ")) == "Spanish:"
+    words = {"<S>": "S:", "<SS>": "double:"}
+    assert tags_as_words(["<SS> CCO <S>", "x<S>y"], words) == ["double: CCO S:", "x S: y"]
+    seen: list[list[str]] = []
+    rng = np.random.default_rng(2)
+    table: dict[str, np.ndarray] = {}
+
+    def features(texts: list[str]) -> np.ndarray:  # (N, 2H): [mean-pooled, last token]
+        seen.append(texts)
+        return np.stack([np.concatenate([np.zeros(6),
+                                         table.setdefault(t, rng.normal(size=6))])
+                         for t in texts])
+
+    texts = [f"<S> m{i} <Q>" for i in range(60)]
+    y = np.stack([features([f"S: m{i} Q:"])[0, 6:] for i in range(60)]) @ np.arange(6.0)
+    seen.clear()
+    task = Task(features=features, tag_words={"<S>": "S:", "<Q>": "Q:"})
+    method = TagsAsText(task)
+    assert TagsAsText(Task(features=features)).unavailable(None, None) is not None
+    method.fit(SimpleNamespace(table=None, texts=texts[:50], targets=y[:50]))
+    pred = method.predict(SimpleNamespace(table=None, texts=texts[50:], targets=y[50:]))
+    assert seen[0][:2] == ["S: m0 Q:", "S: m1 Q:"] and len(seen[1]) == 10
+    np.testing.assert_allclose(pred, y[50:], atol=0.2)
+
+
 @pytest.mark.parametrize("key", ["lora", "prompt_tuning"])
 def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alone(key):
     """A target that is linear in the frozen model's last-token features is fitted almost

@@ -45,7 +45,7 @@ def test_prefix_gradients_equal_full_sequence(arch):
     fp = FrozenPrefix(m, ["<Q>"])
     ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
     for _ in range(2):  # first pass computes prefixes, second uses the cross-epoch store
-        head.loss(head(fp.tag_features(range(len(ids)), ids, "<Q>")), y).backward()
+        head.loss(head(fp.tag_features(ids, "<Q>")), y).backward()
         got = _grads(m)
         m.zero_grad(set_to_none=True)
         assert len(got) == len(want) == 3  # tag embedding, head weight, head bias
@@ -59,8 +59,8 @@ def test_prefix_budget_zero_keeps_nothing():
     fp = FrozenPrefix(m, ["<Q>"], budget_bytes=0)
     ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
     with torch.no_grad():
-        fp.tag_features(range(4), ids, "<Q>")
-        fp.tag_features(range(4), ids, "<Q>")
+        fp.tag_features(ids[:4], "<Q>")
+        fp.tag_features(ids[:4], "<Q>")
     assert fp.hits == 0 and fp.misses == 8 and fp.used == 0
 
 
@@ -85,3 +85,58 @@ def test_sliding_window_models_fall_back_to_full_sequence_training():
     assert any("sliding-window attention" in s for s in messages)
     assert not any("frozen prefix:" in s for s in messages)
     assert supports_frozen_prefix(_model("qwen2"))  # sliding_window set, but not used
+
+
+def test_a_cache_reused_across_training_calls_gives_the_same_tags():
+    """A sweep shares one cache (keyed by prefix tokens): the second call computes no
+    prefix and trains exactly as with a cache of its own."""
+    y = np.array([0.1, 0.5, 0.9, 0.3])
+    cfg = TrainConfig(steps=4, batch_size=2, lr=1e-2, warmup_steps=1, seed=0,
+                      warm_start_examples=4, validation=0.0, select="last")
+    quiet = lambda s: None  # noqa: E731
+    fresh = _model("llama", n_out=1)
+    fresh.add_tag(TagConfig("<R>", kind="function", num_tokens=3, init="random",
+                            head=HeadConfig("regression")), seed=3)
+    other = [t.replace("<Q>", "<R>") for t in TEXTS]
+    fit_tag(fresh, "<R>", other, y, cfg=cfg, progress=False, log=quiet)
+    want = fresh.predict(other, tag="<R>")
+
+    m = _model("llama", n_out=1)
+    m.add_tag(TagConfig("<R>", kind="function", num_tokens=3, init="random",
+                        head=HeadConfig("regression")), seed=3)
+    shared = FrozenPrefix(m, ["<Q>"])
+    fit_tag(m, "<Q>", TEXTS, y, cfg=cfg, progress=False, log=quiet, prefix=shared)
+    misses = shared.misses
+    assert misses == 4  # "<S> ... " of each text, computed once
+    fit_tag(m, "<R>", other, y, cfg=cfg, progress=False, log=quiet, prefix=shared)
+    assert shared.misses == misses  # the same prefixes: all from the store
+    np.testing.assert_allclose(m.predict(other, tag="<R>"), want, atol=1e-5)
+
+
+def test_the_cache_empties_when_a_frozen_tag_changes():
+    m = _model("llama")
+    fp = FrozenPrefix(m, ["<Q>"])
+    ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
+    with torch.no_grad():
+        before = fp.tag_features(ids, "<Q>")
+        fp.retarget(["<Q>"])  # nothing changed: the store is kept
+        assert len(fp.store) == 4
+        m.bank.parameter("<S>").add_(1.0)  # e.g. <S> trained between two calls
+        fp.retarget(["<Q>"])
+        assert not fp.store and fp.used == 0
+        after = fp.tag_features(ids, "<Q>")
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, m.tag_features(m.encode(TEXTS), "<Q>"),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_a_cache_of_another_model_is_refused():
+    import pytest
+
+    from tagllm.errors import ConfigError
+
+    a, b = _model("llama", n_out=1), _model("llama", n_out=1)
+    with pytest.raises(ConfigError, match="another model"):
+        fit_tag(a, "<Q>", TEXTS, np.array([0.1, 0.5, 0.9, 0.3]), progress=False,
+                log=lambda s: None, prefix=FrozenPrefix(b, ["<Q>"]),
+                cfg=TrainConfig(steps=1, batch_size=2, warmup_steps=0))

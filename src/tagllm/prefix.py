@@ -6,7 +6,9 @@ cache is a constant. The prefix runs once without gradients; forward and backwar
 only over the suffix (the function tag's ``p`` vectors and whatever follows), attending to
 the cached prefix. The gradients equal those of a full-sequence pass (tested to float
 tolerance). Prefix key/values can be kept across epochs within a memory budget, so later
-epochs skip the prefix entirely.
+epochs skip the prefix entirely. The store is keyed by the prefix's token ids, so one cache
+can serve several training calls on the same data (a sweep over p, seeds or lr: see
+:meth:`FrozenPrefix.retarget`); it empties itself when a frozen tag's vectors change.
 """
 
 from __future__ import annotations
@@ -60,14 +62,29 @@ class FrozenPrefix:
     def __init__(self, model: TaggedModel, trainable_tags: Sequence[str],
                  budget_bytes: float = 4e9, dtype: torch.dtype = torch.float32) -> None:
         self.model = model
-        self.trainable_ids = {v for t in trainable_tags for v in model.bank.virtual_ids(t)}
         self.budget = budget_bytes
         self.dtype = dtype
         self.used = 0.0
-        self.store: dict[int, KV] = {}
+        self.store: dict[tuple[int, ...], KV] = {}
         self.hits = 0
         self.misses = 0
         self._arg = _cache_arg(model.base.base_model)
+        self._frozen: dict[str, torch.Tensor] = {}
+        self.retarget(trainable_tags)
+
+    def retarget(self, trainable_tags: Sequence[str]) -> None:
+        """Serve a training call of ``trainable_tags`` (prefixes end before the first of
+        them). Stored prefixes stay valid unless a tag that was frozen when they were
+        computed has changed its vectors since; then the store is emptied."""
+        bank = self.model.bank
+        self.trainable_ids = {v for t in trainable_tags for v in bank.virtual_ids(t)}
+        changed = [n for n, v in self._frozen.items() if n in bank
+                   and not torch.equal(bank.parameter(n).detach().cpu(), v)]
+        if changed:
+            self.store.clear()
+            self.used = 0.0
+        self._frozen = {n: bank.parameter(n).detach().cpu().clone() for n in bank.names
+                        if n not in trainable_tags}
 
     def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         cut = split_point(ids, self.trainable_ids)
@@ -90,8 +107,9 @@ class FrozenPrefix:
                                 for layer in cache.layers])
         return per_example
 
-    def get(self, keys: Sequence[int], prefixes: Sequence[Sequence[int]]) -> list[KV]:
-        """Key/values for each example; ``keys`` identify examples for the cross-epoch store."""
+    def get(self, prefixes: Sequence[Sequence[int]]) -> list[KV]:
+        """Key/values of each prefix, from the store where it holds them."""
+        keys = [tuple(p) for p in prefixes]
         missing = [j for j, k in enumerate(keys) if k not in self.store]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
@@ -137,8 +155,7 @@ class FrozenPrefix:
                                 use_cache=True, **{self._arg: cache})
         return out.last_hidden_state, suf_ids.to(dev)
 
-    def tag_features(self, keys: Sequence[int], ids: Sequence[Sequence[int]],
-                     tag: str) -> torch.Tensor:
+    def tag_features(self, ids: Sequence[Sequence[int]], tag: str) -> torch.Tensor:
         """(B, H) float32 hidden states at ``tag``'s last vector via the cached prefix.
 
         Falls back to a full-sequence pass for a batch where some input has no prefix.
@@ -148,7 +165,7 @@ class FrozenPrefix:
         if any(not p for p, _ in parts):
             batch = Batch(*pad_batch(ids, m.pad_id)).to(m.device)
             return m.tag_features(batch, tag)
-        kvs = self.get(keys, [p for p, _ in parts])
+        kvs = self.get([p for p, _ in parts])
         hidden, suf_ids = self.suffix_hidden(kvs, [len(p) for p, _ in parts],
                                              [s for _, s in parts])
         return m.at_tag(hidden, suf_ids, tag)

@@ -24,6 +24,14 @@ __all__ = ["InputTooLongError", "TagBank", "TagTokenizer", "UnknownTagError", "p
 TAG_RE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
 
 
+def tag_as_words(config: TagConfig) -> str:
+    """A tag written as plain text: its init_text when it starts from one (``"Spanish:"``),
+    else its name without the brackets and a colon (``<SMILES>`` -> ``"SMILES:"``)."""
+    if config.init == "text" and config.init_text.strip():
+        return config.init_text.strip()
+    return config.name.strip("<>") + ":"
+
+
 class TagBank(nn.Module):
     """All tags of a model: their configs and their ``(p, hidden)`` embedding parameters."""
 

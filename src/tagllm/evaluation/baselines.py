@@ -42,6 +42,8 @@ class Task:
     features: Callable[[list[str]], np.ndarray] | None = None
     #: the tag names to strip from rendered inputs before the probe reads them
     tag_names: tuple[str, ...] = ()
+    #: each tag written as plain words (``<SMILES>`` -> ``"SMILES:"``): the text_tags method
+    tag_words: dict[str, str] | None = None
     #: the frozen base model and the training budget, for the methods that fine-tune it
     finetune: FineTune | None = None
 
@@ -343,6 +345,44 @@ class LinearProbe(Baseline):
                                   self.train.targets,
                                   feats(untagged(test.texts, self.task.tag_names)),
                                   self.task.classes)
+
+
+def tags_as_words(texts: Sequence[str], words: dict[str, str]) -> list[str]:
+    """The inputs with every tag replaced by its plain words (spaces collapsed)."""
+    if not words:
+        return [" ".join(t.split()) for t in texts]
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(words, key=len, reverse=True)))
+    return [" ".join(pattern.sub(lambda m: f" {words[m.group(0)]} ", t).split())
+            for t in texts]
+
+
+@register_baseline
+class TagsAsText(Baseline):
+    """The tags written as plain words where the learned vectors stand (``<SMILES> CCO
+    <QED>`` -> ``SMILES: CCO QED:``), read by the frozen model, with the tags' kind of head
+    (linear, fitted in closed form) on the last layer at the last token: what the learned
+    vectors must beat at equal head."""
+
+    key, uses_model = "text_tags", True
+
+    def unavailable(self, train: Rows | None, test: Rows) -> str | None:
+        if not (self.task.features and self.task.tag_words):
+            return "needs the frozen model's features and the tags' names"
+        return None
+
+    def name(self, train: Rows | None, test: Rows) -> str:
+        return "tags as plain text + linear head"
+
+    def fit(self, train: Rows | None) -> None:
+        self.train = train
+
+    def _last(self, texts: Sequence[str]) -> np.ndarray:
+        feats = self.task.features(tags_as_words(texts, self.task.tag_words))  # (N, 2H)
+        return feats[:, feats.shape[1] // 2:]  # (N, H): the last token's state
+
+    def predict(self, test: Rows) -> np.ndarray:
+        return linear_fit_predict(self._last(self.train.texts), self.train.targets,
+                                  self._last(test.texts), self.task.classes)
 
 
 class PeftBaseline(Baseline):

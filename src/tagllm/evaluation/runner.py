@@ -33,6 +33,7 @@ from tagllm.evaluation.metrics import (
 )
 from tagllm.model import TaggedModel
 from tagllm.progress import track
+from tagllm.tags import tag_as_words
 
 Log = Callable[[str], None]
 
@@ -73,6 +74,7 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
                                                    b.batch_size, b.seed)
         task = Task(classes=head.classes, features=lambda texts: frozen_features(
             model, texts, batch_size, progress), tag_names=tuple(model.bank.names),
+            tag_words={n: tag_as_words(model.bank.configs[n]) for n in model.bank.names},
             finetune=tune)
         found = compare(spec.baselines, task, train, test, log)
         row["baselines"] = {k: head.metrics(test.targets, p) for k, p in found.items()}

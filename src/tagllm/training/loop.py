@@ -190,9 +190,12 @@ def _quiet(msg: str) -> None:
 
 
 def setup(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part], cfg: TrainConfig,
-          progress: bool, log: Log, checkpoint_dir: str | Path | None) -> Job:
+          progress: bool, log: Log, checkpoint_dir: str | Path | None,
+          prefix: FrozenPrefix | None = None) -> Job:
     """Check the job, make exactly ``tags`` trainable, encode the data, and choose how the
-    heads train (frozen-prefix or full-sequence passes)."""
+    heads train (frozen-prefix or full-sequence passes; ``prefix``: a cache to reuse)."""
+    if prefix is not None and prefix.model is not model:
+        raise ConfigError("the frozen-prefix cache passed to training belongs to another model")
     tags = list(tags)
     if not parts:
         raise DataError(f"no training data for {tags}")
@@ -211,12 +214,13 @@ def setup(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part], cfg: T
             f"of each part, seed {cfg.seed})")
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     return Job(model, tags, cfg, data, val, val_rows,
-               _frozen_prefix(model, tags, data, cfg, log), w, ckpt, log, progress)
+               _frozen_prefix(model, tags, data, cfg, log, prefix), w, ckpt, log, progress)
 
 
 def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: TrainConfig,
-                   log: Log) -> FrozenPrefix | None:
-    """The frozen-prefix path for labelled parts, where the model allows it."""
+                   log: Log, reuse: FrozenPrefix | None = None) -> FrozenPrefix | None:
+    """The frozen-prefix path for labelled parts, where the model allows it (``reuse``: an
+    earlier call's cache, retargeted to ``tags``)."""
     if not (data.supervised and cfg.frozen_prefix):
         return None
     if model.sharded:
@@ -228,6 +232,9 @@ def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: Trai
             f"{', '.join(tags)} with full-sequence passes (frozen-prefix training needs full "
             "attention)")
         return None
+    if reuse is not None:
+        reuse.retarget(tags)
+        return reuse
     return FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9)
 
 
@@ -240,7 +247,7 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
         return State(), saved
     d = job.data
     warm = {d.head_of[k]: warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg,
-                                     job.progress, job.log, job.prefix, k)
+                                     job.progress, job.log, job.prefix)
             for k in d.supervised}
     state = State(warm=warm or None)
     if after_warm_start is not None:
@@ -283,6 +290,7 @@ def fit_tags(
     log: Log = print,
     after_warm_start: Callable[[], dict | None] | None = None,
     checkpoint_dir: str | Path | None = None,
+    prefix: FrozenPrefix | None = None,
 ) -> TrainResult:
     """Train ``tags`` (and their heads) jointly on ``parts``; every other parameter is frozen.
 
@@ -290,8 +298,11 @@ def fit_tags(
     gradient step (e.g. to evaluate "tags at initialisation + fitted head"); what it returns
     is kept in the checkpoint and in the result. With ``checkpoint_dir``, an existing
     checkpoint there is resumed (the caller must have set up the same tags and data).
+    ``prefix``: a frozen-prefix cache from an earlier call on the same model, reused (a sweep
+    over tags, seeds or learning rates on the same inputs computes each prefix once).
     """
-    job = setup(model, tags, parts, cfg or TrainConfig(), progress, log, checkpoint_dir)
+    job = setup(model, tags, parts, cfg or TrainConfig(), progress, log, checkpoint_dir,
+                prefix)
     state, saved = start(job, after_warm_start)
     opt, sched, params = make_optimizer(job)
     if saved is not None:
@@ -423,7 +434,7 @@ def validation_loss(job: Job, batch_size: int | None = None) -> float:
                                for r in rows)
                     continue
                 head = m.head(tag)
-                feats = job.prefix.tag_features([("val", k, i) for i in idx], rows, tag) \
+                feats = job.prefix.tag_features(rows, tag) \
                     if job.prefix is not None else m.tag_features(collate(m, rows), tag)
                 num += head.loss(head(feats), d.targets[k][idx].to(m.device)).item() * len(idx)
                 den += len(idx)
@@ -501,7 +512,7 @@ def _part_loss(job: Job, k: int, idx: list[int], lm_targets: float, n_global: in
                              after=job.after_tensor) / max(lm_targets, 1.0)
     if job.prefix is not None:
         head = m.head(tag)
-        mean = head.loss(head(job.prefix.tag_features([(k, i) for i in idx], ids, tag)),
+        mean = head.loss(head(job.prefix.tag_features(ids, tag)),
                          d.targets[k][idx].to(m.device))
     else:
         with _activation_checkpointing(m, job.cfg.activation_checkpointing):
@@ -519,7 +530,8 @@ def fit_tag(
     log: Log = print,
     after_warm_start: Callable[[], dict | None] | None = None,
     checkpoint_dir: str | Path | None = None,
+    prefix: FrozenPrefix | None = None,
 ) -> TrainResult:
     """Train one tag (and its head) on ``texts``: :func:`fit_tags` with a single part."""
     return fit_tags(model, [tag], [Part(list(texts), targets)], cfg, progress, log,
-                    after_warm_start, checkpoint_dir)
+                    after_warm_start, checkpoint_dir, prefix)

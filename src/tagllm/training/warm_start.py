@@ -25,21 +25,19 @@ from tagllm.training.batching import collate
 @torch.no_grad()
 def tag_features(model: TaggedModel, tag: str, ids: Sequence[Sequence[int]],
                  batch_size: int = 32, progress: bool = True,
-                 prefix: FrozenPrefix | None = None,
-                 keys: Sequence | None = None) -> torch.Tensor:
+                 prefix: FrozenPrefix | None = None) -> torch.Tensor:
     """(N, H) frozen features at ``tag``'s last vector for pre-encoded inputs.
 
     With ``prefix`` the features come through the frozen-prefix path, which also fills its
-    cross-epoch cache (``keys`` name the examples there).
+    cross-epoch cache.
     """
-    keys = list(range(len(ids))) if keys is None else list(keys)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     feats = torch.zeros(len(ids), model.hidden_size)
     starts = range(0, len(ids), batch_size)
     for s in track(starts, f"features for the {tag} warm start", progress, unit="batch"):
         idx = order[s:s + batch_size]
         if prefix is not None:
-            f = prefix.tag_features([keys[i] for i in idx], [ids[i] for i in idx], tag)
+            f = prefix.tag_features([ids[i] for i in idx], tag)
         else:
             f = model.tag_features(collate(model, [ids[i] for i in idx]), tag)
         feats[idx] = f.cpu()
@@ -54,7 +52,7 @@ def warm_start_head(model: TaggedModel, tag: str, feats: torch.Tensor, targets: 
 
 def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tensor,
                cfg: TrainConfig, progress: bool, log: Callable[[str], None],
-               prefix: FrozenPrefix | None, part: int) -> dict | None:
+               prefix: FrozenPrefix | None) -> dict | None:
     """Set a head's target statistics and, if enabled, fit it in closed form."""
     head = model.head(tag)
     head.prepare(y)
@@ -64,8 +62,8 @@ def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tens
     sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
     t0 = time.perf_counter()
     feats = world().on_shares(len(sub), lambda mine: tag_features(
-        model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress, prefix=prefix,
-        keys=[(part, sub[j]) for j in mine])).float()
+        model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
+        prefix=prefix)).float()
     warm = warm_start_head(model, tag, feats, y[sub].numpy(), cfg.ridge_alpha)
     warm["seconds"] = round(time.perf_counter() - t0, 2)
     log(f"warm start of the {tag} head: closed form on {warm['examples']} frozen feature "
