@@ -230,9 +230,9 @@ def evaluate(tags: str, data: str, label: str | None = None,
     registry fitted on --baseline_train (k-NN and random forest on Morgan fingerprints or
     3-mer profiles, a linear model on amino-acid composition, the training mean / class
     frequencies; the methods that run the base model, the linear probe on its hidden
-    states and PEFT LoRA / prompt tuning, when --baselines names them); or generation up to a line
-    break against --reference (BLEU, chrF),
-    beside copying --source_column and, with --prompt, the plain-text prompt. Every file
+    states, the tags written as plain text and PEFT LoRA / prompt tuning, when --baselines
+    names them); or generation up to a line break against --reference (BLEU, chrF), beside
+    copying --source_column and, with --prompt, the plain-text prompt. Every file
     and source is checked before the model loads.
 
     Args:
@@ -246,7 +246,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
         baseline_train: training rows of the baselines (test molecules left out).
         baseline_examples: rows of baseline_train to sample.
         baselines: label baselines to run, comma-separated registry keys (knn, rf,
-            composition, probe, lora, prompt_tuning, mean); default: every one that
+            composition, probe, text_tags, lora, prompt_tuning, mean); default: every one that
             applies and does not run the base model.
         reference: column of reference texts: a generation evaluation.
         source_column: the column the copy-the-source baseline copies.
