@@ -386,10 +386,10 @@ class TagsAsText(Baseline):
 
 
 class PeftBaseline(Baseline):
-    """A PEFT method on the frozen model with the tags' kind of head: a linear layer on the
-    last layer's hidden state at the input's last token (standardised targets and MSE for
-    values, cross-entropy for classes), fitted first in closed form on the starting
-    features, then trained with the adapter for the tags' steps and batch size (AdamW,
+    """A PEFT method on the frozen model with the tags' own head (the same
+    :mod:`tagllm.heads` class: a linear layer on the last layer's hidden state at the
+    input's last token, standardised targets and MSE for values, cross-entropy for classes),
+    fitted first in closed form on the starting features as the tags' head is, then trained with the adapter for the tags' steps and batch size (AdamW,
     linear warm-up, cosine decay). The input is the untagged text."""
 
     lr: ClassVar[float] = 1e-3
@@ -452,22 +452,23 @@ class PeftBaseline(Baseline):
         from peft import get_peft_model
         from transformers import get_cosine_schedule_with_warmup
 
+        from tagllm.heads import build_head
+
         ft, t0 = self.task.finetune, time.perf_counter()
         torch.manual_seed(ft.seed)
         self.model = get_peft_model(copy.deepcopy(ft.model), self.peft_config())
         self.model.eval()  # dropout off: the frozen model computes deterministically
         texts = untagged(train.texts, self.task.tag_names)
-        y = np.asarray(train.targets, dtype=np.float64)
+        y = torch.as_tensor(np.asarray(train.targets, dtype=np.float64), dtype=torch.float32)
         y = y.reshape(len(y), -1)
         classes = self.task.classes
-        self.mean, self.sd = (0.0, 1.0) if classes else (y.mean(0), y.std(0) + 1e-8)
-        feats = self._all_features(self.model, texts).double().numpy()
-        W, b = _closed_form(feats, y if classes else (y - self.mean) / self.sd, classes)
-        self.head = torch.nn.Linear(feats.shape[1], W.shape[0]).to(
-            next(self.model.parameters()).device)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
-            self.head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+        # the tags' own head class: target statistics, closed-form fit, loss, postprocess
+        self.head = build_head("classification" if classes else "regression",
+                               self.model.config.hidden_size, classes or y.shape[1],
+                               "cross_entropy" if classes else "mse")
+        self.head.prepare(y)
+        self.head.warm_start(self._all_features(self.model, texts), y.numpy(), alpha=1.0)
+        self.head.to(next(self.model.parameters()).device)
         adapter = [p for p in self.model.parameters() if p.requires_grad]
         self.parameters = sum(p.numel() for p in adapter) + sum(
             p.numel() for p in self.head.parameters())
@@ -476,17 +477,13 @@ class PeftBaseline(Baseline):
                                   "lr": self.head_lr}], weight_decay=0.0)
         sched = get_cosine_schedule_with_warmup(opt, max(1, ft.steps // 10), ft.steps)
         rng = np.random.default_rng(ft.seed)
-        target = torch.as_tensor(y if classes else (y - self.mean) / self.sd,
-                                 dtype=torch.float32)
         order: list[int] = []
         for _ in range(ft.steps):
             if len(order) < min(ft.batch_size, len(texts)):
                 order += rng.permutation(len(texts)).tolist()
             idx, order = order[:ft.batch_size], order[ft.batch_size:]
             out = self.head(self._features(self.model, [texts[i] for i in idx]))
-            t = target[idx].to(out.device)
-            loss = torch.nn.functional.cross_entropy(out, t.long().view(-1)) if classes \
-                else torch.nn.functional.mse_loss(out, t)
+            loss = self.head.loss(out, y[idx].to(out.device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(adapter + list(self.head.parameters()), 1.0)
             opt.step()
@@ -499,33 +496,9 @@ class PeftBaseline(Baseline):
 
         feats = self._all_features(self.model, untagged(test.texts, self.task.tag_names))
         with torch.no_grad():
-            out = self.head(feats.to(next(self.head.parameters()).device)).float().cpu()
-        if self.task.classes:
-            return out.softmax(-1).numpy()
-        pred = out.numpy() * self.sd + self.mean
-        return pred[:, 0] if pred.shape[1] == 1 else pred
-
-
-def _closed_form(X: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) of a linear model on raw features X (N, H): ridge (RidgeCV) or logistic
-    regression on standardised features, mapped back to the raw scale."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    Z = (X - mu) / sd
-    if classes:
-        clf = LogisticRegression(max_iter=2000).fit(Z, y.astype(int).ravel())
-        W = np.zeros((classes, X.shape[1]))
-        b = np.zeros(classes)
-        if len(clf.classes_) == 2:  # one row for two classes: split it between them
-            W[clf.classes_[1]], b[clf.classes_[1]] = clf.coef_[0] / 2, clf.intercept_[0] / 2
-            W[clf.classes_[0]], b[clf.classes_[0]] = -clf.coef_[0] / 2, -clf.intercept_[0] / 2
-        else:
-            W[clf.classes_], b[clf.classes_] = clf.coef_, clf.intercept_
-    else:
-        reg = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(Z, y)
-        W, b = np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_)
-    return W / sd, b - (W / sd) @ mu
+            out = self.head.postprocess(self.head(feats.to(next(self.head.parameters()).device)))
+        out = out.float().cpu().numpy()
+        return out if self.task.classes or out.shape[1] > 1 else out[:, 0]
 
 
 @register_baseline
