@@ -241,3 +241,28 @@ def test_select_best_keeps_the_step_with_the_lowest_validation_loss():
         np.mean(res.losses[:3]))
     with pytest.raises(ValueError, match="select"):
         TrainConfig(validation=0, select="best")
+
+
+def test_refit_head_refits_on_the_kept_features_and_keeps_it_only_if_validation_drops():
+    """After an absurd learning rate the trained head no longer fits its features: the
+    closed-form re-fit lowers the validation loss and is kept. When the kept step is step 0
+    the re-fit is the warm start again (no drop), so the tags stay exactly as selected."""
+    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N", "CC")]
+    y = np.array([len(t) for t in texts], dtype=float)
+    out = {}
+    for select in ("last", "best"):
+        m = tiny_tagged("llama")
+        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+        cfg = TrainConfig(steps=4, batch_size=8, lr=30.0, head_lr=30.0, warmup_steps=0,
+                          eval_every=2, select=select, max_grad_norm=0, refit_head=True)
+        res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+        out[select] = res
+    wreck = out["last"].refit
+    assert wreck["kept"] and wreck["validation_loss_after"] < wreck["validation_loss_before"]
+    assert wreck["validation_loss_before"] == pytest.approx(
+        out["last"].curve[-1]["validation_loss"])
+    best = out["best"]
+    assert best.best_step == 0 and not best.refit["kept"]
+    assert best.refit["validation_loss_before"] == pytest.approx(best.curve[0]["validation_loss"])
+    with pytest.raises(ValueError, match="refit_head"):
+        TrainConfig(validation=0, select="last", refit_head=True)

@@ -176,6 +176,12 @@ class TrainConfig:
         metadata={"help": "keep the tags of the step with the lowest validation loss (step "
                           "0, the untrained tags with fitted heads, included) or the last"},
     )
+    refit_head: bool = field(
+        default=False,
+        metadata={"help": "after training, re-fit each head in closed form on the kept tags' "
+                          "features (the warm-start rows); kept only where the validation "
+                          "loss drops"},
+    )
     checkpoint_every: int = field(
         default=50,
         metadata={"help": "save a resumable checkpoint every N steps (and on Ctrl-C); 0 = only "
@@ -204,6 +210,9 @@ class TrainConfig:
                f"{self.select!r} is not 'best' or 'last'")
         _check(self.select == "last" or self.validation > 0, "TrainConfig", "select",
                "'best' needs validation rows (validation > 0); use select='last'")
+        _check(not self.refit_head or (self.validation > 0 and self.warm_start_head),
+               "TrainConfig", "refit_head",
+               "needs validation rows (validation > 0) and warm_start_head")
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
                "TrainConfig", "checkpoint_every", "must be an int >= 0")
 

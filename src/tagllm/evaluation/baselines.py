@@ -388,9 +388,10 @@ class TagsAsText(Baseline):
 class PeftBaseline(Baseline):
     """A PEFT method on the frozen model with the tags' own head (the same
     :mod:`tagllm.heads` class: a linear layer on the last layer's hidden state at the
-    input's last token, standardised targets and MSE for values, cross-entropy for classes),
-    fitted first in closed form on the starting features as the tags' head is, then trained with the adapter for the tags' steps and batch size (AdamW,
-    linear warm-up, cosine decay). The input is the untagged text."""
+    input's last token, standardised targets and MSE for values, cross-entropy for
+    classes), fitted first in closed form on the starting features as the tags' head is,
+    then trained with the adapter for the tags' steps and batch size (AdamW, linear warm-up,
+    cosine decay). The input is the untagged text."""
 
     lr: ClassVar[float] = 1e-3
     head_lr: ClassVar[float] = 1e-3

@@ -176,7 +176,7 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
             "examples_per_process": res.examples_per_process,
             "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
             "final_loss": res.final_loss, "best_step": res.best_step, "curve": res.curve,
-            "eval": evals}
+            "refit": res.refit, "eval": evals}
 
 
 def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[dict[str, Any]],
@@ -215,7 +215,7 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
         "warm_start": res.warm_start, "eval": evals,
         "validation": {"fraction": s.train.validation, "seed": s.train.seed,
                        "rows": res.validation_rows, "select": s.train.select,
-                       "best_step": res.best_step, "curve": res.curve},
+                       "best_step": res.best_step, "curve": res.curve, "refit": res.refit},
     }
 
 

@@ -67,6 +67,8 @@ class TrainResult:
     curve: list[dict] = field(default_factory=list)
     best_step: int | None = None  # the step whose tags were kept (select="best")
     validation_rows: list[int] = field(default_factory=list)  # per part
+    #: refit_head: {"validation_loss_before", "validation_loss_after", "kept"}
+    refit: dict | None = None
 
     @property
     def steps_run(self) -> int:
@@ -310,6 +312,7 @@ def fit_tags(
     t0 = time.perf_counter()
     fit(job, state, opt, sched, params)
     keep_selected(job, state)
+    refit = refit_heads(job)
     model.set_trainable([])
     if job.prefix is not None:
         p = job.prefix
@@ -317,7 +320,8 @@ def fit_tags(
             f"{p.used / 1e9:.2f} GB kept")
     return TrainResult(job.cfg.steps, time.perf_counter() - t0, state.losses, state.warm,
                        state.resumed_from, state.after, job.world.gather_object(state.examples),
-                       state.curve, state.best["step"] if state.best else None, job.val_rows)
+                       state.curve, state.best["step"] if state.best else None, job.val_rows,
+                       refit)
 
 
 def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list) -> None:
@@ -407,6 +411,27 @@ def keep_selected(job: Job, state: State) -> None:
     job.log(f"kept {', '.join(job.tags)} of step {state.best['step']}/{job.cfg.steps}, the "
             f"lowest validation loss ({state.best['loss']:.4f}"
             + ("; step 0 is before any gradient step)" if state.best["step"] == 0 else ")"))
+
+
+def refit_heads(job: Job) -> dict | None:
+    """With ``refit_head``: re-fit every head in closed form on the kept tags' features of
+    the warm-start rows (the head can lag its moving features: docs/results.md), and keep
+    the re-fit only if the validation loss drops."""
+    d = job.data
+    if not job.cfg.refit_head or job.val is None or not d.supervised:
+        return None
+    before = validation_loss(job)
+    saved = tag_tensors(job.model, job.tags)
+    for k in d.supervised:
+        warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg, job.progress,
+                   job.log, job.prefix)
+    after = validation_loss(job)
+    kept = math.isfinite(after) and after < before
+    if not kept:
+        put_tag_tensors(job.model, job.tags, saved)
+    job.log(f"re-fitted head(s) of {', '.join(job.tags)}: validation loss {before:.4f} -> "
+            f"{after:.4f}, {'kept' if kept else 'not kept'}")
+    return {"validation_loss_before": before, "validation_loss_after": after, "kept": kept}
 
 
 @torch.no_grad()
