@@ -119,6 +119,10 @@ def main() -> None:
     rows: list[dict] = []
     preds: dict[str, np.ndarray] = {}
 
+    def save_partial() -> None:  # what is done so far survives a crash of a long run
+        with open(args.out + ".partial", "w") as f:
+            json.dump(rows, f, indent=1)
+
     def train_tag(name: str, p: int, seed: int, template: str, prefix: FrozenPrefix | None,
                   refit: bool = False) -> FrozenPrefix:
         m.add_tag(TagConfig(name, kind="function", num_tokens=p,
@@ -151,6 +155,7 @@ def main() -> None:
                                                              metrics),
                      "refit": res.refit, "curve": res.curve})
         r = rows[-1]
+        save_partial()
         log(f"{key}: kept step {r['best_step']} (val {r['validation_loss']:.4f} vs "
             f"{r['validation_loss_step0']:.4f}); test MSE {r['test']['mse']:.5f} / Pearson "
             f"{r['test']['pearson']:.3f}, step 0 {r['test_step0']['mse']:.5f} / "
@@ -179,6 +184,7 @@ def main() -> None:
         preds[name] = pred
         rows.append({"name": name, "seconds": round(seconds, 1), "parameters": parameters,
                      "test": metrics(y_te, pred), **extra})
+        save_partial()
         log(f"{name}: test MSE {rows[-1]['test']['mse']:.5f} / Pearson "
             f"{rows[-1]['test']['pearson']:.3f}; {seconds:.0f} s")
 
