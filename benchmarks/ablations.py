@@ -163,22 +163,6 @@ def main() -> None:
             f"prefix {prefix.hits} hits / {prefix.misses} computed")
         return prefix
 
-    prefix = None
-    if "sweep" in parts:
-        for p in ps:
-            for seed in seeds:
-                prefix = train_tag(f"<QED_p{p}_s{seed}>", p, seed, "<SMILES> {smiles} {tag}",
-                                   prefix)
-                if p == 10 and "refit" in parts:  # the candidate fix, same seed and data
-                    prefix = train_tag(f"<QED_p10_s{seed}_refit>", p, seed,
-                                       "<SMILES> {smiles} {tag}", prefix, refit=True)
-    del prefix  # the no-domain-tag inputs share no prefix with these
-    if "no_domain" in parts:
-        prefix = None
-        for seed in seeds:
-            prefix = train_tag(f"<QED_nodomain_s{seed}>", 10, seed, "{smiles} {tag}", prefix)
-        del prefix
-
     def simple_row(name: str, pred: np.ndarray, seconds: float, parameters: int,
                    **extra) -> None:
         preds[name] = pred
@@ -206,6 +190,22 @@ def main() -> None:
                                               texts=[fmt.format(smiles=s) for s in smi_te]))
         simple_row("tags as text (SMILES: ... QED:) + linear head", pred,
                    time.perf_counter() - t0, m.hidden_size + 1)
+    prefix = None
+    if "sweep" in parts:
+        for p in sorted(ps, key=lambda p: p != 10):  # the recipe's p first
+            for seed in seeds:
+                prefix = train_tag(f"<QED_p{p}_s{seed}>", p, seed, "<SMILES> {smiles} {tag}",
+                                   prefix)
+                if p == 10 and "refit" in parts:  # the candidate fix, same seed and data
+                    prefix = train_tag(f"<QED_p10_s{seed}_refit>", p, seed,
+                                       "<SMILES> {smiles} {tag}", prefix, refit=True)
+    del prefix  # the no-domain-tag inputs share no prefix with these
+    if "no_domain" in parts:
+        prefix = None
+        for seed in seeds:
+            prefix = train_tag(f"<QED_nodomain_s{seed}>", 10, seed, "{smiles} {tag}", prefix)
+        del prefix
+
     if "lm" in parts:
         t0 = time.perf_counter()
         name = "<QED_text>"
