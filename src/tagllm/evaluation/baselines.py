@@ -432,7 +432,10 @@ class PeftBaseline(Baseline):
         for r, i in enumerate(ids):
             x[r, :len(i)] = torch.tensor(i)
             mask[r, :len(i)] = 1
-        out = model(input_ids=x.to(dev), attention_mask=mask.to(dev), output_hidden_states=True)
+        # logits_to_keep=1: the head reads hidden states, so skip the vocabulary projection
+        # of every position (as the tags' head training does)
+        out = model(input_ids=x.to(dev), attention_mask=mask.to(dev), output_hidden_states=True,
+                    logits_to_keep=1)
         hidden = out.hidden_states[-1]  # (B, v + T, H): v prepended virtual tokens
         last = torch.tensor([len(i) - 1 for i in ids], device=dev) + self.virtual_tokens()
         return hidden[torch.arange(len(ids), device=dev), last].float()
