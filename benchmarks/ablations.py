@@ -50,6 +50,10 @@ from tagllm.sources import load_source
 from tagllm.tags import tag_as_words
 from tagllm.training import fit_tag
 
+NO_FUNCTION = "no function tag (linear head on the last position)"
+AS_TEXT = "tags as text (SMILES: ... QED:) + linear head"
+AS_NUMBER = "no regression head (number generated as text, parsed)"
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -96,10 +100,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--parts", default="sweep,refit,no_domain,no_function,text,lm",
                     help="which groups of rows to run")
+    ap.add_argument("--refit_seeds", default="0", help="seeds of the refit_head variant")
+    ap.add_argument("--no_domain_seeds", default="0")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of OUT.partial and run only the others")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     ps = [int(x) for x in args.p.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
+    refit_seeds = [int(x) for x in args.refit_seeds.split(",") if x]
+    no_domain_seeds = [int(x) for x in args.no_domain_seeds.split(",") if x]
     parts = set(args.parts.split(","))
 
     t_all = time.perf_counter()
@@ -121,7 +131,20 @@ def main() -> None:
 
     def save_partial() -> None:  # what is done so far survives a crash of a long run
         with open(args.out + ".partial", "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"rows": rows, "predictions": {k: np.round(v, 6).tolist()
+                                                     for k, v in preds.items()}}, f)
+
+    if args.resume:  # rows of an interrupted run: kept, not run again
+        with open(args.out + ".partial") as f:
+            done = json.load(f)
+        if isinstance(done, list):  # the first format kept no predictions
+            done = {"rows": done, "predictions": {}}
+        rows.extend(done["rows"])
+        preds.update({k: np.asarray(v) for k, v in done["predictions"].items()})
+        log(f"resumed {len(rows)} rows from {args.out}.partial")
+
+    def todo(name: str) -> bool:
+        return all(r["name"] != name for r in rows)
 
     def train_tag(name: str, p: int, seed: int, template: str, prefix: FrozenPrefix | None,
                   refit: bool = False) -> FrozenPrefix:
@@ -172,13 +195,12 @@ def main() -> None:
         log(f"{name}: test MSE {rows[-1]['test']['mse']:.5f} / Pearson "
             f"{rows[-1]['test']['pearson']:.3f}; {seconds:.0f} s")
 
-    if "no_function" in parts:
+    if "no_function" in parts and todo(NO_FUNCTION):
         t0 = time.perf_counter()
         feats = last_position(m, [f"<SMILES> {s}" for s in smi_tr + smi_te])
         pred = linear_fit_predict(feats[:len(smi_tr)], y_tr, feats[len(smi_tr):])
-        simple_row("no function tag (linear head on the last position)", pred,
-                   time.perf_counter() - t0, m.hidden_size + 1)
-    if "text" in parts:
+        simple_row(NO_FUNCTION, pred, time.perf_counter() - t0, m.hidden_size + 1)
+    if "text" in parts and todo(AS_TEXT):
         t0 = time.perf_counter()
         words = {"<SMILES>": tag_as_words(m.bank.configs["<SMILES>"]), "<QED>": "QED:"}
         task = Task(features=lambda t: frozen_features(m, t), tag_words=words)
@@ -188,39 +210,47 @@ def main() -> None:
                                    targets=y_tr))
         pred = method.predict(SimpleNamespace(table=None, targets=y_te,
                                               texts=[fmt.format(smiles=s) for s in smi_te]))
-        simple_row("tags as text (SMILES: ... QED:) + linear head", pred,
-                   time.perf_counter() - t0, m.hidden_size + 1)
+        simple_row(AS_TEXT, pred, time.perf_counter() - t0, m.hidden_size + 1)
+    # the order puts the expensive rows last: p = 20 costs about twice p = 10 per step
+    plan = [(10, s, False) for s in seeds]
+    plan += [(10, s, True) for s in refit_seeds if "refit" in parts]
+    plan += [(p, s, False) for p in ps if p < 10 for s in seeds]
+    late = [(p, s, False) for p in ps if p > 10 for s in seeds]
     prefix = None
     if "sweep" in parts:
-        for p in sorted(ps, key=lambda p: p != 10):  # the recipe's p first
-            for seed in seeds:
-                prefix = train_tag(f"<QED_p{p}_s{seed}>", p, seed, "<SMILES> {smiles} {tag}",
-                                   prefix)
-                if p == 10 and "refit" in parts:  # the candidate fix, same seed and data
-                    prefix = train_tag(f"<QED_p10_s{seed}_refit>", p, seed,
-                                       "<SMILES> {smiles} {tag}", prefix, refit=True)
-    del prefix  # the no-domain-tag inputs share no prefix with these
-    if "no_domain" in parts:
-        prefix = None
-        for seed in seeds:
-            prefix = train_tag(f"<QED_nodomain_s{seed}>", 10, seed, "{smiles} {tag}", prefix)
-        del prefix
-
-    if "lm" in parts:
+        for p, seed, refit in plan:
+            name = f"<QED_p{p}_s{seed}{'_refit' if refit else ''}>"
+            if todo(name):
+                prefix = train_tag(name, p, seed, "<SMILES> {smiles} {tag}", prefix, refit)
+    del prefix  # the next rows share no prefix with these
+    if "lm" in parts and todo(AS_NUMBER):
         t0 = time.perf_counter()
         name = "<QED_text>"
         m.add_tag(TagConfig(name, kind="function", num_tokens=10), seed=0)
         texts = [f"<SMILES> {s} {name} {q:.2f}" for s, q in zip(smi_tr, y_tr, strict=True)]
-        c = cfg(0)
-        res = fit_tag(m, name, texts, None, cfg=c, progress=False, log=lambda s: None)
+        res = fit_tag(m, name, texts, None, cfg=cfg(0), progress=False, log=lambda s: None)
         outs = m.generate([f"<SMILES> {s} {name}" for s in smi_te], max_new_tokens=6,
                           batch_size=32, stop=["\n"])
         parsed = [re.search(r"-?\d+(?:\.\d+)?", o) for o in outs]
         fallback = float(y_tr.mean())
         pred = np.array([float(x.group(0)) if x else fallback for x in parsed])
-        simple_row("no regression head (number generated as text, parsed)", pred,
-                   time.perf_counter() - t0, 10 * m.hidden_size, best_step=res.best_step,
+        simple_row(AS_NUMBER, pred, time.perf_counter() - t0, 10 * m.hidden_size,
+                   best_step=res.best_step, curve=res.curve,
                    unparsed=int(sum(x is None for x in parsed)), outputs=outs[:20])
+    if "no_domain" in parts:
+        prefix = None
+        for seed in no_domain_seeds:
+            if todo(f"<QED_nodomain_s{seed}>"):
+                prefix = train_tag(f"<QED_nodomain_s{seed}>", 10, seed, "{smiles} {tag}",
+                                   prefix)
+        del prefix
+    prefix = None
+    if "sweep" in parts:
+        for p, seed, _ in late:
+            if todo(f"<QED_p{p}_s{seed}>"):
+                prefix = train_tag(f"<QED_p{p}_s{seed}>", p, seed, "<SMILES> {smiles} {tag}",
+                                   prefix)
+    del prefix
 
     # choices on validation only: the p with the lowest mean validation loss over seeds
     sweep = [r for r in rows if "p" in r and "nodomain" not in r["name"]
@@ -239,11 +269,12 @@ def main() -> None:
             "best_steps": [r["best_step"] for r in rs]} for p, rs in by_p.items() if rs}
         summary["p_chosen_on_validation"] = int(min(
             summary["by_p"], key=lambda p: summary["by_p"][p]["validation_loss_mean"]))
-    # every row against the trained p = 10 tag of seed 0 (the recipe's setting)
-    ref = "<QED_p10_s0>"
-    if ref in preds:
+    # every row against the trained p = 10 tag (the recipe's setting) of the first seed whose
+    # test predictions this run holds (a resumed run may lack an earlier run's)
+    ref = next((f"<QED_p10_s{s}>" for s in seeds if f"<QED_p10_s{s}>" in preds), None)
+    if ref is not None:
         for r in rows:
-            if r["name"] != ref:
+            if r["name"] != ref and r["name"] in preds:
                 r["reference_minus_this"] = paired_bootstrap(y_te, preds[ref], preds[r["name"]],
                                                              metrics)
     result = {"benchmark": "qed-ablations", "date": date.today().isoformat(),
