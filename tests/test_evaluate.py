@@ -211,7 +211,10 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
     y = feats @ rng.normal(size=feats.shape[1])
     train = SimpleNamespace(table=None, texts=[f"<X> {t}" for t in texts[:100]], targets=y[:100])
     test = SimpleNamespace(table=None, texts=[f"<X> {t}" for t in texts[100:]], targets=y[100:])
-    tune = FineTune(m.base, m.tokenizer, steps=2, batch_size=16)
+    from tagllm.heads import build_head
+
+    tune = FineTune(m.base, m.tokenizer, lambda: build_head("regression", 32, 1, "mse"),
+                    steps=2, batch_size=16)
     method = BASELINES[key](Task(finetune=tune, tag_names=("<X>",)))
     assert method.unavailable(train, test) is None
     assert BASELINES[key](Task()).unavailable(train, test) == "needs the frozen base model"
@@ -228,7 +231,11 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
     assert "trainable parameters" in method.name(train, test)
     for k, v in m.base.state_dict().items():
         assert torch.equal(v, before[k]), k
-    classes = BASELINES[key](Task(classes=2, finetune=tune, tag_names=("<X>",)))
+    import dataclasses
+
+    two = dataclasses.replace(tune, new_head=lambda: build_head("classification", 32, 2,
+                                                                "cross_entropy"))
+    classes = BASELINES[key](Task(classes=2, finetune=two, tag_names=("<X>",)))
     classes.fit(SimpleNamespace(table=None, texts=train.texts, targets=(y[:100] > 0) * 1.0))
     prob = classes.predict(test)
     assert prob.shape == (20, 2) and np.allclose(prob.sum(1), 1, atol=1e-5)

@@ -51,10 +51,12 @@ class Task:
 @dataclass
 class FineTune:
     """What a fine-tuning baseline (PEFT) gets: the frozen Hugging Face model (never
-    modified: adapters go on a copy), its tokenizer and the tags' step budget."""
+    modified: adapters go on a copy), its tokenizer, a maker of fresh heads of the tags'
+    own kind (a :mod:`tagllm.heads` class, built by the caller) and the tags' step budget."""
 
     model: Any
     tokenizer: Any
+    new_head: Callable[[], Any]
     steps: int = 200
     batch_size: int = 32
     seed: int = 0
@@ -456,8 +458,6 @@ class PeftBaseline(Baseline):
         from peft import get_peft_model
         from transformers import get_cosine_schedule_with_warmup
 
-        from tagllm.heads import build_head
-
         ft, t0 = self.task.finetune, time.perf_counter()
         torch.manual_seed(ft.seed)
         self.model = get_peft_model(copy.deepcopy(ft.model), self.peft_config())
@@ -465,11 +465,7 @@ class PeftBaseline(Baseline):
         texts = untagged(train.texts, self.task.tag_names)
         y = torch.as_tensor(np.asarray(train.targets, dtype=np.float64), dtype=torch.float32)
         y = y.reshape(len(y), -1)
-        classes = self.task.classes
-        # the tags' own head class: target statistics, closed-form fit, loss, postprocess
-        self.head = build_head("classification" if classes else "regression",
-                               self.model.config.hidden_size, classes or y.shape[1],
-                               "cross_entropy" if classes else "mse")
+        self.head = ft.new_head()  # the tags' head class: statistics, closed form, loss
         self.head.prepare(y)
         self.head.warm_start(self._all_features(self.model, texts), y.numpy(), alpha=1.0)
         self.head.to(next(self.model.parameters()).device)

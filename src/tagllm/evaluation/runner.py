@@ -31,6 +31,7 @@ from tagllm.evaluation.metrics import (
     translation_bootstrap,
     translation_metrics,
 )
+from tagllm.heads import build_head
 from tagllm.model import TaggedModel
 from tagllm.progress import track
 from tagllm.tags import tag_as_words
@@ -70,8 +71,11 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
                            "predictions": preds.tolist()}
     if baselines and spec.baselines:
         b = budget or TrainConfig(steps=200, batch_size=32)
-        tune = None if model.sharded else FineTune(model.base, model.tokenizer, b.steps,
-                                                   b.batch_size, b.seed)
+        def new_head():  # the PEFT methods get the tags' own kind of head
+            return build_head(head.kind, model.hidden_size, head.num_outputs, head.loss_name)
+
+        tune = None if model.sharded else FineTune(model.base, model.tokenizer, new_head,
+                                                   b.steps, b.batch_size, b.seed)
         task = Task(classes=head.classes, features=lambda texts: frozen_features(
             model, texts, batch_size, progress), tag_names=tuple(model.bank.names),
             tag_words={n: tag_as_words(model.bank.configs[n]) for n in model.bank.names},
