@@ -83,7 +83,9 @@ class Baseline:
         return None
 
     def fit(self, train: Rows | None) -> None:
-        """Learn from the training rows (nothing for methods that do not learn)."""
+        """Learn from the training rows (by default: keep them for :meth:`predict`; methods
+        that fit a closed form at prediction time need no more)."""
+        self.train = train
 
     def predict(self, test: Rows) -> np.ndarray | list[str]:
         raise NotImplementedError
@@ -265,9 +267,6 @@ class FingerprintBaseline(Baseline):
     def name(self, train: Rows | None, test: Rows) -> str:
         return f"{INPUT_FEATURES[self._input(train, test)[0]][2]} {self.method}"
 
-    def fit(self, train: Rows | None) -> None:
-        self.train = train
-
     def predict(self, test: Rows) -> np.ndarray:
         col = self._input(self.train, test)[0]
         return type(self).learner(self.train.table[col], self.train.targets, test.table[col],
@@ -304,9 +303,6 @@ class Composition(Baseline):
     def name(self, train: Rows | None, test: Rows) -> str:
         return "amino-acid composition, linear"
 
-    def fit(self, train: Rows | None) -> None:
-        self.train = train
-
     def predict(self, test: Rows) -> np.ndarray:
         return linear_fit_predict(composition_features(self.train.table["sequence"]),
                                   self.train.targets,
@@ -337,9 +333,6 @@ class LinearProbe(Baseline):
 
     def name(self, train: Rows | None, test: Rows) -> str:
         return "linear probe (frozen hidden states, no tags)"
-
-    def fit(self, train: Rows | None) -> None:
-        self.train = train
 
     def predict(self, test: Rows) -> np.ndarray:
         feats = self.task.features
@@ -374,9 +367,6 @@ class TagsAsText(Baseline):
 
     def name(self, train: Rows | None, test: Rows) -> str:
         return "tags as plain text + linear head"
-
-    def fit(self, train: Rows | None) -> None:
-        self.train = train
 
     def _last(self, texts: Sequence[str]) -> np.ndarray:
         feats = self.task.features(tags_as_words(texts, self.task.tag_words))  # (N, 2H)
