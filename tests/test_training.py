@@ -213,22 +213,27 @@ def test_validation_is_carved_seeded_and_disjoint():
     assert carve_validation(data, 0.0, seed=3)[1] is None
 
 
+def _absurd_lr(select: str, **cfg):
+    """Train <Q> on a tiny model with lr 30 (a wreck); (result, model). The result's
+    after_warm_start holds the untrained tag."""
+    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N", "CC")]
+    y = np.array([len(t) for t in texts], dtype=float)
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+    cfg = TrainConfig(batch_size=8, lr=30.0, head_lr=30.0, warmup_steps=0, select=select,
+                      max_grad_norm=0, **cfg)
+    res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
+                  after_warm_start=lambda: {"tag": m.bank.parameter("<Q>").detach().clone()})
+    return res, m
+
+
 def test_select_best_keeps_the_step_with_the_lowest_validation_loss():
     """An absurd learning rate wrecks the tag: 'best' keeps step 0 (the untrained tag with its
     fitted head, exactly), 'last' keeps the wreck; the curve has a point every eval_every
     steps and the last; the validation rows are not trained on."""
-    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N", "CC")]
-    y = np.array([len(t) for t in texts], dtype=float)
     results = {}
     for select in ("best", "last"):
-        m = tiny_tagged("llama")
-        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
-        cfg = TrainConfig(steps=7, batch_size=8, lr=30.0, head_lr=30.0, warmup_steps=0,
-                          eval_every=3, select=select, max_grad_norm=0)
-        seen = []
-        res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=seen.append,
-                      after_warm_start=lambda m=m: {"tag": m.bank.parameter("<Q>")
-                                                    .detach().clone()})
+        res, m = _absurd_lr(select, steps=7, eval_every=3)
         results[select] = (res, m.bank.parameter("<Q>").detach().clone())
     res, tag = results["best"]
     assert [c["step"] for c in res.curve] == [0, 3, 6, 7] and res.validation_rows == [4]
@@ -247,16 +252,7 @@ def test_refit_head_refits_on_the_kept_features_and_keeps_it_only_if_validation_
     """After an absurd learning rate the trained head no longer fits its features: the
     closed-form re-fit lowers the validation loss and is kept. When the kept step is step 0
     the re-fit is the warm start again (no drop), so the tags stay exactly as selected."""
-    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N", "CC")]
-    y = np.array([len(t) for t in texts], dtype=float)
-    out = {}
-    for select in ("last", "best"):
-        m = tiny_tagged("llama")
-        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
-        cfg = TrainConfig(steps=4, batch_size=8, lr=30.0, head_lr=30.0, warmup_steps=0,
-                          eval_every=2, select=select, max_grad_norm=0, refit_head=True)
-        res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
-        out[select] = res
+    out = {s: _absurd_lr(s, steps=4, eval_every=2, refit_head=True)[0] for s in ("last", "best")}
     wreck = out["last"].refit
     assert wreck["kept"] and wreck["validation_loss_after"] < wreck["validation_loss_before"]
     assert wreck["validation_loss_before"] == pytest.approx(
