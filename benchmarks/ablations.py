@@ -267,8 +267,14 @@ def main() -> None:
             "test_pearson_sd": float(np.std([r["test"]["pearson"] for r in rs], ddof=1))
             if len(rs) > 1 else None,
             "best_steps": [r["best_step"] for r in rs]} for p, rs in by_p.items() if rs}
-        summary["p_chosen_on_validation"] = int(min(
-            summary["by_p"], key=lambda p: summary["by_p"][p]["validation_loss_mean"]))
+        # validation rows depend on the seed: compare p only on the seeds every p has
+        common = set.intersection(*({r["seed"] for r in rs} for rs in by_p.values() if rs))
+        val = {p: np.mean([r["validation_loss"] for r in rs if r["seed"] in common])
+               for p, rs in by_p.items() if rs}
+        summary["p_chosen_on_validation"] = {"p": int(min(val, key=val.get)),
+                                             "seeds": sorted(common),
+                                             "validation_loss": {str(p): float(v)
+                                                                 for p, v in val.items()}}
     # every row against the trained p = 10 tag (the recipe's setting) of the first seed whose
     # test predictions this run holds (a resumed run may lack an earlier run's)
     ref = next((f"<QED_p10_s{s}>" for s in seeds if f"<QED_p10_s{s}>" in preds), None)
