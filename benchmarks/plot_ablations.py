@@ -17,6 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def p_axis(ax, ps: list[int], xlabel: str, ylabel: str, legend: int) -> None:
+    """A log-scaled axis over the tag lengths, labelled, with its legend and grid."""
+    ax.set_xscale("log")
+    ax.set_xticks(ps, [str(p) for p in ps])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend)
+    ax.grid(alpha=0.3)
+
+
 def main(path: str, out: str) -> None:
     doc = json.load(open(path))
     rows = doc["rows"] if isinstance(doc, dict) else doc  # a .partial file is the rows
@@ -34,12 +44,7 @@ def main(path: str, out: str) -> None:
     for r, color in zip(others, plt.cm.tab10(np.arange(2, 2 + len(others))), strict=False):
         a.axhline(r["test"]["mse"], color=color, lw=1, ls=":",
                   label=r["name"].split(" (")[0].strip("<>")[:40])
-    a.set_xscale("log")
-    a.set_xticks(ps, [str(p) for p in ps])
-    a.set_xlabel("p (vectors of <QED>)")
-    a.set_ylabel("test MSE (1,000 MOSES molecules)")
-    a.legend(fontsize=6)
-    a.grid(alpha=0.3)
+    p_axis(a, ps, "p (vectors of <QED>)", "test MSE (1,000 MOSES molecules)", 6)
     for r in sweep:
         b.scatter(r["p"], r["validation_loss"], color="C0", s=12)
         b.scatter(r["p"], r["validation_loss_step0"], color="C1", marker="s", s=12)
@@ -47,12 +52,7 @@ def main(path: str, out: str) -> None:
            "o-", color="C0", label="kept step")
     b.plot(ps, [np.mean([r["validation_loss_step0"] for r in sweep if r["p"] == p])
                 for p in ps], "s--", color="C1", label="step 0")
-    b.set_xscale("log")
-    b.set_xticks(ps, [str(p) for p in ps])
-    b.set_xlabel("p")
-    b.set_ylabel("validation loss (standardised MSE)")
-    b.legend(fontsize=7)
-    b.grid(alpha=0.3)
+    p_axis(b, ps, "p", "validation loss (standardised MSE)", 7)
     for r in [r for r in sweep if r["p"] == 10]:
         steps = [pt["step"] for pt in r["curve"]]
         line, = c.plot(steps, [pt["validation_loss"] for pt in r["curve"]], "o-",

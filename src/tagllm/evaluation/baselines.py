@@ -313,11 +313,7 @@ class Composition(Baseline):
 def untagged(texts: Sequence[str], tag_names: Sequence[str]) -> list[str]:
     """The inputs with every tag removed (and spaces collapsed): what the frozen model reads
     without tags."""
-    if not tag_names:
-        return [" ".join(t.split()) for t in texts]
-    pattern = re.compile("|".join(re.escape(t) for t in sorted(tag_names, key=len,
-                                                                   reverse=True)))
-    return [" ".join(pattern.sub(" ", t).split()) for t in texts]
+    return tags_as_words(texts, dict.fromkeys(tag_names, ""))
 
 
 @register_baseline
