@@ -195,7 +195,7 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
 
     import torch
 
-    from tagllm.evaluation.baselines import BASELINES, FineTune, Task
+    from tagllm.evaluation.baselines import BASELINES, FineTune, Task, untagged
 
     from tiny import tiny_tagged
 
@@ -214,7 +214,7 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
     from tagllm.heads import build_head
 
     tune = FineTune(m.base, m.tokenizer, lambda: build_head("regression", 32, 1, "mse"),
-                    steps=2, batch_size=16)
+                    steps=3, batch_size=16, eval_every=2)
     method = BASELINES[key](Task(finetune=tune, tag_names=("<X>",)))
     assert method.unavailable(train, test) is None
     assert BASELINES[key](Task()).unavailable(train, test) == "needs the frozen base model"
@@ -229,6 +229,15 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
     else:
         assert method.parameters == 10 * 32 + 33  # 10 virtual tokens + head
     assert "trainable parameters" in method.name(train, test)
+    # selection as the tags': 10 of the 100 rows held out, scored at 0, 2 and the last step
+    curve = method.details()["curve"]
+    assert [c["step"] for c in curve] == [0, 2, 3] and curve[0]["train_loss"] is None
+    best = min(curve, key=lambda c: c["validation_loss"])
+    assert method.details()["best_step"] == best["step"]
+    held = np.random.default_rng(0).permutation(100)[:10]  # FineTune.seed's split
+    y_held = torch.as_tensor(y[held], dtype=torch.float32).reshape(-1, 1)
+    assert method._validation_loss(untagged([train.texts[i] for i in held], ("<X>",)),
+                                   y_held) == pytest.approx(best["validation_loss"], rel=1e-4)
     for k, v in m.base.state_dict().items():
         assert torch.equal(v, before[k]), k
     import dataclasses

@@ -102,6 +102,11 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
         diff = q_eval["metrics"]["mse"] - q_eval["baselines"][method]["mse"]
         assert lo <= hi and (lo <= diff <= hi or abs(hi - lo) < 1e-12), method
     assert q_eval["intervals"]["training mean"]["pearson"] is None  # a constant prediction
+    # each fitted method's cost: wall time and trainable parameters (k-NN has none)
+    assert set(q_eval["costs"]) == {"Morgan k-NN (k=5)", "training mean"}
+    assert q_eval["costs"]["training mean"]["trainable_parameters"] == 1
+    assert q_eval["costs"]["Morgan k-NN (k=5)"]["trainable_parameters"] is None
+    assert all(c["seconds"] >= 0 for c in q_eval["costs"].values())
     assert len(q_eval["predictions"]) == q_eval["rows"]
     files = snapshot(store)
     assert len(files) == 6

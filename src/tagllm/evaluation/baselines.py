@@ -52,7 +52,9 @@ class Task:
 class FineTune:
     """What a fine-tuning baseline (PEFT) gets: the frozen Hugging Face model (never
     modified: adapters go on a copy), its tokenizer, a maker of fresh heads of the tags'
-    own kind (a :mod:`tagllm.heads` class, built by the caller) and the tags' step budget."""
+    own kind (a :mod:`tagllm.heads` class, built by the caller), the tags' step budget and
+    their selection protocol: ``validation`` of the training rows (seeded) held out, scored
+    at step 0 and every ``eval_every`` steps, the best state kept."""
 
     model: Any
     tokenizer: Any
@@ -60,6 +62,8 @@ class FineTune:
     steps: int = 200
     batch_size: int = 32
     seed: int = 0
+    validation: float = 0.1
+    eval_every: int = 50
 
 
 class Baseline:
@@ -70,6 +74,8 @@ class Baseline:
     needs_train: ClassVar[bool] = True
     #: runs the base model over the training rows (or trains it): only when asked by name
     uses_model: ClassVar[bool] = False
+    #: the trainable parameters it fitted (None: non-parametric, e.g. k-NN or a forest)
+    parameters: int | None = None
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -89,6 +95,15 @@ class Baseline:
 
     def predict(self, test: Rows) -> np.ndarray | list[str]:
         raise NotImplementedError
+
+    def details(self) -> dict[str, Any]:
+        """What the method chose while fitting (for results files): e.g. a learning curve."""
+        return {}
+
+    def linear(self, train_x: np.ndarray, test_x: np.ndarray) -> np.ndarray:
+        """:func:`linear_fit_predict` on the training targets, its size counted."""
+        self.parameters = linear_size(train_x, self.train.targets, self.task.classes)
+        return linear_fit_predict(train_x, self.train.targets, test_x, self.task.classes)
 
 
 BASELINES: dict[str, type[Baseline]] = {}
@@ -138,6 +153,14 @@ def composition_features(seqs: Sequence[str]) -> np.ndarray:
         out[n, :-1] /= max(len(s), 1)
         out[n, -1] = np.log10(max(len(s), 1))
     return out
+
+
+def linear_size(train_x: np.ndarray, train_y: np.ndarray, classes: int = 0) -> int:
+    """The coefficients and intercepts :func:`linear_fit_predict` fits."""
+    y = np.asarray(train_y)
+    outputs = (1 if classes == 2 else classes) if classes else (
+        y.shape[1] if y.ndim > 1 else 1)
+    return (np.asarray(train_x).shape[1] + 1) * outputs
 
 
 def linear_fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -304,10 +327,8 @@ class Composition(Baseline):
         return "amino-acid composition, linear"
 
     def predict(self, test: Rows) -> np.ndarray:
-        return linear_fit_predict(composition_features(self.train.table["sequence"]),
-                                  self.train.targets,
-                                  composition_features(test.table["sequence"]),
-                                  self.task.classes)
+        return self.linear(composition_features(self.train.table["sequence"]),
+                           composition_features(test.table["sequence"]))
 
 
 def untagged(texts: Sequence[str], tag_names: Sequence[str]) -> list[str]:
@@ -332,10 +353,8 @@ class LinearProbe(Baseline):
 
     def predict(self, test: Rows) -> np.ndarray:
         feats = self.task.features
-        return linear_fit_predict(feats(untagged(self.train.texts, self.task.tag_names)),
-                                  self.train.targets,
-                                  feats(untagged(test.texts, self.task.tag_names)),
-                                  self.task.classes)
+        return self.linear(feats(untagged(self.train.texts, self.task.tag_names)),
+                           feats(untagged(test.texts, self.task.tag_names)))
 
 
 def tags_as_words(texts: Sequence[str], words: dict[str, str]) -> list[str]:
@@ -369,8 +388,7 @@ class TagsAsText(Baseline):
         return feats[:, feats.shape[1] // 2:]  # (N, H): the last token's state
 
     def predict(self, test: Rows) -> np.ndarray:
-        return linear_fit_predict(self._last(self.train.texts), self.train.targets,
-                                  self._last(test.texts), self.task.classes)
+        return self.linear(self._last(self.train.texts), self._last(test.texts))
 
 
 class PeftBaseline(Baseline):
@@ -436,46 +454,88 @@ class PeftBaseline(Baseline):
             return torch.cat([self._features(model, texts[s:s + bs]).cpu()
                               for s in range(0, len(texts), bs)])
 
+    def _validation_loss(self, texts: Sequence[str], y: Any) -> float:
+        """The head's loss on held-out rows (mean over rows), nothing trained."""
+        import torch
+
+        bs = self.task.finetune.batch_size
+        total = 0.0
+        with torch.no_grad():
+            for s in range(0, len(texts), bs):
+                out = self.head(self._features(self.model, texts[s:s + bs]))
+                total += float(self.head.loss(out, y[s:s + bs].to(out.device))) * len(out)
+        return total / len(texts)
+
     def fit(self, train: Rows | None) -> None:
         import copy
-        import time
 
         import torch
         from peft import get_peft_model
         from transformers import get_cosine_schedule_with_warmup
 
-        ft, t0 = self.task.finetune, time.perf_counter()
+        ft = self.task.finetune
         torch.manual_seed(ft.seed)
         self.model = get_peft_model(copy.deepcopy(ft.model), self.peft_config())
         self.model.eval()  # dropout off: the frozen model computes deterministically
         texts = untagged(train.texts, self.task.tag_names)
         y = torch.as_tensor(np.asarray(train.targets, dtype=np.float64), dtype=torch.float32)
         y = y.reshape(len(y), -1)
+        rng = np.random.default_rng(ft.seed)
+        n_val = int(round(ft.validation * len(texts))) if len(texts) >= 10 else 0
+        perm = rng.permutation(len(texts))
+        val, fit = perm[:n_val], np.sort(perm[n_val:])
+        val_texts = [texts[i] for i in val]
+        texts, y_val, y = [texts[i] for i in fit], y[torch.as_tensor(val)], y[torch.as_tensor(fit)]
         self.head = ft.new_head()  # the tags' head class: statistics, closed form, loss
         self.head.prepare(y)
         self.head.warm_start(self._all_features(self.model, texts), y.numpy(), alpha=1.0)
         self.head.to(next(self.model.parameters()).device)
         adapter = [p for p in self.model.parameters() if p.requires_grad]
-        self.parameters = sum(p.numel() for p in adapter) + sum(
-            p.numel() for p in self.head.parameters())
+        trained = adapter + list(self.head.parameters())
+        self.parameters = sum(p.numel() for p in trained)
         opt = torch.optim.AdamW([{"params": adapter, "lr": self.lr},
                                  {"params": list(self.head.parameters()),
                                   "lr": self.head_lr}], weight_decay=0.0)
         sched = get_cosine_schedule_with_warmup(opt, max(1, ft.steps // 10), ft.steps)
-        rng = np.random.default_rng(ft.seed)
+        self.curve: list[dict[str, Any]] = []
+        self.best_step, best, kept = 0, float("inf"), None
+
+        def score(step: int, train_loss: float | None) -> None:
+            nonlocal best, kept
+            loss = self._validation_loss(val_texts, y_val) if n_val else None
+            self.curve.append({"step": step, "train_loss": train_loss,
+                               "validation_loss": loss})
+            if loss is not None and loss < best:  # keep the best state, step 0 included
+                best, self.best_step = loss, step
+                kept = [p.detach().clone() for p in trained]
+
+        score(0, None)
         order: list[int] = []
-        for _ in range(ft.steps):
+        running: list[float] = []
+        for step in range(1, ft.steps + 1):
             if len(order) < min(ft.batch_size, len(texts)):
                 order += rng.permutation(len(texts)).tolist()
             idx, order = order[:ft.batch_size], order[ft.batch_size:]
             out = self.head(self._features(self.model, [texts[i] for i in idx]))
             loss = self.head.loss(out, y[idx].to(out.device))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(adapter + list(self.head.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-        self.seconds = time.perf_counter() - t0
+            running.append(loss.item())
+            if step % ft.eval_every == 0 or step == ft.steps:
+                score(step, float(np.mean(running)))
+                running = []
+        if kept is None:  # nothing held out: the last state
+            self.best_step = ft.steps
+        else:
+            with torch.no_grad():
+                for p, v in zip(trained, kept, strict=True):
+                    p.copy_(v)
+
+    def details(self) -> dict[str, Any]:
+        return {"best_step": self.best_step, "curve": self.curve}
 
     def predict(self, test: Rows) -> np.ndarray:
         import torch
@@ -526,6 +586,8 @@ class Mean(Baseline):
 
     def fit(self, train: Rows | None) -> None:
         self.train_y = train.targets
+        y = np.asarray(train.targets)
+        self.parameters = self.task.classes or (y.shape[1] if y.ndim > 1 else 1)
 
     def predict(self, test: Rows) -> np.ndarray:
         return mean_baseline(self.train_y, len(test.texts), self.task.classes)

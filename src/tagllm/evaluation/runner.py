@@ -16,6 +16,7 @@ multi-process launch each process predicts a share of the rows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,13 +75,14 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
         def new_head():  # the PEFT methods get the tags' own kind of head
             return build_head(head.kind, model.hidden_size, head.num_outputs, head.loss_name)
 
-        tune = None if model.sharded else FineTune(model.base, model.tokenizer, new_head,
-                                                   b.steps, b.batch_size, b.seed)
+        tune = None if model.sharded else FineTune(
+            model.base, model.tokenizer, new_head, b.steps, b.batch_size, b.seed,
+            validation=b.validation, eval_every=b.eval_every)
         task = Task(classes=head.classes, features=lambda texts: frozen_features(
             model, texts, batch_size, progress), tag_names=tuple(model.bank.names),
             tag_words={n: tag_as_words(model.bank.configs[n]) for n in model.bank.names},
             finetune=tune)
-        found = compare(spec.baselines, task, train, test, log)
+        found, row["costs"] = compare(spec.baselines, task, train, test, log)
         row["baselines"] = {k: head.metrics(test.targets, p) for k, p in found.items()}
         row["intervals"] = {k: paired_bootstrap(test.targets, preds, p, head.metrics)
                             for k, p in found.items()}
@@ -108,17 +110,20 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
                            "outputs": hyps}
     if baselines and spec.baselines:
         task = Task(source_column=spec.source_column, prompt=spec.prompt, generate=generate)
-        found = compare(spec.baselines, task, None, test, log)
+        found, row["costs"] = compare(spec.baselines, task, None, test, log)
         row["baselines"] = {k: score(p) for k, p in found.items()}
         row["intervals"] = {k: translation_bootstrap(refs, hyps, p) for k, p in found.items()}
     return row
 
 
 def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows,
-            log: Log = print) -> dict[str, Any]:
+            log: Log = print) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Each requested baseline (in registry order) fitted on ``train``: its name -> its
-    predictions for ``test``; those that cannot run are skipped with the reason logged."""
+    predictions for ``test``, and its name -> its cost (``seconds`` to fit and predict,
+    ``trainable_parameters``, None for non-parametric methods) and what it chose while
+    fitting; those that cannot run are skipped with the reason logged."""
     out: dict[str, Any] = {}
+    costs: dict[str, dict[str, Any]] = {}
     for key in [k for k in BASELINES if k in keys]:
         method = BASELINES[key](task)
         why = ("needs training rows" if method.needs_train and train is None
@@ -126,9 +131,14 @@ def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows,
         if why:
             log(f"baseline {key} skipped: {why}")
             continue
+        t0 = time.perf_counter()
         method.fit(train)
-        out[method.name(train, test)] = method.predict(test)
-    return out
+        pred = method.predict(test)
+        name = method.name(train, test)
+        out[name] = pred
+        costs[name] = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
+                       "trainable_parameters": method.parameters, **method.details()}
+    return out, costs
 
 
 def predictions(model: TaggedModel, texts: Sequence[str], tag: str, batch_size: int = 32,
