@@ -128,11 +128,17 @@ def main() -> None:
 
     rows: list[dict] = []
     preds: dict[str, np.ndarray] = {}
+    runs: list[dict] = []  # earlier invocations of a resumed run
+    this_run = {"command": "benchmarks/ablations.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items()), "date": date.today().isoformat()}
 
     def save_partial() -> None:  # what is done so far survives a crash of a long run
+        this_run.update(seconds=round(time.perf_counter() - t_all, 1),
+                        peak_rss_gb=round(peak_gb(), 2))
         with open(args.out + ".partial", "w") as f:
-            json.dump({"rows": rows, "predictions": {k: np.round(v, 6).tolist()
-                                                     for k, v in preds.items()}}, f)
+            json.dump({"rows": rows, "runs": [*runs, this_run],
+                       "predictions": {k: np.round(v, 6).tolist() for k, v in preds.items()}},
+                      f)
 
     if args.resume:  # rows of an interrupted run: kept, not run again
         with open(args.out + ".partial") as f:
@@ -140,6 +146,7 @@ def main() -> None:
         if isinstance(done, list):  # the first format kept no predictions
             done = {"rows": done, "predictions": {}}
         rows.extend(done["rows"])
+        runs.extend(done.get("runs", []))
         preds.update({k: np.asarray(v) for k, v in done["predictions"].items()})
         log(f"resumed {len(rows)} rows from {args.out}.partial")
 
@@ -287,11 +294,14 @@ def main() -> None:
               "machine": f"{platform.processor() or platform.machine()}, "
                          f"{torch.get_num_threads()} threads",
               "versions": {"torch": torch.__version__, "python": platform.python_version()},
-              "command": "benchmarks/ablations.py " + " ".join(
-                  f"--{k} {v}" for k, v in vars(args).items()),
               "model": args.model, "train_rows": len(smi_tr), "test_rows": len(smi_te),
-              "reference": ref, "summary": summary, "rows": rows,
-              "seconds": round(time.perf_counter() - t_all, 1), "peak_rss_gb": round(peak_gb(), 2)}
+              "reference": ref, "summary": summary, "rows": rows}
+    save_partial()  # this run's time and peak
+    all_runs = [*runs, this_run]
+    # every invocation that made these rows (a resumed run has several): commands, seconds,
+    # peaks; the totals cover only the invocations recorded (older files lacked the list)
+    result.update(runs=all_runs, seconds=round(sum(r["seconds"] for r in all_runs), 1),
+                  peak_rss_gb=max(r["peak_rss_gb"] for r in all_runs))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     log(f"wrote {args.out} ({result['seconds']:.0f} s, peak {result['peak_rss_gb']} GB)")
