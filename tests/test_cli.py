@@ -55,7 +55,7 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     main(["evaluate", "--tags", str(tmp_path), "--data", str(data), "--label", "y", "--model",
           str(tiny_model_dir), "--json_out", str(js), "--progress", "false"])
     metrics = method_rows(json.loads(js.read_text()))["tags (<QED>)"]
-    assert set(metrics) == {"mse", "mae", "pearson", "spearman"}
+    assert set(metrics) == {"mse", "mae", "pearson", "spearman", "ci"}
 
     capsys.readouterr()
     main(["inspect", str(tmp_path / "Q"), "--model", str(tiny_model_dir)])

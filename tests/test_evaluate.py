@@ -22,6 +22,34 @@ def test_regression_metrics_definitions():
     assert m["mae"] == pytest.approx((0.5 + 0 + 1 + 1) / 4)
     assert m["pearson"] == pytest.approx(np.corrcoef(y, p)[0, 1])
     assert m["spearman"] == pytest.approx(0.9486832980505138)
+    # concordance index by hand: of the 6 pairs (all targets differ) 5 are ordered right,
+    # (2, 3) is tied in the predictions: (5 + 0.5) / 6
+    assert m["ci"] == pytest.approx(5.5 / 6)
+
+
+def test_concordance_index_matches_its_pairwise_definition():
+    """Against the O(n^2) definition, with ties in targets (not comparable) and in
+    predictions (one half), and its edge cases."""
+    import itertools
+
+    from tagllm.evaluation.metrics import concordance_index
+
+    def pairwise(y, p):
+        num = den = 0.0
+        for i, j in itertools.combinations(range(len(y)), 2):
+            if y[i] != y[j]:
+                hi, lo = (i, j) if y[i] > y[j] else (j, i)
+                den += 1
+                num += 1.0 if p[hi] > p[lo] else 0.5 if p[hi] == p[lo] else 0.0
+        return num / den
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        y, p = rng.integers(0, 5, 60) * 1.0, rng.integers(0, 4, 60) * 1.0
+        assert concordance_index(y, p) == pytest.approx(pairwise(y, p), abs=1e-12)
+    assert concordance_index([1, 2, 3], [3, 2, 1]) == 0.0
+    assert concordance_index([1, 2, 3], [0, 0, 0]) == 0.5  # a constant orders nothing
+    assert np.isnan(concordance_index([1, 1], [1, 2]))  # no pair to order
 
 
 def test_constant_prediction_has_undefined_correlation():

@@ -37,12 +37,12 @@ def shrunk(name: str, tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize("name, metrics", [
-    ("descriptor", {"mse", "mae", "pearson", "spearman"}),
+    ("descriptor", {"mse", "mae", "pearson", "spearman", "ci"}),
     ("lipinski", {"accuracy", "auroc"}),
-    ("binding-affinity", {"mse", "mae", "pearson", "spearman"}),
-    ("drug-combination", {"mse", "mae", "pearson", "spearman"}),
+    ("binding-affinity", {"mse", "mae", "pearson", "spearman", "ci"}),
+    ("drug-combination", {"mse", "mae", "pearson", "spearman", "ci"}),
     ("translate", {"bleu", "chrf"}),
-    ("qed-in-context", {"mse", "mae", "pearson", "spearman"}),
+    ("qed-in-context", {"mse", "mae", "pearson", "spearman", "ci"}),
 ])
 def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     r = recipe_from_dict(shrunk(name, tmp_path), f"{name}.yaml")
