@@ -103,3 +103,26 @@ def test_solubility_has_its_measured_logs():
     assert (len(train), len(test)) == (1025, 257)
     assert train["smiles"][0] == "CCCCC" and train["logS"][0] == pytest.approx(-3.18)
     assert train.where(0).startswith("solubility:train (") and train.where(0).endswith("row 1")
+
+
+def test_drug_target_rows_get_a_pair_forest_and_no_knn():
+    """Rows with a molecule and a protein: the forest reads both (fingerprint beside
+    composition), k-NN has no distance for the pair and says so."""
+    from types import SimpleNamespace
+
+    from tagllm.evaluation.baselines import BASELINES, PAIR, Task, pair_features
+
+    table, _ = load_source("kiba:val", label="kiba", n=60, progress=False)
+    y = np.asarray(table["kiba"], dtype=float)
+    train = SimpleNamespace(table=table.select(range(40)), texts=[""] * 40, targets=y[:40])
+    test = SimpleNamespace(table=table.select(range(40, 60)), texts=[""] * 20, targets=y[40:])
+    assert BASELINES["knn"](Task()).unavailable(train, test) == \
+        f"no k-NN distance for {PAIR!r} inputs"
+    rf = BASELINES["rf"](Task())
+    assert rf.unavailable(train, test) is None
+    assert rf.name(train, test) == "Morgan + composition random forest (200 trees)"
+    rf.fit(train)
+    pred = rf.predict(test)
+    assert pred.shape == (20,) and y[:40].min() <= pred.min() <= pred.max() <= y[:40].max()
+    feats = pair_features(list(zip(table["smiles"][:2], table["sequence"][:2], strict=True)))
+    assert feats.shape == (2, 2048 + 21)

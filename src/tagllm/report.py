@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 #: Column order of metrics (stored results have sorted keys).
-ORDER = ("mse", "mae", "pearson", "spearman", "accuracy", "auroc", "bleu", "chrf", "spbleu",
+ORDER = ("mse", "mae", "pearson", "spearman", "ci", "accuracy", "auroc", "bleu", "chrf", "spbleu",
          "loss", "perplexity", "tokens")
 
 

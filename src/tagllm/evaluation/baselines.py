@@ -123,6 +123,10 @@ def baseline_keys(needs: str, with_model: bool = True) -> list[str]:
 
 
 # ----------------------------------------------------------------- features
+#: a drug-target row: the molecule and the protein together
+PAIR = "smiles+sequence"
+
+
 def morgan_fingerprints(smiles: Sequence[str], radius: int = 2, bits: int = 2048) -> np.ndarray:
     """(N, bits) boolean Morgan fingerprints (RDKit)."""
     from rdkit import Chem
@@ -207,11 +211,19 @@ def kmer_profiles(seqs: Sequence[str], k: int = 3) -> np.ndarray:
     return out
 
 
-#: The input columns the fingerprint baselines can use: features, the k-NN distance, and
-#: the features' name in result tables.
-INPUT_FEATURES: dict[str, tuple[Callable[[Sequence[str]], np.ndarray], str, str]] = {
+def pair_features(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """(N, 2048 + 21) features of (SMILES, protein) pairs: the molecule's Morgan fingerprint
+    beside the protein's amino-acid composition and log length (drug-target baselines)."""
+    smiles, seqs = zip(*pairs, strict=True) if pairs else ((), ())
+    return np.hstack([morgan_fingerprints(smiles), composition_features(seqs)])
+
+
+#: The inputs the fingerprint baselines can use: a column (or the pair "smiles+sequence")
+#: -> its features, the k-NN distance (None: no k-NN) and the features' name in tables.
+INPUT_FEATURES: dict[str, tuple[Callable[[Sequence[Any]], np.ndarray], str | None, str]] = {
     "smiles": (morgan_fingerprints, "jaccard", "Morgan"),  # Tanimoto distance
     "sequence": (kmer_profiles, "cosine", "3-mer"),
+    PAIR: (pair_features, None, "Morgan + composition"),
 }
 
 
@@ -251,8 +263,9 @@ def forest_baseline(train_x: Sequence[str], train_y: np.ndarray, test_x: Sequenc
                     column: str = "smiles", classes: int = 0, trees: int = 200,
                     seed: int = 0) -> np.ndarray:
     """Random forest predictions (scikit-learn, ``trees`` trees, seeded) on Morgan
-    fingerprints for SMILES or 3-mer profiles for proteins: the practitioner's first choice
-    for a molecular property. With ``classes`` it predicts class probabilities."""
+    fingerprints for SMILES, 3-mer profiles for proteins, or both (:func:`pair_features`)
+    for drug-target pairs: the practitioner's first choice for a molecular property. With
+    ``classes`` it predicts class probabilities."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
     features = INPUT_FEATURES[column][0]
@@ -277,23 +290,34 @@ class FingerprintBaseline(Baseline):
 
     @staticmethod
     def _input(train: Rows | None, test: Rows) -> list[str]:
-        return [c for c in INPUT_FEATURES if train is not None and c in train.table.columns
-                and c in test.table.columns]
+        """The input: one molecule or protein column, or the (SMILES, protein) pair."""
+        cols = [c for c in ("smiles", "sequence") if train is not None
+                and c in train.table.columns and c in test.table.columns]
+        return [PAIR] if len(cols) == 2 else cols
 
     def unavailable(self, train: Rows | None, test: Rows) -> str | None:
         cols = self._input(train, test)
         if len(cols) != 1:
-            return (f"needs exactly one input column of {list(INPUT_FEATURES)} in the "
+            return ("needs a 'smiles' or a 'sequence' input column (or both: a pair) in the "
                     f"training and test rows, found {cols}")
+        if self.key == "knn" and INPUT_FEATURES[cols[0]][1] is None:
+            return f"no k-NN distance for {cols[0]!r} inputs"
         return None
 
     def name(self, train: Rows | None, test: Rows) -> str:
         return f"{INPUT_FEATURES[self._input(train, test)[0]][2]} {self.method}"
 
+    @staticmethod
+    def _values(rows: Rows, col: str) -> list[Any]:
+        if col == PAIR:
+            return list(zip(rows.table["smiles"], rows.table["sequence"], strict=True))
+        return rows.table[col]
+
     def predict(self, test: Rows) -> np.ndarray:
         col = self._input(self.train, test)[0]
-        return type(self).learner(self.train.table[col], self.train.targets, test.table[col],
-                                  column=col, classes=self.task.classes)
+        return type(self).learner(self._values(self.train, col), self.train.targets,
+                                  self._values(test, col), column=col,
+                                  classes=self.task.classes)
 
 
 @register_baseline
@@ -305,7 +329,8 @@ class KNN(FingerprintBaseline):
 
 @register_baseline
 class RandomForest(FingerprintBaseline):
-    """A random forest of 200 trees on Morgan fingerprints or 3-mer profiles."""
+    """A random forest of 200 trees on Morgan fingerprints, 3-mer profiles, or for
+    drug-target pairs the fingerprint beside the protein's composition."""
 
     key, method, learner = "rf", "random forest (200 trees)", staticmethod(forest_baseline)
 
