@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 #: Column order of metrics (stored results have sorted keys).
-ORDER = ("mse", "mae", "pearson", "spearman", "ci", "accuracy", "auroc", "bleu", "chrf", "spbleu",
-         "loss", "perplexity", "tokens")
+ORDER = ("mse", "mae", "pearson", "spearman", "ci", "accuracy", "auroc", "bleu", "chrf",
+         "spbleu", "loss", "perplexity", "tokens")
 
 
 def results_table(results: dict[str, dict[str, float]], title: str):
