@@ -31,8 +31,10 @@ def shrunk(name: str, tmp_path: Path) -> dict:
             e["n"] = 12
             if "reference" in e:
                 e["max_new_tokens"] = 6
+        # one token per character: at least 512 (a tiny Llama's rotary positions go further)
+        length = max(512, s.get("train", {}).get("max_length", 0))
         s["train"] = {**s.get("train", {}), "steps": 2, "batch_size": 4, "warmup_steps": 1,
-                      "warm_start_examples": 24, "max_length": 512}
+                      "warm_start_examples": 24, "max_length": length}
     return d
 
 
@@ -43,6 +45,8 @@ def shrunk(name: str, tmp_path: Path) -> dict:
     ("drug-combination", {"mse", "mae", "pearson", "spearman", "ci"}),
     ("translate", {"bleu", "chrf"}),
     ("qed-in-context", {"mse", "mae", "pearson", "spearman", "ci"}),
+    ("solubility", {"mse", "mae", "pearson", "spearman", "ci"}),
+    ("bbb", {"accuracy", "auroc"}),
 ])
 def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     r = recipe_from_dict(shrunk(name, tmp_path), f"{name}.yaml")
@@ -77,8 +81,13 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
                 assert f"<SMILES> {smi} <QEDk{k}> " not in t  # its own label is not shown
         assert [s["eval"][0]["name"] for s in summary.stages[1:]] == [
             "QED, k=0", "QED, k=1", "QED, k=4"]
-    if name in ("descriptor", "lipinski"):  # one input column: a k-NN baseline too
+    if name in ("descriptor", "lipinski", "solubility", "bbb"):  # one input: k-NN too
         assert any(k.startswith(("3-mer k-NN", "Morgan k-NN")) for k in last["baselines"])
+    if name == "binding-affinity":  # drug-target pairs: the forest reads both
+        assert "Morgan + composition random forest (200 trees)" in last["baselines"]
+    if name in ("solubility", "bbb"):  # the frozen model's own baselines
+        assert {"linear probe (frozen hidden states, no tags)",
+                "tags as plain text + linear head"} <= set(last["baselines"])
     assert any(k.startswith("ablation") for k in last["baselines"])
     for t in r.tags:
         assert (tmp_path / "out" / "tags" / t.name.strip("<>") / "tag.safetensors").is_file()
