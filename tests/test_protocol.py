@@ -277,3 +277,38 @@ def test_pretrained_tags_and_the_too_long_policy(workdir, tmp_path):
     assert meta["provenance"]["data"][0]["rows"] == 3
     assert meta["provenance"]["data"][0]["skipped"] == 13
     assert meta["provenance"]["key_material"]["deps"]["<SMILES>"].startswith("pretrained:")
+
+
+def test_runs_are_tracked_in_tensorboard(workdir, tmp_path):
+    """Each trained stage writes TensorBoard scalars under out/tensorboard/STAGE: the step
+    losses and learning rates, the validation losses (step 0 included) and every method's
+    test metrics; read back with TensorBoard's own reader. track='none' writes nothing."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tagllm.errors import ConfigError
+    from tagllm.tracking import scalar_name
+
+    r = base_recipe(workdir)
+    r["out"] = str(tmp_path / "out")
+    go(write(tmp_path, r), tmp_path / "store")
+    acc = EventAccumulator(str(tmp_path / "out" / "tensorboard" / "q"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in acc.Scalars("validation/loss")] == [0, 1, 2, 3, 4, 5, 6]
+    lrs = [e.value for e in acc.Scalars("train/lr")]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[0]  # warm-up then cosine decay
+    assert "train/head_lr" in tags
+    q_eval = json.loads((tmp_path / "out" / "results.json").read_text())
+    q_eval = next(s for s in q_eval["stages"] if s["stage"] == "q")["eval"][0]
+    mse = acc.Scalars(scalar_name("eval", q_eval["name"], "tags", "mse"))
+    assert [e.step for e in mse] == [6]
+    assert mse[0].value == pytest.approx(q_eval["metrics"]["mse"], rel=1e-5)
+    assert any(t.startswith("eval/") and "/Morgan_k-NN" in t for t in tags)
+    assert (tmp_path / "out" / "tensorboard" / "smiles").is_dir()
+
+    r["out"] = str(tmp_path / "quiet")
+    go(write(tmp_path, r), tmp_path / "store2", track="none")
+    assert not (tmp_path / "quiet" / "tensorboard").exists()
+    with pytest.raises(ConfigError, match="track: 'wandb' is not one of"):
+        go(write(tmp_path, r), tmp_path / "store3", track="wandb")

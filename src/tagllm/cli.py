@@ -69,7 +69,7 @@ def with_fields(cls: type, skip: tuple[str, ...] = ()) -> Callable:
 
 
 def run(recipe: str, dry_run: bool = False, store: str | None = None, progress: bool = True,
-        fsdp: bool | None = None) -> None:
+        fsdp: bool | None = None, track: Literal["tensorboard", "none"] = "tensorboard") -> None:
     """Run a recipe: train the missing stages in dependency order, reuse the stored ones.
 
     Usage: tagllm run RECIPE.yaml [--dry_run] [--store DIR] [--fsdp]
@@ -92,6 +92,9 @@ def run(recipe: str, dry_run: bool = False, store: str | None = None, progress: 
         fsdp: under a multi-process launch, shard the frozen base model's transformer blocks
             across the processes (FSDP2); default: on when `accelerate launch` has an FSDP
             configuration (ACCELERATE_USE_FSDP) or TAGLLM_FSDP=1.
+        track: where each trained stage's losses, learning rates, validation losses and
+            metrics also go: TensorBoard event files under OUT/tensorboard/STAGE (view with
+            `tensorboard --logdir OUT/tensorboard`), or none.
     """
     from tagllm.distributed import world
     from tagllm.protocol import load_recipe, run
@@ -100,7 +103,7 @@ def run(recipe: str, dry_run: bool = False, store: str | None = None, progress: 
 
     r = load_recipe(recipe)  # every recipe error surfaces here, before any model loads
     summary = run(r, TagStore(store), dry_run=dry_run, log=_log, progress=progress,
-                  show=console.print, fsdp=fsdp)
+                  show=console.print, fsdp=fsdp, track=track)
     if dry_run or not world().is_main:  # under a multi-process launch, one process reports
         return
     for table in stage_tables(summary.stages):

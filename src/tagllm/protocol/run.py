@@ -29,6 +29,7 @@ from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
 from tagllm.protocol.recipe import Recipe, tags_in
 from tagllm.serialization import META
 from tagllm.store import TagStore
+from tagllm.tracking import Track, Tracker, check_tracker, log_evaluations
 from tagllm.training import Part, TrainResult, fit_tags
 
 Log = Callable[[str], None]
@@ -54,13 +55,19 @@ def _quiet(msg: Any) -> None:
 
 def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
         log: Log = print, progress: bool = True, show: Callable[[Any], None] | None = None,
-        fsdp: bool | None = None, export_to_out: bool = True) -> RunSummary:
+        fsdp: bool | None = None, export_to_out: bool = True,
+        track: Track = "tensorboard") -> RunSummary:
     """Train what is missing in dependency order; reuse what the store has.
+
+    ``track``: each trained stage's losses, learning rates, validation losses and metrics
+    also go to TensorBoard under ``out/tensorboard/STAGE`` (``"none"``: nowhere; nothing is
+    tracked when the recipe has no ``out``).
 
     Under a multi-process launch with ``fsdp`` (default: :func:`fsdp_requested`), the base
     model's blocks are sharded across the processes (:func:`shard_model`). With
     ``export_to_out`` the tags and ``results.json`` are copied to the recipe's ``out``."""
     t0 = time.perf_counter()
+    check_tracker(track)  # before the model loads
     store = store or TagStore()
     show = show or (lambda table: log(as_text(table)))
     w = world()
@@ -79,7 +86,7 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
                             "reason": p.reason, "key": p.key} for p in plans],
                           time.perf_counter() - t0)
     stages = [_cached_stage(recipe, p, store) if p.cached
-              else _train_stage(recipe, base, p, store, log, progress) for p in plans]
+              else _train_stage(recipe, base, p, store, log, progress, track) for p in plans]
     summary = RunSummary(recipe.name, recipe.out, stages, time.perf_counter() - t0)
     if w.is_main and export_to_out:
         export(recipe, plans, store, summary)
@@ -146,8 +153,20 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines:
 
 
 def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore, log: Log,
-                 progress: bool) -> dict[str, Any]:
+                 progress: bool, track: Track = "none") -> dict[str, Any]:
     """Train one stage, evaluate it (and its ablation), store its tags."""
+    s = p.stage
+    tracker = Tracker(track if recipe.out else "none", Path(recipe.out) / "tensorboard", s.name,
+                      {"recipe": recipe.name, "stage": s.name, "tags": ",".join(s.tags),
+                       "key": p.key, **asdict(s.train)})
+    try:
+        return _train_tracked(recipe, base, p, store, log, progress, tracker)
+    finally:
+        tracker.close()
+
+
+def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore,
+                   log: Log, progress: bool, tracker: Tracker) -> dict[str, Any]:
     s = p.stage
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(base, p, recipe, store)
@@ -162,10 +181,11 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
     parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
                   f"({d.config.source})") for j, d in enumerate(p.data)]
     res = fit_tags(m, s.tags, parts, s.train, progress, log, before_training,
-                   store.work_dir(p.key))
+                   store.work_dir(p.key), tracker=tracker if tracker.active else None)
     evals = _evaluate(m, p, progress, log)
     if res.after_warm_start:
         _add_ablation(m, p, evals, ablated, res.after_warm_start["eval"])
+    log_evaluations(tracker, evals, s.train.steps)
     for row in evals:
         log(f"stage {s.name} eval {row['name']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row["metrics"].items()))

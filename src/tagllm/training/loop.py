@@ -37,6 +37,7 @@ from tagllm.errors import ConfigError, DataError, TrainingError
 from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix, supports_frozen_prefix
 from tagllm.progress import bar
+from tagllm.tracking import Tracker
 from tagllm.training.batching import (
     Encoded,
     Part,
@@ -96,6 +97,7 @@ class Job:
     ckpt: Path | None
     log: Log
     progress: bool
+    tracker: Tracker | None = None  # TensorBoard scalars (tagllm.tracking)
 
     @cached_property
     def after_ids(self) -> set[int]:
@@ -193,7 +195,7 @@ def _quiet(msg: str) -> None:
 
 def setup(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part], cfg: TrainConfig,
           progress: bool, log: Log, checkpoint_dir: str | Path | None,
-          prefix: FrozenPrefix | None = None) -> Job:
+          prefix: FrozenPrefix | None = None, tracker: Tracker | None = None) -> Job:
     """Check the job, make exactly ``tags`` trainable, encode the data, and choose how the
     heads train (frozen-prefix or full-sequence passes; ``prefix``: a cache to reuse)."""
     if prefix is not None and prefix.model is not model:
@@ -216,7 +218,8 @@ def setup(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part], cfg: T
             f"of each part, seed {cfg.seed})")
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     return Job(model, tags, cfg, data, val, val_rows,
-               _frozen_prefix(model, tags, data, cfg, log, prefix), w, ckpt, log, progress)
+               _frozen_prefix(model, tags, data, cfg, log, prefix), w, ckpt, log, progress,
+               tracker)
 
 
 def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: TrainConfig,
@@ -293,6 +296,7 @@ def fit_tags(
     after_warm_start: Callable[[], dict | None] | None = None,
     checkpoint_dir: str | Path | None = None,
     prefix: FrozenPrefix | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Train ``tags`` (and their heads) jointly on ``parts``; every other parameter is frozen.
 
@@ -302,9 +306,10 @@ def fit_tags(
     checkpoint there is resumed (the caller must have set up the same tags and data).
     ``prefix``: a frozen-prefix cache from an earlier call on the same model, reused (a sweep
     over tags, seeds or learning rates on the same inputs computes each prefix once).
+    ``tracker``: where the step losses, learning rates and validation losses also go.
     """
     job = setup(model, tags, parts, cfg or TrainConfig(), progress, log, checkpoint_dir,
-                prefix)
+                prefix, tracker)
     state, saved = start(job, after_warm_start)
     opt, sched, params = make_optimizer(job)
     if saved is not None:
@@ -345,6 +350,11 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
                                          stop.requested is not None)
                 state.step = step
                 state.losses.append(loss)
+                if job.tracker is not None:  # the lr of the step just taken
+                    lrs = [g["lr"] for g in opt.param_groups]
+                    job.tracker.log({"train/loss": loss, "train/lr": lrs[0],
+                                     **({"train/head_lr": lrs[1]} if len(lrs) > 1 else {})},
+                                    step)
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss:.4f}")
                 if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -393,6 +403,8 @@ def record_validation(job: Job, state: State) -> None:
     state.curve.append({"step": state.step,
                         "train_loss": float(np.mean(recent)) if recent else None,
                         "validation_loss": loss})
+    if job.tracker is not None:
+        job.tracker.log({"validation/loss": loss}, state.step)
     if math.isfinite(loss) and (state.best is None or loss < state.best["loss"]):
         state.best = {"step": state.step, "loss": loss}
         if job.cfg.select == "best":
