@@ -24,7 +24,7 @@ from typing import Literal
 from rich.console import Console
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
-from tagllm.errors import TagllmError
+from tagllm.errors import DataError, TagllmError
 
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
@@ -329,8 +329,42 @@ def inspect(tagdir: str, model: str | None = None) -> None:
                       "pass --model to check it against a loaded model")
 
 
+def report(runs: str, html: str | None = "report.html", markdown: str | None = None,
+           title: str = "tagllm results", preamble: str | None = None) -> None:
+    """Results pages generated from results files: one self-contained HTML page (plots
+    embedded, no external URL) and/or Markdown with its plots beside it.
+
+    Usage: tagllm report RUN [RUN ...] [--html report.html] [--markdown docs/results.md]
+
+    Per evaluation: every method (the tags, each baseline, the untrained-tag ablation) with
+    its metrics, the paired-bootstrap 95% interval of tags minus the method, trainable
+    parameters and wall time; plots of the learning curves, predicted vs true (or the ROC
+    curve), and every comparison's interval; for an ablations file the metric against the
+    tag length p with its spread.
+
+    Args:
+        runs: run folders of `tagllm run` (or their results.json), `tagllm evaluate
+            --json_out` files, or benchmarks/ablations.py JSON; comma-separated, or given
+            as the first arguments.
+        html: the HTML page to write (none: skip it).
+        markdown: also a Markdown page; its plots go to img/NAME/ beside it.
+        title: the pages' title.
+        preamble: a Markdown file whose text opens the Markdown page (e.g. how to read it).
+    """
+    from tagllm.publish import write_report
+
+    paths = [p.strip() for p in runs.split(",") if p.strip()]
+    intro = ""
+    if preamble:
+        if not Path(preamble).is_file():
+            raise DataError(f"{preamble}: no such preamble file")
+        intro = Path(preamble).read_text()
+    for f in write_report(paths, html, markdown, title, intro):
+        console.print(f"wrote {f}")
+
+
 COMMANDS = {"run": run, "list": list_tags, "train": train, "predict": predict,
-            "evaluate": evaluate, "generate": generate, "inspect": inspect}
+            "evaluate": evaluate, "generate": generate, "inspect": inspect, "report": report}
 #: Commands whose first argument may be given without its flag.
 POSITIONAL = {"inspect": "--tagdir", "run": "--recipe"}
 
@@ -349,6 +383,10 @@ def _normalise_args(args: list[str]) -> list[str]:
             if a[2:] in bools and (nxt is None or nxt.startswith("-")):
                 a += "=true"
         out.append(a)
+    if out[:1] == ["report"]:  # tagllm report RUN RUN ... == --runs RUN,RUN
+        lead = next((i for i, a in enumerate(out[1:], 1) if a.startswith("-")), len(out))
+        if lead > 1:
+            out = ["report", "--runs", ",".join(out[1:lead]), *out[lead:]]
     if len(out) > 1 and out[0] in POSITIONAL and not out[1].startswith("-"):
         out.insert(1, POSITIONAL[out[0]])
     return out

@@ -69,7 +69,11 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
     preds = predictions(model, test.texts, tag, batch_size, progress)
     row: dict[str, Any] = {"name": name, "tag": tag, "rows": len(test.texts),
                            "metrics": head.metrics(test.targets, preds),
-                           "predictions": preds.tolist()}
+                           "predictions": preds.tolist(),
+                           "targets": np.asarray(test.targets).tolist(),
+                           # the tag's vectors and its head: what training fits
+                           "trainable_parameters": model.bank.configs[tag].num_tokens
+                           * model.hidden_size + sum(p.numel() for p in head.parameters())}
     if baselines and spec.baselines:
         b = budget or TrainConfig(steps=200, batch_size=32)
         def new_head():  # the PEFT methods get the tags' own kind of head

@@ -1,0 +1,404 @@
+"""Results pages generated from results files, never typed by hand: one self-contained HTML
+page (plots embedded as PNG data, styles inline, no external URL) and/or a Markdown page
+with its plots as files beside it.
+
+Inputs: run folders of ``tagllm run`` (their ``results.json``), such files themselves,
+rows of ``tagllm evaluate --json_out``, and the JSON of ``benchmarks/ablations.py``. Per
+evaluation: a table of every method (the tags, each baseline, the untrained-tag ablation)
+with its metrics, the paired-bootstrap 95% interval of tags minus the method, trainable
+parameters and wall time; plots of the learning curves (train and validation), predicted
+against true, and the interval of every comparison. An ablation file adds the metric
+against the tag length p with its seed-to-seed spread.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagllm.errors import DataError
+from tagllm.fileio import atomic_write_text
+from tagllm.report import ORDER
+
+#: metrics where lower is better (every other one: higher is better)
+LOWER_BETTER = {"mse", "mae", "loss", "perplexity"}
+
+
+@dataclass
+class Figure:
+    slug: str
+    title: str
+    png: bytes
+
+
+@dataclass
+class Section:
+    """A heading, paragraphs, tables (header, rows) and figures, in that order."""
+
+    title: str
+    level: int = 2
+    text: list[str] = field(default_factory=list)
+    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def load(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(kind, document) of a results file or a run folder; kind is ``run``, ``eval`` or
+    ``ablations``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        raise DataError(f"{path}: no results file (a run folder holds results.json)")
+    try:
+        doc = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{p}: not a JSON results file ({e})") from None
+    if isinstance(doc, dict) and "stages" in doc and "recipe" in doc:
+        return "run", doc
+    if isinstance(doc, dict) and doc.get("benchmark") == "qed-ablations":
+        return "ablations", doc
+    if isinstance(doc, dict) and "metrics" in doc and "name" in doc:
+        return "eval", doc
+    raise DataError(f"{p}: neither a run's results.json, an evaluation row (tagllm evaluate "
+                    "--json_out) nor an ablations benchmark file")
+
+
+# ----------------------------------------------------------------- figures
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curve_figure(stage: dict[str, Any], slug: str) -> Figure | None:
+    """Train and validation loss against the step, the kept step marked."""
+    curve = stage.get("curve") or []
+    if not curve:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    tr = [(c["step"], c["train_loss"]) for c in curve if c.get("train_loss") is not None]
+    va = [(c["step"], c["validation_loss"]) for c in curve
+          if c.get("validation_loss") is not None]
+    if tr:
+        ax.plot(*zip(*tr, strict=True), "o-", label="train (mean since last point)")
+    if va:
+        ax.plot(*zip(*va, strict=True), "s-", label="validation")
+    if stage.get("best_step") is not None:
+        ax.axvline(stage["best_step"], color="grey", ls=":", label="kept step")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"stage {stage['stage']}: learning curve")
+    ax.legend(fontsize=8)
+    return Figure(slug, f"stage {stage['stage']}: learning curve", _png(fig))
+
+
+def truth_figure(ev: dict[str, Any], slug: str) -> Figure | None:
+    """Predicted against true (regression; one panel per output, at most 6) or the ROC
+    curve (two classes)."""
+    if "predictions" not in ev or "targets" not in ev:
+        return None
+    y, p = np.asarray(ev["targets"], dtype=float), np.asarray(ev["predictions"], dtype=float)
+    plt = _plt()
+    if "auroc" in ev["metrics"]:
+        if p.ndim != 2 or p.shape[1] != 2 or len(np.unique(y)) < 2:
+            return None
+        from sklearn.metrics import roc_curve
+
+        fpr, tpr, _ = roc_curve(y.astype(int), p[:, 1])
+        fig, ax = plt.subplots(figsize=(3.8, 3.6))
+        ax.plot(fpr, tpr, label=f"tags (AUROC {ev['metrics']['auroc']:.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=8, loc="lower right")
+        title = f"{ev['name']}: ROC of the tags"
+    else:
+        y, p = y.reshape(len(y), -1), p.reshape(len(p), -1)
+        k = min(y.shape[1], 6)
+        fig, axes = plt.subplots(1, k, figsize=(3.4 * k, 3.3), squeeze=False)
+        for j, ax in enumerate(axes[0]):
+            ax.scatter(y[:, j], p[:, j], s=6, alpha=0.5)
+            lo, hi = min(y[:, j].min(), p[:, j].min()), max(y[:, j].max(), p[:, j].max())
+            ax.plot([lo, hi], [lo, hi], color="grey", ls=":")
+            ax.set_xlabel("true" + (f" (output {j})" if k > 1 else ""))
+            ax.set_ylabel("predicted")
+        title = f"{ev['name']}: predicted vs true (tags)"
+    fig.suptitle(title, fontsize=10)
+    return Figure(slug, title, _png(fig))
+
+
+def interval_figure(ev: dict[str, Any], metric: str, slug: str) -> Figure | None:
+    """Tags minus each method on ``metric``: the observed difference and its interval."""
+    rows = [(m, ev["metrics"][metric] - b[metric], (ev.get("intervals") or {}).get(m, {})
+             .get(metric)) for m, b in (ev.get("baselines") or {}).items()
+            if b.get(metric) is not None and b[metric] == b[metric]]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
+    for i, (_, d, ci) in enumerate(rows):
+        if ci:
+            ax.plot(ci, [i, i], color="C0", lw=3)
+        ax.plot([d], [i], "ko", ms=4)
+    ax.axvline(0, color="grey", ls=":")
+    ax.set_yticks(range(len(rows)), [_short(m) for m, _, _ in rows], fontsize=8)
+    better = "left" if metric in LOWER_BETTER else "right"
+    ax.set_xlabel(f"tags minus method, {metric} (95% paired bootstrap; tags better to the "
+                  f"{better})")
+    ax.invert_yaxis()
+    title = f"{ev['name']}: tags against every method ({metric})"
+    ax.set_title(title, fontsize=10)
+    return Figure(slug, title, _png(fig))
+
+
+def sweep_figure(doc: dict[str, Any], slug: str) -> Figure | None:
+    """Test MSE against the tag length p: mean and spread over seeds, trained and step 0."""
+    by_p: dict[int, dict[str, list[float]]] = {}
+    for r in doc.get("rows", []):
+        if re.fullmatch(r"<QED_p\d+_s\d+>", r.get("name", "")) and "test" in r:
+            d = by_p.setdefault(int(r["p"]), {"trained": [], "step0": []})
+            d["trained"].append(r["test"]["mse"])
+            if r.get("test_step0"):
+                d["step0"].append(r["test_step0"]["mse"])
+    if not by_p:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ps = sorted(by_p)
+    for key, label, marker in (("trained", "trained tag", "o"),
+                               ("step0", "untrained tag (step 0)", "s")):
+        xs = [p for p in ps if by_p[p][key]]
+        mean = [float(np.mean(by_p[p][key])) for p in xs]
+        sd = [float(np.std(by_p[p][key])) for p in xs]
+        ax.errorbar(xs, mean, yerr=sd, marker=marker, capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(ps, [str(p) for p in ps])
+    ax.set_xlabel("tag length p (vectors)")
+    ax.set_ylabel("test MSE (mean ± sd over seeds)")
+    ax.legend(fontsize=8)
+    title = "QED: test MSE against the tag length p"
+    ax.set_title(title, fontsize=10)
+    return Figure(slug, title, _png(fig))
+
+
+# ----------------------------------------------------------------- sections
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _short(name: str, n: int = 48) -> str:
+    return name if len(name) <= n else name[:n - 1] + "…"
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")[:80]
+
+
+def primary_metric(metrics: dict[str, Any]) -> str:
+    for m in ("mse", "auroc", "chrf", "loss"):
+        if m in metrics:
+            return m
+    return next(iter(metrics))
+
+
+def eval_section(ev: dict[str, Any], where: str, command: str | None,
+                 seconds: float | None = None) -> Section:
+    """One evaluation: the method table and its figures."""
+    metrics = [m for m in ORDER if m in ev["metrics"]] + [
+        m for m in ev["metrics"] if m not in ORDER]
+    key = primary_metric(ev["metrics"])
+    costs, intervals = ev.get("costs") or {}, ev.get("intervals") or {}
+    header = ["method", *metrics, f"tags − method, {key} (95% CI)", "trainable parameters",
+              "seconds"]
+    label = f"tags ({ev['tag']})" if ev.get("tag") else "tags"
+    rows = [[label, *(_fmt(ev["metrics"].get(m)) for m in metrics), "—",
+             _fmt(ev.get("trainable_parameters")), _fmt(seconds)]]
+    for method, m in (ev.get("baselines") or {}).items():
+        ci = intervals.get(method, {}).get(key)
+        c = costs.get(method, {})
+        rows.append([method, *(_fmt(m.get(x)) for x in metrics),
+                     f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "n/a",
+                     _fmt(c.get("trainable_parameters")) if c else
+                     ("0 (the tags' own)" if method.startswith("ablation") else "n/a"),
+                     _fmt(c.get("seconds"))])
+    s = Section(f"{where}: {ev['name']} ({ev['rows']:,} rows)", level=3)
+    better = "below 0" if key in LOWER_BETTER else "above 0"
+    s.text.append(f"Every method on the same {ev['rows']:,} test rows. The interval is the "
+                  f"paired bootstrap 95% interval of the tags' {key} minus the method's "
+                  f"({better}: the tags are better; an interval that holds 0 is no "
+                  "difference).")
+    if command:
+        s.text.append(f"Regenerate: `{command}`")
+    s.tables.append((header, rows))
+    base = _slug(where, ev["name"])
+    s.figures += [f for f in (truth_figure(ev, base + "-truth"),
+                              interval_figure(ev, key, base + "-methods")) if f]
+    return s
+
+
+def run_sections(doc: dict[str, Any], path: str) -> list[Section]:
+    recipe = doc["recipe"]
+    command = f"tagllm run {doc.get('recipe_file', recipe)}"
+    top = Section(f"Recipe {recipe}", text=[
+        f"Base model `{doc.get('model')}`; {len(doc['stages'])} stage(s); "
+        f"{_fmt(doc.get('seconds'))} s for the run that wrote `{path}` (stored stages are "
+        f"reused, their own training time is listed below). Command: `{command}`."])
+    top.tables.append((["stage", "trained here", "steps", "kept step", "seconds"],
+                       [[s["stage"], "no (stored)" if s.get("cached") else "yes",
+                         _fmt(s.get("steps_run")), _fmt(s.get("best_step")),
+                         _fmt(s.get("seconds"))] for s in doc["stages"]]))
+    out = [top]
+    for s in doc["stages"]:
+        fig = curve_figure(s, _slug(recipe, s["stage"], "curve"))
+        evals = [e for e in s.get("eval", []) if "metrics" in e]
+        if fig is None and not evals:
+            continue
+        sec = Section(f"{recipe} / stage {s['stage']}", level=3)
+        if fig:
+            sec.figures.append(fig)
+        out.append(sec)
+        out += [eval_section(e, f"{recipe} / {s['stage']}", command, s.get("seconds"))
+                for e in evals]
+    return out
+
+
+def ablation_sections(doc: dict[str, Any]) -> list[Section]:
+    s = Section("QED ablations and the tag-length sweep", text=[
+        f"{doc.get('train_rows', '?')} training and {doc.get('test_rows', '?')} test "
+        f"molecules, base model `{doc.get('model')}`, {doc.get('machine', '')}, "
+        f"{doc.get('date', '')}. Each row's interval is the paired bootstrap 95% interval "
+        f"of the reference tag ({doc.get('reference')}) minus the row, on test MSE."])
+    rows = []
+    for r in doc.get("rows", []):
+        t, ci = r.get("test") or {}, (r.get("reference_minus_this") or {}).get("mse")
+        rows.append([r["name"], _fmt(t.get("mse")), _fmt(t.get("pearson")),
+                     _fmt((r.get("test_step0") or {}).get("mse")),
+                     _fmt(r.get("validation_loss")), _fmt(r.get("best_step")),
+                     f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "n/a",
+                     _fmt(r.get("parameters")), _fmt(r.get("seconds"))])
+    s.tables.append((["row", "test MSE", "test Pearson", "step-0 test MSE",
+                      "validation loss", "kept step", "reference − row, MSE (95% CI)",
+                      "trainable parameters", "seconds"], rows))
+    fig = sweep_figure(doc, "qed-sweep")
+    if fig:
+        s.figures.append(fig)
+    for run in doc.get("runs", []):
+        s.text.append(f"Run: `{run['command']}` ({_fmt(run.get('seconds'))} s, peak "
+                      f"{_fmt(run.get('peak_rss_gb'))} GB)")
+    return [s]
+
+
+def sections(paths: list[str | Path]) -> list[Section]:
+    out: list[Section] = []
+    for path in paths:
+        kind, doc = load(path)
+        if kind == "run":
+            out += run_sections(doc, str(path))
+        elif kind == "ablations":
+            out += ablation_sections(doc)
+        else:
+            out.append(eval_section(doc, "tagllm evaluate", None))
+    return out
+
+
+# ----------------------------------------------------------------- renderers
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid
+#ccc;padding:.3em .6em;text-align:right}th:first-child,td:first-child{text-align:left}
+th{background:#f3f3f3}figure{display:inline-block;vertical-align:top;width:48%;margin:.5em 1%}
+figcaption{font-size:.85em;color:#555}
+code{background:#f3f3f3;padding:0 .2em}img{max-width:100%}"""
+
+
+def _inline(text: str) -> str:
+    """Markdown's `code` spans as HTML, everything else escaped."""
+    parts = text.split("`")
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p)
+                   for i, p in enumerate(parts))
+
+
+def render_html(secs: list[Section], title: str) -> str:
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+           f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for s in secs:
+        out.append(f"<h{s.level}>{html.escape(s.title)}</h{s.level}>")
+        out += [f"<p>{_inline(t)}</p>" for t in s.text]
+        for header, rows in s.tables:
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                       + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>"
+                                                            for c in r) + "</tr>" for r in rows)
+                       + "</table>")
+        for f in s.figures:
+            data = base64.b64encode(f.png).decode()
+            out.append(f"<figure><img alt='{html.escape(f.title)}' data-figure='{f.slug}' "
+                       f"src='data:image/png;base64,{data}'><figcaption>"
+                       f"{html.escape(f.title)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def render_markdown(secs: list[Section], title: str, image_dir: Path, relative: str,
+                    preamble: str = "") -> str:
+    """Markdown with each figure written to ``image_dir`` and linked as ``relative/...``."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    out = [f"# {title}", "", preamble.strip(), ""] if preamble.strip() else [f"# {title}", ""]
+    for s in secs:
+        out += [f"{'#' * s.level} {s.title}", ""]
+        for t in s.text:
+            out += [t, ""]
+        for header, rows in s.tables:
+            cells = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
+            out.append("| " + " | ".join(cells[0]) + " |")
+            out.append("|" + "|".join("---" for _ in header) + "|")
+            out += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+            out.append("")
+        for f in s.figures:
+            (image_dir / f"{f.slug}.png").write_bytes(f.png)
+            out += [f"![{f.title}]({relative}/{f.slug}.png)", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_report(paths: list[str | Path], html_path: str | Path | None = None,
+                 markdown_path: str | Path | None = None, title: str = "tagllm results",
+                 preamble: str = "") -> list[Path]:
+    """Build the pages from ``paths``; returns the files written."""
+    if not paths:
+        raise DataError("report: name at least one run folder or results file")
+    secs = sections(paths)  # every input is read and checked before anything is written
+    written: list[Path] = []
+    if html_path:
+        written.append(atomic_write_text(Path(html_path), render_html(secs, title)))
+    if markdown_path:
+        md = Path(markdown_path)
+        images = md.parent / "img" / md.stem
+        written.append(atomic_write_text(md, render_markdown(
+            secs, title, images, f"img/{md.stem}", preamble)))
+    return written

@@ -1,0 +1,136 @@
+"""`tagllm report`: the generated HTML page is self-contained and carries every table and
+plot of the runs it reads; the Markdown page links its plots as files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tagllm.cli import main
+from tagllm.errors import DataError
+from tagllm.protocol import recipe_from_dict, run
+from tagllm.store import TagStore
+
+from tiny import save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+SMILES = ["CCO", "CCN", "CCC", "CCCl", "c1ccccc1", "CC(=O)O", "CCOC", "CNC", "OCCO", "CCCC",
+          "c1ccncc1", "CC(C)O", "COC", "CCS", "C1CCCCC1", "CC#N", "OC(=O)C", "NCCN", "CCCO",
+          "CCCN"]
+
+
+class Page(HTMLParser):
+    """Every tag's attributes and the text of each table cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attrs: list[tuple[str, dict]] = []
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.attrs.append((tag, dict(attrs)))
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    save_tiny(d / "tiny")
+    for name, rows in (("train.csv", SMILES), ("test.csv", SMILES[:8])):
+        with open(d / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["smiles", "y"])
+            w.writerows([s, len(s) / 10] for s in rows)
+    recipe = recipe_from_dict({
+        "name": "tiny", "model": str(d / "tiny"), "out": str(d / "out"),
+        "train": {"batch_size": 4, "warmup_steps": 1, "eval_every": 2, "validation": 0.2},
+        "tags": [{"name": "<SMILES>", "num_tokens": 2},
+                 {"name": "<Q>", "kind": "function", "num_tokens": 2,
+                  "head": {"kind": "regression"}}],
+        "stages": [
+            {"name": "smiles", "tags": ["<SMILES>"], "train": {"steps": 2},
+             "data": [{"source": str(d / "train.csv"), "template": "<SMILES> {smiles}"}]},
+            {"name": "q", "tags": ["<Q>"], "train": {"steps": 4},
+             "data": [{"source": str(d / "train.csv"), "template": "<SMILES> {smiles} <Q>",
+                       "label": "y"}],
+             "eval": [{"source": str(d / "test.csv"), "label": "y", "name": "test set",
+                       "baselines": ["knn", "mean"], "ablation": True}]}]}, "tiny.yaml")
+    run(recipe, TagStore(d / "store"), log=lambda m: None, progress=False, track="none")
+    return d / "out"
+
+
+def test_html_report_is_self_contained_with_every_table_and_plot(run_dir, tmp_path):
+    ablations = ROOT / "benchmarks" / "results" / "2026-11-27-qed-ablations.json"
+    page = tmp_path / "report.html"
+    main(["report", str(run_dir), str(ablations), "--html", str(page)])
+    text = page.read_text()
+    parsed = Page()
+    parsed.feed(text)
+    # self-contained: no external URL anywhere, every image inline
+    assert not re.search(r"(?:src|href)\s*=\s*['\"]?(?:https?:|//)", text)
+    assert not [t for t, a in parsed.attrs if t in ("script", "link", "iframe")]
+    images = [a for t, a in parsed.attrs if t == "img"]
+    assert images and all(a["src"].startswith("data:image/png;base64,") for a in images)
+    # every plot: both learning curves, predicted vs true, the intervals, the p sweep
+    figures = {a["data-figure"] for a in images}
+    assert figures == {"tiny-smiles-curve", "tiny-q-curve", "tiny-q-test-set-truth",
+                       "tiny-q-test-set-methods", "qed-sweep"}
+    # every table: the methods of the run's evaluation row with their metric values
+    results = json.loads((run_dir / "results.json").read_text())
+    ev = next(s for s in results["stages"] if s["stage"] == "q")["eval"][0]
+    table = next(t for t in parsed.tables if t[0][0] == "method")
+    methods = [r[0] for r in table[1:]]
+    assert methods == ["tags (<Q>)", *ev["baselines"]]
+    mse = table[0].index("mse")
+    assert float(table[1][mse]) == pytest.approx(ev["metrics"]["mse"], rel=1e-3)
+    assert table[1][table[0].index("trainable parameters")] == \
+        f"{ev['trainable_parameters']:,}"
+    knn = next(r for r in table if r[0].startswith("Morgan k-NN"))
+    lo, hi = ev["intervals"][knn[0]]["mse"]
+    assert knn[table[0].index("tags − method, mse (95% CI)")] == f"[{lo:+.4g}, {hi:+.4g}]"
+    ablation_rows = next(t for t in parsed.tables if t[0][0] == "row")
+    assert len(ablation_rows) - 1 == len(json.loads(ablations.read_text())["rows"])
+
+
+def test_markdown_report_writes_its_plots_beside_it(run_dir, tmp_path):
+    md = tmp_path / "docs" / "results.md"
+    (tmp_path / "intro.md").write_text("How to read this page.\n")
+    main(["report", str(run_dir / "results.json"), "--html", "", "--markdown", str(md),
+          "--preamble", str(tmp_path / "intro.md")])
+    text = md.read_text()
+    assert text.startswith("# tagllm results\n\nHow to read this page.")
+    links = re.findall(r"!\[[^\]]*\]\((img/results/[^)]+\.png)\)", text)
+    assert len(links) == 4 and all((md.parent / link).is_file() for link in links)
+    assert "| tags (<Q>) |" in text
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_refuses_what_is_not_a_results_file(tmp_path):
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(DataError, match=r"x\.json: neither a run's results\.json"):
+        from tagllm.publish import write_report
+
+        write_report([tmp_path / "x.json"], tmp_path / "r.html")
+    with pytest.raises(DataError, match="no results file"):
+        write_report([tmp_path / "missing"], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()  # nothing half-written
