@@ -14,6 +14,7 @@ import inspect as _inspect
 import json
 import logging
 import os
+import shlex
 import sys
 import typing
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from rich.console import Console
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import DataError, TagllmError
+from tagllm.fileio import atomic_write_text
 
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
@@ -276,8 +278,9 @@ def evaluate(tags: str, data: str, label: str | None = None,
     for table in (eval_table(row), interval_table(row)):
         if table is not None:
             console.print(table)
-    if json_out:
-        Path(json_out).write_text(json.dumps(row, indent=2, default=float) + "\n")
+    if json_out:  # with the command that regenerates it (tagllm report shows it)
+        row["command"] = shlex.join(["tagllm", *sys.argv[1:]])
+        atomic_write_text(Path(json_out), json.dumps(row, indent=2, default=float) + "\n")
 
 
 def generate(prompt: str, tags: str | None = None, model: str = "smollm2",

@@ -325,7 +325,7 @@ def sections(paths: list[str | Path]) -> list[Section]:
         elif kind == "ablations":
             out += ablation_sections(doc)
         else:
-            out.append(eval_section(doc, "tagllm evaluate", None))
+            out.append(eval_section(doc, "tagllm evaluate", doc.get("command")))
     return out
 
 
