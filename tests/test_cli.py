@@ -54,8 +54,19 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     js = tmp_path / "m.json"
     main(["evaluate", "--tags", str(tmp_path), "--data", str(data), "--label", "y", "--model",
           str(tiny_model_dir), "--json_out", str(js), "--progress", "false"])
-    metrics = method_rows(json.loads(js.read_text()))["tags (<QED>)"]
+    row = json.loads(js.read_text())
+    metrics = method_rows(row)["tags (<QED>)"]
     assert set(metrics) == {"mse", "mae", "pearson", "spearman", "ci"}
+    assert row["command"].startswith("tagllm evaluate --tags ")  # what regenerates it
+    # too long: an error naming the row, or skipped and counted with --too_long skip
+    capsys.readouterr()
+    short = ["evaluate", "--tags", str(tmp_path), "--data", str(data), "--label", "y",
+             "--model", str(tiny_model_dir), "--max_length", "11", "--progress", "false"]
+    with pytest.raises(SystemExit) as e:
+        main(short)
+    assert e.value.code == 2 and "tokens > max_length 11" in capsys.readouterr().err
+    main([*short, "--too_long", "skip", "--json_out", str(js)])
+    assert 0 < json.loads(js.read_text())["rows"] < len(SMILES)
 
     capsys.readouterr()
     main(["inspect", str(tmp_path / "Q"), "--model", str(tiny_model_dir)])

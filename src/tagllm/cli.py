@@ -226,7 +226,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
              baselines: str | None = None,
              reference: str | None = None, source_column: str = "source",
              prompt: str | None = None, max_new_tokens: int = 128, spm_model: str | None = None,
-             batch_size: int = 32, max_length: int = 512, seed: int = 0,
+             batch_size: int = 32, max_length: int = 512,
+             too_long: Literal["error", "skip"] = "error", seed: int = 0,
              skip_invalid: bool = False, json_out: str | None = None,
              progress: bool = True) -> None:
     """Evaluate saved tags on a data source, as `tagllm run` evaluates a stage (the same
@@ -259,7 +260,9 @@ def evaluate(tags: str, data: str, label: str | None = None,
         max_new_tokens: generation length limit.
         spm_model: local SentencePiece model file: also report spBLEU.
         batch_size: inputs per forward pass.
-        max_length: longest input in tokens (longer inputs are an error).
+        max_length: longest input in tokens.
+        too_long: test inputs over max_length: an error naming the row, or skip them
+            (counted and logged; nothing is ever truncated).
         seed: random seed of the samples.
         skip_invalid: drop invalid rows (reported) instead of stopping.
         json_out: also write the evaluation row to this JSON file, as results.json holds it
@@ -272,15 +275,25 @@ def evaluate(tags: str, data: str, label: str | None = None,
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
                                   skip_invalid, baseline_train, baseline_examples, reference,
                                   source_column, prompt, max_new_tokens, spm_model,
-                                  baselines.split(",") if baselines else None)
+                                  baselines.split(",") if baselines else None, too_long)
     row = evaluate_saved(tag_dirs(tags), spec, model, base, tag, batch_size, max_length,
                          progress, _log)
     for table in (eval_table(row), interval_table(row)):
         if table is not None:
             console.print(table)
     if json_out:  # with the command that regenerates it (tagllm report shows it)
-        row["command"] = shlex.join(["tagllm", *sys.argv[1:]])
+        row["command"] = _command("evaluate", evaluate, locals())
         atomic_write_text(Path(json_out), json.dumps(row, indent=2, default=float) + "\n")
+
+
+def _command(name: str, fn: Callable, values: dict) -> str:
+    """The command line that calls ``fn`` with ``values``: the non-default arguments."""
+    args = ["tagllm", name]
+    for p in _inspect.signature(fn).parameters.values():
+        v = values[p.name]
+        if v != p.default and p.name not in ("json_out", "progress"):
+            args += [f"--{p.name}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return shlex.join(args)
 
 
 def generate(prompt: str, tags: str | None = None, model: str = "smollm2",

@@ -93,7 +93,7 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
                      seed: int, skip_invalid: bool, baseline_train: str | None,
                      baseline_examples: int, reference: str | None, source_column: str,
                      prompt: str | None, max_new_tokens: int, spm_model: str | None,
-                     label_baselines: list[str] | None = None
+                     label_baselines: list[str] | None = None, too_long: str = "error"
                      ) -> tuple[EvalConfig, DataConfig | None]:
     """``tagllm evaluate``'s flags as the entries a recipe would hold: the evaluation (with
     every baseline that its kind and flags allow) and the baselines' training rows."""
@@ -110,7 +110,7 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
     spec = EvalConfig(source=data, label=label, template=template, n=n, seed=seed,
                       skip_invalid=skip_invalid, reference=reference, baselines=baselines,
                       source_column=source_column, prompt=prompt,
-                      max_new_tokens=max_new_tokens, spm_model=spm_model)
+                      max_new_tokens=max_new_tokens, spm_model=spm_model, too_long=too_long)
     base = DataConfig(source=baseline_train, template=template, label=label,
                       n=baseline_examples, seed=seed, skip_invalid=skip_invalid) \
         if baseline_train else None
