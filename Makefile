@@ -1,6 +1,6 @@
 # The two entry points of the README. Both set up .venv first (idempotent: a second
 # run reuses the environment and the caches under $TAGLLM_HOME, default ~/.cache/tagllm).
-.PHONY: setup demo test test-fast lint
+.PHONY: setup demo test test-fast lint report
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -23,3 +23,13 @@ test-fast: setup
 
 lint: setup
 	.venv/bin/ruff check src tests benchmarks
+
+# docs/results.md and report.html generated from the runs present (run their recipes
+# first); RUNS lists what goes in.
+RUNS ?= $(wildcard runs/qed runs/solubility runs/bbb runs/lipinski runs/descriptor \
+	runs/binding-affinity) $(wildcard benchmarks/results/*-qed-lora.json \
+	benchmarks/results/*-qed-prompt-tuning.json benchmarks/results/*-nci-ood.json \
+	benchmarks/results/*-text-tags.json benchmarks/results/*-qed-ablations.json)
+report: setup
+	.venv/bin/tagllm report $(RUNS) --html report.html --markdown docs/results.md \
+		--preamble docs/results-preamble.md --title "tagllm results"

@@ -427,7 +427,7 @@ def keep_selected(job: Job, state: State) -> None:
 
 def refit_heads(job: Job) -> dict | None:
     """With ``refit_head``: re-fit every head in closed form on the kept tags' features of
-    the warm-start rows (the head can lag its moving features: docs/results.md), and keep
+    the warm-start rows (the head can lag its moving features: docs/findings.md), and keep
     the re-fit only if the validation loss drops."""
     d = job.data
     if not job.cfg.refit_head or job.val is None or not d.supervised:
