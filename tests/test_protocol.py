@@ -279,10 +279,11 @@ def test_pretrained_tags_and_the_too_long_policy(workdir, tmp_path):
     assert meta["provenance"]["key_material"]["deps"]["<SMILES>"].startswith("pretrained:")
 
 
-def test_runs_are_tracked_in_tensorboard(workdir, tmp_path):
+def test_runs_are_tracked_in_tensorboard_and_results_are_strict_json(workdir, tmp_path):
     """Each trained stage writes TensorBoard scalars under out/tensorboard/STAGE: the step
     losses and learning rates, the validation losses (step 0 included) and every method's
-    test metrics; read back with TensorBoard's own reader. track='none' writes nothing."""
+    test metrics; read back with TensorBoard's own reader. track='none' writes nothing.
+    results.json and tag.json are strict JSON: an undefined metric is null, never NaN."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tagllm.errors import ConfigError
@@ -299,8 +300,16 @@ def test_runs_are_tracked_in_tensorboard(workdir, tmp_path):
     lrs = [e.value for e in acc.Scalars("train/lr")]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[0]  # warm-up then cosine decay
     assert "train/head_lr" in tags
-    q_eval = json.loads((tmp_path / "out" / "results.json").read_text())
+    def strict(constant):  # what JavaScript's and jq's parsers do with NaN / Infinity
+        raise ValueError(f"not JSON: {constant}")
+
+    q_eval = json.loads((tmp_path / "out" / "results.json").read_text(),
+                        parse_constant=strict)
     q_eval = next(s for s in q_eval["stages"] if s["stage"] == "q")["eval"][0]
+    assert q_eval["baselines"]["training mean"]["pearson"] is None  # undefined: null
+    for tag in ("Q", "SMILES"):  # the tag files' provenance too
+        json.loads((tmp_path / "out" / "tags" / tag / "tag.json").read_text(),
+                   parse_constant=strict)
     mse = acc.Scalars(scalar_name("eval", q_eval["name"], "tags", "mse"))
     assert [e.step for e in mse] == [6]
     assert mse[0].value == pytest.approx(q_eval["metrics"]["mse"], rel=1e-5)

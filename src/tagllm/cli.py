@@ -26,7 +26,7 @@ from rich.console import Console
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import DataError, TagllmError
-from tagllm.fileio import atomic_write_text
+from tagllm.fileio import atomic_write_text, json_text
 
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
@@ -283,7 +283,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
             console.print(table)
     if json_out:  # with the command that regenerates it (tagllm report shows it)
         row["command"] = _command("evaluate", evaluate, locals())
-        atomic_write_text(Path(json_out), json.dumps(row, indent=2, default=float) + "\n")
+        atomic_write_text(Path(json_out), json_text(row))
 
 
 def _command(name: str, fn: Callable, values: dict) -> str:

@@ -8,6 +8,8 @@ previous version.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -62,3 +64,22 @@ def atomic_write_file(target: str | Path, fill: Callable[[Path], object]) -> Pat
 def atomic_write_text(target: str | Path, text: str) -> Path:
     """Write ``text`` to ``target`` atomically (UTF-8)."""
     return atomic_write_file(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def json_text(obj: object, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """``obj`` as strict JSON (RFC 8259), which every parser reads (JavaScript's, jq's):
+    NaN and infinities (an undefined metric) become null, numpy numbers and arrays plain
+    numbers and lists."""
+
+    def clean(o: object) -> object:
+        if isinstance(o, float):
+            return o if math.isfinite(o) else None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if hasattr(o, "tolist"):  # numpy scalars and arrays
+            return clean(o.tolist())
+        return o
+
+    return json.dumps(clean(obj), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tagllm._version import __version__
 from tagllm.config import TagConfig
 from tagllm.errors import ConfigError, TagFileError
-from tagllm.fileio import atomic_write_dir, sha256_file
+from tagllm.fileio import atomic_write_dir, json_text, sha256_file
 
 __all__ = ["META", "TENSORS", "TagFileError", "check_base_model", "read_tag", "tensor_digest",
            "write_tag"]
@@ -72,7 +72,7 @@ def write_tag(directory: str | Path, config: TagConfig, tensors: dict[str, torch
     def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": "pt", "tag": config.name})
         meta["files"] = {TENSORS: sha256_file(tmp / TENSORS)}
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (tmp / META).write_text(json_text(meta, sort_keys=True))
 
     return atomic_write_dir(Path(directory), fill)
 

@@ -22,7 +22,7 @@ from tagllm.config import EvalConfig
 from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
 from tagllm.evaluation.metrics import paired_bootstrap, translation_bootstrap
 from tagllm.evaluation.runner import evaluate
-from tagllm.fileio import atomic_write_text
+from tagllm.fileio import atomic_write_text, json_text
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import LoadedData, report_skipped
 from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
@@ -259,4 +259,4 @@ def export(recipe: Recipe, plans: list[StagePlan], store: TagStore, summary: Run
     doc = {"recipe": recipe.name, "recipe_file": recipe.source, "model": recipe.model,
            "stages": summary.stages, "seconds": round(summary.seconds, 1),
            "tags": {t: str(path) for t, path in tags.items()}}
-    atomic_write_text(out / "results.json", json.dumps(doc, indent=2, default=float) + "\n")
+    atomic_write_text(out / "results.json", json_text(doc))  # strict: null, not NaN
