@@ -134,3 +134,28 @@ def test_duplicate_csv_id_names_both_rows(tmp_path):
         load_source(str(p), label="y")
     table, skipped = load_source(str(p), label="y", skip_invalid=True)
     assert table["id"] == ["m1", "m2"] and "duplicate id 'm1'" in skipped[0]
+
+
+def test_a_field_longer_than_csvs_default_limit_reads(tmp_path):
+    """csv's default limit is 131,072 characters per field; a protein or a long text may be
+    longer: it reads, and the length checks decide what to do with it."""
+    from tagllm.data import read_table
+
+    path = tmp_path / "big.csv"
+    path.write_text("smiles,y\n" + "C" * 200_000 + ",1\n")
+    assert len(read_table(path)["smiles"][0]) == 200_000
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path, gz):
+    import gzip
+
+    from tagllm.data import read_table
+    from tagllm.errors import DataError
+
+    raw = "smiles,name\nCCO,ethanol\nCCN,caf\xe9\n".encode("latin-1")
+    path = tmp_path / ("latin1.csv.gz" if gz else "latin1.csv")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(DataError, match=r"latin1\.csv(\.gz)?: line 3 is not UTF-8 text "
+                                        r"\(byte 0xe9 in 'CCN,caf.'\); save the file as UTF-8"):
+        read_table(path)

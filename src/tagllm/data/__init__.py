@@ -78,7 +78,13 @@ def package_dir(module: str, install: str, what: str) -> Path:
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return open(path, newline="", encoding="utf-8")
+
+
+# a protein or a long text in one field: far beyond csv's default 131,072 characters
+csv.field_size_limit(2**31 - 1)
 
 
 def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
@@ -92,33 +98,60 @@ def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
 def iter_table(path: str | Path, columns: Sequence[str] = (),
                chunk_rows: int | None = None) -> Iterator[Table]:
     """:func:`read_table` in chunks of ``chunk_rows`` rows (all at once when None), so a
-    large file streams in constant memory. Row numbers count from the file's first row."""
+    large file streams in constant memory. Row numbers count from the file's first row.
+    The file must be UTF-8 text; a field may be as long as a whole protein (no 128 KB csv
+    limit); a byte that is not UTF-8 fails naming the file and the row."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     stem_suffix = Path(p.stem).suffix if p.suffix == ".gz" else p.suffix
-    with _open_text(p) as f:
-        if stem_suffix == ".smi":
-            names = ["smiles", "name"]
-            rows = ([parts[0] if parts else "", parts[1].strip() if len(parts) > 1 else ""]
-                    for parts in (line.split(maxsplit=1) for line in f))
-        else:
-            reader = csv.DictReader(f, delimiter="\t" if stem_suffix in (".tsv", ".tab") else ",")
-            if not reader.fieldnames:
-                raise DataError(f"{p}: empty file or no header row")
-            names = list(reader.fieldnames)
-            rows = ([row.get(n) or "" for n in names] for row in reader)
-        for c in columns:
-            if c not in names:
-                raise DataError(f"{p}: missing column {c!r}; columns: {sorted(names)}")
-        start, buf = 1, []
-        for r in rows:
-            buf.append(r)
-            if chunk_rows and len(buf) == chunk_rows:
+    start, buf = 1, []
+    try:
+        with _open_text(p) as f:
+            if stem_suffix == ".smi":
+                names = ["smiles", "name"]
+                rows = ([parts[0] if parts else "", parts[1].strip() if len(parts) > 1 else ""]
+                        for parts in (line.split(maxsplit=1) for line in f))
+            else:
+                reader = csv.DictReader(f, delimiter="\t" if stem_suffix in (".tsv", ".tab")
+                                        else ",")
+                if not reader.fieldnames:
+                    raise DataError(f"{p}: empty file or no header row")
+                names = list(reader.fieldnames)
+                rows = ([row.get(n) or "" for n in names] for row in reader)
+            for c in columns:
+                if c not in names:
+                    raise DataError(f"{p}: missing column {c!r}; columns: {sorted(names)}")
+            for r in rows:
+                buf.append(r)
+                if chunk_rows and len(buf) == chunk_rows:
+                    yield _table(names, buf, p, start)
+                    start, buf = start + len(buf), []
+            if buf or start == 1:
                 yield _table(names, buf, p, start)
-                start, buf = start + len(buf), []
-        if buf or start == 1:
-            yield _table(names, buf, p, start)
+    except UnicodeDecodeError:
+        line, byte, text = _first_bad_line(p)
+        where = "the header" if line == 1 else f"line {line}"
+        raise DataError(f"{p}: {where} is not UTF-8 text (byte {byte:#04x} in {text!r}); "
+                        "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except csv.Error as e:
+        raise DataError(f"{p} row {start + len(buf) + 1}: not a valid CSV/TSV row ({e})") \
+            from None
+    except (OSError, EOFError) as e:  # a corrupt or cut .gz
+        raise DataError(f"{p}: cannot read ({e})") from None
+
+
+def _first_bad_line(path: Path) -> tuple[int, int, str]:
+    """(line number from 1, the byte, the line shown with replacement characters) of the
+    first line of ``path`` that is not UTF-8."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return n, raw[e.start], raw.decode("utf-8", "replace").strip()[:80]
+    return 0, 0, ""
 
 
 def _table(names: list[str], rows: list[list[str]], path: Path, start: int) -> Table:
