@@ -76,6 +76,11 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
 
     main(["generate", "--prompt", "<SMILES> CC", "--tags", str(tmp_path / "S"), "--model",
           str(tiny_model_dir), "--max_new_tokens", "4"])
+    # without --model: the base model the tag files record (here the tiny model's folder)
+    again = tmp_path / "again.csv"
+    main(["predict", *tags, "--input", str(data), "--output", str(again), "--progress",
+          "false"])
+    assert again.read_text() == out.read_text()
 
 
 def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys):
@@ -87,6 +92,16 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys
               str(tmp_path / "p.csv"), "--model", str(other), "--progress", "false"])
     assert e.value.code == 2
     assert "was trained for base model" in capsys.readouterr().err
+
+    # tags of two base models and no --model: which one to load is not guessed
+    main(["train", "--tag", "<O>", "--data", str(data), "--template", "<O> {smiles}",
+          "--out", str(tmp_path / "qwen" / "O"), "--model", str(other), "--steps", "1",
+          "--batch_size", "4", "--progress", "false"])
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--tags", f"{tmp_path / 'S'},{tmp_path / 'qwen'}", "--input", str(data),
+              "--output", str(tmp_path / "p.csv"), "--progress", "false"])
+    assert e.value.code == 2
+    assert "do not agree on one base model" in capsys.readouterr().err.replace("\n", " ")
 
     with pytest.raises(SystemExit) as e:  # template names a tag that is not loaded
         main(["predict", "--tags", str(tmp_path / "S"), "--input", str(data), "--output",

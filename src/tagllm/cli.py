@@ -188,7 +188,7 @@ def _labels(label: str | None) -> str | list[str] | None:
 
 
 def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smiles} <QED>",
-            tag: str | None = None, model: str = "smollm2", batch_size: int = 32,
+            tag: str | None = None, model: str | None = None, batch_size: int = 32,
             max_length: int = 512, skip_invalid: bool = False, progress: bool = True) -> None:
     """Predict with a function tag's head: CSV/TSV/.smi in, CSV with predictions out.
 
@@ -203,7 +203,8 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
         output: CSV file to write.
         template: input text per row, with {column} placeholders.
         tag: the function tag whose head predicts (default: the one in the template).
-        model: base model the tags were trained for.
+        model: base model the tags were trained for (default: the one their tag files
+            record).
         batch_size: inputs per forward pass.
         max_length: longest input in tokens (longer inputs are an error).
         skip_invalid: drop invalid rows (reported) instead of stopping.
@@ -211,9 +212,10 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
     """
     from tagllm.inference import predict_file
     from tagllm.model import TaggedModel
-    from tagllm.protocol.standalone import tag_dirs
+    from tagllm.protocol.standalone import recorded_model, tag_dirs
 
-    m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
+    dirs = tag_dirs(tags)
+    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
     n = predict_file(m, input, output, template, tag, batch_size, max_length, skip_invalid,
                      progress, _report_skipped)
     console.print(f"wrote {n} predictions to {output}")
@@ -221,7 +223,7 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
 
 def evaluate(tags: str, data: str, label: str | None = None,
              template: str = "<SMILES> {smiles} <QED>", tag: str | None = None,
-             model: str = "smollm2", n_examples: int | None = None,
+             model: str | None = None, n_examples: int | None = None,
              baseline_train: str | None = None, baseline_examples: int = 3000,
              baselines: str | None = None,
              reference: str | None = None, source_column: str = "source",
@@ -247,7 +249,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
         label: the label column(s), comma-separated (or a source's group: descriptors).
         template: input text per row, with {column} placeholders.
         tag: the function tag whose head predicts (default: the one in the template).
-        model: base model the tags were trained for.
+        model: base model the tags were trained for (default: the one their tag files
+            record).
         n_examples: evaluate a seeded random sample of this many rows.
         baseline_train: training rows of the baselines (test molecules left out).
         baseline_examples: rows of baseline_train to sample.
@@ -269,15 +272,21 @@ def evaluate(tags: str, data: str, label: str | None = None,
             (metrics, baselines, intervals, predictions or outputs).
         progress: show progress bars.
     """
-    from tagllm.protocol.standalone import evaluate_entries, evaluate_saved, tag_dirs
+    from tagllm.protocol.standalone import (
+        evaluate_entries,
+        evaluate_saved,
+        recorded_model,
+        tag_dirs,
+    )
     from tagllm.report import eval_table, interval_table
 
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
                                   skip_invalid, baseline_train, baseline_examples, reference,
                                   source_column, prompt, max_new_tokens, spm_model,
                                   baselines.split(",") if baselines else None, too_long)
-    row = evaluate_saved(tag_dirs(tags), spec, model, base, tag, batch_size, max_length,
-                         progress, _log)
+    dirs = tag_dirs(tags)
+    row = evaluate_saved(dirs, spec, recorded_model(dirs, model), base, tag, batch_size,
+                         max_length, progress, _log)
     for table in (eval_table(row), interval_table(row)):
         if table is not None:
             console.print(table)
@@ -296,20 +305,22 @@ def _command(name: str, fn: Callable, values: dict) -> str:
     return shlex.join(args)
 
 
-def generate(prompt: str, tags: str | None = None, model: str = "smollm2",
+def generate(prompt: str, tags: str | None = None, model: str | None = None,
              max_new_tokens: int = 64) -> None:
     """Continue a prompt greedily with the frozen LM head (KV cache), tags spliced in.
 
     Args:
         prompt: the input text, which may contain loaded tags.
         tags: tag folders to load, comma-separated, or a folder of tag folders.
-        model: base model the tags were trained for.
+        model: base model the tags were trained for (default: the one their tag files
+            record; smollm2 without tags).
         max_new_tokens: tokens to generate.
     """
     from tagllm.model import TaggedModel
-    from tagllm.protocol.standalone import tag_dirs
+    from tagllm.protocol.standalone import recorded_model, tag_dirs
 
-    m = TaggedModel.from_pretrained(model, tags=tag_dirs(tags))
+    dirs = tag_dirs(tags)
+    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
     console.print(m.generate([prompt], max_new_tokens)[0], highlight=False, markup=False)
 
 

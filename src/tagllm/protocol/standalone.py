@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tagllm.backbones import DEFAULT_MODEL
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import ConfigError, UnknownTagError
 from tagllm.evaluation.baselines import baseline_keys
@@ -51,6 +52,25 @@ def read_tag_configs(dirs: Sequence[Path]) -> dict[str, TagConfig]:
         meta, _ = read_tag(d)
         out[meta["name"]] = TagConfig.from_json(meta["config"])
     return out
+
+
+def recorded_model(dirs: Sequence[Path], given: str | None = None) -> str:
+    """The base model to load for the tags in ``dirs``: ``given`` if set, else the one
+    their tag files record (they must agree), else the default model when there are no
+    tags. Their files are verified; loading then checks the model's fingerprint."""
+    if given:
+        return given
+    names = {}
+    for d in dirs:
+        meta, _ = read_tag(d)
+        names.setdefault(str(meta.get("base_model", {}).get("name") or ""), []).append(d.name)
+    if not names:
+        return DEFAULT_MODEL
+    if "" in names or len(names) > 1:
+        raise ConfigError("the tag files do not agree on one base model ("
+                          + "; ".join(f"{n or 'none recorded'}: {', '.join(t)}"
+                                      for n, t in names.items()) + "): pass --model")
+    return next(iter(names))
 
 
 def single_stage_recipe(tag: TagConfig, data: DataConfig, train: TrainConfig, model: str,
