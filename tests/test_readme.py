@@ -96,8 +96,16 @@ def run_command(words: list[str], workdir: Path) -> None:
         return run_command(shlex.split(DEMO), workdir)
     if words[0] == "tagllm":
         return main(with_tiny_model(words, workdir / "tiny")[1:] + ["--progress", "false"]
-                    if words[1] not in ("list", "generate", "inspect")
+                    if words[1] not in ("list", "generate", "inspect", "report")
                     else with_tiny_model(words, workdir / "tiny")[1:])
+    if words[:2] == ["tensorboard", "--logdir"]:  # what the server would show: the scalars
+        from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+        runs = EventMultiplexer().AddRunsFromDirectory(str(workdir / words[2]))
+        runs.Reload()
+        assert all("train/loss" in runs.GetAccumulator(r).Tags()["scalars"]
+                   for r in ("smiles", "qed")), runs.Runs()
+        return
     if words[0] in LAUNCHERS:  # two CPU processes (gloo) stand in for the GPUs
         if "--num_processes" in words:
             words[words.index("--num_processes") + 1] = "2"
