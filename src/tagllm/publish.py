@@ -264,7 +264,11 @@ def eval_section(ev: dict[str, Any], where: str, command: str | None,
     return s
 
 
-def run_sections(doc: dict[str, Any], path: str) -> list[Section]:
+def run_sections(doc: dict[str, Any], path: str, seen: set[str] | None = None
+                 ) -> list[Section]:
+    """A run's sections; a stage whose key is in ``seen`` (shown for an earlier run: a
+    shared stored stage) is not shown again."""
+    seen = set() if seen is None else seen
     recipe = doc["recipe"]
     command = f"tagllm run {doc.get('recipe_file', recipe)}"
     top = Section(f"Recipe {recipe}", text=[
@@ -277,6 +281,9 @@ def run_sections(doc: dict[str, Any], path: str) -> list[Section]:
                          _fmt(s.get("seconds"))] for s in doc["stages"]]))
     out = [top]
     for s in doc["stages"]:
+        if s.get("key") in seen:
+            continue
+        seen.add(s.get("key"))
         fig = curve_figure(s, _slug(recipe, s["stage"], "curve"))
         evals = [e for e in s.get("eval", []) if "metrics" in e]
         if fig is None and not evals:
@@ -318,10 +325,11 @@ def ablation_sections(doc: dict[str, Any]) -> list[Section]:
 
 def sections(paths: list[str | Path]) -> list[Section]:
     out: list[Section] = []
+    seen: set[str] = set()
     for path in paths:
         kind, doc = load(path)
         if kind == "run":
-            out += run_sections(doc, str(path))
+            out += run_sections(doc, str(path), seen)
         elif kind == "ablations":
             out += ablation_sections(doc)
         else:
@@ -371,19 +379,25 @@ def render_markdown(secs: list[Section], title: str, image_dir: Path, relative: 
     image_dir.mkdir(parents=True, exist_ok=True)
     out = [f"# {title}", "", preamble.strip(), ""] if preamble.strip() else [f"# {title}", ""]
     for s in secs:
-        out += [f"{'#' * s.level} {s.title}", ""]
+        out += [f"{'#' * s.level} {_md(s.title)}", ""]
         for t in s.text:
             out += [t, ""]
         for header, rows in s.tables:
-            cells = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
+            cells = [[_md(c).replace("|", "\\|") for c in r] for r in [header, *rows]]
             out.append("| " + " | ".join(cells[0]) + " |")
             out.append("|" + "|".join("---" for _ in header) + "|")
             out += ["| " + " | ".join(r) + " |" for r in cells[1:]]
             out.append("")
         for f in s.figures:
             (image_dir / f"{f.slug}.png").write_bytes(f.png)
-            out += [f"![{f.title}]({relative}/{f.slug}.png)", ""]
+            out += [f"![{_md(f.title)}]({relative}/{f.slug}.png)", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown heading or table cell: a tag name such as <QED> is shown, not
+    taken for an HTML element."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def write_report(paths: list[str | Path], html_path: str | Path | None = None,
