@@ -24,11 +24,10 @@ is named by its number and title.
 from __future__ import annotations
 
 import gzip
-import hashlib
 from pathlib import Path
 
 from tagllm.data import DataError, Table, package_dir, read_table
-from tagllm.data.smiles import _rdkit
+from tagllm.data.smiles import _rdkit, in_test_split
 
 KIBA = ("pydebiaseddta", "pydebiaseddta==0.1.0", "the KIBA binding-affinity sample")
 B3DB = ("B3DB", "qc-b3db==1.1.1", "the B3DB blood-brain-barrier data")
@@ -61,11 +60,6 @@ def kiba_table(split: str, labels: list[str]) -> Table:
     return Table(cols, f"kiba:{split} ({path})", t.rows)
 
 
-def _in_test(canonical: str) -> bool:
-    """The fixed 80/20 split of molecule sources: a hash of the canonical SMILES."""
-    return int(hashlib.sha256(canonical.encode()).hexdigest(), 16) % 5 == 0
-
-
 def b3db_table(split: str, labels: list[str]) -> tuple[Table, list[str]]:
     """B3DB's molecules in ``split``, and the rows left out (unreadable SMILES, an unknown
     class, a repeat of an earlier molecule with the other class), each named."""
@@ -95,7 +89,7 @@ def b3db_table(split: str, labels: list[str]) -> tuple[Table, list[str]]:
                                f"class ({cls} vs {was}); the first row is kept")
             continue
         first[canon] = (t.rows[i], cls)
-        if split != "all" and _in_test(canon) != (split == "test"):
+        if split != "all" and in_test_split(canon) != (split == "test"):
             continue
         cols["smiles"].append(smi.strip())
         cols["name"].append(name)
