@@ -55,6 +55,11 @@ def test_sdf_reader_reads_fields_and_names_a_bad_record(tmp_path):
     with pytest.raises(DataError, match=r"m\.sdf\.gz row 2: column 'SOL': 'nan' is not a "
                                         "finite number"):
         load_source(str(gz), label="SOL")
+    # what `tagllm predict` streams: the SD reader's rows, not the file read as a CSV
+    from tagllm.sources import stream_source
+
+    chunks = list(stream_source(str(path), chunk_rows=1, skip_invalid=True))
+    assert len(chunks) == 1 and chunks[0][0]["smiles"] == ["CCO", "CCO"]
 
 
 @pytest.mark.parametrize("text, why", [

@@ -185,7 +185,7 @@ def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: b
         return _proteins(spec.split(":", 1)[1], labels), []
     if spec.startswith(MEASURED_PREFIXES):
         return _measured(spec, labels, skip_invalid)
-    if spec.lower().endswith(SDF_SUFFIXES):
+    if _is_sdf(spec):
         table, skipped = measured.read_sdf(spec, skip_invalid)
         table, problems = _validate(table, labels, text_columns, skip_invalid)
         return table, skipped + problems
@@ -253,12 +253,16 @@ def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
                   progress: bool = True) -> Iterator[tuple[Table, list[str]]]:
     """Validated chunks of ``spec`` with their skipped-row messages: a CSV/TSV/.smi file is
     read ``chunk_rows`` rows at a time (constant memory however long the file); built-in
-    sources and FASTA files come as one chunk."""
-    if spec.startswith(BUILTIN_PREFIXES) or _is_fasta(spec):
+    sources, FASTA and SD files come as one chunk (read by their own readers)."""
+    if spec.startswith(BUILTIN_PREFIXES) or _is_fasta(spec) or _is_sdf(spec):
         yield load_source(spec, skip_invalid=skip_invalid, progress=progress)
         return
     for chunk in iter_table(spec, chunk_rows=chunk_rows):
         yield _validate(chunk, (), (), skip_invalid)
+
+
+def _is_sdf(spec: str) -> bool:
+    return spec.lower().endswith(SDF_SUFFIXES)
 
 
 def _is_fasta(spec: str) -> bool:
