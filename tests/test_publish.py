@@ -126,6 +126,17 @@ def test_markdown_report_writes_its_plots_beside_it(run_dir, tmp_path):
     assert "| tags (&lt;Q&gt;) |" in text  # a tag name is shown, not read as HTML
     assert not (tmp_path / "report.html").exists()
 
+    # two evaluation files of the same source: each keeps its own plots
+    ev = next(s for s in json.loads((run_dir / "results.json").read_text())["stages"]
+              if s["stage"] == "q")["eval"][0]
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**ev, "name": "same"}))
+    md2 = tmp_path / "two.md"
+    main(["report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--html", "",
+          "--markdown", str(md2)])
+    links = re.findall(r"\]\((img/two/[^)]+\.png)\)", md2.read_text())
+    assert len(links) == 4 and len(set(links)) == 4
+
 
 def test_report_refuses_what_is_not_a_results_file(tmp_path):
     (tmp_path / "x.json").write_text('{"a": 1}')

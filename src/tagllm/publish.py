@@ -334,6 +334,11 @@ def sections(paths: list[str | Path]) -> list[Section]:
             out += ablation_sections(doc)
         else:
             out.append(eval_section(doc, "tagllm evaluate", doc.get("command")))
+    used: dict[str, int] = {}  # figure names are file names: two files' same title must
+    for f in (f for s in out for f in s.figures):  # not overwrite each other's plots
+        used[f.slug] = used.get(f.slug, 0) + 1
+        if used[f.slug] > 1:
+            f.slug = f"{f.slug}-{used[f.slug]}"
     return out
 
 
