@@ -350,7 +350,7 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
                                          stop.requested is not None)
                 state.step = step
                 state.losses.append(loss)
-                if job.tracker is not None:  # the lr of the step just taken
+                if job.tracker is not None:  # lr after this step's scheduler update
                     lrs = [g["lr"] for g in opt.param_groups]
                     job.tracker.log({"train/loss": loss, "train/lr": lrs[0],
                                      **({"train/head_lr": lrs[1]} if len(lrs) > 1 else {})},
