@@ -206,6 +206,8 @@ def test_validation_is_carved_seeded_and_disjoint():
     for k in range(3):
         assert sorted(train.ids[k] + val.ids[k]) == sorted(ids[k])
         assert not {tuple(r) for r in train.ids[k]} & {tuple(r) for r in val.ids[k]}
+        assert sorted(train.rows[k] + val.rows[k]) == list(range(len(ids[k])))
+        assert [ids[k][i] for i in val.rows[k]] == val.ids[k]  # each id's row in its part
     assert [r[1] for r in val.ids[0]] == val.targets[0].int().tolist()  # targets follow
     again = carve_validation(data, 0.1, seed=3)[1]
     other = carve_validation(data, 0.1, seed=4)[1]
@@ -262,3 +264,36 @@ def test_refit_head_refits_on_the_kept_features_and_keeps_it_only_if_validation_
     assert best.refit["validation_loss_before"] == pytest.approx(best.curve[0]["validation_loss"])
     with pytest.raises(ValueError, match="refit_head"):
         TrainConfig(validation=0, select="last", refit_head=True)
+
+
+def test_non_finite_loss_stops_naming_step_entry_and_rows_and_keeps_the_last_checkpoint(
+        tmp_path):
+    """An absurd learning rate overflows the loss: training stops before applying that step,
+    with a message naming the step, the data entry and its rows, and the checkpoint of the
+    last finite step stays on disk (resumable, finite)."""
+    from tagllm.checkpoint import load_checkpoint
+    from tagllm.errors import TrainingError
+    from tagllm.training import Part, fit_tags
+
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
+    texts = [f"{t} <Q>" for t in TEXTS * 2]
+    y = np.arange(len(texts), dtype=float)
+    cfg = TrainConfig(steps=6, batch_size=4, lr=1e30, head_lr=1e30, warmup_steps=0,
+                      checkpoint_every=1, validation=0, select="last")
+    part = Part(texts, y, name="stage q data[0] (mols.csv)")
+    ckpt = tmp_path / "work"
+    with pytest.raises(TrainingError) as err:
+        fit_tags(m, ["<Q>"], [part], cfg, progress=False, log=lambda s: None,
+                 checkpoint_dir=ckpt)
+    msg = str(err.value)
+    step = int(msg.split(" at step ")[1].split("/")[0])
+    assert step >= 2 and f"/{cfg.steps} on stage q data[0] (mols.csv) rows " in msg
+    assert f"last good checkpoint (step {step - 1}) is kept in {ckpt}" in msg
+    assert "Lower lr (1e+30)" in msg
+    rows = [int(r) for r in msg.split(" rows ")[1].split(" (rows counted")[0].split(", ")]
+    assert len(rows) == cfg.batch_size and all(0 <= r < len(texts) for r in rows)
+    m.set_trainable(["<Q>"])
+    saved = load_checkpoint(ckpt, m, ["<Q>"])
+    assert saved is not None and saved.meta["step"] == step - 1
+    assert all(np.isfinite(v) for v in saved.meta["losses"])

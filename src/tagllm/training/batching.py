@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,6 +44,12 @@ class Encoded:
     targets: list[torch.Tensor | None]
     head_of: list[str | None]
     weights: list[float]
+    names: list[str] = field(default_factory=list)  # each part's name, for messages
+    rows: list[list[int]] = field(default_factory=list)  # each id's row in its part
+
+    def __post_init__(self) -> None:
+        self.names = self.names or [f"part {k}" for k in range(len(self.ids))]
+        self.rows = self.rows or [list(range(len(part))) for part in self.ids]
 
     @property
     def supervised(self) -> list[int]:
@@ -133,7 +139,8 @@ def _encode_targets(model: TaggedModel, tags: Sequence[str], part: Part, ids: li
 def encode_parts(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part],
                  max_length: int) -> Encoded:
     """Token ids, target tensors and the head-owning tag of each part, all checked."""
-    out = Encoded([], [], [], [p.weight for p in parts])
+    out = Encoded([], [], [], [p.weight for p in parts],
+                  [p.name or f"part {k}" for k, p in enumerate(parts)])
     for k, part in enumerate(parts):
         where = part.name or f"part {k}"
         if not part.texts:
@@ -142,6 +149,7 @@ def encode_parts(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part],
         y, tag = (None, None) if part.targets is None else \
             _encode_targets(model, tags, part, ids, where)
         out.ids.append(ids)
+        out.rows.append(list(range(len(ids))))
         out.targets.append(y)
         out.head_of.append(tag)
     _check_coverage(model, tags, parts, out.head_of)
@@ -173,8 +181,8 @@ def carve_validation(data: Encoded, fraction: float, seed: int
     each part)."""
     if fraction <= 0:
         return data, None, [0] * len(data.ids)
-    train = Encoded([], [], list(data.head_of), list(data.weights))
-    val = Encoded([], [], list(data.head_of), list(data.weights))
+    train, val = (Encoded([], [], list(data.head_of), list(data.weights), list(data.names))
+                  for _ in range(2))
     counts = []
     for k, ids in enumerate(data.ids):
         n = len(ids)
@@ -183,6 +191,7 @@ def carve_validation(data: Encoded, fraction: float, seed: int
         rows = (sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist()))
         for enc, idx in zip((train, val), rows, strict=True):
             enc.ids.append([ids[i] for i in idx])
+            enc.rows.append([data.rows[k][i] for i in idx])
             y = data.targets[k]
             enc.targets.append(None if y is None else y[idx])
         counts.append(n_val)

@@ -124,6 +124,7 @@ class State:
     curve: list[dict] = field(default_factory=list)
     best: dict | None = None  # {"step", "loss"} of the lowest validation loss so far
     best_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # its tags and heads
+    saved: int = 0  # the step of the last checkpoint this call wrote or resumed (0: none)
 
 
 @contextlib.contextmanager
@@ -283,7 +284,8 @@ def resume(job: Job, saved: CheckpointState, opt: torch.optim.Optimizer, sched) 
     best = {k[len("best."):]: v for k, v in saved.tensors.items() if k.startswith("best.")}
     return State(step=meta["step"], losses=list(meta["losses"]), warm=meta.get("warm_start"),
                  after=meta.get("after_warm_start"), resumed_from=meta["step"],
-                 curve=list(meta.get("curve", [])), best=meta.get("best"), best_tensors=best)
+                 curve=list(meta.get("curve", [])), best=meta.get("best"), best_tensors=best,
+                 saved=meta["step"])
 
 
 def fit_tags(
@@ -383,6 +385,7 @@ def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched
                 "after_warm_start": state.after, "train": job.cfg.to_dict(),
                 "processes": job.world.size, "curve": state.curve, "best": state.best},
                 extra={f"best.{k}": v for k, v in state.best_tensors.items()})
+        state.saved = state.step
         job.world.barrier()
     if stopping:
         where = f"; saved step {state.step} to {job.ckpt}, run again to resume" \
@@ -487,23 +490,41 @@ def train_step(job: Job, state: State, batch: list[tuple[int, list[int]]], param
     mine, idle, n_part = _local_share(job, items, state)
     counts = _lm_token_counts(job, mine, idle)
     loss = torch.zeros((), device=job.model.device)
+    parts: dict[int, torch.Tensor] = {}
     with _autocast(job.model, job.cfg):
         for k, idx in sorted(mine.items()):  # the same part order on every process
             part_loss = _part_loss(job, k, idx, counts[k].item(), n_part[k])
             if k in idle:
                 part_loss = part_loss * 0.0
+            parts[k] = part_loss.detach()
             loss = loss + part_loss * (n_part[k] / job.cfg.batch_size)  # mix by share
     loss.backward()
     value, stops = _sum_gradients(job.world, params, loss, stop)
     if not math.isfinite(value):
-        raise TrainingError(f"training {job.tags}: loss is {value} at step {state.step + 1}; "
-                            "lower lr or head_lr")
+        raise TrainingError(_non_finite(job, state, value, mine, parts))
     if job.cfg.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, job.cfg.max_grad_norm)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
     return value, stops
+
+
+def _non_finite(job: Job, state: State, value: float, mine: dict[int, list[int]],
+                parts: dict[int, torch.Tensor]) -> str:
+    """What a non-finite loss stops: the step, the data entries (and rows) of the batch
+    whose loss is not finite, and what is kept (no update was applied)."""
+    d = job.data
+    bad = [k for k, v in parts.items() if not torch.isfinite(v)] or list(parts)
+    where = "; ".join(
+        f"{d.names[k]} rows {', '.join(str(d.rows[k][i]) for i in sorted(mine[k])[:8])}"
+        + (" …" if len(mine[k]) > 8 else "") for k in bad) or "another process's rows"
+    kept = (f"the last good checkpoint (step {state.saved}) is kept in {job.ckpt}"
+            if job.ckpt is not None and state.saved else "no checkpoint had been saved yet")
+    return (f"training {', '.join(job.tags)}: the loss is {value} at step {state.step + 1}/"
+            f"{job.cfg.steps} on {where} (rows counted from 0 among the entry's rendered "
+            f"rows). Training stopped before applying the step; {kept}. Lower lr "
+            f"({job.cfg.lr:g}) or head_lr ({job.cfg.head_lr:g}), or check those rows.")
 
 
 def _local_share(job: Job, items: list[tuple[int, int]], state: State
