@@ -10,12 +10,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import yaml
+from filelock import FileLock
 from safetensors.torch import load_file
 
+from tagllm.cli import main
+from tagllm.errors import TagFileError
 from tagllm.fileio import json_text
 from tagllm.protocol import load_recipe, run
 from tagllm.store import TagStore
@@ -142,6 +146,29 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     r4["stages"][2]["data"][0]["n"] = 6
     assert trained(go(write(tmp_path, r4), store)) == {"protein": 3}
     assert all(store.joinpath(k).read_bytes() == v for k, v in files.items())  # old intact
+
+    # gc: the entries of earlier configurations go; what the index references stays
+    st = TagStore(store)
+    keep = st.referenced()
+    assert {s["key"] for s in go(write(tmp_path, r4), store, dry_run=True).stages} <= {
+        json.loads((store / k / "tag.json").read_text())["provenance"]["stage_key"]
+        for k in keep}
+    stale = {e["key"] for e in st.unreferenced()}
+    assert len(stale) == 4 and not stale & keep  # smiles, q (r and r2), protein (r)
+    assert len(st.entries()) == 7
+    main(["gc", "--store", str(store), "--dry-run"])
+    assert len(st.entries()) == 7  # a dry run removes nothing
+    busy = next(e for e in st.entries() if e["key"] in stale)
+    with FileLock(store / ".locks" / f"{busy['stage_key']}.lock"):  # being trained: left
+        main(["gc", "--store", str(store)])
+        assert {e["key"] for e in st.entries()} == keep | {busy["key"]}
+    main(["gc", "--store", str(store)])
+    assert {e["key"] for e in st.entries()} == keep
+    assert trained(go(write(tmp_path, r4), store)) == {}  # nothing the recipe needs went
+    index = next((store / ".index").glob("*/*.json"))
+    index.write_text("{")
+    with pytest.raises(TagFileError, match="unreadable store index"):
+        st.unreferenced()
 
 
 def test_extending_a_recipe_trains_only_the_new_tag(workdir, tmp_path):
@@ -323,3 +350,37 @@ def test_runs_are_tracked_in_tensorboard_and_results_are_strict_json(workdir, tm
     assert not (tmp_path / "quiet" / "tensorboard").exists()
     with pytest.raises(ConfigError, match="track: 'wandb' is not one of"):
         go(write(tmp_path, r), tmp_path / "store3", track="wandb")
+
+
+def test_two_processes_on_one_store_train_a_stage_once(workdir, tmp_path):
+    """Two `tagllm run`s of one recipe on one store: the stage's lock makes the second wait
+    while the first trains, then reuse what the first stored. The test holds the lock until
+    both are waiting, so the race is real and its outcome deterministic."""
+    r = base_recipe(workdir)
+    r["stages"], r["tags"] = [r["stages"][1]], r["tags"][:1]
+    r.pop("out")
+    path, store = write(tmp_path, r), tmp_path / "store"
+    key = stage(go(path, store, dry_run=True), "smiles")["key"]
+    held = FileLock(store / ".locks" / f"{key}.lock")
+    held.acquire()
+    procs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
+    try:
+        for f in logs:
+            with open(f, "w") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "tagllm.cli", "run", str(path), "--store", str(store),
+                     "--progress", "false", "--track", "none"], stdout=out, stderr=out,
+                    env={**os.environ}))
+        deadline = time.monotonic() + 240
+        while not all("waiting for it" in f.read_text() for f in logs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [f.read_text() for f in logs]
+            time.sleep(0.2)
+    finally:
+        held.release()
+    assert [p.wait(timeout=240) for p in procs] == [0, 0], [f.read_text() for f in logs]
+    out = [f.read_text() for f in logs]
+    assert sum("stage smiles: training <SMILES>" in o for o in out) == 1, out
+    assert sum("stage smiles: stored by another process meanwhile; reused" in o
+               for o in out) == 1, out
+    assert len(list(store.glob("*/tag.json"))) == 1 and not list(store.glob(".work/*/*"))

@@ -131,6 +131,43 @@ def list_tags(store: str | None = None, verify: bool = False) -> None:
     console.print(store_table(st.root, rows, st.problems(rows) if verify else None))
 
 
+def gc(store: str | None = None, dry_run: bool = False) -> None:
+    """Remove the stored tags that no recipe references any more.
+
+    Usage: tagllm gc [--dry-run] [--store DIR]
+
+    A recipe's index remembers the tags of each stage's last run and those they were
+    trained on; an entry outside every index (an earlier configuration, a stage since
+    changed, an older store format) is removed. Entries whose stage another process is
+    training are left alone, and so are unfinished stages' checkpoints (`.work`), which the
+    next run resumes. Tags exported to a recipe's out folder are copies and stay.
+
+    Args:
+        store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
+        dry_run: list what would be removed, remove nothing.
+    """
+    from rich.table import Table as RichTable
+
+    from tagllm.store import TagStore
+
+    st = TagStore(store)
+    rows = st.unreferenced()
+    table = RichTable(title=f"tag store {st.root}: {len(rows)} unreferenced of "
+                            f"{len(st.entries())} tag(s)"
+                            + (" (dry run: nothing removed)" if dry_run else ""))
+    for col in ("name", "recipe/stage", "key", "created", "bytes"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r.get("name")), f"{r.get('recipe')}/{r.get('stage')}", r["key"],
+                      str(r.get("created", "")), f"{r['bytes']:,}")
+        if not dry_run:
+            st.remove(r["key"])
+    console.print(table)
+    total = sum(r["bytes"] for r in rows)
+    console.print(f"{'would remove' if dry_run else 'removed'} {len(rows)} tag(s), "
+                  f"{total / 1e6:.2f} MB")
+
+
 @with_fields(TrainConfig, skip=("log_every", "checkpoint_every"))
 def train(tag: str, data: str, template: str, out: str,
           kind: Literal["domain", "function"] = "domain",
@@ -390,7 +427,7 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
         console.print(f"wrote {f}")
 
 
-COMMANDS = {"run": run, "list": list_tags, "train": train, "predict": predict,
+COMMANDS = {"run": run, "list": list_tags, "gc": gc, "train": train, "predict": predict,
             "evaluate": evaluate, "generate": generate, "inspect": inspect, "report": report}
 #: Commands whose first argument may be given without its flag.
 POSITIONAL = {"inspect": "--tagdir", "run": "--recipe"}

@@ -7,16 +7,21 @@ data as rendered, the keys of the tags it was trained on top of, and the seed. E
 give an equal key, so a tag is trained once and then reused; any change gives a new key,
 and the old entry stays as it was. Checkpoints of unfinished stages live in
 ``STORE/.work/<stage key>/``; ``STORE/.index/`` remembers each recipe stage's last key
-material, so a plan can say *what* changed.
+material, so a plan can say *what* changed. ``STORE/.locks/<stage key>.lock`` is held while
+a stage trains: a second process that needs the same stage waits, then reuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from tagllm.errors import TagFileError
 from tagllm.fileio import atomic_write_dir, atomic_write_text
@@ -48,6 +53,11 @@ def flat_diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [path or "(all)"]
 
 
+def tag_key(stage_key: str, tag: str) -> str:
+    """The store key of one tag of a stage."""
+    return digest({"stage": stage_key, "tag": tag})
+
+
 class TagStore:
     """Trained tags addressed by key, their checkpoints, and the per-recipe index."""
 
@@ -67,6 +77,24 @@ class TagStore:
     def clear_work(self, stage_key: str) -> None:
         shutil.rmtree(self.work_dir(stage_key), ignore_errors=True)
 
+    @contextlib.contextmanager
+    def lock(self, stage_key: str, log: Callable[[str], None] = print) -> Iterator[None]:
+        """Hold the stage's lock (an OS file lock, released if the process dies): another
+        process that needs the same stage waits here, then finds its tags stored."""
+        path = self.root / ".locks" / f"{stage_key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"another process is training stage {stage_key} in this store ({path}); "
+                "waiting for it")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     # ------------------------------------------------------------- index
     def _index_file(self, recipe: str, stage: str) -> Path:
         return self.root / ".index" / digest(recipe, 12) / f"{digest(stage, 12)}.json"
@@ -81,6 +109,52 @@ class TagStore:
     def remember(self, recipe: str, stage: str, material: dict) -> None:
         atomic_write_text(self._index_file(recipe, stage),
                           json.dumps(material, indent=1, sort_keys=True, default=str) + "\n")
+
+    def referenced(self) -> set[str]:
+        """Every key a recipe index references: each remembered stage's tags and the stored
+        tags they were trained on. An unreadable index file is an error (a store whose
+        references are unknown must not be collected)."""
+        keys: set[str] = set()
+        for f in sorted((self.root / ".index").glob("*/*.json")):
+            try:
+                material = json.loads(f.read_text())
+                stage = digest(material)
+                keys |= {tag_key(stage, t["name"]) for t in material["tags"]}
+                keys |= {k for k in material.get("deps", {}).values()
+                         if not str(k).startswith("pretrained:")}
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise TagFileError(f"{f}: unreadable store index ({e}); not collecting") from e
+        return keys
+
+    def unreferenced(self) -> list[dict[str, Any]]:
+        """The entries (as :meth:`entries` rows, with their size in bytes) that no recipe
+        index references and no process is training right now: what ``gc`` removes."""
+        keep = self.referenced()
+        rows = []
+        for r in self.entries():
+            if r["key"] in keep or self._busy(r.get("stage_key")):
+                continue
+            d = self.path(r["key"])
+            rows.append({**r, "bytes": sum(f.stat().st_size for f in d.rglob("*") if f.is_file())})
+        return rows
+
+    def remove(self, key: str) -> None:
+        """Delete one entry (renamed aside first, so no reader sees half a folder)."""
+        d = self.path(key)
+        aside = d.with_name(f".gc-{key}")
+        d.rename(aside)
+        shutil.rmtree(aside)
+
+    def _busy(self, stage_key: str | None) -> bool:
+        """Whether a process holds the stage's training lock."""
+        path = self.root / ".locks" / f"{stage_key}.lock"
+        if not stage_key or not path.exists():
+            return False
+        try:
+            with FileLock(path, timeout=0):
+                return False
+        except Timeout:
+            return True
 
     # ------------------------------------------------------------- listing
     def entries(self) -> list[dict[str, Any]]:
@@ -104,7 +178,7 @@ class TagStore:
                 "base_model": meta.get("base_model", {}).get("name"),
                 "metric": headline(prov), "created": meta.get("created"),
                 "recipe": prov.get("recipe"), "stage": prov.get("stage", {}).get("name"),
-                "path": str(d)})
+                "stage_key": prov.get("stage_key"), "path": str(d)})
         return rows
 
     def export(self, key: str, target: str | Path) -> Path:

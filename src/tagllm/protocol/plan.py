@@ -20,7 +20,7 @@ from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, LoadedData, add_context, fit_length, read_rows
 from tagllm.protocol.recipe import Recipe, StageConfig, tags_in
 from tagllm.serialization import TENSORS, read_tag
-from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff
+from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff, tag_key
 
 Log = Callable[[str], None]
 
@@ -137,11 +137,6 @@ def _stage_plan(recipe: Recipe, s: StageConfig, data: list[LoadedData],
     cached = all(store.has(k) for k in tag_keys.values())
     reason = "cached" if cached else _why_train(recipe, s, store, key, material)
     return StagePlan(s, key, tag_keys, deps, material, data, evals, cached, reason)
-
-
-def tag_key(stage_key: str, tag: str) -> str:
-    """The store key of one tag of a stage."""
-    return digest({"stage": stage_key, "tag": tag})
 
 
 def _why_train(recipe: Recipe, s: StageConfig, store: TagStore, key: str,

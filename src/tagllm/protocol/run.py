@@ -9,6 +9,7 @@ folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -86,7 +87,8 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
                             "reason": p.reason, "key": p.key} for p in plans],
                           time.perf_counter() - t0)
     stages = [_cached_stage(recipe, p, store) if p.cached
-              else _train_stage(recipe, base, p, store, log, progress, track) for p in plans]
+              else _train_or_reuse(recipe, base, p, store, log, progress, track)
+              for p in plans]
     summary = RunSummary(recipe.name, recipe.out, stages, time.perf_counter() - t0)
     if w.is_main and export_to_out:
         export(recipe, plans, store, summary)
@@ -150,6 +152,20 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines:
                              else 32, baselines=baselines, progress=progress, log=log,
                              budget=p.stage.train))
     return rows
+
+
+def _train_or_reuse(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore,
+                    log: Log, progress: bool, track: Track) -> dict[str, Any]:
+    """Train a stage under the store's lock for its key; when another process stored it
+    while this one waited, reuse that. (Under a multi-process launch the main process holds
+    the lock and tells the others.)"""
+    w = world()
+    with store.lock(p.key, log) if w.is_main else contextlib.nullcontext():
+        stored = all(store.has(k) for k in p.tag_keys.values()) if w.is_main else None
+        if w.gather_object(stored)[0]:
+            log(f"stage {p.stage.name}: stored by another process meanwhile; reused")
+            return _cached_stage(recipe, p, store)
+        return _train_stage(recipe, base, p, store, log, progress, track)
 
 
 def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore, log: Log,

@@ -21,11 +21,10 @@ from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, fit_length, read_rows, report_skipped
-from tagllm.protocol.plan import tag_key
 from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
 from tagllm.protocol.run import run
 from tagllm.serialization import META, read_tag
-from tagllm.store import TagStore
+from tagllm.store import TagStore, tag_key
 
 Log = Callable[[str], None]
 
