@@ -105,6 +105,8 @@ class TagConfig:
                    "init_text", "init='text' needs a non-empty init_text")  # "\n" is valid
         if isinstance(self.head, dict):
             self.head = from_dict(HeadConfig, self.head, where=f"{self.name}.head")
+        _check(self.head is None or isinstance(self.head, HeadConfig), "TagConfig", "head",
+               f"expected a mapping (kind, num_outputs, ...), got {type(self.head).__name__}")
         if self.head is not None:
             _check(self.kind == "function", "TagConfig", "head",
                    f"only function tags own heads; {self.name} is a {self.kind} tag")

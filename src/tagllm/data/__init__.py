@@ -6,6 +6,7 @@ error can name the file, the row (1-based, header excluded) and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import importlib.util
@@ -65,6 +66,9 @@ class Table:
         except KeyError as e:
             raise DataError(f"template {template!r} uses column {e} missing from "
                             f"{self.source}; columns: {sorted(self.columns)}") from None
+        except (ValueError, IndexError, AttributeError, TypeError) as e:
+            raise DataError(f"template {template!r} for {self.source}: {e} (placeholders are "
+                            "{column}; write a literal brace as {{ or }})") from None
 
 
 def package_dir(module: str, install: str, what: str) -> Path:
@@ -107,7 +111,7 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
     stem_suffix = Path(p.stem).suffix if p.suffix == ".gz" else p.suffix
     start, buf = 1, []
     try:
-        with _open_text(p) as f:
+        with text_errors(p), _open_text(p) as f:
             if stem_suffix == ".smi":
                 names = ["smiles", "name"]
                 rows = ([parts[0] if parts else "", parts[1].strip() if len(parts) > 1 else ""]
@@ -129,14 +133,22 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
                     start, buf = start + len(buf), []
             if buf or start == 1:
                 yield _table(names, buf, p, start)
+    except csv.Error as e:
+        raise DataError(f"{p} row {start + len(buf) + 1}: not a valid CSV/TSV row ({e})") \
+            from None
+
+
+@contextlib.contextmanager
+def text_errors(p: Path) -> Iterator[None]:
+    """Reading ``p`` as UTF-8 text (``.gz`` too): a byte that is not UTF-8 fails naming the
+    file and line, a corrupt or cut ``.gz`` naming the file."""
+    try:
+        yield
     except UnicodeDecodeError:
         line, byte, text = _first_bad_line(p)
         where = "the header" if line == 1 else f"line {line}"
         raise DataError(f"{p}: {where} is not UTF-8 text (byte {byte:#04x} in {text!r}); "
                         "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-    except csv.Error as e:
-        raise DataError(f"{p} row {start + len(buf) + 1}: not a valid CSV/TSV row ({e})") \
-            from None
     except (OSError, EOFError) as e:  # a corrupt or cut .gz
         raise DataError(f"{p}: cannot read ({e})") from None
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from tagllm.data import DataError, Table, package_dir, read_table
+from tagllm.data import DataError, Table, package_dir, read_table, text_errors
 from tagllm.data.smiles import _rdkit, in_test_split
 
 KIBA = ("pydebiaseddta", "pydebiaseddta==0.1.0", "the KIBA binding-affinity sample")
@@ -121,13 +121,8 @@ def read_sdf(path: str | Path, skip_invalid: bool = False) -> tuple[Table, list[
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     opener = gzip.open if p.suffix == ".gz" else open
-    try:
-        with opener(p, "rt", encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (byte {e.start}): is this an SD file?") from None
-    except OSError as e:  # a corrupt .gz
-        raise DataError(f"{p}: cannot read: {e}") from None
+    with text_errors(p), opener(p, "rt", encoding="utf-8") as f:
+        text = f.read()
     records = text.replace("\r\n", "\n").split("$$$$\n")
     if records and not records[-1].strip():
         records.pop()

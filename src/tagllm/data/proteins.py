@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, _open_text, package_dir
+from tagllm.data import DataError, Table, _open_text, package_dir, text_errors
 from tagllm.data.smiles import shuffled
 
 #: The 20 standard residues plus X (unknown), B/Z (ambiguous), U (Sec) and O (Pyl).
@@ -46,7 +46,9 @@ def read_fasta(path: str | Path) -> Table:
     ids: list[str] = []
     seqs: list[list[str]] = []
     rows: list[int] = []
-    with _open_text(p) as f:
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    with text_errors(p), _open_text(p) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:

@@ -86,6 +86,14 @@ class StageConfig:
                              metadata={"help": "stages to run first besides those implied "
                                                "by the templates"})
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name: expected a non-empty string, got {self.name!r}")
+        for key in ("tags", "after"):
+            bad = [x for x in getattr(self, key) if not isinstance(x, str)]
+            if bad:
+                raise ValueError(f"{key}: expected names (strings), got {bad[0]!r}")
+
     def uses(self) -> list[str]:
         """Tags in this stage's templates that it does not train: its dependencies."""
         out: list[str] = []
@@ -107,6 +115,19 @@ class Recipe:
     pretrained: dict[str, str] = field(default_factory=dict)
     exclude_eval_molecules: bool = True
     source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        for key, typ in (("name", str), ("model", str), ("out", str), ("seed", int),
+                         ("exclude_eval_molecules", bool)):
+            value = getattr(self, key)
+            if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+                raise ValueError(f"{key}: expected a {typ.__name__}, got {value!r}")
+        if not self.name or not self.model:
+            raise ValueError("name and model must not be empty")
+        if not isinstance(self.pretrained, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.pretrained.items()):
+            raise ValueError(f"pretrained: expected a mapping of tag names to tag folders, "
+                              f"got {self.pretrained!r}")
 
     @property
     def tag(self) -> dict[str, TagConfig]:
