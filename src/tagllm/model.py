@@ -17,6 +17,7 @@ from tagllm.config import TagConfig
 from tagllm.distributed import is_sharded
 from tagllm.errors import ConfigError, DataError, TagFileError
 from tagllm.heads import Head, build_head
+from tagllm.hub import resolve_tag_dir, tag_folders
 from tagllm.progress import track
 from tagllm.serialization import check_base_model, read_tag, tensor_digest, write_tag
 from tagllm.tags import TagBank, TagTokenizer, pad_batch
@@ -80,11 +81,14 @@ class TaggedModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ) -> TaggedModel:
-        """Load a base model (HF id, local folder or embedded short name) and tag folders."""
+        """Load a base model (HF id, local folder or embedded short name) and tags: each a
+        tag folder, a folder of tag folders, or a Hub repository (``ORG/NAME[@REVISION]``)
+        holding either."""
         base, tok, name = load_backbone(model, dtype=dtype)
         tm = cls(base.to(device), tok, name)
         for t in tags:
-            tm.load_tag(t)
+            for d in tag_folders(t):
+                tm.load_tag(d)
         return tm
 
     @property
@@ -186,7 +190,9 @@ class TaggedModel(nn.Module):
 
     def load_tag(self, directory: str | Path, trainable: bool = False) -> str:
         """Load a tag folder, verified against this base model (frozen unless
-        ``trainable``); returns the tag name."""
+        ``trainable``); returns the tag name. ``directory`` may be a Hub repository id
+        (``ORG/NAME[@REVISION]``) holding one tag."""
+        directory = resolve_tag_dir(directory)
         meta, tensors = read_tag(directory)
         check_base_model(directory, meta, self.base_model_info())
         name = meta["name"]

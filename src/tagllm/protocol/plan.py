@@ -16,6 +16,7 @@ import torch
 
 from tagllm.config import EvalConfig, HeadConfig, RowsConfig
 from tagllm.errors import RecipeError
+from tagllm.hub import resolve_tag_dir
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, LoadedData, add_context, fit_length, read_rows
 from tagllm.protocol.recipe import Recipe, StageConfig, tags_in
@@ -50,7 +51,7 @@ def head_of(recipe: Recipe, rows: RowsConfig) -> HeadConfig | None:
 
 
 def _pretrained_key(path: str) -> str:
-    meta, _ = read_tag(path)
+    meta, _ = read_tag(resolve_tag_dir(path))
     return "pretrained:" + meta["files"][TENSORS]
 
 

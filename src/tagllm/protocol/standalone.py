@@ -19,11 +19,12 @@ from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainCo
 from tagllm.errors import ConfigError, UnknownTagError
 from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
+from tagllm.hub import tag_folders
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, fit_length, read_rows, report_skipped
 from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
 from tagllm.protocol.run import run
-from tagllm.serialization import META, read_tag
+from tagllm.serialization import read_tag
 from tagllm.store import TagStore, tag_key
 
 Log = Callable[[str], None]
@@ -31,17 +32,9 @@ Log = Callable[[str], None]
 
 def tag_dirs(spec: str | Sequence[str | Path] | None) -> list[Path]:
     """Tag folders from comma-separated paths; a folder of tag folders stands for all of
-    them."""
+    them, and a Hub repository id (``ORG/NAME``) for the tags it holds."""
     parts = spec.split(",") if isinstance(spec, str) else list(spec or [])
-    dirs: list[Path] = []
-    for part in parts:
-        if not str(part).strip():
-            continue
-        p = Path(str(part).strip())
-        subs = sorted(d for d in p.iterdir() if (d / META).is_file()) \
-            if p.is_dir() and not (p / META).exists() else []
-        dirs.extend(subs or [p])
-    return dirs
+    return [d for part in parts if str(part).strip() for d in tag_folders(str(part).strip())]
 
 
 def read_tag_configs(dirs: Sequence[Path]) -> dict[str, TagConfig]:
