@@ -17,13 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import yaml
 
 from tagllm.cli import main
 from tagllm.report import method_rows
 
-from tiny import save_tiny
+from tiny import RecordingHub, save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -96,7 +97,7 @@ def run_command(words: list[str], workdir: Path) -> None:
         return run_command(shlex.split(DEMO), workdir)
     if words[0] == "tagllm":
         return main(with_tiny_model(words, workdir / "tiny")[1:] + ["--progress", "false"]
-                    if words[1] not in ("list", "generate", "inspect", "report")
+                    if words[1] not in ("list", "generate", "inspect", "report", "push", "gc")
                     else with_tiny_model(words, workdir / "tiny")[1:])
     if words[:2] == ["tensorboard", "--logdir"]:  # what the server would show: the scalars
         from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
@@ -127,6 +128,11 @@ def test_every_readme_command_runs(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("TAGLLM_STORE", str(workdir / "store"))
     monkeypatch.setenv("COLUMNS", "200")
+    # `tagllm push` goes to a recorder that lands the upload in this Hub cache, from which
+    # the next command loads the tags by repo id, offline
+    RecordingHub.calls, RecordingHub.cache = [], workdir / "hf-cache"
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHub)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(workdir / "hf-cache"))
     cmds = commands()
     assert len(cmds) >= 15
     for words in sorted(cmds, key=lambda w: w[0] in LAUNCHERS):
@@ -134,6 +140,8 @@ def test_every_readme_command_runs(workdir, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "Morgan k-NN (k=5)" in out and "training mean" in out
     assert list(csv_rows(workdir / "predictions.csv")[0]) == ["smiles", "name", "prediction"]
+    assert csv_rows(workdir / "hub.csv") == csv_rows(workdir / "predictions.csv")  # by repo id
+    assert [c[0] for c in RecordingHub.calls] == ["init", "create_repo", "upload_folder"]
     for code in blocks("python"):
         exec(compile(code.replace('"smollm2"', repr(str(workdir / "tiny"))), "README", "exec"),
              {})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import string
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
@@ -105,3 +106,39 @@ def save_tiny(directory, arch: str = "llama") -> None:
 
 if __name__ == "__main__":
     save_tiny(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "llama")
+
+
+HUB_REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_snapshot(cache: Path, repo: str, files: Path) -> Path:
+    """``files`` as the snapshot HUB_REV of ``repo`` in the Hugging Face cache's documented
+    layout (``models--ORG--NAME/refs/main``, ``snapshots/REV/...``)."""
+    import shutil
+
+    root = Path(cache) / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(HUB_REV)
+    shutil.rmtree(root / "snapshots" / HUB_REV, ignore_errors=True)
+    shutil.copytree(files, root / "snapshots" / HUB_REV)
+    return root / "snapshots" / HUB_REV
+
+
+class RecordingHub:
+    """Stands in for ``huggingface_hub.HfApi`` where no Hub can be reached: records the
+    calls, and an upload lands as a snapshot in the Hub cache ``cache`` (so a later load by
+    repo id, offline, finds what was pushed)."""
+
+    calls: list[tuple] = []
+    cache: Path = Path()
+
+    def __init__(self, **kwargs) -> None:
+        self.calls.append(("init", kwargs))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        self.calls.append(("upload_folder", repo_id, kwargs))
+        hub_snapshot(self.cache, repo_id, Path(folder_path))
+        return f"https://huggingface.co/{repo_id}/commit/{HUB_REV}"
