@@ -10,6 +10,7 @@ is a bug in tagllm and prints its traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect as _inspect
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Literal
 from rich.console import Console
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
-from tagllm.errors import DataError, TagllmError
+from tagllm.errors import DataError, MissingPackageError, TagllmError
 from tagllm.fileio import atomic_write_text, json_text
 
 console = Console(emoji=False)
@@ -155,6 +156,56 @@ def push(tagdir: str, repo_id: str, private: bool = False, token: str | None = N
     from tagllm.hub import push as push_tags
 
     console.print(f"pushed: {push_tags(tagdir, repo_id, private, token, message)}")
+
+
+def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          template: str | None = None, max_batch: int = 64, max_wait_ms: float = 5.0,
+          max_pending: int = 256, max_inputs: int = 256, max_body_bytes: int = 1_000_000,
+          max_length: int = 512, max_new_tokens: int = 256, token: str | None = None) -> None:
+    """Serve loaded tags over HTTP (JSON): predictions and generation for other programs.
+
+    Usage: tagllm serve --tags runs/qed/tags [--port 8000] [--token TOKEN]
+
+    POST /v1/predict {"inputs": ["<SMILES> CCO <QED>"]} or {"rows": [{"smiles": "CCO"}],
+    "template": "<SMILES> {smiles} <QED>"} -> {"tag", "columns", "predictions"};
+    POST /v1/generate {"prompts": [...], "max_new_tokens": 32} -> {"outputs"};
+    GET /v1/tags; GET /health. Requests are checked as the CLI checks its inputs (unknown
+    tag, too long, invalid SMILES or amino acid: 422 with the message; too many inputs or
+    too big a body: 413); concurrent requests share forward passes (micro-batching); past
+    --max_pending waiting requests the answer is 503. Ctrl-C / SIGTERM finish the requests
+    in flight.
+
+    Args:
+        tags: tag folders (comma-separated), a folder of tag folders, or Hub repo ids.
+        model: base model (default: the one the tag files record).
+        host: address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface).
+        port: TCP port.
+        template: renders rows requests that bring no template.
+        max_batch: inputs per forward pass.
+        max_wait_ms: how long a batch waits for more requests.
+        max_pending: requests waiting or running at once; more get 503.
+        max_inputs: inputs in one request; more get 413.
+        max_body_bytes: largest request body; larger get 413.
+        max_length: longest input in tokens; longer get 422 (never truncated).
+        max_new_tokens: the most a generate request may ask for.
+        token: require "Authorization: Bearer TOKEN" (default: $TAGLLM_SERVE_TOKEN; unset:
+            no authentication).
+    """
+    from tagllm.model import TaggedModel
+    from tagllm.protocol.standalone import recorded_model, tag_dirs
+    from tagllm.serve import ServeConfig, token_from_env
+    from tagllm.serve import serve as run_service
+
+    for module in ("fastapi", "uvicorn"):
+        if importlib.util.find_spec(module) is None:
+            raise MissingPackageError(f"tagllm serve needs {module}: pip install 'tagllm[serve]'")
+    cfg = ServeConfig(host, port, template, max_batch, max_wait_ms, max_pending, max_inputs,
+                      max_body_bytes, max_length, max_new_tokens, token_from_env(token))
+    dirs = tag_dirs(tags)  # every tag file checked before the model loads
+    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
+    console.print(f"serving {', '.join(m.bank.names)} on http://{host}:{port}"
+                  + (" (token required)" if cfg.token else ""))
+    run_service(m, cfg)
 
 
 def gc(store: str | None = None, dry_run: bool = False) -> None:
@@ -455,7 +506,7 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
 
 COMMANDS = {"run": run, "list": list_tags, "gc": gc, "push": push, "train": train,
             "predict": predict, "evaluate": evaluate, "generate": generate, "inspect": inspect,
-            "report": report}
+            "report": report, "serve": serve}
 #: Commands whose first arguments may be given without their flags.
 POSITIONAL = {"inspect": ("--tagdir",), "run": ("--recipe",),
               "push": ("--tagdir", "--repo_id")}

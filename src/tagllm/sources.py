@@ -213,6 +213,12 @@ def _measured(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, 
     return table, skipped + problems
 
 
+def check_table(table: Table) -> tuple[Table, list[str]]:
+    """Check rows that did not come from a file (e.g. a service request) as a file's rows
+    are checked: SMILES and protein columns by name; the first bad row is an error."""
+    return _validate(table, [], [], skip_invalid=False)
+
+
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
               skip_invalid: bool, proteins: Sequence[str] = ()) -> tuple[Table, list[str]]:
     """Check every row of a file's table: SMILES and protein columns by name, the labels as

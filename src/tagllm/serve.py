@@ -1,0 +1,369 @@
+"""``tagllm serve``: an HTTP JSON service for loaded tags (FastAPI + uvicorn).
+
+Endpoints: ``POST /v1/predict`` (a function tag's head), ``POST /v1/generate`` (greedy
+continuation), ``GET /v1/tags``, ``GET /health``. Each request is checked with the CLI's
+rules and messages before it waits for the model (unknown tag, input too long, invalid
+SMILES or amino acid, too many inputs: 4xx with the message); valid requests from many
+clients are micro-batched into shared forward passes (at most ``max_batch`` inputs, waiting
+at most ``max_wait_ms`` for more) on one worker. At most ``max_pending`` requests wait at
+once: more get 503 at once instead of a queue that grows without limit. Shutdown (Ctrl-C,
+SIGTERM) stops accepting and finishes the requests in flight. The service binds to
+127.0.0.1 unless told otherwise, refuses bodies over ``max_body_bytes`` (413), and with a
+token (``--token`` or ``TAGLLM_SERVE_TOKEN``) answers 401 to any request without
+``Authorization: Bearer TOKEN``.
+"""
+
+
+import asyncio
+import hmac
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tagllm.data import Table
+from tagllm.errors import ConfigError, DataError, TagllmError, UnknownTagError
+from tagllm.model import TaggedModel
+from tagllm.protocol.recipe import tags_in
+from tagllm.sources import check_table
+
+TOKEN_ENV = "TAGLLM_SERVE_TOKEN"
+
+
+@dataclass
+class ServeConfig:
+    """Limits and batching of the service; every field is checked on creation."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    template: str | None = None  # renders ``rows`` requests without their own template
+    max_batch: int = 64  # inputs per forward pass
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_pending: int = 256  # requests waiting or running; more get 503
+    max_inputs: int = 256  # inputs in one request; more get 413
+    max_body_bytes: int = 1_000_000
+    max_length: int = 512  # tokens per input; longer ones get 422 (never truncated)
+    max_new_tokens: int = 256  # the most a generate request may ask for
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_batch", "max_pending", "max_inputs", "max_body_bytes",
+                     "max_length", "max_new_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "port"
+                                                                    else 1):
+                raise ConfigError(f"serve: {name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.max_wait_ms, int | float) and 0 <= self.max_wait_ms <= 10_000):
+            raise ConfigError(f"serve: max_wait_ms must be in [0, 10000], got "
+                              f"{self.max_wait_ms!r}")
+        if self.token is not None and len(self.token) < 8:
+            raise ConfigError("serve: a token must have at least 8 characters")
+
+    def public(self) -> dict[str, Any]:
+        """The settings /health shows (never the token)."""
+        return {k: v for k, v in asdict(self).items() if k != "token"} | {
+            "auth": self.token is not None}
+
+
+class Overloaded(Exception):
+    """More requests are pending than the service allows."""
+
+
+@dataclass
+class _Job:
+    kind: str  # "predict" or "generate"
+    texts: list[str]
+    tag: str | None
+    max_new_tokens: int
+    future: asyncio.Future
+
+
+class Batcher:
+    """Micro-batching: requests queue up; one worker takes what arrives within the wait
+    window (up to ``max_batch`` inputs), runs the model once per tag in a thread, and
+    answers each request with its own rows."""
+
+    def __init__(self, model: TaggedModel, cfg: ServeConfig) -> None:
+        self.model, self.cfg = model, cfg
+        self.pending = 0
+        self.batches = 0
+        self.queue: asyncio.Queue[_Job | None] | None = None
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish every queued job, then stop the worker."""
+        if self.queue is not None and self.worker is not None:
+            await self.queue.put(None)
+            await self.worker
+
+    async def submit(self, kind: str, texts: list[str], tag: str | None = None,
+                     max_new_tokens: int = 0) -> Any:
+        if self.pending >= self.cfg.max_pending:
+            raise Overloaded
+        assert self.queue is not None, "the batcher is not started"
+        self.pending += 1
+        try:
+            fut = asyncio.get_running_loop().create_future()
+            await self.queue.put(_Job(kind, texts, tag, max_new_tokens, fut))
+            return await fut
+        finally:
+            self.pending -= 1
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            job = await self.queue.get()
+            if job is None:
+                break
+            batch, size = [job], len(job.texts)
+            deadline = loop.time() + self.cfg.max_wait_ms / 1000
+            while size < self.cfg.max_batch:
+                try:
+                    nxt = await asyncio.wait_for(self.queue.get(),
+                                                 max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+                size += len(nxt.texts)
+            results = await asyncio.to_thread(self._compute, batch)
+            self.batches += 1
+            for j, r in zip(batch, results, strict=True):
+                if not j.future.done():
+                    (j.future.set_exception if isinstance(r, BaseException)
+                     else j.future.set_result)(r)
+
+    def _compute(self, batch: list[_Job]) -> list[Any]:
+        """The model's work for a batch (in a worker thread): one prediction pass per tag
+        over every request's inputs, generation per request."""
+        out: list[Any] = [None] * len(batch)
+        by_tag: dict[str, list[int]] = {}
+        for i, j in enumerate(batch):
+            if j.kind == "predict":
+                by_tag.setdefault(str(j.tag), []).append(i)
+        for tag, idx in by_tag.items():
+            texts = [t for i in idx for t in batch[i].texts]
+            try:
+                preds = self.model.predict(texts, tag=tag, batch_size=self.cfg.max_batch,
+                                           max_length=self.cfg.max_length)
+            except Exception as e:  # noqa: BLE001 - handed to each waiting request
+                for i in idx:
+                    out[i] = e
+                continue
+            start = 0
+            for i in idx:
+                n = len(batch[i].texts)
+                out[i] = preds[start:start + n]
+                start += n
+        for i, j in enumerate(batch):
+            if j.kind == "generate":
+                try:
+                    out[i] = self.model.generate(j.texts, max_new_tokens=j.max_new_tokens,
+                                                 batch_size=self.cfg.max_batch)
+                except Exception as e:  # noqa: BLE001
+                    out[i] = e
+        return out
+
+
+def check_inputs(model: TaggedModel, texts: list[str], max_length: int) -> None:
+    """The CLI's checks of model inputs: every tag known, no input too long."""
+    known = set(model.bank.names)
+    for i, t in enumerate(texts):
+        unknown = [x for x in tags_in(t) if x not in known]
+        if unknown:
+            raise UnknownTagError(f"input {i}: unknown tag {unknown[0]}; loaded tags: "
+                                  f"{', '.join(sorted(known))}")
+    model.tagtok.encode_batch(texts, max_length, where="input")
+
+
+def render_rows(rows: list[dict[str, Any]], template: str) -> list[str]:
+    """``rows`` checked as a file's rows are (SMILES and protein columns by name; errors name
+    the row, counted from 1) and rendered with ``template``."""
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise DataError("rows: expected a non-empty list of objects (column -> value)")
+    names = list(rows[0])
+    for i, r in enumerate(rows, 1):
+        if list(r) != names:
+            raise DataError(f"request row {i}: columns {sorted(r)} differ from row 1's "
+                            f"{sorted(names)}")
+        bad = [k for k, v in r.items() if not isinstance(v, str | int | float)]
+        if bad:
+            raise DataError(f"request row {i}: column {bad[0]!r} must be a string or number")
+    table = Table({n: [str(r[n]) for r in rows] for n in names}, "request",
+                  list(range(1, len(rows) + 1)))
+    table, _ = check_table(table)
+    return table.render(template)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, declared (Content-Length) or
+    streamed (chunked). The body is read here, at most ``limit`` bytes of it, before the
+    application sees any."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._refuse(send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._refuse(send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(model: TaggedModel, cfg: ServeConfig):
+    """The FastAPI application serving ``model``'s tags under ``cfg``."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, Field
+
+    batcher = Batcher(model, cfg)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()  # after uvicorn has finished the requests in flight
+
+    def authorized(request: Request) -> None:
+        if cfg.token is None:
+            return
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {cfg.token}".encode()):
+            raise HTTPException(401, "missing or wrong token (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="tagllm", lifespan=lifespan, dependencies=[Depends(authorized)])
+    app.state.batcher = batcher
+
+    @app.exception_handler(TagllmError)
+    async def tagllm_error(request: Request, e: TagllmError):
+        return JSONResponse({"detail": str(e)}, status_code=422)
+
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+
+    class PredictRequest(BaseModel):
+        inputs: list[str] | None = Field(None, description="texts with their tags")
+        rows: list[dict[str, Any]] | None = Field(None, description="column -> value")
+        template: str | None = Field(None, description="renders rows")
+        tag: str | None = Field(None, description="the function tag whose head predicts")
+
+    class GenerateRequest(BaseModel):
+        prompts: list[str]
+        max_new_tokens: int = 64
+
+    def too_many(n: int) -> None:
+        if n > cfg.max_inputs:
+            raise HTTPException(413, f"{n} inputs in one request; the limit is "
+                                     f"{cfg.max_inputs}")
+
+    async def run(kind: str, texts: list[str], tag: str | None = None, new: int = 0):
+        try:
+            return await batcher.submit(kind, texts, tag, new)
+        except Overloaded:
+            raise HTTPException(503, f"overloaded: {cfg.max_pending} requests pending; retry "
+                                     "later", headers={"Retry-After": "1"}) from None
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model.model_name, "tags": model.bank.names,
+                "pending": batcher.pending, "batches": batcher.batches,
+                "settings": cfg.public()}
+
+    @app.get("/v1/tags")
+    async def tags():
+        out = []
+        for name in model.bank.names:
+            head = model.head(name)
+            out.append({"name": name, "num_tokens": int(model.bank.parameter(name).shape[0]),
+                        "head": None if head is None else head.kind,
+                        "outputs": head.output_names() if head is not None
+                        and head.has_parameters else None})
+        return {"model": model.model_name, "fingerprint": model.fingerprint, "tags": out}
+
+    @app.post("/v1/predict")
+    async def predict(req: PredictRequest):
+        if (req.inputs is None) == (req.rows is None):
+            raise HTTPException(422, "give exactly one of inputs (texts with tags) or rows "
+                                     "(with a template)")
+        texts = req.inputs if req.inputs is not None else None
+        too_many(len(texts if texts is not None else req.rows or []))
+        if texts is None:
+            template = req.template or cfg.template
+            if template is None:
+                raise HTTPException(422, "rows need a template (in the request or the "
+                                         "server's --template)")
+            texts = render_rows(req.rows or [], template)
+        if not texts:
+            raise HTTPException(422, "no inputs")
+        check_inputs(model, texts, cfg.max_length)
+        tag = req.tag or model.function_tag_of(texts[0])
+        head = model.head(tag) if tag in model.bank.names else None
+        if head is None or not head.has_parameters:
+            raise HTTPException(422, f"tag {tag} has no regression/classification head; tags "
+                                     f"with heads: {model.head_tags()}")
+        preds = await run("predict", texts, tag)
+        return {"tag": tag, "columns": head.output_names(),
+                "predictions": np.asarray(preds, dtype=float).round(7).tolist()}
+
+    @app.post("/v1/generate")
+    async def generate(req: GenerateRequest):
+        too_many(len(req.prompts))
+        if not req.prompts:
+            raise HTTPException(422, "no prompts")
+        if not 1 <= req.max_new_tokens <= cfg.max_new_tokens:
+            raise HTTPException(422, f"max_new_tokens must be in [1, {cfg.max_new_tokens}]")
+        check_inputs(model, req.prompts, cfg.max_length)
+        return {"outputs": await run("generate", req.prompts, None, req.max_new_tokens)}
+
+    return app
+
+
+def serve(model: TaggedModel, cfg: ServeConfig) -> None:
+    """Run the service until Ctrl-C / SIGTERM (then finish the requests in flight)."""
+    import uvicorn
+
+    uvicorn.run(create_app(model, cfg), host=cfg.host, port=cfg.port, log_level="info",
+                timeout_graceful_shutdown=30)
+
+
+def token_from_env(token: str | None) -> str | None:
+    """The token flag, else ``TAGLLM_SERVE_TOKEN``, else None (no authentication)."""
+    return token or os.environ.get(TOKEN_ENV) or None

@@ -1,0 +1,183 @@
+"""`tagllm serve` over real HTTP: a server process on a tiny model, concurrent good and bad
+requests, the token, body and queue limits, and a shutdown that finishes what is in flight."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from tagllm import HeadConfig, TagConfig, TaggedModel
+from tagllm.errors import ConfigError
+from tagllm.serve import ServeConfig
+
+from tiny import save_tiny
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MOLS = ["CCO", "c1ccccc1", "CC(=O)O", "CCN(CC)CC", "OCC(O)CO", "C#N", "CCCCCC", "CSC"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A `tagllm serve` process on a tiny model with <S> and <Q> (regression); yields
+    (base URL, the model in this process for offline predictions, the process)."""
+    d = tmp_path_factory.mktemp("serve")
+    save_tiny(d / "tiny")
+    m = TaggedModel.from_pretrained(str(d / "tiny"))
+    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"))
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
+    with torch.no_grad():
+        m.heads["Q"].linear.weight.normal_()
+    m.save_tag("<S>", d / "tags" / "S")
+    m.save_tag("<Q>", d / "tags" / "Q", trained_with=["<S>"])
+    port = _free_port()
+    log = open(d / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagllm.cli", "serve", "--tags", str(d / "tags"), "--model",
+         str(d / "tiny"), "--port", str(port), "--template", "<S> {smiles} <Q>",
+         "--max_pending", "4", "--max_wait_ms", "300", "--max_inputs", "8",
+         "--max_body_bytes", "20000", "--max_length", "64"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TAGLLM_SERVE_TOKEN": TOKEN})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, (d / "server.log").read_text()
+        try:
+            if httpx.get(f"{url}/health", headers=AUTH, timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, (d / "server.log").read_text()
+        time.sleep(0.2)
+    yield url, m, proc
+    if proc.poll() is None:
+        proc.kill()
+    log.close()
+
+
+def _post(url: str, path: str, body: dict, headers=AUTH) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=60)
+
+
+def test_concurrent_requests_share_batches_and_match_offline_predictions(server):
+    url, m, _ = server
+    before = httpx.get(f"{url}/health", headers=AUTH).json()["batches"]
+    bodies = [{"inputs": [f"<S> {s} <Q>" for s in MOLS[:4]]},
+              {"rows": [{"smiles": s} for s in MOLS[4:]]},
+              {"rows": [{"smiles": "CCO"}], "template": "<S> {smiles} <Q>"},
+              {"inputs": ["<S> CCO <Q>"], "tag": "<Q>"}]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda b: _post(url, "/v1/predict", b), bodies))
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    want = m.predict([f"<S> {s} <Q>" for s in MOLS])
+    got = np.array(answers[0].json()["predictions"] + answers[1].json()["predictions"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(answers[2].json()["predictions"],
+                               answers[3].json()["predictions"], rtol=1e-5)
+    assert answers[0].json()["tag"] == "<Q>" and answers[0].json()["columns"] == ["prediction"]
+    batches = httpx.get(f"{url}/health", headers=AUTH).json()["batches"] - before
+    assert 1 <= batches < 4  # the four requests arrived within one wait window or two
+    gen = _post(url, "/v1/generate", {"prompts": ["<S> CC"], "max_new_tokens": 3})
+    assert gen.status_code == 200 and len(gen.json()["outputs"]) == 1
+    tags = httpx.get(f"{url}/v1/tags", headers=AUTH).json()
+    assert sorted((t["name"], t["head"], t["num_tokens"]) for t in tags["tags"]) == [
+        ("<Q>", "regression", 2), ("<S>", None, 3)]
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"inputs": ["<X> CCO <Q>"]}, 422, "input 0: unknown tag <X>"),
+    ({"rows": [{"smiles": "CCO"}, {"smiles": "C1CC"}]}, 422, "request row 2: column 'smiles'"),
+    ({"inputs": ["<S> " + "C" * 400 + " <Q>"]}, 422, "tokens"),
+    ({"inputs": ["<S> C <Q>"] * 9}, 413, "9 inputs in one request; the limit is 8"),
+    ({"inputs": ["<S> C"]}, 422, "no function tag with a head"),
+    ({"inputs": ["<S> C <Q>"], "rows": [{"smiles": "C"}]}, 422, "exactly one of"),
+    ({"inputs": "<S> C <Q>"}, 422, "list"),
+    ({"inputs": ["<S> C <Q>"], "tag": "<S>"}, 422, "no regression/classification head"),
+])
+def test_bad_requests_get_4xx_with_the_cli_message(server, body, status, message):
+    url, _, _ = server
+    r = _post(url, "/v1/predict", body)
+    assert r.status_code == status and message in r.text, r.text
+
+
+def test_token_body_size_and_generate_limits(server):
+    url, _, _ = server
+    assert httpx.get(f"{url}/health").status_code == 401
+    assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer wrong"}
+                     ).status_code == 401
+    r = _post(url, "/v1/predict", {"inputs": ["<S> C <Q>"]}, headers={})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    big = {"inputs": ["<S> C <Q>"], "pad": "x" * 30_000}
+    assert _post(url, "/v1/predict", big).status_code == 413
+
+    def chunks():  # no Content-Length: the limit counts the streamed bytes
+        yield b'{"inputs": ["<S> C <Q>"], "pad": "'
+        for _ in range(40):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = httpx.post(f"{url}/v1/predict", content=chunks(), timeout=60,
+                   headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    r = _post(url, "/v1/generate", {"prompts": ["<S> C"], "max_new_tokens": 100_000})
+    assert r.status_code == 422 and "max_new_tokens" in r.text
+
+
+def test_overload_gets_503_and_nothing_is_lost(server):
+    """10 simultaneous requests against max_pending 4 and a 300 ms batch window: the first
+    four wait in the window and are answered, the rest get 503 at once."""
+    url, m, _ = server
+    bodies = [{"inputs": [f"<S> {MOLS[i % 8]} <Q>"]} for i in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda b: _post(url, "/v1/predict", b), bodies))
+    codes = [a.status_code for a in answers]
+    assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
+    assert all("overloaded" in a.text and a.headers["retry-after"] == "1"
+               for a in answers if a.status_code == 503)
+    for b, a in zip(bodies, answers, strict=True):
+        if a.status_code == 200:
+            np.testing.assert_allclose(a.json()["predictions"], m.predict(b["inputs"]),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_shutdown_finishes_the_request_in_flight(server):
+    """SIGTERM while a request waits in the batch window: it is still answered, then the
+    process exits cleanly. (Runs last: it stops the module's server.)"""
+    url, m, proc = server
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_post, url, "/v1/predict", {"inputs": ["<S> CCO <Q>"]})
+        time.sleep(0.1)  # inside the 300 ms window
+        proc.send_signal(signal.SIGTERM)
+        answer = pending.result(timeout=60)
+    assert answer.status_code == 200
+    np.testing.assert_allclose(answer.json()["predictions"], m.predict(["<S> CCO <Q>"]),
+                               rtol=1e-4, atol=1e-5)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit -SIGTERM)
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = Path(proc.args[proc.args.index("--tags") + 1]).parent / "server.log"
+    assert "Application shutdown complete" in log.read_text()
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError, match="max_batch"):
+        ServeConfig(max_batch=0)
+    with pytest.raises(ConfigError, match="token"):
+        ServeConfig(token="short")
+    assert "token" not in ServeConfig(token="long-enough-token").public()
