@@ -241,7 +241,8 @@ def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: Trai
     if reuse is not None:
         reuse.retarget(tags)
         return reuse
-    return FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9)
+    return FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9,
+                        dtype=getattr(torch, cfg.prefix_cache_dtype))
 
 
 def start(job: Job, after_warm_start: Callable[[], dict | None] | None
