@@ -174,3 +174,23 @@ def test_a_bfloat16_cache_halves_the_memory_and_keeps_the_gradients_within_toler
         fit_tag(m, "<Q>", TEXTS, y1, cfg=cfg, progress=False, log=lambda s: None)
         preds.append(m.predict(TEXTS, tag="<Q>"))
     np.testing.assert_allclose(preds[1], preds[0], atol=2e-2)
+
+
+def test_evaluation_through_the_cache_equals_full_passes_and_reuses_the_test_prefixes():
+    """The head's test predictions through a frozen-prefix cache equal full-sequence
+    predictions; a second evaluation of the same rows (the trained tag after its ablation)
+    computes no prefix again, and the kept prefixes can then enter training's graph."""
+    from tagllm.evaluation.runner import predictions
+
+    m = _model("llama")
+    want = predictions(m, TEXTS, "<Q>")
+    fp = FrozenPrefix(m, ["<Q>"])
+    got = predictions(m, TEXTS, "<Q>", batch_size=2, prefix=fp)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert fp.misses == len(TEXTS) and fp.hits == 0
+    predictions(m, TEXTS, "<Q>", prefix=fp)
+    assert fp.misses == len(TEXTS) and fp.hits == len(TEXTS)
+    ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
+    m.head("<Q>").loss(m.head("<Q>")(fp.tag_features(ids, "<Q>")),
+                       torch.zeros(len(TEXTS), 2)).backward()  # no inference tensors
+    assert m.bank.parameter("<Q>").grad is not None

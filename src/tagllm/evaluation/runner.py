@@ -34,6 +34,7 @@ from tagllm.evaluation.metrics import (
 )
 from tagllm.heads import build_head
 from tagllm.model import TaggedModel
+from tagllm.prefix import FrozenPrefix
 from tagllm.progress import track
 from tagllm.tags import tag_as_words
 
@@ -43,18 +44,23 @@ Log = Callable[[str], None]
 def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None = None, *,
              name: str, tag: str | None = None, max_length: int | None = None,
              batch_size: int = 32, baselines: bool = True, progress: bool = False,
-             log: Log = print, budget: TrainConfig | None = None) -> dict[str, Any]:
+             log: Log = print, budget: TrainConfig | None = None,
+             prefix: FrozenPrefix | None = None) -> dict[str, Any]:
     """One result row for ``spec`` on ``test``: ``name``, ``rows``, ``metrics`` (the
     tags'), ``baselines`` (method name -> metrics) and, for a head, its ``tag`` (default:
     the function tag of the first input), ``predictions`` and ``intervals`` (method name ->
     metric -> [low, high] of tags minus method); generation rows keep every output
     (``outputs``) and the first three with their inputs and references (``examples``).
     ``train`` rows feed the baselines that learn; the fine-tuning ones (PEFT) get the steps,
-    batch size and seed of ``budget`` (the stage's training; default 200 steps of 32)."""
+    batch size and seed of ``budget`` (the stage's training; default 200 steps of 32).
+    ``prefix``: a frozen-prefix cache whose prefixes end before ``tag`` (the stage's):
+    the head's predictions run only the part from the tag on, and the cache keeps the
+    test rows' prefixes for the next evaluation of the same rows (the trained tag after its
+    ablation)."""
     if spec.label:
         tag = tag or model.function_tag_of(test.texts[0])
         return labelled(model, spec, test, train, tag, name, batch_size, baselines, progress,
-                        log, budget)
+                        log, budget, prefix)
     if spec.reference:
         return generation(model, spec, test, name, batch_size, baselines, progress, log)
     return {"name": name, "rows": len(test.texts),
@@ -63,10 +69,11 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
 
 def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None, tag: str,
              name: str, batch_size: int, baselines: bool, progress: bool, log: Log,
-             budget: TrainConfig | None = None) -> dict[str, Any]:
+             budget: TrainConfig | None = None, prefix: FrozenPrefix | None = None
+             ) -> dict[str, Any]:
     """The head of ``tag`` scored by its own metrics, beside the label baselines."""
     head = model.head(tag)
-    preds = predictions(model, test.texts, tag, batch_size, progress)
+    preds = predictions(model, test.texts, tag, batch_size, progress, prefix)
     row: dict[str, Any] = {"name": name, "tag": tag, "rows": len(test.texts),
                            "metrics": head.metrics(test.targets, preds),
                            "predictions": preds.tolist(),
@@ -146,11 +153,29 @@ def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows,
 
 
 def predictions(model: TaggedModel, texts: Sequence[str], tag: str, batch_size: int = 32,
-                progress: bool = False) -> np.ndarray:
-    """The head's predictions for ``texts`` (each process predicts a share of them)."""
+                progress: bool = False, prefix: FrozenPrefix | None = None) -> np.ndarray:
+    """The head's predictions for ``texts`` (each process predicts a share of them), through
+    ``prefix`` (see :func:`evaluate`) when given."""
     texts = list(texts)
-    return world().on_shares(len(texts), lambda idx: model.predict(
-        [texts[i] for i in idx], tag=tag, batch_size=batch_size, progress=progress)).numpy()
+    if prefix is None:
+        return world().on_shares(len(texts), lambda idx: model.predict(
+            [texts[i] for i in idx], tag=tag, batch_size=batch_size, progress=progress)
+        ).numpy()
+    head = model.head(tag)
+
+    @torch.no_grad()  # not inference_mode: kept prefixes may later enter training's graph
+    def share(idx: list[int]) -> torch.Tensor:
+        ids = [e.ids for e in model.tagtok.encode_batch([texts[i] for i in idx])]
+        order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
+        out = torch.zeros(len(ids), head.num_outputs)
+        for s in track(range(0, len(ids), batch_size), f"predicting with {tag}", progress,
+                       unit="batch"):
+            js = order[s:s + batch_size]
+            feats = prefix.tag_features([ids[j] for j in js], tag)
+            out[js] = head.postprocess(head(feats)).float().cpu()
+        return out
+
+    return world().on_shares(len(texts), share).numpy()
 
 
 def frozen_features(model: TaggedModel, texts: Sequence[str], batch_size: int = 32,

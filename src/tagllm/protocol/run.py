@@ -25,13 +25,14 @@ from tagllm.evaluation.metrics import paired_bootstrap, translation_bootstrap
 from tagllm.evaluation.runner import evaluate
 from tagllm.fileio import atomic_write_text, json_text
 from tagllm.model import TaggedModel
+from tagllm.prefix import FrozenPrefix
 from tagllm.protocol.inputs import LoadedData, report_skipped
 from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
 from tagllm.protocol.recipe import Recipe, tags_in
 from tagllm.serialization import META
 from tagllm.store import TagStore
 from tagllm.tracking import Track, Tracker, check_tracker, log_evaluations
-from tagllm.training import Part, TrainResult, fit_tags
+from tagllm.training import Part, TrainResult, fit_tags, frozen_prefix
 
 Log = Callable[[str], None]
 
@@ -137,8 +138,8 @@ def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
 
 
 def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines: bool = True,
-              evals: list[tuple[EvalConfig, LoadedData]] | None = None
-              ) -> list[dict[str, Any]]:
+              evals: list[tuple[EvalConfig, LoadedData]] | None = None,
+              prefix: FrozenPrefix | None = None) -> list[dict[str, Any]]:
     """One result row per eval entry of the stage (or of ``evals``, a subset of them)."""
     rows = []
     for e, d in p.evals if evals is None else evals:
@@ -150,7 +151,7 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines:
         rows.append(evaluate(m, e, d, train, name=name, tag=tag,
                              max_length=p.stage.train.max_length, batch_size=16 if e.reference
                              else 32, baselines=baselines, progress=progress, log=log,
-                             budget=p.stage.train))
+                             budget=p.stage.train, prefix=prefix))
     return rows
 
 
@@ -187,18 +188,23 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(base, p, recipe, store)
     ablated = [i for i, (e, _) in enumerate(p.evals) if e.ablation and (e.label or e.reference)]
+    # one cache of frozen prefixes for the stage: the training rows' (filled by the warm
+    # start) and the test rows' (filled by the ablation, reused by the final evaluation)
+    prefix = frozen_prefix(m, s.tags, s.train, log) \
+        if any(d.targets is not None for d in p.data) else None
 
     def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
         if not ablated:
             return None
         return {"eval": _evaluate(m, p, progress, log, baselines=False,
-                                  evals=[p.evals[i] for i in ablated])}
+                                  evals=[p.evals[i] for i in ablated], prefix=prefix)}
 
     parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
                   f"({d.config.source})") for j, d in enumerate(p.data)]
     res = fit_tags(m, s.tags, parts, s.train, progress, log, before_training,
-                   store.work_dir(p.key), tracker=tracker if tracker.active else None)
-    evals = _evaluate(m, p, progress, log)
+                   store.work_dir(p.key), prefix=prefix,
+                   tracker=tracker if tracker.active else None)
+    evals = _evaluate(m, p, progress, log, prefix=prefix)
     if res.after_warm_start:
         _add_ablation(m, p, evals, ablated, res.after_warm_start["eval"])
     log_evaluations(tracker, evals, s.train.steps)

@@ -227,7 +227,16 @@ def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: Trai
                    log: Log, reuse: FrozenPrefix | None = None) -> FrozenPrefix | None:
     """The frozen-prefix path for labelled parts, where the model allows it (``reuse``: an
     earlier call's cache, retargeted to ``tags``)."""
-    if not (data.supervised and cfg.frozen_prefix):
+    if not data.supervised:
+        return None
+    return frozen_prefix(model, tags, cfg, log, reuse)
+
+
+def frozen_prefix(model: TaggedModel, tags: list[str], cfg: TrainConfig, log: Log = print,
+                  reuse: FrozenPrefix | None = None) -> FrozenPrefix | None:
+    """A frozen-prefix cache for training ``tags`` with ``cfg`` (its budget and dtype), or
+    None where the settings or the model rule it out (then full-sequence passes)."""
+    if not cfg.frozen_prefix:
         return None
     if model.sharded:
         log(f"the base model is sharded (FSDP): training {', '.join(tags)} with "
