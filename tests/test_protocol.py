@@ -113,6 +113,20 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     assert q_eval["costs"]["Morgan k-NN (k=5)"]["trainable_parameters"] is None
     assert all(c["seconds"] >= 0 for c in q_eval["costs"].values())
     assert len(q_eval["predictions"]) == q_eval["rows"]
+    # the cost account: exclusive phases that add up, the ablation and the final evaluation
+    # sharing the test rows' prefixes, and measured / unavoidable forward tokens
+    costs = stage(s1, "q")["costs"]
+    assert set(costs["phases"]) == {"stage q"} | {f"stage q/{x}" for x in (
+        "warm start", "ablation/evaluation", "training", "training/validation", "evaluation",
+        "baselines")}  # "stage q": the rest (the stage's set-up, storing its tags)
+    assert costs["forward_tokens"] + costs["baseline_tokens"] == sum(
+        v["tokens"] for v in costs["phases"].values())
+    ablation, final = (costs["phases"][f"stage q/{x}"]["tokens"]
+                       for x in ("ablation/evaluation", "evaluation"))
+    assert 0 < final < ablation / 3  # the final pass runs only <Q> on: prefixes were kept
+    assert costs["ratio"] == pytest.approx(costs["forward_tokens"]
+                                           / sum(costs["unavoidable"].values()), abs=1e-3)
+    assert 1.0 <= costs["ratio"] <= 1.15
     files = snapshot(store)
     assert len(files) == 6
     assert (workdir / "out" / "tags" / "Q" / "tag.json").is_file()

@@ -101,7 +101,7 @@ def run(recipe: str, dry_run: bool = False, store: str | None = None, progress: 
     """
     from tagllm.distributed import world
     from tagllm.protocol import load_recipe, run
-    from tagllm.report import stage_tables
+    from tagllm.report import cost_table, stage_tables
     from tagllm.store import TagStore
 
     r = load_recipe(recipe)  # every recipe error surfaces here, before any model loads
@@ -111,6 +111,9 @@ def run(recipe: str, dry_run: bool = False, store: str | None = None, progress: 
         return
     for table in stage_tables(summary.stages):
         console.print(table)
+    costs = cost_table(summary.stages)
+    if costs is not None:
+        console.print(costs)
     trained = [s["stage"] for s in summary.stages if not s["cached"]]
     console.print(f"trained {len(trained)} stage(s) ({summary.steps_run} steps), reused "
                   f"{len(summary.stages) - len(trained)}; tags in {Path(r.out) / 'tags'}, "

@@ -14,6 +14,7 @@ from torch import nn
 
 from tagllm.backbones import load_backbone
 from tagllm.config import TagConfig
+from tagllm.costs import count_forward
 from tagllm.distributed import is_sharded
 from tagllm.errors import ConfigError, DataError, TagFileError
 from tagllm.heads import Head, build_head
@@ -61,6 +62,10 @@ class TaggedModel(nn.Module):
         self.base = base
         self.base.eval()
         self.base.requires_grad_(False)
+        body = getattr(base, "base_model", base)
+        if not getattr(body, "_tagllm_counted", False):  # once per module, however many banks
+            body.register_forward_pre_hook(count_forward, with_kwargs=True)
+            body._tagllm_counted = True
         self.tokenizer = tokenizer
         self.model_name = model_name
         embed = base.get_input_embeddings()

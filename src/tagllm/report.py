@@ -71,6 +71,29 @@ def stage_tables(stages: list[dict[str, Any]]) -> list:
     return out
 
 
+def cost_table(stages: list[dict[str, Any]]):
+    """The cost account of the stages trained in this run (None if none was): each phase's
+    seconds and forward tokens, then per stage the tokens it could not avoid and the
+    ratio (measured / unavoidable, the baselines apart)."""
+    from rich.table import Table as RichTable
+
+    trained = [s for s in stages if s.get("costs")]
+    if not trained:
+        return None
+    table = RichTable(title="cost account: seconds and forward tokens per phase")
+    for col, justify in (("phase", "left"), ("seconds", "right"), ("tokens", "right")):
+        table.add_column(col, justify=justify)
+    for s in trained:
+        c = s["costs"]
+        for name, v in c["phases"].items():
+            table.add_row(name, f"{v['seconds']:.1f}", f"{v['tokens']:,}")
+        need = sum(c["unavoidable"].values())
+        ratio = "n/a (generation)" if c["ratio"] is None else f"{c['ratio']:.3f}"
+        table.add_row(f"[bold]stage {s['stage']}: measured / unavoidable[/bold]", "",
+                      f"{c['forward_tokens']:,} / {need:,} = {ratio}", end_section=True)
+    return table
+
+
 def store_table(root: Any, rows: list[dict[str, Any]],
                 problems: dict[str, str | None] | None = None):
     """The tag store as a table; ``problems`` (key -> error or None) adds "ok" or the error

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tagllm.config import EvalConfig, TrainConfig
+from tagllm.costs import phase
 from tagllm.distributed import world
 from tagllm.evaluation.baselines import BASELINES, FineTune, Rows, Task
 from tagllm.evaluation.metrics import (
@@ -63,8 +64,9 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
                         log, budget, prefix)
     if spec.reference:
         return generation(model, spec, test, name, batch_size, baselines, progress, log)
-    return {"name": name, "rows": len(test.texts),
-            "metrics": lm_metrics(model, test.texts, max_length=max_length, progress=progress)}
+    with phase("evaluation"):
+        metrics = lm_metrics(model, test.texts, max_length=max_length, progress=progress)
+    return {"name": name, "rows": len(test.texts), "metrics": metrics}
 
 
 def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None, tag: str,
@@ -73,7 +75,8 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
              ) -> dict[str, Any]:
     """The head of ``tag`` scored by its own metrics, beside the label baselines."""
     head = model.head(tag)
-    preds = predictions(model, test.texts, tag, batch_size, progress, prefix)
+    with phase("evaluation"):
+        preds = predictions(model, test.texts, tag, batch_size, progress, prefix)
     row: dict[str, Any] = {"name": name, "tag": tag, "rows": len(test.texts),
                            "metrics": head.metrics(test.targets, preds),
                            "predictions": preds.tolist(),
@@ -93,7 +96,8 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
             model, texts, batch_size, progress), tag_names=tuple(model.bank.names),
             tag_words={n: tag_as_words(model.bank.configs[n]) for n in model.bank.names},
             finetune=tune)
-        found, row["costs"] = compare(spec.baselines, task, train, test, log)
+        with phase("baselines"):
+            found, row["costs"] = compare(spec.baselines, task, train, test, log)
         row["baselines"] = {k: head.metrics(test.targets, p) for k, p in found.items()}
         row["intervals"] = {k: paired_bootstrap(test.targets, preds, p, head.metrics)
                             for k, p in found.items()}
@@ -114,14 +118,16 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
     def score(hyps: Sequence[str]) -> dict[str, float]:
         return translation_metrics(hyps, refs, spec.spm_model)
 
-    hyps = generate(test.texts)
+    with phase("evaluation"):
+        hyps = generate(test.texts)
     row: dict[str, Any] = {"name": name, "rows": len(test.texts), "metrics": score(hyps),
                            "examples": [{"input": test.texts[i], "output": hyps[i],
                                          "reference": refs[i]} for i in range(min(3, len(hyps)))],
                            "outputs": hyps}
     if baselines and spec.baselines:
         task = Task(source_column=spec.source_column, prompt=spec.prompt, generate=generate)
-        found, row["costs"] = compare(spec.baselines, task, None, test, log)
+        with phase("baselines"):
+            found, row["costs"] = compare(spec.baselines, task, None, test, log)
         row["baselines"] = {k: score(p) for k, p in found.items()}
         row["intervals"] = {k: translation_bootstrap(refs, hyps, p) for k, p in found.items()}
     return row

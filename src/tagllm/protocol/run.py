@@ -17,15 +17,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tagllm.config import EvalConfig
+from tagllm.costs import ACCOUNT, phase
 from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
 from tagllm.evaluation.metrics import paired_bootstrap, translation_bootstrap
 from tagllm.evaluation.runner import evaluate
 from tagllm.fileio import atomic_write_text, json_text
 from tagllm.model import TaggedModel
-from tagllm.prefix import FrozenPrefix
+from tagllm.prefix import FrozenPrefix, split_point
 from tagllm.protocol.inputs import LoadedData, report_skipped
 from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
 from tagllm.protocol.recipe import Recipe, tags_in
@@ -176,10 +178,64 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
     tracker = Tracker(track if recipe.out else "none", Path(recipe.out) / "tensorboard", s.name,
                       {"recipe": recipe.name, "stage": s.name, "tags": ",".join(s.tags),
                        "key": p.key, **asdict(s.train)})
+    before = ACCOUNT.snapshot()
     try:
-        return _train_tracked(recipe, base, p, store, log, progress, tracker)
+        with phase(f"stage {s.name}"):
+            out = _train_tracked(recipe, base, p, store, log, progress, tracker)
     finally:
         tracker.close()
+    out["costs"] = stage_costs(ACCOUNT.since(before), out.pop("unavoidable"))
+    return out
+
+
+def stage_costs(phases: dict[str, dict[str, float]], unavoidable: dict[str, int]
+                ) -> dict[str, Any]:
+    """A stage's cost account: each phase's seconds and forward tokens, beside the
+    unavoidable forward tokens, and their ratio over the tags' own work (training and
+    evaluation; the baselines are other methods, counted apart)."""
+    own = sum(v["tokens"] for k, v in phases.items() if not k.endswith("/baselines"))
+    need = sum(unavoidable.values())
+    return {"phases": phases, "forward_tokens": own,
+            "baseline_tokens": sum(v["tokens"] for k, v in phases.items()
+                                   if k.endswith("/baselines")),
+            "unavoidable": unavoidable,
+            "ratio": round(own / need, 3) if need and "generation" not in unavoidable
+            else None}
+
+
+def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: bool
+                     ) -> dict[str, int]:
+    """Forward tokens a stage cannot avoid: each distinct frozen prefix of its training rows
+    once (``cached``: when the frozen-prefix path is used; else whole rows at every step),
+    the trained part (from the first trained tag on) of the warm-start rows, of each step's
+    batch and of the validation rows at each validation point; each evaluated row once,
+    and its trained part again for the ablation."""
+    trainable = {v for t in p.stage.tags for v in m.bank.virtual_ids(t)}
+    prefixes: set[tuple[int, ...]] = set()
+    trained_part: list[int] = []
+    for d in p.data:
+        for e in m.tagtok.encode_batch(d.texts):
+            cut = split_point(e.ids, trainable) if cached and d.targets is not None else 0
+            prefixes.add(tuple(e.ids[:cut]))
+            trained_part.append(len(e.ids) - cut)
+    mean = float(np.mean(trained_part)) if trained_part else 0.0
+    cfg = p.stage.train
+    warm = min(cfg.warm_start_examples, len(trained_part) - sum(res.validation_rows)) \
+        if cached and res.warm_start else 0
+    out = {"distinct_prefixes": sum(len(x) for x in prefixes),
+           "warm_start": round(warm * mean),
+           "steps": round(res.steps_run * cfg.batch_size * mean),
+           "validation": round(len(res.curve) * sum(res.validation_rows) * mean)}
+    evaluated = 0
+    for e, d in p.evals:
+        if e.reference:
+            out["generation"] = 1  # generated lengths are not known beforehand: no ratio
+        ids = [x.ids for x in m.tagtok.encode_batch(d.texts)]
+        evaluated += sum(len(x) for x in ids)
+        if e.ablation and e.label:
+            evaluated += sum(len(x) - split_point(x, trainable) for x in ids)
+    out["evaluation"] = evaluated
+    return out
 
 
 def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore,
@@ -196,8 +252,9 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
     def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
         if not ablated:
             return None
-        return {"eval": _evaluate(m, p, progress, log, baselines=False,
-                                  evals=[p.evals[i] for i in ablated], prefix=prefix)}
+        with phase("ablation"):
+            return {"eval": _evaluate(m, p, progress, log, baselines=False,
+                                      evals=[p.evals[i] for i in ablated], prefix=prefix)}
 
     parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
                   f"({d.config.source})") for j, d in enumerate(p.data)]
@@ -214,7 +271,8 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
     if world().is_main:  # the tags are equal on every process: one writes them
         _store_stage(recipe, p, m, store, _provenance(recipe, p, m, res, evals))
     world().barrier()
-    return {"stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
+    return {"unavoidable": unavoidable_work(m, p, res, prefix is not None),
+            "stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
             "examples_per_process": res.examples_per_process,
             "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
             "final_loss": res.final_loss, "best_step": res.best_step, "curve": res.curve,

@@ -32,6 +32,7 @@ from tagllm.checkpoint import (
     tag_tensors,
 )
 from tagllm.config import TrainConfig
+from tagllm.costs import phase
 from tagllm.distributed import World, world
 from tagllm.errors import ConfigError, DataError, TrainingError
 from tagllm.model import TaggedModel
@@ -327,9 +328,10 @@ def fit_tags(
     if saved is not None:
         state = resume(job, saved, opt, sched)
     t0 = time.perf_counter()
-    fit(job, state, opt, sched, params)
-    keep_selected(job, state)
-    refit = refit_heads(job)
+    with phase("training"):
+        fit(job, state, opt, sched, params)
+        keep_selected(job, state)
+        refit = refit_heads(job)
     model.set_trainable([])
     if job.prefix is not None:
         p = job.prefix
@@ -410,7 +412,8 @@ def record_validation(job: Job, state: State) -> None:
     the lowest one."""
     if job.val is None:
         return
-    loss = validation_loss(job)
+    with phase("validation"):
+        loss = validation_loss(job)
     since = state.curve[-1]["step"] if state.curve else 0
     recent = state.losses[since:]
     state.curve.append({"step": state.step,

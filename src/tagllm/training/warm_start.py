@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tagllm.config import TrainConfig
+from tagllm.costs import phase
 from tagllm.distributed import world
 from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix
@@ -61,9 +62,10 @@ def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tens
     rng = np.random.default_rng(cfg.seed)
     sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
     t0 = time.perf_counter()
-    feats = world().on_shares(len(sub), lambda mine: tag_features(
-        model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
-        prefix=prefix)).float()
+    with phase("warm start"):
+        feats = world().on_shares(len(sub), lambda mine: tag_features(
+            model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
+            prefix=prefix)).float()
     warm = warm_start_head(model, tag, feats, y[sub].numpy(), cfg.ridge_alpha)
     warm["seconds"] = round(time.perf_counter() - t0, 2)
     log(f"warm start of the {tag} head: closed form on {warm['examples']} frozen feature "
