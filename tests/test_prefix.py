@@ -194,3 +194,36 @@ def test_evaluation_through_the_cache_equals_full_passes_and_reuses_the_test_pre
     m.head("<Q>").loss(m.head("<Q>")(fp.tag_features(ids, "<Q>")),
                        torch.zeros(len(TEXTS), 2)).backward()  # no inference tensors
     assert m.bank.parameter("<Q>").grad is not None
+
+
+def test_the_disk_tier_holds_what_memory_does_not_and_goes_with_the_cache(tmp_path):
+    """With no RAM budget the prefixes go to safetensors files within the disk budget and
+    come back with the same gradients; beyond both budgets they are recomputed; the
+    private folder is removed with the cache."""
+    import gc
+
+    m = _model("llama")
+    ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
+    y = torch.randn(len(TEXTS), 2)
+    head = m.head("<Q>")
+    want = None
+    fp = FrozenPrefix(m, ["<Q>"], budget_bytes=0, disk_bytes=1e9, disk_dir=tmp_path)
+    for _ in range(2):  # computed and written, then read back
+        head.loss(head(fp.tag_features(ids, "<Q>")), y).backward()
+        got = _grads(m)
+        m.zero_grad(set_to_none=True)
+        want = want or got
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w)
+    assert fp.used == 0 and fp.disk_used > 0 and fp.hits == fp.misses == len(TEXTS)
+    files = list(tmp_path.glob("tagllm-prefix-*/*.safetensors"))
+    assert len(files) == len(TEXTS)
+    small = FrozenPrefix(m, ["<Q>"], budget_bytes=0, disk_bytes=fp.disk_used / 2,
+                         disk_dir=tmp_path)
+    with torch.no_grad():
+        small.tag_features(ids, "<Q>")
+        small.tag_features(ids, "<Q>")
+    assert 0 < len(small.on_disk) < len(TEXTS) and small.misses > len(TEXTS)
+    del fp, small
+    gc.collect()
+    assert not list(tmp_path.iterdir())

@@ -153,6 +153,12 @@ class TrainConfig:
         default=4.0,
         metadata={"help": "memory for prefix key/values kept across epochs; 0 = recompute"},
     )
+    prefix_cache_disk_gb: float = field(
+        default=0.0,
+        metadata={"help": "disk for prefix key/values beyond prefix_cache_gb (temporary files "
+                          "under $TAGLLM_HOME/prefix-cache, read back without resident "
+                          "memory); 0 = none"},
+    )
     prefix_cache_dtype: Literal["float32", "bfloat16"] = field(
         default="float32",
         metadata={"help": "dtype of the kept prefix key/values: bfloat16 halves their memory "
@@ -206,6 +212,8 @@ class TrainConfig:
         _check(self.max_grad_norm >= 0, "TrainConfig", "max_grad_norm", "must be >= 0")
         _check(self.ridge_alpha >= 0, "TrainConfig", "ridge_alpha", "must be >= 0")
         _check(self.prefix_cache_gb >= 0, "TrainConfig", "prefix_cache_gb", "must be >= 0")
+        _check(self.prefix_cache_disk_gb >= 0, "TrainConfig", "prefix_cache_disk_gb",
+               "must be >= 0")
         _check(self.prefix_cache_dtype in ("float32", "bfloat16"), "TrainConfig",
                "prefix_cache_dtype", f"{self.prefix_cache_dtype!r} is not 'float32' or "
                "'bfloat16'")
@@ -231,7 +239,8 @@ class TrainConfig:
 
     #: Fields that change how a run is logged, cached, checkpointed or how much memory it
     #: takes, never its result.
-    NOT_RESULT = ("log_every", "prefix_cache_gb", "checkpoint_every", "activation_checkpointing")
+    NOT_RESULT = ("log_every", "prefix_cache_gb", "prefix_cache_disk_gb", "checkpoint_every",
+                  "activation_checkpointing")
 
     def result_dict(self) -> dict[str, Any]:
         """The fields that determine the trained tags and differ from their defaults (the tag

@@ -1,8 +1,9 @@
 """Where tagllm keeps its files, and where installed data packages are. A leaf module.
 
 ``$TAGLLM_HOME`` (default ``~/.cache/tagllm``) holds the converted models (``models/``),
-cached labels and fixtures (``data/``) and the tag store (``store/``, or
-``$TAGLLM_STORE``).
+cached labels and fixtures (``data/``), the tag store (``store/``, or
+``$TAGLLM_STORE``) and the disk tier of prefix caches while a run needs it
+(``prefix-cache/``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def store_dir() -> Path:
 def models_dir() -> Path:
     """Converted copies of the embedded models."""
     return tagllm_home() / "models"
+
+
+def prefix_cache_dir() -> Path:
+    """Where the disk tier of frozen-prefix caches puts its (temporary, private) folders."""
+    return tagllm_home() / "prefix-cache"
 
 
 def data_cache_dir() -> Path:

@@ -9,14 +9,24 @@ tolerance). Prefix key/values can be kept across epochs within a memory budget, 
 epochs skip the prefix entirely. The store is keyed by the prefix's token ids, so one cache
 can serve several training calls on the same data (a sweep over p, seeds or lr: see
 :meth:`FrozenPrefix.retarget`); it empties itself when a frozen tag's vectors change.
+Two tiers bound its memory: up to ``budget_bytes`` in RAM, then up to ``disk_bytes`` in
+safetensors files under a private temporary folder (read back with plain file reads, so
+they cost no resident memory; the folder goes when the cache does). The key/values can be
+kept in bfloat16, half the bytes of float32.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from tagllm.model import Batch, TaggedModel
 from tagllm.tags import pad_batch
@@ -60,12 +70,18 @@ class FrozenPrefix:
     """Computes, caches and re-uses the key/values of the frozen prefix of each example."""
 
     def __init__(self, model: TaggedModel, trainable_tags: Sequence[str],
-                 budget_bytes: float = 4e9, dtype: torch.dtype = torch.float32) -> None:
+                 budget_bytes: float = 4e9, dtype: torch.dtype = torch.float32,
+                 disk_bytes: float = 0.0, disk_dir: str | Path | None = None) -> None:
         self.model = model
         self.budget = budget_bytes
         self.dtype = dtype
         self.used = 0.0
         self.store: dict[tuple[int, ...], KV] = {}
+        self.disk_budget = disk_bytes
+        self.disk_used = 0.0
+        self.on_disk: dict[tuple[int, ...], Path] = {}
+        self._dir: Path | None = None
+        self._disk_parent = disk_dir
         self.hits = 0
         self.misses = 0
         self._arg = _cache_arg(model.base.base_model)
@@ -83,6 +99,10 @@ class FrozenPrefix:
         if changed:
             self.store.clear()
             self.used = 0.0
+            for f in self.on_disk.values():
+                f.unlink(missing_ok=True)
+            self.on_disk.clear()
+            self.disk_used = 0.0
         self._frozen = {n: bank.parameter(n).detach().cpu().clone() for n in bank.names
                         if n not in trainable_tags}
 
@@ -108,23 +128,47 @@ class FrozenPrefix:
         return per_example
 
     def get(self, prefixes: Sequence[Sequence[int]]) -> list[KV]:
-        """Key/values of each prefix, from the store where it holds them."""
+        """Key/values of each prefix, from the store (RAM, then disk) where it holds them."""
         keys = [tuple(p) for p in prefixes]
-        missing = [j for j, k in enumerate(keys) if k not in self.store]
+        missing = [j for j, k in enumerate(keys) if k not in self.store and k not in self.on_disk]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         fresh = dict(zip(missing, self._compute([prefixes[j] for j in missing]), strict=True)) \
             if missing else {}
         result = []
         for j, k in enumerate(keys):
-            kv = self.store.get(k) or fresh[j]
-            if k not in self.store and self.budget > 0:
-                size = sum(t.numel() * t.element_size() for pair in kv for t in pair)
-                if self.used + size <= self.budget:
-                    self.store[k] = kv
-                    self.used += size
+            kv = self.store.get(k) or (self._read(k) if k in self.on_disk else fresh[j])
+            if j in fresh:
+                self._keep(k, kv)
             result.append(kv)
         return result
+
+    def _keep(self, key: tuple[int, ...], kv: KV) -> None:
+        """Keep a computed prefix: in RAM within the budget, else on disk within its own."""
+        size = sum(t.numel() * t.element_size() for pair in kv for t in pair)
+        if self.used + size <= self.budget:
+            self.store[key] = kv
+            self.used += size
+        elif self.disk_used + size <= self.disk_budget:
+            f = self._folder() / f"{hashlib.sha1(repr(key).encode()).hexdigest()}.safetensors"
+            save_file({f"{i}.{j}": t.contiguous() for i, pair in enumerate(kv)
+                       for j, t in enumerate(pair)}, str(f))
+            self.on_disk[key] = f
+            self.disk_used += size
+
+    def _read(self, key: tuple[int, ...]) -> KV:
+        tensors = load_file(str(self.on_disk[key]))
+        return [(tensors[f"{i}.0"], tensors[f"{i}.1"]) for i in range(len(tensors) // 2)]
+
+    def _folder(self) -> Path:
+        """The private folder of the disk tier (removed with the cache, or at exit)."""
+        if self._dir is None:
+            parent = Path(self._disk_parent) if self._disk_parent else None
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="tagllm-prefix-", dir=parent))
+            weakref.finalize(self, shutil.rmtree, str(self._dir), True)
+        return self._dir
 
     def suffix_hidden(self, kvs: Sequence[KV], prefix_lens: Sequence[int],
                       suffixes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ from tagllm.costs import phase
 from tagllm.distributed import World, world
 from tagllm.errors import ConfigError, DataError, TrainingError
 from tagllm.model import TaggedModel
+from tagllm.paths import prefix_cache_dir
 from tagllm.prefix import FrozenPrefix, supports_frozen_prefix
 from tagllm.progress import bar
 from tagllm.tracking import Tracker
@@ -252,7 +253,8 @@ def frozen_prefix(model: TaggedModel, tags: list[str], cfg: TrainConfig, log: Lo
         reuse.retarget(tags)
         return reuse
     return FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9,
-                        dtype=getattr(torch, cfg.prefix_cache_dtype))
+                        dtype=getattr(torch, cfg.prefix_cache_dtype),
+                        disk_bytes=cfg.prefix_cache_disk_gb * 1e9, disk_dir=prefix_cache_dir())
 
 
 def start(job: Job, after_warm_start: Callable[[], dict | None] | None
@@ -336,7 +338,8 @@ def fit_tags(
     if job.prefix is not None:
         p = job.prefix
         job.log(f"frozen prefix: {p.hits} cached / {p.misses} computed prefixes, "
-            f"{p.used / 1e9:.2f} GB kept")
+            f"{p.used / 1e9:.2f} GB kept in memory"
+            + (f", {p.disk_used / 1e9:.2f} GB on disk" if p.disk_used else ""))
     return TrainResult(job.cfg.steps, time.perf_counter() - t0, state.losses, state.warm,
                        state.resumed_from, state.after, job.world.gather_object(state.examples),
                        state.curve, state.best["step"] if state.best else None, job.val_rows,
