@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from tagllm.cli import main
@@ -50,6 +51,14 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     rows = list(csv.DictReader(open(out)))
     assert [r["smiles"] for r in rows] == SMILES
     assert all(float(r["prediction"]) == float(r["prediction"]) for r in rows)
+    # bfloat16 weights (--dtype): the same rows, predictions close to float32's
+    out16 = tmp_path / "pred16.csv"
+    main(["predict", *tags, "--input", str(data), "--output", str(out16), "--model",
+          str(tiny_model_dir), "--progress", "false", "--dtype", "bfloat16"])
+    rows16 = list(csv.DictReader(open(out16)))
+    assert [r["smiles"] for r in rows16] == SMILES
+    p32, p16 = (np.array([float(r["prediction"]) for r in x]) for x in (rows, rows16))
+    assert np.abs(p16 - p32).max() <= 0.05 * (np.abs(p32).max() + 1e-3)
 
     js = tmp_path / "m.json"
     main(["evaluate", "--tags", str(tmp_path), "--data", str(data), "--label", "y", "--model",

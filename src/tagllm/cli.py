@@ -35,6 +35,15 @@ BUG = ("this is a bug in tagllm, not in your input: please report it with the tr
        "above and the command you ran")
 
 
+Dtype = typing.Literal["float32", "bfloat16"]
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
 def _log(msg: str) -> None:
     err.print(f"[dim]{msg}[/dim]", highlight=False)
 
@@ -164,7 +173,8 @@ def push(tagdir: str, repo_id: str, private: bool = False, token: str | None = N
 def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           template: str | None = None, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_pending: int = 256, max_inputs: int = 256, max_body_bytes: int = 1_000_000,
-          max_length: int = 512, max_new_tokens: int = 256, token: str | None = None) -> None:
+          max_length: int = 512, max_new_tokens: int = 256, token: str | None = None,
+          dtype: Dtype = "float32") -> None:
     """Serve loaded tags over HTTP (JSON): predictions and generation for other programs.
 
     Usage: tagllm serve --tags runs/qed/tags [--port 8000] [--token TOKEN]
@@ -193,6 +203,7 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
         max_new_tokens: the most a generate request may ask for.
         token: require "Authorization: Bearer TOKEN" (default: $TAGLLM_SERVE_TOKEN; unset:
             no authentication).
+        dtype: the base model's weights: float32, or bfloat16 (half the memory).
     """
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model, tag_dirs
@@ -205,7 +216,8 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
     cfg = ServeConfig(host, port, template, max_batch, max_wait_ms, max_pending, max_inputs,
                       max_body_bytes, max_length, max_new_tokens, token_from_env(token))
     dirs = tag_dirs(tags)  # every tag file checked before the model loads
-    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
+    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
+                                    dtype=_torch_dtype(dtype))
     console.print(f"serving {', '.join(m.bank.names)} on http://{host}:{port}"
                   + (" (token required)" if cfg.token else ""))
     run_service(m, cfg)
@@ -306,7 +318,8 @@ def _labels(label: str | None) -> str | list[str] | None:
 
 def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smiles} <QED>",
             tag: str | None = None, model: str | None = None, batch_size: int = 32,
-            max_length: int = 512, skip_invalid: bool = False, progress: bool = True) -> None:
+            max_length: int = 512, skip_invalid: bool = False, progress: bool = True,
+            dtype: Dtype = "float32") -> None:
     """Predict with a function tag's head: CSV/TSV/.smi in, CSV with predictions out.
 
     The output keeps the input columns and adds `prediction` (one output), `prediction_K`
@@ -326,13 +339,16 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
         max_length: longest input in tokens (longer inputs are an error).
         skip_invalid: drop invalid rows (reported) instead of stopping.
         progress: show a progress bar.
+        dtype: the base model's weights: float32, or bfloat16 (half the memory; its effect
+            on speed and on the metric: docs/performance.md).
     """
     from tagllm.inference import predict_file
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model, tag_dirs
 
     dirs = tag_dirs(tags)
-    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
+    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
+                                    dtype=_torch_dtype(dtype))
     n = predict_file(m, input, output, template, tag, batch_size, max_length, skip_invalid,
                      progress, _report_skipped)
     console.print(f"wrote {n} predictions to {output}")
@@ -348,7 +364,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
              batch_size: int = 32, max_length: int = 512,
              too_long: Literal["error", "skip"] = "error", seed: int = 0,
              skip_invalid: bool = False, json_out: str | None = None,
-             progress: bool = True) -> None:
+             progress: bool = True, dtype: Dtype = "float32") -> None:
     """Evaluate saved tags on a data source, as `tagllm run` evaluates a stage (the same
     metrics, baselines and names): a function tag's head on a label (regression: MSE, MAE,
     Pearson, Spearman; classification: accuracy, AUROC), beside every label baseline of the
@@ -388,6 +404,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
         json_out: also write the evaluation row to this JSON file, as results.json holds it
             (metrics, baselines, intervals, predictions or outputs).
         progress: show progress bars.
+        dtype: the base model's weights: float32, or bfloat16 (half the memory).
     """
     from tagllm.protocol.standalone import (
         evaluate_entries,
@@ -403,7 +420,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
                                   baselines.split(",") if baselines else None, too_long)
     dirs = tag_dirs(tags)
     row = evaluate_saved(dirs, spec, recorded_model(dirs, model), base, tag, batch_size,
-                         max_length, progress, _log)
+                         max_length, progress, _log, _torch_dtype(dtype))
     for table in (eval_table(row), interval_table(row)):
         if table is not None:
             console.print(table)

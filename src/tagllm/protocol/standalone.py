@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tagllm.backbones import DEFAULT_MODEL
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import ConfigError, UnknownTagError
@@ -132,9 +134,10 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
 def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
                    baseline_rows: DataConfig | None = None, tag: str | None = None,
                    batch_size: int = 32, max_length: int = 512, progress: bool = True,
-                   log: Log = print) -> dict[str, Any]:
+                   log: Log = print, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Evaluate saved tags on ``spec``'s rows (the result row of
-    :func:`~tagllm.evaluation.runner.evaluate`), every file and source checked first."""
+    :func:`~tagllm.evaluation.runner.evaluate`), every file and source checked first;
+    the base model loads in ``dtype``."""
     configs = read_tag_configs(tags)
     unknown = [t for t in tags_in(spec.template) if t not in configs]
     if unknown:
@@ -152,7 +155,7 @@ def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
         held.add(test)  # as in a recipe: no test molecule, sequence or input in training
         train = read_rows(baseline_rows, seed, held, progress, log, head)
     report_skipped("evaluate", [test] + ([train] if train else []), log)
-    m = TaggedModel.from_pretrained(model, tags=tags)
+    m = TaggedModel.from_pretrained(model, tags=tags, dtype=dtype)
     fit_length(test, m, max_length, log)
     return evaluate(m, spec, test, train, name=spec.name or spec.source, tag=tag,
                     max_length=max_length, batch_size=batch_size, progress=progress, log=log)
