@@ -27,7 +27,8 @@ lint: setup
 # docs/results.md and report.html generated from the runs present (run their recipes
 # first); RUNS lists what goes in.
 RUNS ?= $(wildcard $(addsuffix /results.json,runs/qed runs/solubility runs/bbb \
-	runs/lipinski runs/descriptor runs/binding-affinity)) $(wildcard benchmarks/results/*-qed-lora.json \
+	runs/lipinski runs/descriptor runs/binding-affinity runs/drug-combination \
+	runs/translate)) $(wildcard benchmarks/results/*-qed-lora.json \
 	benchmarks/results/*-qed-prompt-tuning.json benchmarks/results/*-nci-ood.json \
 	benchmarks/results/*-text-tags.json benchmarks/results/*-qed-ablations.json)
 report: setup
