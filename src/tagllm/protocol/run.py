@@ -244,24 +244,29 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(base, p, recipe, store)
     ablated = [i for i, (e, _) in enumerate(p.evals) if e.ablation and (e.label or e.reference)]
-    # one cache of frozen prefixes for the stage: the training rows' (filled by the warm
-    # start) and the test rows' (filled by the ablation, reused by the final evaluation)
-    prefix = frozen_prefix(m, s.tags, s.train, log) \
-        if any(d.targets is not None for d in p.data) else None
+    # frozen prefixes, each computed once: the training rows' (filled by the warm start,
+    # in the stage's prefix_cache_dtype) and the test rows' (filled by the ablation, reused
+    # by the final evaluation; always float32, so a stage scores its test rows exactly as
+    # `tagllm evaluate` does)
+    supervised = any(d.targets is not None for d in p.data)
+    prefix = frozen_prefix(m, s.tags, s.train, log) if supervised else None
+    test_prefix = prefix if prefix is None or prefix.dtype == torch.float32 else \
+        frozen_prefix(m, s.tags, s.train, log, dtype=torch.float32)
 
     def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
         if not ablated:
             return None
         with phase("ablation"):
             return {"eval": _evaluate(m, p, progress, log, baselines=False,
-                                      evals=[p.evals[i] for i in ablated], prefix=prefix)}
+                                      evals=[p.evals[i] for i in ablated],
+                                      prefix=test_prefix)}
 
     parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
                   f"({d.config.source})") for j, d in enumerate(p.data)]
     res = fit_tags(m, s.tags, parts, s.train, progress, log, before_training,
                    store.work_dir(p.key), prefix=prefix,
                    tracker=tracker if tracker.active else None)
-    evals = _evaluate(m, p, progress, log, prefix=prefix)
+    evals = _evaluate(m, p, progress, log, prefix=test_prefix)
     if res.after_warm_start:
         _add_ablation(m, p, evals, ablated, res.after_warm_start["eval"])
     log_evaluations(tracker, evals, s.train.steps)

@@ -235,9 +235,11 @@ def _frozen_prefix(model: TaggedModel, tags: list[str], data: Encoded, cfg: Trai
 
 
 def frozen_prefix(model: TaggedModel, tags: list[str], cfg: TrainConfig, log: Log = print,
-                  reuse: FrozenPrefix | None = None) -> FrozenPrefix | None:
-    """A frozen-prefix cache for training ``tags`` with ``cfg`` (its budget and dtype), or
-    None where the settings or the model rule it out (then full-sequence passes)."""
+                  reuse: FrozenPrefix | None = None, dtype: torch.dtype | None = None
+                  ) -> FrozenPrefix | None:
+    """A frozen-prefix cache for training ``tags`` with ``cfg`` (its budgets; its dtype
+    unless ``dtype`` is given), or None where the settings or the model rule it out (then
+    full-sequence passes)."""
     if not cfg.frozen_prefix:
         return None
     if model.sharded:
@@ -253,7 +255,7 @@ def frozen_prefix(model: TaggedModel, tags: list[str], cfg: TrainConfig, log: Lo
         reuse.retarget(tags)
         return reuse
     return FrozenPrefix(model, tags, budget_bytes=cfg.prefix_cache_gb * 1e9,
-                        dtype=getattr(torch, cfg.prefix_cache_dtype),
+                        dtype=dtype or getattr(torch, cfg.prefix_cache_dtype),
                         disk_bytes=cfg.prefix_cache_disk_gb * 1e9, disk_dir=prefix_cache_dir())
 
 
