@@ -9,33 +9,25 @@ from __future__ import annotations
 import huggingface_hub
 import numpy as np
 import pytest
-import torch
 from huggingface_hub import ModelCard, metadata_load
 
-from tagllm import HeadConfig, TagConfig, TaggedModel
+from tagllm import TaggedModel
 from tagllm.cli import main
 from tagllm.errors import TagFileError
 from tagllm.protocol.standalone import tag_dirs
 from tagllm.serialization import TENSORS
 
-from tiny import HUB_REV, RecordingHub, save_tiny
+from tiny import HUB_REV, RecordingHub, saved_tiny_tags
 
 
 @pytest.fixture
 def tags(tmp_path, monkeypatch):
-    """A tiny model folder, its <S> + <Q> tags as a recipe exports them (out/tags), and an
+    """A tiny model folder, its <S> + <Q> tags as a recipe exports them (tags/), and an
     empty Hub cache that the recorder uploads into."""
-    save_tiny(tmp_path / "tiny")
-    m = TaggedModel.from_pretrained(str(tmp_path / "tiny"))
-    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"))
-    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
-    with torch.no_grad():
-        m.heads["Q"].linear.weight.normal_()
     prov = {"recipe": "r", "stage": {"name": "q"}, "data": [{"source": "mols.csv", "rows": 8}],
             "eval": [{"name": "test.csv", "rows": 4, "metrics": {"mse": 0.5, "pearson": 0.1},
                       "baselines": {"ablation: <Q> untrained": {"mse": 0.6}}}]}
-    m.save_tag("<S>", tmp_path / "out" / "S", provenance={"stage": {"name": "s"}})
-    m.save_tag("<Q>", tmp_path / "out" / "Q", trained_with=["<S>"], provenance=prov)
+    m = saved_tiny_tags(tmp_path, prov)
     RecordingHub.calls, RecordingHub.cache = [], tmp_path / "hub"
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHub)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -44,7 +36,7 @@ def tags(tmp_path, monkeypatch):
 
 def test_push_uploads_the_files_unchanged_with_a_model_card(tags):
     m, d = tags
-    main(["push", str(d / "out"), "alice/tiny-tags", "--private"])
+    main(["push", str(d / "tags"), "alice/tiny-tags", "--private"])
     assert [c[0] for c in RecordingHub.calls] == ["init", "create_repo", "upload_folder"]
     assert RecordingHub.calls[1][2]["private"] is True and RecordingHub.calls[1][2]["exist_ok"]
     remote = d / "hub" / "models--alice--tiny-tags" / "snapshots" / HUB_REV
@@ -52,7 +44,7 @@ def test_push_uploads_the_files_unchanged_with_a_model_card(tags):
     assert got == ["Q/tag.json", "Q/tag.safetensors", "README.md", "S/tag.json",
                    "S/tag.safetensors"]
     for f in got[:2] + got[3:]:
-        assert (remote / f).read_bytes() == (d / "out" / f).read_bytes()
+        assert (remote / f).read_bytes() == (d / "tags" / f).read_bytes()
     card = ModelCard.load(remote / "README.md")
     meta = metadata_load(remote / "README.md")
     assert card.data.library_name == meta["library_name"] == "tagllm"
@@ -68,16 +60,16 @@ def test_push_refuses_a_bad_repo_id_and_a_corrupt_tag_before_creating_anything(t
     from tagllm.hub import push
 
     with pytest.raises(TagFileError, match="not a Hub repository id"):
-        push(d / "out", "no-slash")
-    (d / "out" / "Q" / TENSORS).write_bytes(b"x")
+        push(d / "tags", "no-slash")
+    (d / "tags" / "Q" / TENSORS).write_bytes(b"x")
     with pytest.raises(TagFileError, match="checksum"):
-        push(d / "out", "alice/x")
+        push(d / "tags", "alice/x")
     assert [c[0] for c in RecordingHub.calls if c[0] != "init"] == []  # nothing created
 
 
 def test_load_by_repo_id_offline_from_the_hub_cache_and_refuse_a_tampered_file(tags):
     m, d = tags
-    main(["push", str(d / "out"), "alice/tiny-tags"])
+    main(["push", str(d / "tags"), "alice/tiny-tags"])
     assert huggingface_hub.constants.HF_HUB_OFFLINE  # no network: the cache answers
     texts = ["<S> CCO <Q>", "<S> c1ccccc1 <Q>"]
     want = m.predict(texts)

@@ -15,13 +15,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 
-from tagllm import HeadConfig, TagConfig, TaggedModel
 from tagllm.errors import ConfigError
 from tagllm.serve import ServeConfig
 
-from tiny import save_tiny
+from tiny import saved_tiny_tags
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,14 +37,7 @@ def server(tmp_path_factory):
     """A `tagllm serve` process on a tiny model with <S> and <Q> (regression); yields
     (base URL, the model in this process for offline predictions, the process)."""
     d = tmp_path_factory.mktemp("serve")
-    save_tiny(d / "tiny")
-    m = TaggedModel.from_pretrained(str(d / "tiny"))
-    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"))
-    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
-    with torch.no_grad():
-        m.heads["Q"].linear.weight.normal_()
-    m.save_tag("<S>", d / "tags" / "S")
-    m.save_tag("<Q>", d / "tags" / "Q", trained_with=["<S>"])
+    m = saved_tiny_tags(d)
     port = _free_port()
     log = open(d / "server.log", "w")
     proc = subprocess.Popen(

@@ -142,3 +142,20 @@ class RecordingHub:
         self.calls.append(("upload_folder", repo_id, kwargs))
         hub_snapshot(self.cache, repo_id, Path(folder_path))
         return f"https://huggingface.co/{repo_id}/commit/{HUB_REV}"
+
+
+def saved_tiny_tags(d: Path, q_provenance: dict | None = None):
+    """A tiny Llama saved under ``d/tiny`` and two tags for it saved as a recipe exports
+    them, ``d/tags/{S,Q}``: ``<S>`` (3 random vectors) and ``<Q>`` (2 vectors, a regression
+    head with random weights, trained with ``<S>``). Returns the model holding both."""
+    from tagllm import HeadConfig, TagConfig, TaggedModel
+
+    save_tiny(d / "tiny")
+    m = TaggedModel.from_pretrained(str(d / "tiny"))
+    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"))
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
+    with torch.no_grad():
+        m.heads["Q"].linear.weight.normal_()
+    m.save_tag("<S>", d / "tags" / "S", provenance={"stage": {"name": "s"}})
+    m.save_tag("<Q>", d / "tags" / "Q", trained_with=["<S>"], provenance=q_provenance or {})
+    return m
