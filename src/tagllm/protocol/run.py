@@ -205,11 +205,14 @@ def stage_costs(phases: dict[str, dict[str, float]], unavoidable: dict[str, int]
 
 def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: bool
                      ) -> dict[str, int]:
-    """Forward tokens a stage cannot avoid: each distinct frozen prefix of its training rows
-    once (``cached``: when the frozen-prefix path is used; else whole rows at every step),
-    the trained part (from the first trained tag on) of the warm-start rows, of each step's
-    batch and of the validation rows at each validation point; each evaluated row once,
-    and its trained part again for the ablation."""
+    """Forward tokens a stage cannot avoid: the frozen prefix of each training row it must
+    touch, once (``cached``: when the frozen-prefix path is used; else whole rows at every
+    step); the trained part (from the first trained tag on) of the warm-start rows, of each
+    step's batch and of the validation rows at each validation point; each evaluated row
+    once, and its trained part again for the ablation. The rows it must touch are the
+    validation rows and the union of the warm-start sample and the steps' rows, two
+    independent draws: its expected size is counted (exact when either covers every
+    row)."""
     trainable = {v for t in p.stage.tags for v in m.bank.virtual_ids(t)}
     prefixes: set[tuple[int, ...]] = set()
     trained_part: list[int] = []
@@ -220,9 +223,13 @@ def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: boo
             trained_part.append(len(e.ids) - cut)
     mean = float(np.mean(trained_part)) if trained_part else 0.0
     cfg = p.stage.train
-    warm = min(cfg.warm_start_examples, len(trained_part) - sum(res.validation_rows)) \
-        if cached and res.warm_start else 0
-    out = {"distinct_prefixes": sum(len(x) for x in prefixes),
+    n_val = sum(res.validation_rows)
+    n_train = max(len(trained_part) - n_val, 1)
+    warm = min(cfg.warm_start_examples, n_train) if cached and res.warm_start else 0
+    stepped = min(res.steps * cfg.batch_size, n_train)
+    touched = n_val + n_train * (1 - (1 - warm / n_train) * (1 - stepped / n_train))
+    share = touched / max(len(trained_part), 1)
+    out = {"distinct_prefixes": round(sum(len(x) for x in prefixes) * share),
            "warm_start": round(warm * mean),
            "steps": round(res.steps_run * cfg.batch_size * mean),
            "validation": round(len(res.curve) * sum(res.validation_rows) * mean)}
