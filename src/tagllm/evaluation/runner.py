@@ -38,6 +38,7 @@ from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix
 from tagllm.progress import track
 from tagllm.tags import tag_as_words
+from tagllm.training.warm_start import tag_features
 
 Log = Callable[[str], None]
 
@@ -172,14 +173,9 @@ def predictions(model: TaggedModel, texts: Sequence[str], tag: str, batch_size: 
     @torch.no_grad()  # not inference_mode: kept prefixes may later enter training's graph
     def share(idx: list[int]) -> torch.Tensor:
         ids = [e.ids for e in model.tagtok.encode_batch([texts[i] for i in idx])]
-        order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
-        out = torch.zeros(len(ids), head.num_outputs)
-        for s in track(range(0, len(ids), batch_size), f"predicting with {tag}", progress,
-                       unit="batch"):
-            js = order[s:s + batch_size]
-            feats = prefix.tag_features([ids[j] for j in js], tag)
-            out[js] = head.postprocess(head(feats)).float().cpu()
-        return out
+        feats = tag_features(model, tag, ids, batch_size, progress, prefix,
+                             label=f"predicting with {tag}")
+        return head.postprocess(head(feats.to(model.device))).float().cpu()
 
     return world().on_shares(len(texts), share).numpy()
 

@@ -26,7 +26,8 @@ from tagllm.training.batching import collate
 @torch.no_grad()
 def tag_features(model: TaggedModel, tag: str, ids: Sequence[Sequence[int]],
                  batch_size: int = 32, progress: bool = True,
-                 prefix: FrozenPrefix | None = None) -> torch.Tensor:
+                 prefix: FrozenPrefix | None = None, label: str | None = None
+                 ) -> torch.Tensor:
     """(N, H) frozen features at ``tag``'s last vector for pre-encoded inputs.
 
     With ``prefix`` the features come through the frozen-prefix path, which also fills its
@@ -35,7 +36,8 @@ def tag_features(model: TaggedModel, tag: str, ids: Sequence[Sequence[int]],
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     feats = torch.zeros(len(ids), model.hidden_size)
     starts = range(0, len(ids), batch_size)
-    for s in track(starts, f"features for the {tag} warm start", progress, unit="batch"):
+    for s in track(starts, label or f"features for the {tag} warm start", progress,
+                   unit="batch"):
         idx = order[s:s + batch_size]
         if prefix is not None:
             f = prefix.tag_features([ids[i] for i in idx], tag)
