@@ -129,6 +129,18 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     assert costs["ratio"] == pytest.approx(costs["forward_tokens"]
                                            / sum(costs["unavoidable"].values()), abs=1e-3)
     assert 1.0 <= costs["ratio"] <= 1.15
+    # each phase records the process's peak memory by its end: it never falls
+    from tagllm.costs import peak_rss_gb
+    peaks = [v["peak_gb"] for v in costs["phases"].values()]
+    assert all(0.05 < g <= peak_rss_gb() + 1e-3 for g in peaks)
+    from rich.console import Console
+
+    from tagllm.report import cost_table
+    console = Console(record=True, width=200)
+    console.print(cost_table(s1.stages))
+    printed = console.export_text()
+    assert "peak GB by its end" in printed and "stage q/warm start" in printed
+    assert f"{costs['phases']['stage q/training']['peak_gb']:.2f}" in printed
     files = snapshot(store)
     assert len(files) == 6
     assert (workdir / "out" / "tags" / "Q" / "tag.json").is_file()

@@ -101,6 +101,28 @@ def test_warm_start_fits_a_learnable_target():
     assert np.corrcoef(pred, y)[0, 1] > 0.99
 
 
+def test_warm_start_features_run_under_the_stage_autocast():
+    """With autocast the warm start's features (and so the closed-form head) come from the
+    bf16 passes, like every other training pass; the fit stays close to float32's."""
+    rng = np.random.default_rng(0)
+    texts = [f"{''.join(rng.choice(list('CNOcn()=#123'), size=rng.integers(3, 12)))} <Q>"
+             for _ in range(120)]
+    y = rng.normal(size=len(texts))
+    heads, preds = {}, {}
+    for ac in ("no", "bf16"):
+        m = tiny_tagged("llama", hidden=48)
+        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2,
+                            head=HeadConfig("regression")))
+        cfg = TrainConfig(steps=1, batch_size=16, lr=1e-9, head_lr=1e-9, warmup_steps=0,
+                          warm_start_examples=120, validation=0, select="last", autocast=ac)
+        fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+        heads[ac] = torch.cat([p.detach().flatten() for p in m.head("<Q>").parameters()])
+        preds[ac] = m.predict(texts, tag="<Q>")[:, 0]
+    rel = float((heads["no"] - heads["bf16"]).abs().max() / heads["no"].abs().max())
+    assert rel > 1e-4  # a 1e-9 learning rate alone moves the head by far less
+    assert np.corrcoef(preds["no"], preds["bf16"])[0, 1] > 0.95
+
+
 def test_classification_head_trains():
     m = tiny_tagged("qwen2")
     m.add_tag(TagConfig("<K>", kind="function", num_tokens=2,

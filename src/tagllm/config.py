@@ -166,8 +166,10 @@ class TrainConfig:
     )
     autocast: Literal["no", "bf16", "fp16"] = field(
         default="no",
-        metadata={"help": "run forward passes under torch.autocast in bf16/fp16 (weights stay "
-                          "as loaded; tags, heads and optimizer state stay fp32)"},
+        metadata={"help": "run the training passes (steps, the warm start's features, "
+                          "validation) under torch.autocast in bf16/fp16; weights stay as "
+                          "loaded; tags, heads and optimizer state stay fp32; evaluations "
+                          "run in the model's dtype"},
     )
     activation_checkpointing: bool = field(
         default=False,

@@ -1,18 +1,28 @@
-"""The cost account of a run: seconds and forward tokens per phase.
+"""The cost account of a run: seconds, forward tokens and peak memory per phase.
 
 Every pass through a :class:`~tagllm.model.TaggedModel`'s decoder body counts the tokens it
 runs (its non-padding input positions; a suffix attending to a cached prefix counts only
 the suffix) into the process-wide :data:`ACCOUNT`. Code marks phases with
 :func:`phase`; phases nest (``stage qed/warm start``) and are exclusive: an inner phase's
 seconds and tokens are not counted again in the outer one, so the rows add up to the run.
+Each phase also records the process's peak resident memory (``VmHWM``) when it ends: that
+peak never falls, so the first phase that reaches a run's peak is the one that set it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import resource
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+
+
+def peak_rss_gb() -> float:
+    """The process's peak resident memory so far, in GB (10^9 bytes)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / 1e9 if sys.platform == "darwin" else kb * 1024 / 1e9
 
 
 class Account:
@@ -31,6 +41,7 @@ class Account:
         row = self.phases.setdefault(path, {"seconds": 0.0, "tokens": 0})
         row["seconds"] += time.perf_counter() - t0
         row["tokens"] += self.tokens - k0
+        row["peak_gb"] = max(row.get("peak_gb", 0.0), peak_rss_gb())
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -48,17 +59,19 @@ class Account:
                 self._stack[-1][1:] = [time.perf_counter(), self.tokens]
 
     def snapshot(self) -> dict[str, dict[str, float]]:
-        """Each phase path's seconds (rounded) and tokens so far."""
-        return {k: {"seconds": round(v["seconds"], 2), "tokens": int(v["tokens"])}
+        """Each phase path's seconds (rounded), tokens and peak memory (GB) so far."""
+        return {k: {"seconds": round(v["seconds"], 2), "tokens": int(v["tokens"]),
+                    "peak_gb": round(v.get("peak_gb", 0.0), 3)}
                 for k, v in self.phases.items()}
 
     def since(self, before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        """What each phase added after ``before`` (a :meth:`snapshot`)."""
+        """What each phase added after ``before`` (a :meth:`snapshot`); ``peak_gb`` is the
+        process's peak when the phase last ended, not a difference."""
         out = {}
         for k, v in self.snapshot().items():
             b = before.get(k, {"seconds": 0.0, "tokens": 0})
             d = {"seconds": round(v["seconds"] - b["seconds"], 2),
-                 "tokens": int(v["tokens"] - b["tokens"])}
+                 "tokens": int(v["tokens"] - b["tokens"]), "peak_gb": v["peak_gb"]}
             if d["seconds"] > 0 or d["tokens"] > 0:
                 out[k] = d
         return out

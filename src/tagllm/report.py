@@ -73,24 +73,27 @@ def stage_tables(stages: list[dict[str, Any]]) -> list:
 
 def cost_table(stages: list[dict[str, Any]]):
     """The cost account of the stages trained in this run (None if none was): each phase's
-    seconds and forward tokens, then per stage the tokens it could not avoid and the
-    ratio (measured / unavoidable, the baselines apart)."""
+    seconds, forward tokens and the process's peak memory by its end, then per stage the
+    tokens it could not avoid and the ratio (measured / unavoidable, the baselines
+    apart)."""
     from rich.table import Table as RichTable
 
     trained = [s for s in stages if s.get("costs")]
     if not trained:
         return None
-    table = RichTable(title="cost account: seconds and forward tokens per phase")
-    for col, justify in (("phase", "left"), ("seconds", "right"), ("tokens", "right")):
+    table = RichTable(title="cost account: seconds, forward tokens and peak memory per phase")
+    for col, justify in (("phase", "left"), ("seconds", "right"), ("tokens", "right"),
+                         ("peak GB by its end", "right")):
         table.add_column(col, justify=justify)
     for s in trained:
         c = s["costs"]
         for name, v in c["phases"].items():
-            table.add_row(name, f"{v['seconds']:.1f}", f"{v['tokens']:,}")
+            peak = f"{v['peak_gb']:.2f}" if "peak_gb" in v else ""
+            table.add_row(name, f"{v['seconds']:.1f}", f"{v['tokens']:,}", peak)
         need = sum(c["unavoidable"].values())
         ratio = "n/a (generation)" if c["ratio"] is None else f"{c['ratio']:.3f}"
         table.add_row(f"[bold]stage {s['stage']}: measured / unavoidable[/bold]", "",
-                      f"{c['forward_tokens']:,} / {need:,} = {ratio}", end_section=True)
+                      f"{c['forward_tokens']:,} / {need:,} = {ratio}", "", end_section=True)
     return table
 
 

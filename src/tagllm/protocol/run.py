@@ -253,12 +253,13 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
     ablated = [i for i, (e, _) in enumerate(p.evals) if e.ablation and (e.label or e.reference)]
     # frozen prefixes, each computed once: the training rows' (filled by the warm start,
     # in the stage's prefix_cache_dtype) and the test rows' (filled by the ablation, reused
-    # by the final evaluation; always float32, so a stage scores its test rows exactly as
-    # `tagllm evaluate` does)
+    # by the final evaluation; always float32 and outside autocast, so a stage scores its
+    # test rows exactly as `tagllm evaluate` does)
     supervised = any(d.targets is not None for d in p.data)
     prefix = frozen_prefix(m, s.tags, s.train, log) if supervised else None
-    test_prefix = prefix if prefix is None or prefix.dtype == torch.float32 else \
-        frozen_prefix(m, s.tags, s.train, log, dtype=torch.float32)
+    exact = prefix is None or (prefix.dtype == torch.float32 and s.train.autocast == "no")
+    test_prefix = prefix if exact else frozen_prefix(m, s.tags, s.train, log,
+                                                     dtype=torch.float32)
 
     def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
         if not ablated:

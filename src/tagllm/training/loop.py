@@ -49,6 +49,7 @@ from tagllm.training.batching import (
     lm_target_count,
     mixed_batches,
 )
+from tagllm.training.warm_start import autocast as _autocast
 from tagllm.training.warm_start import warm_start
 
 Log = Callable[[str], None]
@@ -165,14 +166,6 @@ def _activation_checkpointing(model: TaggedModel, enabled: bool):
                 base.disable_input_require_grads()
             except AttributeError:  # no hook was registered
                 pass
-
-
-def _autocast(model: TaggedModel, cfg: TrainConfig):
-    """``torch.autocast`` in the configured dtype, or nothing."""
-    if cfg.autocast == "no":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.autocast == "bf16" else torch.float16
-    return torch.autocast(model.device.type, dtype=dtype)
 
 
 def _sum_gradients(w: World, params: list[torch.nn.Parameter], loss: torch.Tensor,

@@ -3,11 +3,13 @@
 The head's target statistics are set from the training targets, then the head is fitted in
 closed form (its own :meth:`~tagllm.heads.Head.warm_start`: ridge, logistic regression) on
 the frozen features at the tag's last vector, computed on a seeded sample of the training
-inputs. Under a multi-process launch each process computes a share of the features.
+inputs. Under a multi-process launch each process computes a share of the features. The
+features are computed under the stage's ``autocast`` setting, like every training pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -21,6 +23,14 @@ from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix
 from tagllm.progress import track
 from tagllm.training.batching import collate
+
+
+def autocast(model: TaggedModel, cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in the configured dtype, or nothing."""
+    if cfg.autocast == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.autocast == "bf16" else torch.float16
+    return torch.autocast(model.device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -64,7 +74,7 @@ def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tens
     rng = np.random.default_rng(cfg.seed)
     sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
     t0 = time.perf_counter()
-    with phase("warm start"):
+    with phase("warm start"), autocast(model, cfg):
         feats = world().on_shares(len(sub), lambda mine: tag_features(
             model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
             prefix=prefix)).float()
