@@ -63,6 +63,9 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
         assert set(last["intervals"]) == set(last["baselines"])  # BLEU/chrF, paired
         assert all(set(ci) == {"bleu", "chrf"} for ci in last["intervals"].values())
         assert summary.stages[-1]["eval"][1]["name"] == "pt->es (zero-shot)"
+        costs = summary.stages[-1]["costs"]  # generated lengths are unknown beforehand
+        assert costs["ratio"] is None and "generation" not in costs["unavoidable"]
+        assert summary.stages[0]["costs"]["ratio"] is not None  # stage 1 has one
         return
     assert {"training mean", "training class frequencies"} & set(last["baselines"])
     if name == "qed-in-context":  # k labelled examples before each query, never itself

@@ -184,23 +184,24 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
             out = _train_tracked(recipe, base, p, store, log, progress, tracker)
     finally:
         tracker.close()
-    out["costs"] = stage_costs(ACCOUNT.since(before), out.pop("unavoidable"))
+    out["costs"] = stage_costs(ACCOUNT.since(before), out.pop("unavoidable"),
+                               generates=any(e.reference for e, _ in p.evals))
     return out
 
 
-def stage_costs(phases: dict[str, dict[str, float]], unavoidable: dict[str, int]
-                ) -> dict[str, Any]:
+def stage_costs(phases: dict[str, dict[str, float]], unavoidable: dict[str, int],
+                generates: bool = False) -> dict[str, Any]:
     """A stage's cost account: each phase's seconds and forward tokens, beside the
     unavoidable forward tokens, and their ratio over the tags' own work (training and
-    evaluation; the baselines are other methods, counted apart)."""
+    evaluation; the baselines are other methods, counted apart). A stage that ``generates``
+    (evaluates by generation, whose lengths are not known beforehand) gets no ratio."""
     own = sum(v["tokens"] for k, v in phases.items() if not k.endswith("/baselines"))
     need = sum(unavoidable.values())
     return {"phases": phases, "forward_tokens": own,
             "baseline_tokens": sum(v["tokens"] for k, v in phases.items()
                                    if k.endswith("/baselines")),
             "unavoidable": unavoidable,
-            "ratio": round(own / need, 3) if need and "generation" not in unavoidable
-            else None}
+            "ratio": round(own / need, 3) if need and not generates else None}
 
 
 def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: bool
@@ -234,9 +235,7 @@ def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: boo
            "steps": round(res.steps_run * cfg.batch_size * mean),
            "validation": round(len(res.curve) * sum(res.validation_rows) * mean)}
     evaluated = 0
-    for e, d in p.evals:
-        if e.reference:
-            out["generation"] = 1  # generated lengths are not known beforehand: no ratio
+    for e, d in p.evals:  # generated tokens are not known beforehand: those get no ratio
         ids = [x.ids for x in m.tagtok.encode_batch(d.texts)]
         evaluated += sum(len(x) for x in ids)
         if e.ablation and e.label:
