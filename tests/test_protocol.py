@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 import yaml
 from filelock import FileLock
+from rich.console import Console
 from safetensors.torch import load_file
 
 from tagllm.cli import main
+from tagllm.costs import peak_rss_gb
 from tagllm.errors import TagFileError
 from tagllm.fileio import json_text
 from tagllm.protocol import load_recipe, run
+from tagllm.report import cost_table
 from tagllm.store import TagStore
 from tagllm.tags import InputTooLongError
 from tagllm.training import mixed_batches
@@ -130,12 +133,8 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
                                            / sum(costs["unavoidable"].values()), abs=1e-3)
     assert 1.0 <= costs["ratio"] <= 1.15
     # each phase records the process's peak memory by its end: it never falls
-    from tagllm.costs import peak_rss_gb
     peaks = [v["peak_gb"] for v in costs["phases"].values()]
     assert all(0.05 < g <= peak_rss_gb() + 1e-3 for g in peaks)
-    from rich.console import Console
-
-    from tagllm.report import cost_table
     console = Console(record=True, width=200)
     console.print(cost_table(s1.stages))
     printed = console.export_text()

@@ -5,7 +5,7 @@ runs (its non-padding input positions; a suffix attending to a cached prefix cou
 the suffix) into the process-wide :data:`ACCOUNT`. Code marks phases with
 :func:`phase`; phases nest (``stage qed/warm start``) and are exclusive: an inner phase's
 seconds and tokens are not counted again in the outer one, so the rows add up to the run.
-Each phase also records the process's peak resident memory (``VmHWM``) when it ends: that
+Each phase also records the process's peak resident memory (``ru_maxrss``) when it ends: that
 peak never falls, so the first phase that reaches a run's peak is the one that set it.
 """
 
@@ -61,7 +61,7 @@ class Account:
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Each phase path's seconds (rounded), tokens and peak memory (GB) so far."""
         return {k: {"seconds": round(v["seconds"], 2), "tokens": int(v["tokens"]),
-                    "peak_gb": round(v.get("peak_gb", 0.0), 3)}
+                    "peak_gb": round(v["peak_gb"], 3)}
                 for k, v in self.phases.items()}
 
     def since(self, before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

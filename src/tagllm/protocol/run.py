@@ -235,7 +235,7 @@ def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: boo
            "steps": round(res.steps_run * cfg.batch_size * mean),
            "validation": round(len(res.curve) * sum(res.validation_rows) * mean)}
     evaluated = 0
-    for e, d in p.evals:  # generated tokens are not known beforehand: those get no ratio
+    for e, d in p.evals:  # generated tokens are not known beforehand (stage_costs: no ratio)
         ids = [x.ids for x in m.tagtok.encode_batch(d.texts)]
         evaluated += sum(len(x) for x in ids)
         if e.ablation and e.label:
