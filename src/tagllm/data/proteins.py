@@ -91,9 +91,10 @@ def pyhmmer_table(n: int | None, seed: int) -> Table:
 # ----------------------------------------------------------------- near-duplicate split
 def near_duplicate_groups(seqs: Sequence[str], k: int = 5, threshold: float = 0.1,
                           max_postings: int = 200) -> list[int]:
-    """A group number per sequence: sequences linked by sharing at least ``threshold`` of
-    their distinct ``k``-mers (relative to the smaller set) fall in the same group, and so
-    do the sequences they link to (single linkage, union-find).
+    """A group number per sequence (the index of the group's first sequence): sequences
+    linked by sharing at least ``threshold`` of their distinct ``k``-mers (relative to the
+    smaller set) fall in the same group, and so do the sequences they link to (single
+    linkage, union-find). The numbers are the same in every process.
 
     Two unrelated proteins of ~300 residues share about 0.01 % of their 5-mers by chance;
     identical, near-identical and clearly homologous ones share far more than 10 %. k-mers
@@ -121,7 +122,14 @@ def near_duplicate_groups(seqs: Sequence[str], k: int = 5, threshold: float = 0.
     for (a, b), c in shared.items():
         if c >= threshold * min(len(sets[a]), len(sets[b])):
             parent[root(a)] = root(b)
-    return [root(i) for i in range(len(seqs))]
+    # The links come in set-iteration order, which follows Python's per-process string
+    # hashing; so does which member ends as a root. The groups themselves do not depend
+    # on it: label each by its smallest member, so the labels (and the split made from
+    # them) are the same in every process.
+    smallest: dict[int, int] = {}
+    for i in range(len(seqs)):
+        smallest.setdefault(root(i), i)
+    return [smallest[root(i)] for i in range(len(seqs))]
 
 
 def group_split(groups: Sequence[int], test_fraction: float, seed: int = 0
