@@ -226,6 +226,9 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     res = method_rows(json.loads(js.read_text()))
     assert set(res) == {"tags (generation)", "copy the source", "plain-text prompt (no tags)"}
     assert set(res["tags (generation)"]) == {"bleu", "chrf"}
+    hidden = json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"]
+    # what training fits for generation: <C>'s 2 vectors (the LM head is the model's own)
+    assert json.loads(js.read_text())["trainable_parameters"] == 2 * hidden
 
 
 def test_evaluate_checks_every_argument_and_source_before_the_model(tmp_path, tiny_model_dir,

@@ -121,7 +121,13 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
 
     with phase("evaluation"):
         hyps = generate(test.texts)
+    # what training fits: the vectors of the function tags in the input (the LM head that
+    # generates is the frozen model's own)
+    fitted = [t for t in dict.fromkeys(model.tagtok.encode(test.texts[0]).tags)
+              if model.bank.configs[t].kind == "function"]
     row: dict[str, Any] = {"name": name, "rows": len(test.texts), "metrics": score(hyps),
+                           "trainable_parameters": sum(model.bank.configs[t].num_tokens
+                                                       for t in fitted) * model.hidden_size,
                            "examples": [{"input": test.texts[i], "output": hyps[i],
                                          "reference": refs[i]} for i in range(min(3, len(hyps)))],
                            "outputs": hyps}
