@@ -30,29 +30,18 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import platform
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import best, machine
 from transformers import DynamicCache
 
 from tagllm.config import TagConfig
 from tagllm.model import TaggedModel
 from tagllm.sources import load_source
 from tagllm.tags import pad_batch
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -149,9 +138,7 @@ def main() -> None:
     m.base.eval()
     doc = {"benchmark": "the demo's compute floor (bare decoder body at the demo's shapes)",
            "date": date.today().isoformat(),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                      f"torch threads {torch.get_num_threads()}",
-           "versions": {"torch": torch.__version__, "python": platform.python_version()},
+           **machine(),
            "model": args.model, "rows_timed": len(prefixes),
            "mean_prefix_tokens": round(prefix_tokens / len(prefixes), 1),
            "tokens_per_s": {k: round(v, 1) for k, v in rates.items()}}

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import best, machine
 
 from tagllm.evaluation.metrics import regression_metrics
 from tagllm.inference import predict_file
@@ -39,15 +37,6 @@ from tagllm.model import TaggedModel
 from tagllm.protocol.standalone import recorded_model, tag_dirs
 from tagllm.sources import load_source
 from tagllm.tags import pad_batch
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -99,9 +88,7 @@ def main() -> None:
     p16 = m16.predict(texts, tag=tag, batch_size=args.batch_size)[:, 0].astype(float)
     rows = len(texts)
     doc = {"date": date.today().isoformat(),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                      f"torch threads {torch.get_num_threads()}",
-           "versions": {"torch": torch.__version__, "python": platform.python_version()},
+           **machine(),
            "model": name, "tags": args.tags, "data": args.data, "rows": rows,
            "batch_size": args.batch_size, "repeats": args.repeats,
            "seconds": {k: round(v, 3) for k, v in t.items()},
