@@ -28,7 +28,6 @@ trained: the tags are random, which changes no cost.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from datetime import date
 from pathlib import Path
@@ -39,7 +38,8 @@ from timing import best, machine
 from transformers import DynamicCache
 
 from tagllm.config import TagConfig
-from tagllm.model import TaggedModel
+from tagllm.model import Batch, TaggedModel
+from tagllm.prefix import _cache_arg, _out_cache
 from tagllm.sources import load_source
 from tagllm.tags import pad_batch
 
@@ -60,8 +60,7 @@ def main() -> None:
     m.add_tag(TagConfig(name="<QED>", kind="function", num_tokens=10,
                         head={"kind": "regression"}))
     body = m.base.base_model
-    arg = "cache" if "cache" in inspect.signature(body.forward).parameters \
-        else "past_key_values"  # the name this transformers version gives the cache
+    arg = _cache_arg(body)  # the name this transformers version gives the cache
     table, _ = load_source("moses:train", n=32 * args.batches, seed=7, progress=False)
     prefixes = sorted((e.ids for e in m.tagtok.encode_batch(table.render("<SMILES> {smiles}"))),
                       key=len)  # batches of similar lengths, as a run builds them
@@ -79,9 +78,8 @@ def main() -> None:
                 out = body(inputs_embeds=m.embed(ids), attention_mask=mask,
                            position_ids=pos, use_cache=True)
                 if keep:
-                    kv = getattr(out, "cache", None) or out.past_key_values
                     caches.append(([(lay.keys.clone(), lay.values.clone())
-                                    for lay in kv.layers], mask))
+                                    for lay in _out_cache(out).layers], mask))
         return caches
 
     caches = prefix_pass(keep=True)
@@ -106,20 +104,19 @@ def main() -> None:
                     body(inputs_embeds=emb, attention_mask=mask, position_ids=pos,
                          use_cache=True, **{arg: cache})
 
-    tag_ids = set(m.bank.virtual_ids("<SMILES>"))
-    half = [prefixes[s:s + 16] for s in range(0, len(prefixes), 16)]
+    half = [Batch(*pad_batch(prefixes[s:s + 16], m.pad_id))
+            for s in range(0, len(prefixes), 16)]
 
     def full_step(train: bool) -> None:
-        for g in half:
-            ids, mask, pos = pad_batch(g, m.pad_id)
-            emb = m.embed(ids).detach().requires_grad_(train)
+        for b in half:
+            emb = m.embed(b.input_ids).detach().requires_grad_(train)
             with torch.set_grad_enabled(train):
-                h = body(inputs_embeds=emb, attention_mask=mask, position_ids=pos,
+                h = body(inputs_embeds=emb, attention_mask=b.attention_mask,
+                         position_ids=b.position_ids,
                          use_cache=False).last_hidden_state[:, :-1]  # (b, T-1, H)
-                tgt = ids[:, 1:]
-                valid = mask[:, 1:].bool() & ~torch.isin(tgt, torch.tensor(sorted(tag_ids)))
+                valid = m.lm_targets(b)  # (b, T-1): the molecule's tokens, as a run scores
                 loss = F.cross_entropy(m.base.get_output_embeddings()(h[valid]).float(),
-                                       tgt[valid])
+                                       b.input_ids[:, 1:][valid])
                 if train:
                     loss.backward()
 
@@ -145,7 +142,7 @@ def main() -> None:
     if args.results:
         run = json.loads(Path(args.results).read_text())
         run = run.get("results", run)  # a benchmark file that holds a run's results
-        phases = floor_of_run(run, rates, p, args.stage1_checkpointed)
+        phases = floor_of_run(run, rates, args.stage1_checkpointed)
         model = [r for r in phases if r["work"]]
         doc.update(results=args.results, phases=phases, total={
             "run_seconds": run["seconds"],
@@ -157,34 +154,36 @@ def main() -> None:
     print(json.dumps(doc, indent=1))
 
 
-def floor_of_run(results: dict, rates: dict, p: int, checkpointed: bool) -> list[dict]:
+def floor_of_run(results: dict, rates: dict, checkpointed: bool) -> list[dict]:
     """Each phase of a demo run: its tokens split into kinds of work, the bare model's
     seconds for them, and the measured seconds."""
+    ckpt = "full_train_checkpointed" if checkpointed else "full_train"
     rows = []
     for stage in results["stages"]:
         if stage.get("cached"):
             continue
-        acct = stage["costs"]
-        ph = acct["phases"]
-        un = acct["unavoidable"]
+        ph = stage["costs"]["phases"]
+        un = stage["costs"]["unavoidable"]
         domain = un["distinct_prefixes"] == 0  # a stage-1 (next-token) stage: no prefix
-        ckpt = "full_train_checkpointed" if checkpointed else "full_train"
+        # stage 2: the suffix tokens of the phases that also run prefixes (the rest of
+        # their tokens are prefixes)
+        suffix_of = {"warm start": un["warm_start"], "training/validation": un["validation"],
+                     "ablation/evaluation": ph.get(f"stage {stage['stage']}/evaluation",
+                                                   {}).get("tokens", 0)}
         for name, v in ph.items():
             tok = v["tokens"]
             kind = name.split("/", 1)[1] if "/" in name else "setup"
             if domain:
-                work = {"training": {ckpt: tok}, "training/validation": {"full_loss": tok}}
-            else:
-                evaluation = ph.get(f"stage {stage['stage']}/evaluation", {}).get("tokens", 0)
-                work = {"warm start": {"suffix": un["warm_start"],
-                                       "prefix": tok - un["warm_start"]},
-                        "ablation/evaluation": {"suffix": evaluation,
-                                                "prefix": tok - evaluation},
-                        "training": {"suffix_train": tok},
-                        "training/validation": {"suffix": un["validation"],
-                                                "prefix": tok - un["validation"]},
-                        "evaluation": {"suffix": tok}}
-            split = work.get(kind, {})
+                split = {"training": {ckpt: tok},
+                         "training/validation": {"full_loss": tok}}.get(kind, {})
+            elif kind == "training":
+                split = {"suffix_train": tok}
+            elif kind == "evaluation":
+                split = {"suffix": tok}
+            elif kind in suffix_of:
+                split = {"suffix": suffix_of[kind], "prefix": tok - suffix_of[kind]}
+            else:  # set-up, baselines: no forward pass of the model
+                split = {}
             floor = sum(t / rates[k] for k, t in split.items())
             rows.append({"phase": name, "seconds": v["seconds"], "tokens": tok,
                          "work": split, "floor_seconds": round(floor, 1),
