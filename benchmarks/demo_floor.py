@@ -54,6 +54,8 @@ def main() -> None:
                     help="1 if the run's stage 1 used activation checkpointing (the demo)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.results and not Path(args.results).is_file():  # before the model loads
+        ap.error(f"--results {args.results}: no such file")
 
     m = TaggedModel.from_pretrained(args.model)
     m.add_tag(TagConfig(name="<SMILES>", kind="domain", num_tokens=10))
