@@ -233,11 +233,18 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
 
 def test_evaluate_checks_every_argument_and_source_before_the_model(tmp_path, tiny_model_dir,
                                                                     data, capsys):
-    """A bad flag, tag or source fails in seconds: with a model path that does not exist,
-    the error is still about the input, so nothing was loaded before the check."""
+    """A bad flag, tag or source fails in seconds: with a model folder whose weights are
+    missing, the error is still about the input, so no weight was loaded before the check
+    (the tokenizer is: the length of every row is checked before its chemistry)."""
+    import shutil
+
     _train_two_stages(tmp_path, tiny_model_dir, data)
     capsys.readouterr()
-    tags = ["--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}", "--model", str(tmp_path / "none")]
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, no_weights)
+    for f in no_weights.glob("*.safetensors"):
+        f.unlink()
+    tags = ["--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}", "--model", str(no_weights)]
     cases = [
         (["--data", str(data), "--label", "y", "--reference", "y"], "give --label"),
         (["--data", str(data), "--label", "y", "--baseline_train", "moses:train"],

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import torch
 
@@ -202,6 +206,13 @@ def test_the_disk_tier_holds_what_memory_does_not_and_goes_with_the_cache(tmp_pa
     y = torch.randn(len(TEXTS), 2)
     head = m.head("<Q>")
     want = None
+    from tagllm.fileio import temp_name
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    killed = tmp_path / (temp_name("tagllm-prefix").replace(str(os.getpid()), dead) + "-x1")
+    killed.mkdir()  # what a SIGKILLed run left: the next cache's folder removes it
+    (killed / "0.safetensors").write_bytes(b"prefix")
     fp = FrozenPrefix(m, ["<Q>"], budget_bytes=0, disk_bytes=1e9, disk_dir=tmp_path)
     for _ in range(2):  # computed and written, then read back
         head.loss(head(fp.tag_features(ids, "<Q>")), y).backward()
@@ -211,8 +222,8 @@ def test_the_disk_tier_holds_what_memory_does_not_and_goes_with_the_cache(tmp_pa
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w)
     assert fp.used == 0 and fp.disk_used > 0 and fp.hits == fp.misses == len(TEXTS)
-    files = list(tmp_path.glob("tagllm-prefix-*/*.safetensors"))
-    assert len(files) == len(TEXTS)
+    files = list(tmp_path.glob(".tagllm-prefix.tmp-*/*.safetensors"))
+    assert len(files) == len(TEXTS) and not killed.exists()
     small = FrozenPrefix(m, ["<Q>"], budget_bytes=0, disk_bytes=fp.disk_used / 2,
                          disk_dir=tmp_path)
     with torch.no_grad():

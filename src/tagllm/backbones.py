@@ -132,6 +132,14 @@ def resolve_model_path(name_or_path: str) -> tuple[str, str]:
     return name_or_path, name_or_path
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """The tokenizer of a --model value alone (seconds; the weights stay on disk)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path)[0],
+                                         trust_remote_code=False)
+
+
 def load_backbone(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, name) with the model in eval mode and every weight frozen."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Callable
 from dataclasses import fields
@@ -27,7 +29,8 @@ from rich.console import Console
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import DataError, MissingPackageError, TagllmError
-from tagllm.fileio import atomic_write_text, json_text
+from tagllm.fileio import atomic_write_text, json_text, remove_stale
+from tagllm.paths import tagllm_home
 
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
@@ -173,8 +176,8 @@ def push(tagdir: str, repo_id: str, private: bool = False, token: str | None = N
 def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           template: str | None = None, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_pending: int = 256, max_inputs: int = 256, max_body_bytes: int = 1_000_000,
-          max_length: int = 512, max_new_tokens: int = 256, token: str | None = None,
-          dtype: Dtype = "float32") -> None:
+          max_length: int = 512, max_new_tokens: int = 256, timeout_s: float = 60.0,
+          token: str | None = None, dtype: Dtype = "float32") -> None:
     """Serve loaded tags over HTTP (JSON): predictions and generation for other programs.
 
     Usage: tagllm serve --tags runs/qed/tags [--port 8000] [--token TOKEN]
@@ -182,11 +185,11 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
     POST /v1/predict {"inputs": ["<SMILES> CCO <QED>"]} or {"rows": [{"smiles": "CCO"}],
     "template": "<SMILES> {smiles} <QED>"} -> {"tag", "columns", "predictions"};
     POST /v1/generate {"prompts": [...], "max_new_tokens": 32} -> {"outputs"};
-    GET /v1/tags; GET /health. Requests are checked as the CLI checks its inputs (unknown
-    tag, too long, invalid SMILES or amino acid: 422 with the message; too many inputs or
-    too big a body: 413); concurrent requests share forward passes (micro-batching); past
-    --max_pending waiting requests the answer is 503. Ctrl-C / SIGTERM finish the requests
-    in flight.
+    GET /v1/tags; GET /health. Requests are checked as the CLI checks its inputs, off the
+    event loop and in cost order (too big a body or too many inputs: 413; unknown tag, too
+    long, then invalid SMILES or amino acid: 422 with the message); concurrent requests
+    share forward passes (micro-batching); past --max_pending waiting requests the answer
+    is 503, past --timeout_s 504. Ctrl-C / SIGTERM finish the requests in flight.
 
     Args:
         tags: tag folders (comma-separated), a folder of tag folders, or Hub repo ids.
@@ -201,6 +204,7 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
         max_body_bytes: largest request body; larger get 413.
         max_length: longest input in tokens; longer get 422 (never truncated).
         max_new_tokens: the most a generate request may ask for.
+        timeout_s: seconds a request may take (checks, queue and model); later: 504.
         token: require "Authorization: Bearer TOKEN" (default: $TAGLLM_SERVE_TOKEN; unset:
             no authentication).
         dtype: the base model's weights: float32, or bfloat16 (half the memory).
@@ -213,8 +217,11 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
     for module in ("fastapi", "uvicorn"):
         if importlib.util.find_spec(module) is None:
             raise MissingPackageError(f"tagllm serve needs {module}: pip install 'tagllm[serve]'")
-    cfg = ServeConfig(host, port, template, max_batch, max_wait_ms, max_pending, max_inputs,
-                      max_body_bytes, max_length, max_new_tokens, token_from_env(token))
+    cfg = ServeConfig(host=host, port=port, template=template, max_batch=max_batch,
+                      max_wait_ms=max_wait_ms, max_pending=max_pending, max_inputs=max_inputs,
+                      max_body_bytes=max_body_bytes, max_length=max_length,
+                      max_new_tokens=max_new_tokens, timeout_s=timeout_s,
+                      token=token_from_env(token))
     dirs = tag_dirs(tags)  # every tag file checked before the model loads
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
                                     dtype=_torch_dtype(dtype))
@@ -232,7 +239,9 @@ def gc(store: str | None = None, dry_run: bool = False) -> None:
     trained on; an entry outside every index (an earlier configuration, a stage since
     changed, an older store format) is removed. Entries whose stage another process is
     training are left alone, and so are unfinished stages' checkpoints (`.work`), which the
-    next run resumes. Tags exported to a recipe's out folder are copies and stay.
+    next run resumes. Tags exported to a recipe's out folder are copies and stay. The
+    temporary files and folders that killed processes of this machine left in the store
+    and under $TAGLLM_HOME (half-written files, prefix caches) are removed too.
 
     Args:
         store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
@@ -258,6 +267,11 @@ def gc(store: str | None = None, dry_run: bool = False) -> None:
     total = sum(r["bytes"] for r in rows)
     console.print(f"{'would remove' if dry_run else 'removed'} {len(rows)} tag(s), "
                   f"{total / 1e6:.2f} MB")
+    stale = sorted(set(remove_stale(st.root, recursive=True, dry_run=dry_run)
+                       + remove_stale(tagllm_home(), recursive=True, dry_run=dry_run)))
+    for p in stale:
+        console.print(f"{'would remove' if dry_run else 'removed'} {p} (left by a killed "
+                      "process)", highlight=False)
 
 
 @with_fields(TrainConfig, skip=("log_every", "checkpoint_every"))
@@ -558,12 +572,21 @@ def _normalise_args(args: list[str]) -> list[str]:
     return out
 
 
+def _terminated(signum: int, frame: object) -> None:
+    err.print("[yellow]terminated[/yellow] (SIGTERM)")
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``tagllm`` entry point."""
     from jsonargparse import CLI
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM unwinds like Ctrl-C: every writer removes its temporary file on the way out
+    # (training and serve install their own handlers while they run)
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     args = _normalise_args(list(sys.argv[1:] if argv is None else argv))
     try:
         CLI(COMMANDS, args=args, as_positional=False,
@@ -581,7 +604,9 @@ def main(argv: list[str] | None = None) -> None:
         traceback.print_exc()
         err.print(f"[red]{BUG}[/red]", highlight=False, soft_wrap=True)
         sys.exit(1)
-
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 if __name__ == "__main__":
     main()

@@ -23,15 +23,23 @@ def predict_file(model: TaggedModel, input: str, output: str | Path, template: s
                  on_skipped: Callable[[list[str]], None] = lambda rows: None) -> int:
     """Predict with a function tag's head for every row of ``input`` (CSV/TSV/.smi/FASTA
     or a built-in source) and write ``output``: the input columns and the head's prediction
-    columns (:meth:`~tagllm.heads.Head.output_names`). Returns the number of rows."""
+    columns (:meth:`~tagllm.heads.Head.output_names`). Returns the number of rows.
+
+    Each row is checked in cost order: its rendered length against ``max_length`` first,
+    then its molecules and sequences; a row that fails is an error naming the file and row,
+    or with ``skip_invalid`` left out and reported through ``on_skipped``."""
     written = 0
     pbar = bar(None, "predicting", progress, unit="row")
+    limit = model.tagtok.length_limit(template, max_length, skip=skip_invalid,
+                                      hint="raise --max_length, or --skip_invalid to drop "
+                                           "such rows")
 
     def fill(tmp: Path) -> None:
         nonlocal written, tag
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            for table, skipped in stream_source(input, 32 * batch_size, skip_invalid, progress):
+            for table, skipped in stream_source(input, 32 * batch_size, skip_invalid, progress,
+                                                limit):
                 on_skipped(skipped)
                 if not len(table):
                     continue

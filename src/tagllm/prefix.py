@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tagllm.fileio import remove_stale, temp_name
 from tagllm.model import Batch, TaggedModel
 from tagllm.tags import pad_batch
 
@@ -161,12 +162,15 @@ class FrozenPrefix:
         return [(tensors[f"{i}.0"], tensors[f"{i}.1"]) for i in range(len(tensors) // 2)]
 
     def _folder(self) -> Path:
-        """The private folder of the disk tier (removed with the cache, or at exit)."""
+        """The private folder of the disk tier (removed with the cache, or at exit; after
+        a SIGKILL, by the next cache in the same folder or by ``tagllm gc``)."""
         if self._dir is None:
             parent = Path(self._disk_parent) if self._disk_parent else None
             if parent is not None:
                 parent.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="tagllm-prefix-", dir=parent))
+            remove_stale(parent or tempfile.gettempdir(), "tagllm-prefix")  # killed runs' folders
+            self._dir = Path(tempfile.mkdtemp(prefix=temp_name("tagllm-prefix") + "-",
+                                              dir=parent))
             weakref.finalize(self, shutil.rmtree, str(self._dir), True)
         return self._dir
 

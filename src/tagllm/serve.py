@@ -2,12 +2,16 @@
 
 Endpoints: ``POST /v1/predict`` (a function tag's head), ``POST /v1/generate`` (greedy
 continuation), ``GET /v1/tags``, ``GET /health``. Each request is checked with the CLI's
-rules and messages before it waits for the model (unknown tag, input too long, invalid
-SMILES or amino acid, too many inputs: 4xx with the message); valid requests from many
-clients are micro-batched into shared forward passes (at most ``max_batch`` inputs, waiting
-at most ``max_wait_ms`` for more) on one worker. At most ``max_pending`` requests wait at
-once: more get 503 at once instead of a queue that grows without limit. Shutdown (Ctrl-C,
-SIGTERM) stops accepting and finishes the requests in flight. The service binds to
+rules and messages before it waits for the model, in cost order (body size, number of
+inputs, then each input's token length, and only then its SMILES or amino acids: 4xx with
+the message), in a worker thread, so the event loop (``/health``, other clients, a
+shutdown) never waits on one request's checks. Valid requests from many clients are
+micro-batched into shared forward passes (at most ``max_batch`` inputs, waiting at most
+``max_wait_ms`` for more) on one worker; a request not answered within ``timeout_s`` gets
+504 and, if it has not reached the model yet, is never computed. At most ``max_pending``
+requests wait at once: more get 503 at once instead of a queue that grows without limit.
+Shutdown (Ctrl-C, SIGTERM) stops accepting and finishes the requests in flight. The
+service binds to
 127.0.0.1 unless told otherwise, refuses bodies over ``max_body_bytes`` (413), and with a
 token (``--token`` or ``TAGLLM_SERVE_TOKEN``) answers 401 to any request without
 ``Authorization: Bearer TOKEN``.
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tagllm.data import Table
+from tagllm.data import LengthLimit, Table
 from tagllm.errors import ConfigError, DataError, TagllmError, UnknownTagError
 from tagllm.model import TaggedModel
 from tagllm.protocol.recipe import tags_in
@@ -45,6 +49,7 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     max_length: int = 512  # tokens per input; longer ones get 422 (never truncated)
     max_new_tokens: int = 256  # the most a generate request may ask for
+    timeout_s: float = 60.0  # a request not answered by then gets 504
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +62,9 @@ class ServeConfig:
         if not (isinstance(self.max_wait_ms, int | float) and 0 <= self.max_wait_ms <= 10_000):
             raise ConfigError(f"serve: max_wait_ms must be in [0, 10000], got "
                               f"{self.max_wait_ms!r}")
+        if not (isinstance(self.timeout_s, int | float) and not isinstance(self.timeout_s, bool)
+                and 0 < self.timeout_s <= 3600):
+            raise ConfigError(f"serve: timeout_s must be in (0, 3600], got {self.timeout_s!r}")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("serve: a token must have at least 8 characters")
 
@@ -135,6 +143,9 @@ class Batcher:
                     break
                 batch.append(nxt)
                 size += len(nxt.texts)
+            batch = [j for j in batch if not j.future.done()]  # not those whose client gave up
+            if not batch:
+                continue
             results = await asyncio.to_thread(self._compute, batch)
             self.batches += 1
             for j, r in zip(batch, results, strict=True):
@@ -144,20 +155,20 @@ class Batcher:
 
     def _compute(self, batch: list[_Job]) -> list[Any]:
         """The model's work for a batch (in a worker thread): one prediction pass per tag
-        over every request's inputs, generation per request."""
+        over every request's inputs, generation per request. If a merged pass fails, its
+        requests run one by one, so that only a faulty one gets the error."""
         out: list[Any] = [None] * len(batch)
         by_tag: dict[str, list[int]] = {}
         for i, j in enumerate(batch):
             if j.kind == "predict":
                 by_tag.setdefault(str(j.tag), []).append(i)
         for tag, idx in by_tag.items():
-            texts = [t for i in idx for t in batch[i].texts]
             try:
-                preds = self.model.predict(texts, tag=tag, batch_size=self.cfg.max_batch,
-                                           max_length=self.cfg.max_length)
-            except Exception as e:  # noqa: BLE001 - handed to each waiting request
+                preds = self._predict([t for i in idx for t in batch[i].texts], tag)
+            except Exception:  # noqa: BLE001 - retried per request below
                 for i in idx:
-                    out[i] = e
+                    out[i] = self._answer(lambda i=i, tag=tag: self._predict(batch[i].texts,
+                                                                             tag))
                 continue
             start = 0
             for i in idx:
@@ -166,16 +177,26 @@ class Batcher:
                 start += n
         for i, j in enumerate(batch):
             if j.kind == "generate":
-                try:
-                    out[i] = self.model.generate(j.texts, max_new_tokens=j.max_new_tokens,
-                                                 batch_size=self.cfg.max_batch)
-                except Exception as e:  # noqa: BLE001
-                    out[i] = e
+                out[i] = self._answer(lambda j=j: self.model.generate(
+                    j.texts, max_new_tokens=j.max_new_tokens, batch_size=self.cfg.max_batch))
         return out
+
+    def _predict(self, texts: list[str], tag: str) -> np.ndarray:
+        return self.model.predict(texts, tag=tag, batch_size=self.cfg.max_batch,
+                                  max_length=self.cfg.max_length)
+
+    @staticmethod
+    def _answer(compute) -> Any:
+        """``compute()``, or the exception it raised (handed to the waiting request)."""
+        try:
+            return compute()
+        except Exception as e:  # noqa: BLE001
+            return e
 
 
 def check_inputs(model: TaggedModel, texts: list[str], max_length: int) -> None:
-    """The CLI's checks of model inputs: every tag known, no input too long."""
+    """The CLI's checks of model inputs: every tag known, no input too long (the tokenizer
+    is linear in the length, and nothing else looks at an input before it)."""
     known = set(model.bank.names)
     for i, t in enumerate(texts):
         unknown = [x for x in tags_in(t) if x not in known]
@@ -185,9 +206,11 @@ def check_inputs(model: TaggedModel, texts: list[str], max_length: int) -> None:
     model.tagtok.encode_batch(texts, max_length, where="input")
 
 
-def render_rows(rows: list[dict[str, Any]], template: str) -> list[str]:
-    """``rows`` checked as a file's rows are (SMILES and protein columns by name; errors name
-    the row, counted from 1) and rendered with ``template``."""
+def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | None = None
+                ) -> list[str]:
+    """``rows`` checked as a file's rows are (in cost order: the shape of each row, then
+    ``limit``, the token length of its rendered input, then SMILES and protein columns by
+    name; errors name the row, counted from 1) and rendered with ``template``."""
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise DataError("rows: expected a non-empty list of objects (column -> value)")
     names = list(rows[0])
@@ -200,8 +223,47 @@ def render_rows(rows: list[dict[str, Any]], template: str) -> list[str]:
             raise DataError(f"request row {i}: column {bad[0]!r} must be a string or number")
     table = Table({n: [str(r[n]) for r in rows] for n in names}, "request",
                   list(range(1, len(rows) + 1)))
-    table, _ = check_table(table)
+    table, _ = check_table(table, limit)
     return table.render(template)
+
+
+def predict_inputs(model: TaggedModel, cfg: ServeConfig, inputs: list[str] | None,
+                   rows: list[dict[str, Any]] | None, template: str | None,
+                   tag: str | None) -> tuple[list[str], str, list[str]]:
+    """A predict request checked and rendered: (texts, function tag, output columns). Runs
+    in a worker thread; every input of the request is checked before it is queued."""
+    if (inputs is None) == (rows is None):
+        raise RequestError(422, "give exactly one of inputs (texts with tags) or rows (with "
+                                "a template)")
+    if inputs is None:
+        template = template or cfg.template
+        if template is None:
+            raise RequestError(422, "rows need a template (in the request or the server's "
+                                    "--template)")
+        inputs = render_rows(rows or [], template, model.tagtok.length_limit(
+            template, cfg.max_length, hint="the server's max_length; shorten the input"))
+    if not inputs:
+        raise RequestError(422, "no inputs")
+    check_inputs(model, inputs, cfg.max_length)
+    tag = tag or model.function_tag_of(inputs[0])
+    head = model.head(tag) if tag in model.bank.names else None
+    if head is None or not head.has_parameters:
+        raise RequestError(422, f"tag {tag} has no regression/classification head; tags "
+                                f"with heads: {model.head_tags()}")
+    missing = [i for i, t in enumerate(inputs) if tag not in tags_in(t)]
+    if missing:
+        raise RequestError(422, f"input(s) {missing[:10]} do not contain the function tag "
+                                f"{tag}")
+    return inputs, tag, head.output_names()
+
+
+class RequestError(Exception):
+    """A request the service refuses with ``status`` (raised in worker threads, answered
+    by the application)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 class BodyLimit:
@@ -277,6 +339,10 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
     async def tagllm_error(request: Request, e: TagllmError):
         return JSONResponse({"detail": str(e)}, status_code=422)
 
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError):
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
 
     class PredictRequest(BaseModel):
@@ -301,6 +367,16 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
             raise HTTPException(503, f"overloaded: {cfg.max_pending} requests pending; retry "
                                      "later", headers={"Retry-After": "1"}) from None
 
+    @asynccontextmanager
+    async def deadline():
+        """The request's time limit: checks (in a thread) and model work together."""
+        try:
+            async with asyncio.timeout(cfg.timeout_s):
+                yield
+        except TimeoutError:
+            raise HTTPException(504, f"not answered within {cfg.timeout_s:g} s (the server's "
+                                     "timeout_s)") from None
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model.model_name, "tags": model.bank.names,
@@ -320,27 +396,12 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
 
     @app.post("/v1/predict")
     async def predict(req: PredictRequest):
-        if (req.inputs is None) == (req.rows is None):
-            raise HTTPException(422, "give exactly one of inputs (texts with tags) or rows "
-                                     "(with a template)")
-        texts = req.inputs if req.inputs is not None else None
-        too_many(len(texts if texts is not None else req.rows or []))
-        if texts is None:
-            template = req.template or cfg.template
-            if template is None:
-                raise HTTPException(422, "rows need a template (in the request or the "
-                                         "server's --template)")
-            texts = render_rows(req.rows or [], template)
-        if not texts:
-            raise HTTPException(422, "no inputs")
-        check_inputs(model, texts, cfg.max_length)
-        tag = req.tag or model.function_tag_of(texts[0])
-        head = model.head(tag) if tag in model.bank.names else None
-        if head is None or not head.has_parameters:
-            raise HTTPException(422, f"tag {tag} has no regression/classification head; tags "
-                                     f"with heads: {model.head_tags()}")
-        preds = await run("predict", texts, tag)
-        return {"tag": tag, "columns": head.output_names(),
+        too_many(len(req.inputs if req.inputs is not None else req.rows or []))
+        async with deadline():
+            texts, tag, columns = await asyncio.to_thread(
+                predict_inputs, model, cfg, req.inputs, req.rows, req.template, req.tag)
+            preds = await run("predict", texts, tag)
+        return {"tag": tag, "columns": columns,
                 "predictions": np.asarray(preds, dtype=float).round(7).tolist()}
 
     @app.post("/v1/generate")
@@ -350,8 +411,9 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
             raise HTTPException(422, "no prompts")
         if not 1 <= req.max_new_tokens <= cfg.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens must be in [1, {cfg.max_new_tokens}]")
-        check_inputs(model, req.prompts, cfg.max_length)
-        return {"outputs": await run("generate", req.prompts, None, req.max_new_tokens)}
+        async with deadline():
+            await asyncio.to_thread(check_inputs, model, req.prompts, cfg.max_length)
+            return {"outputs": await run("generate", req.prompts, None, req.max_new_tokens)}
 
     return app
 

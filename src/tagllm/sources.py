@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from tagllm.data import (
     DataError,
+    LengthLimit,
     Table,
     check_number,
     check_text,
@@ -47,6 +48,9 @@ from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, nci_
 MEASURED_PREFIXES = ("kiba:", "b3db:", "solubility:")
 BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:", "bindingdb:", "drugcomb:", "bible:",
                     "flores:", *MEASURED_PREFIXES)
+#: Built-in sources whose rows ship in a PyPI package (the others read a user's file): data
+#: of known length, sampled first and then length-checked.
+PACKAGED_PREFIXES = ("moses:", "proteins:", "nci:", "bible:", *MEASURED_PREFIXES)
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
 SDF_SUFFIXES = (".sdf", ".sdf.gz")
 
@@ -114,7 +118,8 @@ def _text(spec: str) -> Table:
     return ml.parallel(ml.bible_verses([src, tgt], split), src, tgt)
 
 
-def _tdc(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[str]]:
+def _tdc(spec: str, labels: list[str], skip_invalid: bool, limit: LengthLimit | None
+         ) -> tuple[Table, list[str]]:
     """``bindingdb:SPLIT:FILE`` / ``drugcomb:SPLIT:FILE``: a TDC table in its split, every
     SMILES, sequence and label checked; FILE ``synthetic`` is the labelled fixture."""
     from tagllm.data import tdc
@@ -133,7 +138,7 @@ def _tdc(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[
     bad = [c for c in labels if c not in known]
     if bad:
         raise DataError(f"{spec} has no label(s) {bad}; it provides {known}")
-    return _validate(table, labels, (), skip_invalid,
+    return _validate(table, labels, (), skip_invalid, limit,
                      proteins=("target",) if kind == "bindingdb" else ())
 
 
@@ -147,55 +152,66 @@ def load_source(
     exclude_smiles: Iterable[str] = (),
     exclude_sequences: Iterable[str] = (),
     progress: bool = True,
+    limit: LengthLimit | None = None,
 ) -> tuple[Table, list[str]]:
     """Load ``spec`` as a validated :class:`Table` and the list of skipped-row messages.
 
     ``n`` takes a seeded random sample; ``label`` names the label column(s) (one, a list, or
-    a source's group, see :func:`label_columns`), numbers that must be finite.
+    a source's group, see :func:`label_columns`), numbers that must be finite. ``limit``
+    (the token length of a rendered row) is checked on every row before its molecules and
+    sequences are (a packaged source's rows: after sampling, so that a recipe's sample is
+    the same rows whatever its max_length).
     ``exclude_smiles`` (compared canonically) and ``exclude_sequences`` name rows that must
     not appear (e.g. the test set when sampling training data); they are removed before
     sampling.
     """
     labels = label_columns(spec, label)
+    packaged = spec.startswith(PACKAGED_PREFIXES)
     if spec.startswith("moses:"):
         if labels not in ([], ["qed"]):
             raise DataError(f"{spec} has no label(s) {labels}; it provides 'qed'")
-        return moses_table(spec.split(":", 1)[1], n, seed, labels=bool(labels),
-                           exclude=exclude_smiles, progress=progress), []
-    table, problems = _read(spec, labels, list(text_columns), skip_invalid)
-    table = _exclude(table, set(exclude_sequences), set(exclude_smiles))
-    if n is not None and n < len(table):
-        table = table.select(sorted(shuffled(len(table), seed)[:n].tolist()))
+        table, problems = moses_table(spec.split(":", 1)[1], n, seed, labels=bool(labels),
+                                      exclude=exclude_smiles, progress=progress), []
+    else:
+        table, problems = _read(spec, labels, list(text_columns), skip_invalid,
+                                None if packaged else limit)
+        table = _exclude(table, set(exclude_sequences), set(exclude_smiles))
+        if n is not None and n < len(table):
+            table = table.select(sorted(shuffled(len(table), seed)[:n].tolist()))
+    if packaged and limit is not None:
+        table, too_long = limit.apply(table)
+        problems = problems + too_long
     return table, problems
 
 
-def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: bool
-          ) -> tuple[Table, list[str]]:
-    """Every row of ``spec`` (except MOSES, which samples as it reads), validated."""
+def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: bool,
+          limit: LengthLimit | None = None) -> tuple[Table, list[str]]:
+    """Every row of ``spec`` (except MOSES, which samples as it reads), validated: the
+    length ``limit`` of a file's rows first, then their molecules, sequences and labels."""
     if spec.startswith(("bible:", "flores:")):
         if labels:
             raise DataError(f"{spec} has no labels; translation evaluations name the "
                             "reference column with `reference: target`")
-        return _text(spec), []
+        return validate_rows(_text(spec), {}, limit=limit)
     if spec.startswith(("bindingdb:", "drugcomb:")):
-        return _tdc(spec, labels, skip_invalid)
+        return _tdc(spec, labels, skip_invalid, limit)
     if spec.startswith("nci:"):
         return nci_table(spec.split(":", 1)[1], labels)
     if spec.startswith("proteins:"):
         return _proteins(spec.split(":", 1)[1], labels), []
     if spec.startswith(MEASURED_PREFIXES):
         return _measured(spec, labels, skip_invalid)
-    if _is_sdf(spec):
+    if _is_sdf(spec):  # read_sdf bounds a record's atoms before RDKit reads it
         table, skipped = measured.read_sdf(spec, skip_invalid)
-        table, problems = _validate(table, labels, text_columns, skip_invalid)
+        table, problems = _validate(table, labels, text_columns, skip_invalid, limit)
         return table, skipped + problems
     if _is_fasta(spec):
         if labels:
             raise DataError(f"{spec}: a FASTA file has no label column")
         return validate_rows(read_fasta(spec), {"sequence": check_protein},
-                             skip_invalid=skip_invalid)
+                             skip_invalid=skip_invalid, limit=limit)
     table = read_table(spec, [*text_columns, *labels])
-    return _validate(table, labels, text_columns, skip_invalid)
+    return _validate(table, labels, text_columns, skip_invalid, limit)
 
 
 def _measured(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, list[str]]:
@@ -213,23 +229,26 @@ def _measured(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, 
     return table, skipped + problems
 
 
-def check_table(table: Table) -> tuple[Table, list[str]]:
+def check_table(table: Table, limit: LengthLimit | None = None) -> tuple[Table, list[str]]:
     """Check rows that did not come from a file (e.g. a service request) as a file's rows
-    are checked: SMILES and protein columns by name; the first bad row is an error."""
-    return _validate(table, [], [], skip_invalid=False)
+    are checked: the length ``limit``, then SMILES and protein columns by name; the first
+    bad row is an error."""
+    return _validate(table, [], [], skip_invalid=False, limit=limit)
 
 
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
-              skip_invalid: bool, proteins: Sequence[str] = ()) -> tuple[Table, list[str]]:
-    """Check every row of a file's table: SMILES and protein columns by name, the labels as
-    finite numbers, text columns non-empty."""
+              skip_invalid: bool, limit: LengthLimit | None = None,
+              proteins: Sequence[str] = ()) -> tuple[Table, list[str]]:
+    """Check every row of a file's table: the length ``limit`` of its rendered input
+    first, then SMILES and protein columns by name, the labels as finite numbers, text
+    columns non-empty."""
     checks = {c: check_text for c in text_columns}
     checks.update({c: check_smiles for c in table.columns if c.lower() in SMILES_COLUMNS})
     checks.update({c: check_protein for c in table.columns
                    if c.lower() in PROTEIN_COLUMNS or c in proteins})
     for c in labels:
         checks[c] = check_number
-    table, problems = validate_rows(table, checks, skip_invalid=skip_invalid)
+    table, problems = validate_rows(table, checks, skip_invalid=skip_invalid, limit=limit)
     return _unique_ids(table, problems, skip_invalid)
 
 
@@ -256,15 +275,17 @@ def _unique_ids(table: Table, problems: list[str], skip_invalid: bool
 
 
 def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
-                  progress: bool = True) -> Iterator[tuple[Table, list[str]]]:
+                  progress: bool = True, limit: LengthLimit | None = None
+                  ) -> Iterator[tuple[Table, list[str]]]:
     """Validated chunks of ``spec`` with their skipped-row messages: a CSV/TSV/.smi file is
     read ``chunk_rows`` rows at a time (constant memory however long the file); built-in
-    sources, FASTA and SD files come as one chunk (read by their own readers)."""
+    sources, FASTA and SD files come as one chunk (read by their own readers). ``limit``
+    is checked on each row before its molecules and sequences."""
     if spec.startswith(BUILTIN_PREFIXES) or _is_fasta(spec) or _is_sdf(spec):
-        yield load_source(spec, skip_invalid=skip_invalid, progress=progress)
+        yield load_source(spec, skip_invalid=skip_invalid, progress=progress, limit=limit)
         return
     for chunk in iter_table(spec, chunk_rows=chunk_rows):
-        yield _validate(chunk, (), (), skip_invalid)
+        yield _validate(chunk, (), (), skip_invalid, limit)
 
 
 def _is_sdf(spec: str) -> bool:
@@ -284,14 +305,24 @@ def _exclude(table: Table, sequences: set[str], smiles: set[str]) -> Table:
     if len(inputs) != 1:
         return table
     drop: set[int] = set()
-    canon = {canonical_smiles(s) for s in smiles}
+    canon = {_canonical(s, "a held-out molecule") for s in smiles}
     for col, values in table.columns.items():
         if sequences and col.lower() in HELD_OUT_COLUMNS:
             drop |= {i for i, v in enumerate(values) if v in sequences}
         if canon and col.lower() in SMILES_COLUMNS:
-            drop |= {i for i, v in enumerate(values) if canonical_smiles(v) in canon}
+            drop |= {i for i, v in enumerate(values)
+                     if _canonical(v, f"{table.where(i)}: column {col!r}") in canon}
     if not drop:
         return table
     if len(drop) == len(table):
         raise DataError(f"{table.source}: every row is excluded (all appear in the test data)")
     return table.select([i for i in range(len(table)) if i not in drop])
+
+
+def _canonical(smiles: str, where: str) -> str:
+    """The canonical SMILES of a row that passed its checks (held-out molecules are compared
+    canonically); a molecule RDKit reads but cannot write fails naming the row."""
+    try:
+        return canonical_smiles(smiles)
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from None

@@ -10,13 +10,14 @@ frozen embedding layer, virtual ids index the concatenated tag table.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tagllm.config import TagConfig
+from tagllm.data import LengthLimit
 from tagllm.errors import ConfigError, DataError, InputTooLongError, UnknownTagError
 
 __all__ = ["InputTooLongError", "TagBank", "TagTokenizer", "UnknownTagError", "pad_batch"]
@@ -149,6 +150,19 @@ class TagTokenizer:
     def encode(self, text: str, max_length: int | None = None, where: str = "") -> Encoded:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where or 'input'}: empty input text")
+        ids, tags = self._ids(text)
+        if max_length is not None and len(ids) > max_length:
+            raise InputTooLongError(
+                f"{where or 'input'}: {len(ids)} tokens > max_length {max_length} "
+                "(inputs are never truncated silently; raise max_length or shorten the input)"
+            )
+        return Encoded(ids, tags)
+
+    def count(self, text: str) -> int:
+        """The number of ids :meth:`encode` gives ``text`` (linear in its length)."""
+        return len(self._ids(text)[0])
+
+    def _ids(self, text: str) -> tuple[list[int], list[str]]:
         ids = list(self.prefix_ids)
         tags: list[str] = []
         for piece, is_tag in self.split(text):
@@ -157,12 +171,14 @@ class TagTokenizer:
                 tags.append(piece)
             elif piece.strip():
                 ids.extend(self.tokenizer(piece.strip(), add_special_tokens=False)["input_ids"])
-        if max_length is not None and len(ids) > max_length:
-            raise InputTooLongError(
-                f"{where or 'input'}: {len(ids)} tokens > max_length {max_length} "
-                "(inputs are never truncated silently; raise max_length or shorten the input)"
-            )
-        return Encoded(ids, tags)
+        return ids, tags
+
+    def length_limit(self, template: str, max_length: int, skip: bool = False,
+                     hint: str = "raise max_length or shorten the input",
+                     log: Callable[[str], None] | None = None) -> LengthLimit:
+        """The check that rows rendered with ``template`` fit ``max_length`` tokens, which
+        data readers apply before a row's chemistry or biology."""
+        return LengthLimit(template, max_length, self.count, skip, hint, log)
 
     def encode_batch(
         self, texts: Sequence[str], max_length: int | None = None, where: str = "input"
@@ -186,3 +202,12 @@ def pad_batch(
             mask[i, T - len(s):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions
+
+
+def counting_tokenizer(tokenizer, configs: Sequence[TagConfig]) -> TagTokenizer:
+    """A :class:`TagTokenizer` that knows the tags' names and lengths but holds no vectors:
+    it measures inputs before the base model loads."""
+    bank = TagBank(0, len(tokenizer))
+    for c in configs:
+        bank.add(c, torch.zeros(c.num_tokens, 0))
+    return TagTokenizer(tokenizer, bank)

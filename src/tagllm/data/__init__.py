@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.errors import DataError, MissingPackageError
+from tagllm.errors import DataError, InputTooLongError, MissingPackageError
 from tagllm.fileio import atomic_write_file
 
-__all__ = ["DataError", "Table", "check_number", "check_text", "iter_table", "parse_labels",
-           "package_dir", "read_table", "validate_rows", "write_csv"]
+__all__ = ["MAX_FIELD_CHARS", "DataError", "LengthLimit", "Table", "check_number", "check_text",
+           "iter_table", "parse_labels", "package_dir", "read_table", "validate_rows",
+           "write_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,20 @@ def _open_text(path: Path):
     return open(path, newline="", encoding="utf-8")
 
 
-# a protein or a long text in one field: far beyond csv's default 131,072 characters
-csv.field_size_limit(2**31 - 1)
+#: The longest field (or FASTA sequence) read from a file. Far beyond csv's default 131,072
+#: characters (a whole protein, titin's 34,350 residues, or a long text fits), and far beyond
+#: any model's context: a longer one fails at once, naming the row, before anything else
+#: (tokenizer, RDKit) sees it.
+MAX_FIELD_CHARS = 1_000_000
+csv.field_size_limit(MAX_FIELD_CHARS)
+
+
+def field_too_long(n: int | None = None) -> str:
+    """The message for a field of ``n`` (unknown: None) characters over
+    :data:`MAX_FIELD_CHARS`."""
+    size = f"{n:,}" if n is not None else f"more than {MAX_FIELD_CHARS:,}"
+    return (f"a field of {size} characters; the longest tagllm reads is {MAX_FIELD_CHARS:,} "
+            "(far beyond any model's context)")
 
 
 def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
@@ -115,7 +128,7 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
             if stem_suffix == ".smi":
                 names = ["smiles", "name"]
                 rows = ([parts[0] if parts else "", parts[1].strip() if len(parts) > 1 else ""]
-                        for parts in (line.split(maxsplit=1) for line in f))
+                        for parts in (_smi_line(line, p, n) for n, line in enumerate(f, 1)))
             else:
                 reader = csv.DictReader(f, delimiter="\t" if stem_suffix in (".tsv", ".tab")
                                         else ",")
@@ -134,8 +147,16 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
             if buf or start == 1:
                 yield _table(names, buf, p, start)
     except csv.Error as e:
-        raise DataError(f"{p} row {start + len(buf) + 1}: not a valid CSV/TSV row ({e})") \
-            from None
+        why = field_too_long() if "field limit" in str(e) else \
+            f"not a valid CSV/TSV row ({e})"
+        raise DataError(f"{p} row {start + len(buf) + 1}: {why}") from None
+
+
+def _smi_line(line: str, path: Path, n: int) -> list[str]:
+    """A .smi line split into SMILES and name; an over-long line fails naming it."""
+    if len(line) > MAX_FIELD_CHARS:
+        raise DataError(f"{path} row {n}: {field_too_long(len(line))}")
+    return line.split(maxsplit=1)
 
 
 @contextlib.contextmanager
@@ -208,20 +229,67 @@ def parse_labels(table: Table, column: str | Sequence[str]) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class LengthLimit:
+    """The longest input a row may become, checked before any chemistry or biology.
+
+    A row is rendered with ``template`` and its tokens counted (``count``: the model's tag
+    tokenizer, linear in the length); rows over ``max_length`` tokens are an error naming
+    the first one, or with ``skip`` dropped, listed and counted in one ``log`` line
+    (default: a warning). :func:`validate_rows` applies it first, so RDKit and the sequence
+    checks only ever see inputs the model could take.
+    """
+
+    template: str
+    max_length: int
+    count: Callable[[str], int]
+    skip: bool = False
+    hint: str = "raise max_length or shorten the input"
+    log: Callable[[str], None] | None = None
+
+    def apply(self, table: Table) -> tuple[Table, list[str]]:
+        """``table`` without its rows over the limit, and a message for each such row."""
+        texts = table.render(self.template)
+        lengths = [self.count(t) for t in texts]
+        long = [i for i, n in enumerate(lengths) if n > self.max_length]
+        if not long:
+            return table, []
+        if not self.skip:
+            i = long[0]
+            raise InputTooLongError(
+                f"{table.where(i)}: {lengths[i]:,} tokens > max_length {self.max_length} "
+                f"({len(long)} such row(s); inputs are never truncated); {self.hint}")
+        if len(long) == len(table):
+            raise DataError(f"{table.source}: every input is longer than {self.max_length} "
+                            "tokens")
+        (self.log or log.warning)(f"{table.source}: skipped {len(long)} of {len(table)} "
+                                  f"input(s) longer than {self.max_length} tokens")
+        drop = set(long)
+        return (table.select([i for i in range(len(table)) if i not in drop]),
+                [f"{table.where(i)}: {lengths[i]:,} tokens > max_length {self.max_length}"
+                 for i in long])
+
+
 def validate_rows(
     table: Table,
     checks: dict[str, Callable[[str], str]],
     skip_invalid: bool = False,
+    limit: LengthLimit | None = None,
 ) -> tuple[Table, list[str]]:
     """Apply per-column checks that return a normalised value or raise ValueError (the
     validators' contract: :func:`check_number`, ``check_smiles``, ``check_protein``).
 
+    Checks run in cost order: ``limit`` (the token length of the rendered row) first, so no
+    validator sees a row the model could not take, then the checks column by column.
     Default: the first bad row stops with a :class:`DataError` naming file, row and reason.
     With ``skip_invalid`` the bad rows are dropped and returned as messages (never silently).
     """
-    keep: list[int] = []
     problems: list[str] = []
+    if limit is not None:
+        table, problems = limit.apply(table)
+    keep: list[int] = []
     new_cols = {k: list(v) for k, v in table.columns.items()}
+    invalid = 0
     for i in range(len(table)):
         ok = True
         for col, check in checks.items():
@@ -232,12 +300,13 @@ def validate_rows(
                 if not skip_invalid:
                     raise DataError(msg + " (use --skip_invalid to drop such rows)") from None
                 problems.append(msg)
+                invalid += 1
                 ok = False
                 break
         if ok:
             keep.append(i)
-    if problems:
-        log.warning("%s: skipped %d invalid row(s)", table.source, len(problems))
+    if invalid:
+        log.warning("%s: skipped %d invalid row(s)", table.source, invalid)
     return Table(new_cols, table.source, table.rows).select(keep), problems
 
 

@@ -24,10 +24,11 @@ is named by its number and title.
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 from tagllm.data import DataError, Table, package_dir, read_table, text_errors
-from tagllm.data.smiles import _rdkit, in_test_split
+from tagllm.data.smiles import SMILES_MAX_CHARS, _rdkit, in_test_split
 
 KIBA = ("pydebiaseddta", "pydebiaseddta==0.1.0", "the KIBA binding-affinity sample")
 B3DB = ("B3DB", "qc-b3db==1.1.1", "the B3DB blood-brain-barrier data")
@@ -139,14 +140,18 @@ def read_sdf(path: str | Path, skip_invalid: bool = False) -> tuple[Table, list[
         block, end, data = rec.partition("M  END")
         title = block.lstrip("\n").split("\n", 1)[0].strip()
         where = f"{p} record {n}" + (f" ({title[:60]!r})" if title else "")
-        mol = Chem.MolFromMolBlock(block + end) if end else None
-        if mol is None:
-            why = "no 'M  END' line" if not end else "RDKit cannot read its structure"
+        atoms = _atom_count(block)
+        if not end:
+            why = "no 'M  END' line"
+        elif atoms > SMILES_MAX_CHARS:
+            why = f"{atoms:,} atoms; the most tagllm reads is {SMILES_MAX_CHARS:,}"
+        else:
+            why = _sdf_smiles(Chem, block + end, smiles)
+        if why:
             if not skip_invalid:
                 raise DataError(f"{where}: {why} (use --skip_invalid to drop such records)")
             skipped.append(f"{where}: {why}")
             continue
-        smiles.append(Chem.MolToSmiles(mol))
         fields.append(_sdf_fields(data))
         rows.append(n)
     names = list(dict.fromkeys(k for f in fields for k in f))
@@ -154,6 +159,30 @@ def read_sdf(path: str | Path, skip_invalid: bool = False) -> tuple[Table, list[
     for k in names:
         cols["smiles_field" if k == "smiles" else k] = [f.get(k, "") for f in fields]
     return Table(cols, str(p), rows), skipped
+
+
+def _sdf_smiles(Chem, block: str, out: list[str]) -> str | None:
+    """Append the canonical SMILES of a mol block to ``out``; else say why not."""
+    mol = Chem.MolFromMolBlock(block)
+    if mol is None:
+        return "RDKit cannot read its structure"
+    try:
+        out.append(Chem.MolToSmiles(mol))
+    except (ValueError, RuntimeError) as e:  # e.g. too many ring closures open at once
+        return f"RDKit cannot write its SMILES ({e})"
+    return None
+
+
+def _atom_count(block: str) -> int:
+    """The atoms a mol block declares (its counts line, or V3000's ``M  V30 COUNTS``), read
+    before RDKit sees the block: RDKit's time and its SMILES writer's stack grow with the
+    atoms. 0 where the block declares none readably (RDKit then refuses it itself)."""
+    lines = block.split("\n", 4)
+    counts = lines[3] if len(lines) > 3 else ""
+    if "V3000" in counts:
+        m = re.search(r"^M {2}V30 COUNTS +(\d+)", block, re.MULTILINE)
+        return int(m.group(1)) if m else 0
+    return int(counts[:3]) if counts[:3].strip().isdigit() else 0
 
 
 def _sdf_fields(data: str) -> dict[str, str]:

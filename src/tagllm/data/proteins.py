@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.data import DataError, Table, _open_text, package_dir, text_errors
+from tagllm.data import (
+    MAX_FIELD_CHARS,
+    DataError,
+    Table,
+    _open_text,
+    field_too_long,
+    package_dir,
+    text_errors,
+)
 from tagllm.data.smiles import shuffled
 
 #: The 20 standard residues plus X (unknown), B/Z (ambiguous), U (Sec) and O (Pyl).
@@ -46,6 +54,7 @@ def read_fasta(path: str | Path) -> Table:
     ids: list[str] = []
     seqs: list[list[str]] = []
     rows: list[int] = []
+    size = 0  # characters of the current record's sequence
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     with text_errors(p), _open_text(p) as f:
@@ -60,9 +69,14 @@ def read_fasta(path: str | Path) -> Table:
                 ids.append(name)
                 seqs.append([])
                 rows.append(lineno)
+                size = 0
             elif not ids:
                 raise DataError(f"{p} line {lineno}: sequence before the first '>' header")
             else:
+                size += len(line)
+                if size > MAX_FIELD_CHARS:
+                    raise DataError(f"{p} line {rows[-1]}: record {ids[-1]!r} has "
+                                    f"{field_too_long()}")
                 seqs[-1].append(line)
     if not ids:
         raise DataError(f"{p}: no FASTA records")

@@ -28,19 +28,43 @@ def _rdkit():
     return Chem
 
 
-def canonical_smiles(smiles: str) -> str:
-    """RDKit canonical SMILES; ValueError for an empty or unparsable string."""
+#: The longest SMILES tagllm hands to RDKit. RDKit's time grows faster than the length
+#: (parsing 20,000 characters of fused aromatic rings takes a second, writing a canonical
+#: SMILES for a 10,000-atom chain three) and its canonical writer recurses once per atom,
+#: so a chain of about 20,000 atoms overflows the stack and kills the process. Every SMILES
+#: a language model's context holds is far shorter.
+SMILES_MAX_CHARS = 5_000
+
+
+def parse_smiles(smiles: str):
+    """The RDKit molecule of a SMILES, its length checked before RDKit sees it; ValueError
+    for an empty, over-long or unparsable string."""
     if not isinstance(smiles, str) or not smiles.strip():
         raise ValueError("empty SMILES")
-    mol = _rdkit().MolFromSmiles(smiles.strip())
+    s = smiles.strip()
+    if len(s) > SMILES_MAX_CHARS:
+        raise ValueError(f"a SMILES of {len(s):,} characters; the longest tagllm parses is "
+                         f"{SMILES_MAX_CHARS:,}")
+    mol = _rdkit().MolFromSmiles(s)
     if mol is None:
-        raise ValueError(f"invalid SMILES {smiles.strip()[:80]!r} (RDKit cannot parse it)")
-    return _rdkit().MolToSmiles(mol)
+        raise ValueError(f"invalid SMILES {s[:80]!r} (RDKit cannot parse it)")
+    return mol
+
+
+def canonical_smiles(smiles: str) -> str:
+    """RDKit canonical SMILES; ValueError for an empty, over-long or unparsable string, or a
+    molecule RDKit cannot write."""
+    mol = parse_smiles(smiles)
+    try:
+        return _rdkit().MolToSmiles(mol)
+    except (ValueError, RuntimeError) as e:  # e.g. too many ring closures open at once
+        raise ValueError(f"RDKit cannot write SMILES {smiles.strip()[:80]!r} ({e})") from None
 
 
 def check_smiles(smiles: str) -> str:
-    """Validator for :func:`tagllm.data.validate_rows`: keeps the SMILES as written."""
-    canonical_smiles(smiles)
+    """Validator for :func:`tagllm.data.validate_rows`: the SMILES parses (it is not
+    canonicalised: that costs more and the row keeps its SMILES as written)."""
+    parse_smiles(smiles)
     return smiles.strip()
 
 

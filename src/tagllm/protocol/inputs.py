@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tagllm.config import DataConfig, EvalConfig, HeadConfig
-from tagllm.data import Table, parse_labels
+from tagllm.data import LengthLimit, Table, parse_labels
 from tagllm.errors import DataError, InputTooLongError
 from tagllm.heads import head_class
 from tagllm.model import TaggedModel
 from tagllm.sources import HELD_OUT_COLUMNS, SMILES_COLUMNS, label_columns, load_source
+from tagllm.tags import TagTokenizer
 
 Log = Callable[[str], None]
 Entry = DataConfig | EvalConfig
@@ -74,15 +75,17 @@ class HeldOut:
 
 
 def read_rows(cfg: Entry, seed: int, held: HeldOut | None = None, progress: bool = True,
-              log: Log = print, head: HeadConfig | None = None) -> LoadedData:
+              log: Log = print, head: HeadConfig | None = None,
+              limit: LengthLimit | None = None) -> LoadedData:
     """Load ``cfg``'s source (``cfg.seed`` or ``seed`` for the sample), render its template,
     leave out held-out rows, and parse the labels, which ``head`` (the head they feed)
-    checks. Needs no model."""
+    checks. Needs no model; ``limit`` (:func:`length_limit`) checks each row's length
+    before its molecules and sequences."""
     held = held or HeldOut()
     table, skipped = load_source(cfg.source, cfg.n, cfg.seed if cfg.seed is not None else seed,
                                  label=cfg.label, skip_invalid=cfg.skip_invalid,
                                  exclude_smiles=held.smiles, exclude_sequences=held.sequences,
-                                 progress=progress)
+                                 progress=progress, limit=limit)
     d = LoadedData(cfg, table, table.render(cfg.template), None, skipped)
     same = [i for i, t in enumerate(d.texts) if t in held.texts]
     if same:  # the very same input is in an evaluation set: never train on it
@@ -106,6 +109,15 @@ def _check_labels(d: LoadedData, cols: list[str], head: HeadConfig | None) -> No
         i, why = bad[0]
         raise DataError(f"{d.table.where(i)}: label {cols[0]!r}: {why} ({len(bad)} such "
                         "row(s))")
+
+
+def length_limit(cfg: Entry, counter: TagTokenizer, max_length: int, log: Log = print
+                 ) -> LengthLimit:
+    """The entry's too_long policy as the check data readers apply to every row before its
+    chemistry or biology (:class:`~tagllm.data.LengthLimit`)."""
+    return counter.length_limit(cfg.template, max_length, skip=cfg.too_long == "skip",
+                                hint="raise max_length, or set too_long: skip to drop them",
+                                log=lambda msg: log(msg + " (too_long: skip)"))
 
 
 def fit_length(d: LoadedData, tagger: TaggedModel, max_length: int, log: Log = print,

@@ -18,7 +18,13 @@ from tagllm.config import EvalConfig, HeadConfig, RowsConfig
 from tagllm.errors import RecipeError
 from tagllm.hub import resolve_tag_dir
 from tagllm.model import TaggedModel
-from tagllm.protocol.inputs import HeldOut, LoadedData, add_context, fit_length, read_rows
+from tagllm.protocol.inputs import (
+    HeldOut,
+    LoadedData,
+    add_context,
+    length_limit,
+    read_rows,
+)
 from tagllm.protocol.recipe import Recipe, StageConfig, tags_in
 from tagllm.serialization import TENSORS, read_tag
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff, tag_key
@@ -72,9 +78,8 @@ def _tagger(recipe: Recipe, model: TaggedModel) -> TaggedModel:
 
 def _load(recipe: Recipe, cfg: RowsConfig, stage: StageConfig, tagger: TaggedModel,
           held: HeldOut | None, progress: bool, log: Log) -> LoadedData:
-    d = read_rows(cfg, recipe.seed, held, progress, log, head_of(recipe, cfg))
-    fit_length(d, tagger, stage.train.max_length, log)
-    return d
+    return read_rows(cfg, recipe.seed, held, progress, log, head_of(recipe, cfg),
+                     length_limit(cfg, tagger.tagtok, stage.train.max_length, log))
 
 
 def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,

@@ -16,18 +16,19 @@ from typing import Any
 
 import torch
 
-from tagllm.backbones import DEFAULT_MODEL
+from tagllm.backbones import DEFAULT_MODEL, load_tokenizer
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import ConfigError, UnknownTagError
 from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
 from tagllm.hub import tag_folders
 from tagllm.model import TaggedModel
-from tagllm.protocol.inputs import HeldOut, fit_length, read_rows, report_skipped
+from tagllm.protocol.inputs import HeldOut, length_limit, read_rows, report_skipped
 from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
 from tagllm.protocol.run import run
 from tagllm.serialization import read_tag
 from tagllm.store import TagStore, tag_key
+from tagllm.tags import counting_tokenizer
 
 Log = Callable[[str], None]
 
@@ -126,7 +127,8 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
                       source_column=source_column, prompt=prompt,
                       max_new_tokens=max_new_tokens, spm_model=spm_model, too_long=too_long)
     base = DataConfig(source=baseline_train, template=template, label=label,
-                      n=baseline_examples, seed=seed, skip_invalid=skip_invalid) \
+                      n=baseline_examples, seed=seed, skip_invalid=skip_invalid,
+                      too_long=too_long) \
         if baseline_train else None
     return spec, base
 
@@ -148,14 +150,16 @@ def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
         tag = _function_tag(configs, spec, tag)
         head = configs[tag].head
     seed = spec.seed or 0
-    test = read_rows(spec, seed, None, progress, log, head)
+    counter = counting_tokenizer(load_tokenizer(model), list(configs.values()))
+    test = read_rows(spec, seed, None, progress, log, head,
+                     length_limit(spec, counter, max_length, log))
     train = None
     if baseline_rows is not None:
         held = HeldOut()
         held.add(test)  # as in a recipe: no test molecule, sequence or input in training
-        train = read_rows(baseline_rows, seed, held, progress, log, head)
+        train = read_rows(baseline_rows, seed, held, progress, log, head,
+                          length_limit(baseline_rows, counter, max_length, log))
     report_skipped("evaluate", [test] + ([train] if train else []), log)
     m = TaggedModel.from_pretrained(model, tags=tags, dtype=dtype)
-    fit_length(test, m, max_length, log)
     return evaluate(m, spec, test, train, name=spec.name or spec.source, tag=tag,
                     max_length=max_length, batch_size=batch_size, progress=progress, log=log)

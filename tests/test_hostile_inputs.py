@@ -1,0 +1,401 @@
+"""Hostile inputs: very long, deeply nested and ring-heavy SMILES and a 100,000-residue
+protein, through every door rows come in (`tagllm predict`, a recipe's data and eval files,
+`tagllm serve`). Each must fail with a clear error naming the file and row (422 naming the
+row for serve) within two seconds: rows are checked in cost order (field size, token length,
+then chemistry), so RDKit never sees an input whose length is not bounded. Before that order,
+RDKit's canonical SMILES writer recursed once per atom and killed the process near 20,000
+atoms, and its parser took seconds on ring-heavy strings.
+
+Every case runs in a child process: a crash fails the test instead of killing pytest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tiny import saved_tiny_tags
+
+#: name -> SMILES; each is far beyond max_length 64 tokens of the tiny models
+SMILES = {
+    "20,000 carbons": "C" * 20_000,
+    "200,000 carbons": "C" * 200_000,
+    "20,000 nested branches": "C(" * 20_000 + "C" + ")" * 20_000,
+    "4,000 three-rings": "C1CC1" * 4_000,
+    "2,500 benzene rings": "c1ccccc1" * 2_500,
+}
+PROTEIN = "M" + "ACDEFGHIKLMNPQRSTVWY" * 5_000  # 100,001 residues
+MAX_LENGTH = 64
+LIMIT_S = 2.0
+
+
+def _child(code: str, timeout: float = 300, stdin: str | None = None) -> list[dict]:
+    """Run ``code`` in a fresh Python (``stdin`` on its standard input); it prints one JSON
+    list as its last line."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                       text=True, timeout=timeout, input=stdin,
+                       env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    assert r.returncode == 0, \
+        f"child exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _csv(path: Path, column: str, value: str) -> Path:
+    """A CSV with a valid first row and the hostile value in row 2."""
+    ok = "CCO" if column == "smiles" else "MKTAYIAK"
+    path.write_text(f"{column},y\n{ok},0.5\n{value},0.5\n")
+    return path
+
+
+def _v3000_chain(atoms: int) -> str:
+    """An SD record of a carbon chain of ``atoms`` atoms in the V3000 format (no atom limit
+    of V2000's three-digit counts)."""
+    lines = ["chain", "  tagllm", "", "  0  0  0     0  0            999 V3000",
+             "M  V30 BEGIN CTAB", f"M  V30 COUNTS {atoms} {atoms - 1} 0 0 0",
+             "M  V30 BEGIN ATOM"]
+    lines += [f"M  V30 {i} C 0 0 0 0" for i in range(1, atoms + 1)]
+    lines += ["M  V30 END ATOM", "M  V30 BEGIN BOND"]
+    lines += [f"M  V30 {i} 1 {i} {i + 1}" for i in range(1, atoms)]
+    lines += ["M  V30 END BOND", "M  V30 END CTAB", "M  END", "$$$$"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A tiny model with tags <S> and <Q> (regression) and one file per hostile case."""
+    d = tmp_path_factory.mktemp("hostile")
+    saved_tiny_tags(d)
+    files = {name: _csv(d / f"smiles-{i}.csv", "smiles", s)
+             for i, (name, s) in enumerate(SMILES.items())}
+    files["100,001-residue protein"] = _csv(d / "protein.csv", "sequence", PROTEIN)
+    (d / "protein.fasta").write_text(f">ok\nMKTAYIAK\n>long\n{PROTEIN}\n")
+    files["100,001-residue FASTA record"] = d / "protein.fasta"
+    (d / "chain.sdf").write_text(_v3000_chain(25_000))
+    files["25,000-atom SD record"] = d / "chain.sdf"
+    return d, files
+
+
+def _where(name: str, path: Path) -> str:
+    """What the error must name: the file and the row (the record for FASTA and SD)."""
+    if path.suffix == ".fasta":
+        return f"{path} row 3"  # the record's header line
+    if path.suffix == ".sdf":
+        return f"{path} record 1"
+    return f"{path} row 2"
+
+
+def test_predict_refuses_each_hostile_row_in_seconds_naming_file_and_row(hostile):
+    d, files = hostile
+    cases = {name: (str(path), "<S> {sequence} <Q>" if "protein" in name or "FASTA" in name
+                    else "<S> {smiles} <Q>") for name, path in files.items()}
+    results = _child(f"""
+        import json, time
+        from tagllm.errors import TagllmError
+        from tagllm.inference import predict_file
+        from tagllm.model import TaggedModel
+        m = TaggedModel.from_pretrained({str(d / 'tiny')!r}, tags=[{str(d / 'tags')!r}])
+        out = []
+        for name, (path, template) in {cases!r}.items():
+            t = time.perf_counter()
+            try:
+                predict_file(m, path, path + ".out.csv", template, max_length={MAX_LENGTH},
+                             progress=False)
+                error = None
+            except TagllmError as e:
+                error = str(e)
+            out.append({{"name": name, "error": error, "s": time.perf_counter() - t}})
+        print(json.dumps(out))
+    """)
+    for r in results:
+        path = files[r["name"]]
+        assert r["error"] and _where(r["name"], path) in r["error"], r
+        assert r["s"] < LIMIT_S, r
+        assert not Path(str(path) + ".out.csv").exists()
+        assert not list(path.parent.glob(f".{path.name}.out.csv.tmp*")), r  # nothing left
+
+
+def test_recipe_data_and_eval_files_refuse_hostile_rows_in_seconds(hostile, tmp_path):
+    d, files = hostile
+    recipes = {}
+    for name, path in files.items():
+        if path.suffix != ".csv":
+            continue
+        column = "sequence" if "protein" in name else "smiles"
+        for where in ("data", "eval"):
+            good = _csv(tmp_path / f"good-{column}.csv", column, "CCO" if column == "smiles"
+                        else "MKTAYIAK")
+            entry = {"template": f"<S> {{{column}}} <Q>", "label": "y"}
+            stage = {"name": "q", "tags": ["<Q>"], "train": {"steps": 1, "max_length": MAX_LENGTH},
+                     "data": [{**entry, "source": str(path if where == "data" else good)}],
+                     "eval": [{**entry, "source": str(path if where == "eval" else good),
+                               "baselines": ["mean"]}]}
+            recipe = {"name": "hostile", "model": str(d / "tiny"), "out": str(tmp_path / "out"),
+                      "pretrained": {"<S>": str(d / "tags" / "S")},
+                      "tags": [{"name": "<Q>", "kind": "function", "num_tokens": 2,
+                                "head": {"kind": "regression"}}],
+                      "stages": [stage]}
+            r = tmp_path / f"{len(recipes)}.yaml"
+            r.write_text(yaml.safe_dump(recipe))
+            recipes[f"{name} in {where}"] = (str(r), str(path))
+    results = _child(f"""
+        import json, time
+        from tagllm.errors import TagllmError
+        from tagllm.protocol import load_recipe, run
+        from tagllm.store import TagStore
+        out = []
+        for name, (recipe, path) in {recipes!r}.items():
+            t = time.perf_counter()
+            try:
+                run(load_recipe(recipe), TagStore({str(tmp_path / 'store')!r}), log=lambda s: None,
+                    progress=False)
+                error = None
+            except TagllmError as e:
+                error = str(e)
+            out.append({{"name": name, "path": path, "error": error,
+                         "s": time.perf_counter() - t}})
+        print(json.dumps(out))
+    """)
+    assert len(results) == 2 * 6
+    for r in results:
+        assert r["error"] and f"{r['path']} row 2: " in r["error"] and "tokens > max_length" \
+            in r["error"], r
+        assert r["s"] < LIMIT_S, r
+
+
+# ----------------------------------------------------------------- the service
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(hostile):
+    """`tagllm serve` with its default limits (1 MB bodies), max_length 64."""
+    d, _ = hostile
+    port = _free_port()
+    log = open(d / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagllm.cli", "serve", "--tags", str(d / "tags"), "--model",
+         str(d / "tiny"), "--port", str(port), "--template", "<S> {smiles} <Q>",
+         "--max_length", str(MAX_LENGTH)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, (d / "server.log").read_text()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, (d / "server.log").read_text()
+        time.sleep(0.2)
+    yield url, proc, d / "server.log"
+    if proc.poll() is None:
+        proc.kill()
+    log.close()
+
+
+def test_serve_answers_422_naming_the_row_for_each_hostile_input(server):
+    url, proc, log = server
+    bodies = {name: {"rows": [{"smiles": "CCO"}, {"smiles": s}]} for name, s in SMILES.items()}
+    bodies["100,001-residue protein"] = {"rows": [{"sequence": "MKTAYIAK"},
+                                                  {"sequence": PROTEIN}],
+                                         "template": "<S> {sequence} <Q>"}
+    bodies["200,000 carbons as a text"] = {"inputs": ["<S> CCO <Q>", f"<S> {'C' * 200_000} <Q>"]}
+    for name, body in bodies.items():
+        t = time.perf_counter()
+        r = httpx.post(f"{url}/v1/predict", json=body, timeout=60)
+        took = time.perf_counter() - t
+        want = "input 1" if "inputs" in body else "request row 2"
+        assert r.status_code == 422 and want in r.text and "tokens > max_length" in r.text, \
+            (name, r.status_code, r.text[:300])
+        assert took < LIMIT_S, (name, took)
+    assert proc.poll() is None, log.read_text()
+
+
+def test_serve_stays_up_for_everyone_while_hostile_requests_are_in_flight(server):
+    """Hostile requests in a loop from four clients; meanwhile valid clients get 200 and
+    /health answers within a second; the process lives."""
+    url, proc, log = server
+    stop = threading.Event()
+    hostile_codes: list[int] = []
+
+    def attack():
+        bodies = [{"rows": [{"smiles": s}]} for s in SMILES.values()]
+        i = 0
+        while not stop.is_set():
+            r = httpx.post(f"{url}/v1/predict", json=bodies[i % len(bodies)], timeout=60)
+            hostile_codes.append(r.status_code)
+            i += 1
+
+    with ThreadPoolExecutor(4) as pool:
+        attackers = [pool.submit(attack) for _ in range(4)]
+        try:
+            time.sleep(0.5)
+            health, valid = [], []
+            for _ in range(10):
+                t = time.perf_counter()
+                assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+                health.append(time.perf_counter() - t)
+                valid.append(httpx.post(f"{url}/v1/predict", json={"rows": [{"smiles": "CCO"}]},
+                                        timeout=60).status_code)
+        finally:
+            stop.set()
+        for a in attackers:
+            a.result(timeout=120)
+    assert valid == [200] * 10, valid
+    assert max(health) < 1.0, health
+    assert hostile_codes and set(hostile_codes) == {422}, set(hostile_codes)
+    assert proc.poll() is None, log.read_text()
+
+
+def test_sigterm_stops_the_service_within_seconds_with_requests_in_flight(server):
+    """Runs last in this module: it stops the module's server."""
+    url, proc, log = server
+
+    def post(body):
+        try:
+            return httpx.post(f"{url}/v1/predict", json=body, timeout=60).status_code
+        except httpx.TransportError:
+            return "closed"
+
+    with ThreadPoolExecutor(8) as pool:
+        pending = [pool.submit(post, {"rows": [{"smiles": s}]}) for s in SMILES.values()]
+        pending += [pool.submit(post, {"rows": [{"smiles": "CCO"}]}) for _ in range(3)]
+        time.sleep(0.05)
+        t = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        took = time.perf_counter() - t
+        answers = [p.result(timeout=60) for p in pending]
+    assert took < 5.0, (took, log.read_text()[-2000:])
+    assert code in (0, 128 + signal.SIGTERM, -signal.SIGTERM), code
+    assert set(answers) <= {200, 422, 503, "closed"}, answers
+
+
+# ----------------------------------------------------------------- the validators, fuzzed
+_UNITS = st.sampled_from(["C", "c1ccccc1", "C1CC1", "C(", "N", "O", "Cl", "[nH]", "=", "#",
+                          "1", "%12", "(", ")", "c", "C2", "[C@@H]", "Br"])
+
+
+@st.composite
+def smiles_like(draw) -> str:
+    """Long, nested, ring-heavy SMILES-like strings (most are not valid SMILES)."""
+    unit = "".join(draw(st.lists(_UNITS, min_size=1, max_size=4)))
+    body = unit * draw(st.integers(1, 40_000))
+    nest = draw(st.integers(0, 30_000))
+    return ("C(" * nest + body + ")" * nest)[:draw(st.integers(1, 400_000))]
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(smiles_like(), min_size=4, max_size=4))
+def test_smiles_validators_never_crash_or_hang(batch):
+    """check_smiles and canonical_smiles on generated strings, in a child process: each
+    either returns or raises ValueError, within two seconds."""
+    results = _child("""
+        import json, sys, time
+        from tagllm.data.smiles import canonical_smiles, check_smiles
+        out = []
+        for s in json.loads(sys.stdin.read()):
+            for f in (check_smiles, canonical_smiles):
+                t = time.perf_counter()
+                try:
+                    f(s)
+                except ValueError:
+                    pass
+                out.append(time.perf_counter() - t)
+        print(json.dumps([{"s": max(out)}]))
+    """, timeout=120, stdin=json.dumps(batch))
+    assert results[0]["s"] < LIMIT_S, results
+
+
+# ----------------------------------------------------------------- fields and files
+def test_a_field_over_the_read_limit_fails_naming_the_row(tmp_path):
+    from tagllm.data import MAX_FIELD_CHARS
+    from tagllm.errors import DataError
+    from tagllm.sources import load_source
+
+    big = "C" * (MAX_FIELD_CHARS + 1)
+    cases = {"big.csv": f"smiles,y\nCCO,1\n{big},2\n", "big.smi": f"CCO a\n{big} b\n",
+             "big.fasta": f">a\nMKT\n>b\n{big[:600_000]}\n{big[:600_000]}\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        t = time.perf_counter()
+        with pytest.raises(DataError, match=r"(row|line) [23]\b.*longest tagllm reads is "
+                                            r"1,000,000"):
+            load_source(str(tmp_path / name))
+        assert time.perf_counter() - t < LIMIT_S
+
+
+def test_a_smiles_over_the_parse_limit_never_reaches_rdkit(tmp_path):
+    from tagllm.data.smiles import SMILES_MAX_CHARS, canonical_smiles, check_smiles
+
+    s = "C" * (SMILES_MAX_CHARS + 1)
+    for f in (check_smiles, canonical_smiles):
+        with pytest.raises(ValueError, match="the longest tagllm parses is 5,000"):
+            f(s)
+    assert check_smiles(" " + "C" * SMILES_MAX_CHARS + " ") == "C" * SMILES_MAX_CHARS
+
+
+def test_sigterm_leaves_no_temporary_file_and_stale_ones_are_removed(hostile, tmp_path):
+    """`tagllm predict` stopped by SIGTERM mid-file removes its temporary output; one that
+    a killed process left (old or new name) goes with the next write, or `tagllm gc`."""
+    from tagllm.fileio import remove_stale, temp_name
+
+    d, _ = hostile
+    data = tmp_path / "many.csv"
+    data.write_text("smiles\n" + "CCO\nc1ccccc1\nCC(=O)O\n" * 20_000)
+    out = tmp_path / "pred.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagllm.cli", "predict", "--tags", str(d / "tags"), "--model",
+         str(d / "tiny"), "--input", str(data), "--output", str(out), "--template",
+         "<S> {smiles} <Q>", "--batch_size", "8", "--progress", "false"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".pred.csv.tmp-*")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM, proc.stdout.read()
+    assert not out.exists() and not list(tmp_path.glob(".pred.csv*"))
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = [tmp_path / f".pred.csv.tmp{dead}",  # the name earlier versions used
+             tmp_path / temp_name("pred.csv").replace(str(os.getpid()), dead)]
+    for p in stale:
+        p.write_text("half")
+    small = tmp_path / "small.csv"
+    small.write_text("smiles\nCCO\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "tagllm.cli", "predict", "--tags", str(d / "tags"), "--model",
+         str(d / "tiny"), "--input", str(small), "--output", str(out), "--template",
+         "<S> {smiles} <Q>", "--progress", "false"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and not any(p.exists() for p in stale)
+    sub = tmp_path / "store" / "x"  # `tagllm gc` (through remove_stale) looks below too
+    sub.mkdir(parents=True)
+    for p in stale:
+        (sub / p.name).write_text("half")
+    mine = sub / temp_name("other.csv")  # this process is alive: its file is kept
+    mine.write_text("in progress")
+    assert sorted(x.name for x in remove_stale(tmp_path / "store", recursive=True)) == \
+        sorted(p.name for p in stale)
+    assert mine.exists() and not any((sub / p.name).exists() for p in stale)
