@@ -173,3 +173,54 @@ def test_settings_are_checked():
     with pytest.raises(ConfigError, match="token"):
         ServeConfig(token="short")
     assert "token" not in ServeConfig(token="long-enough-token").public()
+
+
+def _tagged():
+    """A tiny model with <S> and <Q> (regression), in this process."""
+    from tagllm import HeadConfig, TagConfig
+
+    from tiny import tiny_tagged
+
+    m = tiny_tagged()
+    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"))
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
+    return m
+
+
+def test_every_input_needs_the_function_tag_and_a_failing_batch_is_retried_per_request():
+    """A request whose second input lacks the tag is refused before it is queued; and if a
+    merged pass still fails, only the faulty request gets the error."""
+    import asyncio
+
+    from tagllm.serve import Batcher, RequestError, _Job, predict_inputs
+
+    m = _tagged()
+    cfg = ServeConfig(max_length=64)
+    with pytest.raises(RequestError, match=r"input\(s\) \[1\] do not contain the function "
+                                           r"tag <Q>"):
+        predict_inputs(m, cfg, ["<S> CCO <Q>", "<S> CCO"], None, None, None)
+    loop = asyncio.new_event_loop()
+    try:
+        good = _Job("predict", ["<S> CCO <Q>", "<S> CCN <Q>"], "<Q>", 0, loop.create_future())
+        bad = _Job("predict", ["<S> CCO"], "<Q>", 0, loop.create_future())  # not checked
+        out = Batcher(m, cfg)._compute([good, bad])
+    finally:
+        loop.close()
+    np.testing.assert_allclose(out[0], m.predict(good.texts), rtol=1e-5, atol=1e-6)
+    assert isinstance(out[1], Exception) and "<Q>" in str(out[1])
+
+
+def test_a_request_past_its_deadline_gets_504_and_is_never_computed():
+    from fastapi.testclient import TestClient
+
+    from tagllm.serve import create_app
+
+    m = _tagged()
+    cfg = ServeConfig(max_length=64, max_wait_ms=500, timeout_s=0.05)
+    with TestClient(create_app(m, cfg)) as client:
+        r = client.post("/v1/predict", json={"inputs": ["<S> CCO <Q>"]})
+        assert r.status_code == 504 and "timeout_s" in r.text, r.text
+        time.sleep(0.8)  # past the batch window: the worker took the job and dropped it
+        assert client.get("/health").json()["batches"] == 0
+    with pytest.raises(ConfigError, match="timeout_s"):
+        ServeConfig(timeout_s=0)

@@ -241,7 +241,8 @@ def predict_inputs(model: TaggedModel, cfg: ServeConfig, inputs: list[str] | Non
             raise RequestError(422, "rows need a template (in the request or the server's "
                                     "--template)")
         inputs = render_rows(rows or [], template, model.tagtok.length_limit(
-            template, cfg.max_length, hint="the server's max_length; shorten the input"))
+            template, cfg.max_length, hint="shorten the input (max_length is the server's "
+                                           "--max_length)"))
     if not inputs:
         raise RequestError(422, "no inputs")
     check_inputs(model, inputs, cfg.max_length)
