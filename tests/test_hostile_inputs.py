@@ -356,7 +356,7 @@ def test_a_smiles_over_the_parse_limit_never_reaches_rdkit(tmp_path):
 def test_sigterm_leaves_no_temporary_file_and_stale_ones_are_removed(hostile, tmp_path):
     """`tagllm predict` stopped by SIGTERM mid-file removes its temporary output; one that
     a killed process left (old or new name) goes with the next write, or `tagllm gc`."""
-    from tagllm.fileio import remove_stale, temp_name
+    from tagllm.fileio import hold, remove_stale, temp_name
 
     d, _ = hostile
     data = tmp_path / "many.csv"
@@ -378,10 +378,10 @@ def test_sigterm_leaves_no_temporary_file_and_stale_ones_are_removed(hostile, tm
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    stale = [tmp_path / f".pred.csv.tmp{dead}",  # the name earlier versions used
-             tmp_path / temp_name("pred.csv").replace(str(os.getpid()), dead)]
-    for p in stale:
-        p.write_text("half")
+    stale = [tmp_path / temp_name("pred.csv").replace(str(os.getpid()), dead),
+             tmp_path / (temp_name("pred.csv").replace(str(os.getpid()), dead) + "-x1")]
+    stale[0].write_text("half")
+    stale[1].mkdir()  # a folder's temporary copy
     small = tmp_path / "small.csv"
     small.write_text("smiles\nCCO\n")
     r = subprocess.run(
@@ -396,6 +396,118 @@ def test_sigterm_leaves_no_temporary_file_and_stale_ones_are_removed(hostile, tm
         (sub / p.name).write_text("half")
     mine = sub / temp_name("other.csv")  # this process is alive: its file is kept
     mine.write_text("in progress")
-    assert sorted(x.name for x in remove_stale(tmp_path / "store", recursive=True)) == \
-        sorted(p.name for p in stale)
-    assert mine.exists() and not any((sub / p.name).exists() for p in stale)
+    # a live writer whose process id looks gone (another container on this host): its lock
+    # keeps its file
+    held = sub / temp_name("held.csv").replace(str(os.getpid()), dead)
+    held.write_text("in progress")
+    fd = hold(held)
+    try:
+        assert sorted(x.name for x in remove_stale(tmp_path / "store", recursive=True)) == \
+            sorted(p.name for p in stale)
+    finally:
+        os.close(fd)
+    assert mine.exists() and held.exists() and not any((sub / p.name).exists()
+                                                       for p in stale)
+    # a replaced folder's old version whose target is missing (killed between the two
+    # renames) is put back, not removed
+    old = sub / temp_name("tags", "old").replace(str(os.getpid()), dead)
+    old.mkdir()
+    (old / "tag.json").write_text("{}")
+    remove_stale(sub)
+    assert (sub / "tags" / "tag.json").exists() and not old.exists()
+
+
+def test_templates_take_plain_column_names_only(hostile):
+    """A format spec would let a 200-byte request build gigabytes; attribute access reads
+    Python internals: both fail before anything is rendered."""
+    from tagllm.data import Table
+    from tagllm.errors import DataError
+    from tagllm.model import TaggedModel
+    from tagllm.serve import ServeConfig, predict_inputs
+
+    t = Table({"smiles": ["CCO"], "w": ["1000000000"]})
+    for bad in ("<S> {smiles:>1000000000} <Q>", "<S> {smiles:>{w}} <Q>", "<S> {smiles!r} <Q>",
+                "<S> {smiles.__class__} <Q>", "<S> {smiles[0]} <Q>", "<S> {} <Q>"):
+        with pytest.raises(DataError, match="is not a plain {column}"):
+            t.render(bad)
+    assert t.render("<S> {smiles} {{literal}} <Q>") == ["<S> CCO {literal} <Q>"]
+    d, _ = hostile
+    m = TaggedModel.from_pretrained(str(d / "tiny"), tags=[str(d / "tags")])
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="is not a plain {column}"):
+        predict_inputs(m, ServeConfig(max_length=MAX_LENGTH), None, [{"smiles": "CCO"}] * 256,
+                       "<S> {smiles:>1000000000} <Q>", None)
+    assert time.perf_counter() - t0 < LIMIT_S
+
+
+def test_molecules_outside_the_template_are_bounded_too(hostile, tmp_path):
+    """A SMILES column the template does not use is still checked by name: its length is
+    bounded (in tokens) before RDKit sees it."""
+    from tagllm.errors import InputTooLongError
+    from tagllm.model import TaggedModel
+    from tagllm.sources import load_source
+
+    d, _ = hostile
+    m = TaggedModel.from_pretrained(str(d / "tiny"), tags=[str(d / "tags")])
+    path = tmp_path / "extra.csv"
+    path.write_text(f"smiles,x\nCCO,C\n{'C1CC1' * 1000},C\n")
+    limit = m.tagtok.length_limit("<S> {x} <Q>", MAX_LENGTH)
+    t0 = time.perf_counter()
+    with pytest.raises(InputTooLongError, match=r"extra.csv row 2: column 'smiles': 5,00\d "
+                                                r"tokens > max_length 64"):
+        load_source(str(path), limit=limit)
+    assert time.perf_counter() - t0 < LIMIT_S
+
+
+def test_sd_records_without_a_readable_atom_count_never_reach_rdkit(tmp_path):
+    """An atom count RDKit reads but a strict parser would not (lower case, continued
+    lines) must not bypass the bound; an unreadable one is refused."""
+    from tagllm.data.measured import read_sdf
+    from tagllm.errors import DataError
+
+    record = _v3000_chain(25_000)
+    cases = {"lower": record.replace("M  V30 COUNTS", "M  V30 counts"),
+             "continued": record.replace("M  V30 COUNTS 25000", "M  V30 COUNTS -\nM  V30 25000"),
+             "unreadable": record.replace("M  V30 COUNTS 25000", "M  V30 COUNTS x")}
+    for name, text in cases.items():
+        path = tmp_path / f"{name}.sdf"
+        path.write_text(text)
+        results = _child(f"""
+            import json, time
+            from tagllm.data.measured import read_sdf
+            from tagllm.errors import DataError
+            t = time.perf_counter()
+            try:
+                read_sdf({str(path)!r})
+                error = None
+            except DataError as e:
+                error = str(e)
+            print(json.dumps([{{"error": error, "s": time.perf_counter() - t}}]))
+        """)
+        r = results[0]
+        assert r["error"] and "record 1" in r["error"] and any(
+            why in r["error"] for why in ("25,000 atoms", "no readable atom count",
+                                          "a structure of 1,2")), (name, r)
+        assert r["s"] < LIMIT_S, (name, r)
+    ok = tmp_path / "ok.sdf"
+    ok.write_text(_v3000_chain(12))
+    assert read_sdf(ok)[0]["smiles"] == ["C" * 12]
+    with pytest.raises(DataError, match="no readable atom count"):
+        read_sdf(tmp_path / "unreadable.sdf")
+
+
+def test_predict_skip_invalid_goes_on_past_a_chunk_of_only_long_rows(hostile, tmp_path):
+    """Rows stream in chunks of 32 x batch_size: a last chunk whose every row is too long
+    is skipped like any other long row, not an error for the whole file."""
+    from tagllm.inference import predict_file
+    from tagllm.model import TaggedModel
+
+    d, _ = hostile
+    m = TaggedModel.from_pretrained(str(d / "tiny"), tags=[str(d / "tags")])
+    path = tmp_path / "chunks.csv"
+    path.write_text("smiles\n" + "CCO\n" * 32 + "C" * 5_000 + "\n")
+    skipped: list[str] = []
+    n = predict_file(m, str(path), tmp_path / "out.csv", "<S> {smiles} <Q>", batch_size=1,
+                     max_length=MAX_LENGTH, skip_invalid=True, progress=False,
+                     on_skipped=skipped.extend)
+    assert n == 32 and len(skipped) == 1 and "row 33" in skipped[0]

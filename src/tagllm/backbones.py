@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 
 from tagllm.data import package_dir
 from tagllm.errors import MissingPackageError
-from tagllm.fileio import atomic_write_dir
+from tagllm.fileio import TempDir, atomic_write_dir
 from tagllm.paths import models_dir, tagllm_home
 
 log = logging.getLogger(__name__)
@@ -74,9 +72,19 @@ def embedded_model_dir(short_name: str) -> Path:
     target = models_dir() / short_name
     if (target / "config.json").exists() and (target / ".complete").exists():
         return target
+    # the parts of a split GGUF are joined in a private folder, removed whatever happens
+    tmp = TempDir(tagllm_home(), f"{short_name}-gguf") if em.parts else None
+    try:
+        return _convert(em, _gguf_dir(em, tmp.path if tmp else None), target)
+    finally:
+        if tmp is not None:
+            tmp.close()
+
+
+def _convert(em: EmbeddedModel, src: Path, target: Path) -> Path:
+    """The GGUF in ``src`` converted to safetensors in ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _gguf_dir(em)
     gguf = src / em.gguf_file
     if not gguf.exists():
         raise MissingPackageError(f"{gguf} is missing from package {em.pip_spec}")
@@ -94,20 +102,14 @@ def embedded_model_dir(short_name: str) -> Path:
         tok.save_pretrained(tmp)
         (tmp / ".complete").write_text(em.pip_spec + "\n")
 
-    try:
-        return atomic_write_dir(target, fill)
-    finally:
-        if em.parts:  # the assembled GGUF was only needed for the conversion
-            shutil.rmtree(src, ignore_errors=True)
+    return atomic_write_dir(target, fill)
 
 
-def _gguf_dir(em: EmbeddedModel) -> Path:
-    """Folder holding ``em.gguf_file``: the package's own, or a temporary folder where the
-    parts shipped by several packages are concatenated and checked against ``em.sha256``."""
-    if not em.parts:
+def _gguf_dir(em: EmbeddedModel, out: Path | None) -> Path:
+    """Folder holding ``em.gguf_file``: the package's own, or ``out``, where the parts
+    shipped by several packages are concatenated and checked against ``em.sha256``."""
+    if not em.parts or out is None:
         return package_dir(em.package, em.pip_spec, f"the {em.short_name} weights")
-    tagllm_home().mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=f".{em.short_name}-gguf.", dir=tagllm_home()))
     h = hashlib.sha256()
     with open(out / em.gguf_file, "wb") as f:
         for package, rel in em.parts:
@@ -119,7 +121,6 @@ def _gguf_dir(em: EmbeddedModel) -> Path:
                     h.update(block)
                     f.write(block)
     if h.hexdigest() != em.sha256:
-        shutil.rmtree(out, ignore_errors=True)
         raise MissingPackageError(f"the {em.gguf_file} assembled from {em.pip_spec} has SHA-256 "
                                 f"{h.hexdigest()}, expected {em.sha256}; reinstall it")
     return out

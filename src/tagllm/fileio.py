@@ -3,13 +3,14 @@
 A file or folder is written under a temporary name beside its target and renamed into
 place when complete, so a crash never leaves a half-written file and never destroys the
 previous version. The temporary name records the host and process
-(``.NAME.tmp-HOST-PID…``): an exception, Ctrl-C or SIGTERM removes it at once, and what a
-SIGKILL or a crash leaves is removed by the next write of the same target, or by
-:func:`remove_stale` (``tagllm gc``), once its process is gone.
+(``.NAME.tmp-HOST-PID…``) and the writer holds a lock on it: an exception, Ctrl-C or SIGTERM
+removes it at once, and what a SIGKILL or a crash leaves is removed by the next write of the
+same target, or by :func:`remove_stale` (``tagllm gc``), once no process holds it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -18,13 +19,16 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-#: ``.NAME.tmp-HOST-PID``, ``.NAME.tmp-HOST-PID-XXXX`` (folders), ``.NAME.old-HOST-PID``;
-#: also the host-less ``.NAME.tmpPID`` of earlier versions.
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<host>[^/]*?)-(?P<pid>\d+)(?:-[^-]+)?$"
-                   r"|^\.(?P<oldname>.+)\.tmp(?P<oldpid>\d+)$")
+#: ``.NAME.tmp-HOST-PID``, ``.NAME.tmp-HOST-PID-XXXX`` (folders), ``.NAME.old-HOST-PID``
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9_.]*)-(?P<pid>\d+)"
+                   r"(?:-[A-Za-z0-9_]+)?$")
+#: A temporary file or folder this young, unlocked, with a live process of its pid, may be
+#: one that its writer has created but not locked yet.
+_YOUNG_S = 10.0
 
 
 def _host() -> str:
@@ -44,32 +48,73 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except (PermissionError, OverflowError):  # another user's live process; a huge number
         return True
     return True
+
+
+def hold(path: Path) -> int:
+    """An open descriptor of ``path`` (a file or a folder) holding an exclusive lock on it:
+    while it is open, :func:`remove_stale` leaves ``path`` alone. Close it when done."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unlocked(path: Path) -> bool:
+    """Whether no process holds ``path``'s lock (so no live writer owns it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def remove_stale(folder: str | Path, name: str | None = None, recursive: bool = False,
                  dry_run: bool = False) -> list[Path]:
     """Remove the temporary files and folders that writers on this host left in ``folder``
-    when they were killed (SIGKILL, a crash, a power cut): those whose process is gone.
-    ``name``: only those of that target; ``recursive``: in sub-folders too. Returns what
-    was (or with ``dry_run`` would be) removed. Another host's are left alone (a shared
-    file system: its process cannot be checked from here)."""
+    when they were killed (SIGKILL, a crash, a power cut). A temporary copy is stale when
+    no process holds its lock (:func:`hold`) and its process is gone (or it is older than a
+    few seconds: a process id of another container may look gone); a replaced version
+    (``.old``) when its process is gone, and it is put back if its target is missing (a kill
+    between the two renames). ``name``: only those of that target; ``recursive``: in
+    sub-folders too. Another host's are left alone (a shared file system: its process
+    cannot be checked from here). Returns what was (or with ``dry_run`` would be) removed or
+    restored."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     found = []
     for p in folder.rglob(".*") if recursive else folder.glob(".*"):
         m = _TEMP.match(p.name)
-        if m is None or (name is not None and name not in (m["name"], m["oldname"])):
+        if m is None or m["host"] != _host() or (name is not None and m["name"] != name):
             continue
-        if m["pid"] is not None and m["host"] != _host():
+        alive = _alive(int(m["pid"]))
+        if m["kind"] == "old":
+            if not alive:
+                found.append(p)
             continue
-        if not _alive(int(m["pid"] or m["oldpid"])):
+        try:
+            young = time.time() - p.lstat().st_mtime < _YOUNG_S
+        except OSError:
+            continue
+        if (not alive or not young) and not p.is_symlink() and _unlocked(p):
             found.append(p)
     for p in found if not dry_run else ():
-        if p.is_dir() and not p.is_symlink():
+        target = p.with_name(_TEMP.match(p.name)["name"])
+        if p.name.startswith(f".{target.name}.old-") and not target.exists():
+            os.replace(p, target)
+        elif p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
@@ -85,25 +130,41 @@ def sha256_file(path: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+class TempDir:
+    """A private temporary folder in ``parent`` (named and locked so that
+    :func:`remove_stale` can tell when its process was killed), removed by :meth:`close`.
+    What earlier, killed processes left for the same ``name`` is removed first."""
+
+    def __init__(self, parent: str | Path, name: str) -> None:
+        parent = Path(parent)
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(parent, name)
+        self.path = Path(tempfile.mkdtemp(prefix=temp_name(name) + "-", dir=parent))
+        self._fd: int | None = hold(self.path)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def atomic_write_dir(target: str | Path, fill: Callable[[Path], object]) -> Path:
     """Create folder ``target`` by filling a temporary sibling folder and renaming it into
     place. An existing ``target`` is replaced only after the new folder is complete."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target.parent, target.name)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_name(target.name) + "-", dir=target.parent))
+    tmp = TempDir(target.parent, target.name)
     try:
-        fill(tmp)
+        fill(tmp.path)
         if target.exists():
             old = target.with_name(temp_name(target.name, "old"))
             os.replace(target, old)
-            os.replace(tmp, target)
+            os.replace(tmp.path, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            os.replace(tmp.path, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp.close()
     return target
 
 
@@ -114,11 +175,16 @@ def atomic_write_file(target: str | Path, fill: Callable[[Path], object]) -> Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent, target.name)
     tmp = target.with_name(temp_name(target.name))
+    fd = None
     try:
+        tmp.touch()
+        fd = hold(tmp)
         fill(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        if fd is not None:
+            os.close(fd)
     return target
 
 

@@ -7,6 +7,7 @@ done, so a failure never leaves a partial file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,9 +31,9 @@ def predict_file(model: TaggedModel, input: str, output: str | Path, template: s
     or with ``skip_invalid`` left out and reported through ``on_skipped``."""
     written = 0
     pbar = bar(None, "predicting", progress, unit="row")
-    limit = model.tagtok.length_limit(template, max_length, skip=skip_invalid,
-                                      hint="raise --max_length, or --skip_invalid to drop "
-                                           "such rows")
+    limit = dataclasses.replace(model.tagtok.length_limit(
+        template, max_length, skip=skip_invalid,
+        hint="raise --max_length, or --skip_invalid to drop such rows"), partial=True)
 
     def fill(tmp: Path) -> None:
         nonlocal written, tag

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import shutil
 import tempfile
 import weakref
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tagllm.fileio import remove_stale, temp_name
+from tagllm.fileio import TempDir
 from tagllm.model import Batch, TaggedModel
 from tagllm.tags import pad_batch
 
@@ -165,13 +164,9 @@ class FrozenPrefix:
         """The private folder of the disk tier (removed with the cache, or at exit; after
         a SIGKILL, by the next cache in the same folder or by ``tagllm gc``)."""
         if self._dir is None:
-            parent = Path(self._disk_parent) if self._disk_parent else None
-            if parent is not None:
-                parent.mkdir(parents=True, exist_ok=True)
-            remove_stale(parent or tempfile.gettempdir(), "tagllm-prefix")  # killed runs' folders
-            self._dir = Path(tempfile.mkdtemp(prefix=temp_name("tagllm-prefix") + "-",
-                                              dir=parent))
-            weakref.finalize(self, shutil.rmtree, str(self._dir), True)
+            tmp = TempDir(self._disk_parent or tempfile.gettempdir(), "tagllm-prefix")
+            self._dir = tmp.path
+            weakref.finalize(self, tmp.close)
         return self._dir
 
     def suffix_hidden(self, kvs: Sequence[KV], prefix_lens: Sequence[int],

@@ -10,7 +10,8 @@ micro-batched into shared forward passes (at most ``max_batch`` inputs, waiting 
 ``max_wait_ms`` for more) on one worker; a request not answered within ``timeout_s`` gets
 504 and, if it has not reached the model yet, is never computed. At most ``max_pending``
 requests wait at once: more get 503 at once instead of a queue that grows without limit.
-Shutdown (Ctrl-C, SIGTERM) stops accepting and finishes the requests in flight. The
+Shutdown (Ctrl-C, SIGTERM) stops accepting and finishes the requests in flight (for at most
+``GRACE_S`` seconds). The
 service binds to
 127.0.0.1 unless told otherwise, refuses bodies over ``max_body_bytes`` (413), and with a
 token (``--token`` or ``TAGLLM_SERVE_TOKEN``) answers 401 to any request without
@@ -19,8 +20,12 @@ token (``--token`` or ``TAGLLM_SERVE_TOKEN``) answers 401 to any request without
 
 
 import asyncio
+import contextlib
+import functools
 import hmac
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +38,7 @@ from tagllm.protocol.recipe import tags_in
 from tagllm.sources import check_table
 
 TOKEN_ENV = "TAGLLM_SERVE_TOKEN"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,8 +95,10 @@ class _Job:
 
 class Batcher:
     """Micro-batching: requests queue up; one worker takes what arrives within the wait
-    window (up to ``max_batch`` inputs), runs the model once per tag in a thread, and
-    answers each request with its own rows."""
+    window (up to ``max_batch`` inputs), runs the model once per tag in its own thread, and
+    answers each request with its own rows. Requests' checks run in a separate small pool
+    of threads (:meth:`check`), so checks never wait behind the model nor it behind them;
+    a request counts as pending from its checks to its answer (:meth:`admit`)."""
 
     def __init__(self, model: TaggedModel, cfg: ServeConfig) -> None:
         self.model, self.cfg = model, cfg
@@ -98,29 +106,44 @@ class Batcher:
         self.batches = 0
         self.queue: asyncio.Queue[_Job | None] | None = None
         self.worker: asyncio.Task | None = None
+        self.checks = ThreadPoolExecutor(2, thread_name_prefix="tagllm-checks")
+        self.compute = ThreadPoolExecutor(1, thread_name_prefix="tagllm-model")
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
         self.worker = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Finish every queued job, then stop the worker."""
+        """Finish every queued job whose client still waits, then stop the worker."""
         if self.queue is not None and self.worker is not None:
             await self.queue.put(None)
             await self.worker
+        self.checks.shutdown(wait=False, cancel_futures=True)
+        self.compute.shutdown(wait=False, cancel_futures=True)
+
+    @contextlib.asynccontextmanager
+    async def admit(self):
+        """Count a request as pending while it is checked, queued and computed; past
+        ``max_pending`` :class:`Overloaded`."""
+        if self.pending >= self.cfg.max_pending:
+            raise Overloaded
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+    async def check(self, fn, *args) -> Any:
+        """``fn(*args)`` (a request's checks) in the checks' threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.checks, functools.partial(fn, *args))
 
     async def submit(self, kind: str, texts: list[str], tag: str | None = None,
                      max_new_tokens: int = 0) -> Any:
-        if self.pending >= self.cfg.max_pending:
-            raise Overloaded
         assert self.queue is not None, "the batcher is not started"
-        self.pending += 1
-        try:
-            fut = asyncio.get_running_loop().create_future()
-            await self.queue.put(_Job(kind, texts, tag, max_new_tokens, fut))
-            return await fut
-        finally:
-            self.pending -= 1
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(kind, texts, tag, max_new_tokens, fut))
+        return await fut
 
     async def _run(self) -> None:
         assert self.queue is not None
@@ -146,7 +169,7 @@ class Batcher:
             batch = [j for j in batch if not j.future.done()]  # not those whose client gave up
             if not batch:
                 continue
-            results = await asyncio.to_thread(self._compute, batch)
+            results = await loop.run_in_executor(self.compute, self._compute, batch)
             self.batches += 1
             for j, r in zip(batch, results, strict=True):
                 if not j.future.done():
@@ -165,10 +188,12 @@ class Batcher:
         for tag, idx in by_tag.items():
             try:
                 preds = self._predict([t for i in idx for t in batch[i].texts], tag)
-            except Exception:  # noqa: BLE001 - retried per request below
+            except Exception as e:  # noqa: BLE001 - retried per request below
+                log.warning("a batch of %d request(s) for %s failed (%s); retrying them one "
+                            "by one", len(idx), tag, e)
                 for i in idx:
-                    out[i] = self._answer(lambda i=i, tag=tag: self._predict(batch[i].texts,
-                                                                             tag))
+                    out[i] = e if batch[i].future.done() else self._answer(
+                        lambda i=i, tag=tag: self._predict(batch[i].texts, tag))
                 continue
             start = 0
             for i in idx:
@@ -361,19 +386,16 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
             raise HTTPException(413, f"{n} inputs in one request; the limit is "
                                      f"{cfg.max_inputs}")
 
-    async def run(kind: str, texts: list[str], tag: str | None = None, new: int = 0):
+    @asynccontextmanager
+    async def admitted():
+        """The request counted as pending (503 past max_pending) and under its time limit:
+        checks (in a thread) and model work together (504 past timeout_s)."""
         try:
-            return await batcher.submit(kind, texts, tag, new)
+            async with batcher.admit(), asyncio.timeout(cfg.timeout_s):
+                yield
         except Overloaded:
             raise HTTPException(503, f"overloaded: {cfg.max_pending} requests pending; retry "
                                      "later", headers={"Retry-After": "1"}) from None
-
-    @asynccontextmanager
-    async def deadline():
-        """The request's time limit: checks (in a thread) and model work together."""
-        try:
-            async with asyncio.timeout(cfg.timeout_s):
-                yield
         except TimeoutError:
             raise HTTPException(504, f"not answered within {cfg.timeout_s:g} s (the server's "
                                      "timeout_s)") from None
@@ -398,10 +420,10 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
     @app.post("/v1/predict")
     async def predict(req: PredictRequest):
         too_many(len(req.inputs if req.inputs is not None else req.rows or []))
-        async with deadline():
-            texts, tag, columns = await asyncio.to_thread(
+        async with admitted():
+            texts, tag, columns = await batcher.check(
                 predict_inputs, model, cfg, req.inputs, req.rows, req.template, req.tag)
-            preds = await run("predict", texts, tag)
+            preds = await batcher.submit("predict", texts, tag)
         return {"tag": tag, "columns": columns,
                 "predictions": np.asarray(preds, dtype=float).round(7).tolist()}
 
@@ -412,19 +434,26 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
             raise HTTPException(422, "no prompts")
         if not 1 <= req.max_new_tokens <= cfg.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens must be in [1, {cfg.max_new_tokens}]")
-        async with deadline():
-            await asyncio.to_thread(check_inputs, model, req.prompts, cfg.max_length)
-            return {"outputs": await run("generate", req.prompts, None, req.max_new_tokens)}
+        async with admitted():
+            await batcher.check(check_inputs, model, req.prompts, cfg.max_length)
+            return {"outputs": await batcher.submit("generate", req.prompts, None,
+                                                    req.max_new_tokens)}
 
     return app
 
 
+#: Seconds a stop (Ctrl-C, SIGTERM) waits for the requests in flight; those not done by
+#: then lose their connection (a model pass already running still ends first).
+GRACE_S = 5
+
+
 def serve(model: TaggedModel, cfg: ServeConfig) -> None:
-    """Run the service until Ctrl-C / SIGTERM (then finish the requests in flight)."""
+    """Run the service until Ctrl-C / SIGTERM (then finish the requests in flight, for at
+    most :data:`GRACE_S` seconds)."""
     import uvicorn
 
     uvicorn.run(create_app(model, cfg), host=cfg.host, port=cfg.port, log_level="info",
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=GRACE_S)
 
 
 def token_from_env(token: str | None) -> str | None:

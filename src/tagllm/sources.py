@@ -248,7 +248,8 @@ def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
                    if c.lower() in PROTEIN_COLUMNS or c in proteins})
     for c in labels:
         checks[c] = check_number
-    table, problems = validate_rows(table, checks, skip_invalid=skip_invalid, limit=limit)
+    table, problems = validate_rows(table, checks, skip_invalid=skip_invalid, limit=limit,
+                                    numeric=labels)
     return _unique_ids(table, problems, skip_invalid)
 
 

@@ -12,6 +12,7 @@ import gzip
 import importlib.util
 import logging
 import math
+import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class Table:
 
     def render(self, template: str) -> list[str]:
         """Fill ``template`` (``{column}`` placeholders) for each row."""
+        template_fields(template)
         try:
             return [template.format_map({k: v[i] for k, v in self.columns.items()})
                     for i in range(len(self))]
@@ -70,6 +72,31 @@ class Table:
         except (ValueError, IndexError, AttributeError, TypeError) as e:
             raise DataError(f"template {template!r} for {self.source}: {e} (placeholders are "
                             "{column}; write a literal brace as {{ or }})") from None
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a template's ``{column}`` placeholders use. Plain names only: a
+    format spec (``{smiles:>1000000}``, which would build a string of any size), a conversion
+    (``{smiles!r}``), attribute access (``{smiles.__class__}``), an index or an empty ``{}``
+    fail naming the placeholder (templates come from recipes and service requests)."""
+    if not isinstance(template, str):
+        raise DataError(f"template {template!r}: expected text")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise DataError(f"template {template!r}: {e} (placeholders are {{column}}; write a "
+                        "literal brace as {{ or }})") from None
+    names = []
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name or "." in name or "[" in name or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + \
+                (f":{spec}" if spec else "") + "}"
+            raise DataError(f"template {template!r}: placeholder {shown} is not a plain "
+                            "{column} (no format spec, conversion, attribute or index)")
+        names.append(name)
+    return names
 
 
 def package_dir(module: str, install: str, what: str) -> Path:
@@ -234,10 +261,13 @@ class LengthLimit:
     """The longest input a row may become, checked before any chemistry or biology.
 
     A row is rendered with ``template`` and its tokens counted (``count``: the model's tag
-    tokenizer, linear in the length); rows over ``max_length`` tokens are an error naming
-    the first one, or with ``skip`` dropped, listed and counted in one ``log`` line
-    (default: a warning). :func:`validate_rows` applies it first, so RDKit and the sequence
-    checks only ever see inputs the model could take.
+    tokenizer, linear in the length); so is each of ``columns`` that the template does not
+    use (a molecule or sequence checked by name: it could not fit in an input either).
+    Rows over ``max_length`` tokens are an error naming the first one, or with ``skip``
+    dropped, listed and counted in one ``log`` line (default: a warning); dropping every row
+    is an error unless the table is one ``partial`` chunk of a stream.
+    :func:`validate_rows` applies it first, so RDKit and the sequence checks only ever see
+    inputs the model could take.
     """
 
     template: str
@@ -246,28 +276,37 @@ class LengthLimit:
     skip: bool = False
     hint: str = "raise max_length or shorten the input"
     log: Callable[[str], None] | None = None
+    partial: bool = False
 
-    def apply(self, table: Table) -> tuple[Table, list[str]]:
+    def apply(self, table: Table, columns: Sequence[str] = ()) -> tuple[Table, list[str]]:
         """``table`` without its rows over the limit, and a message for each such row."""
+        used = set(template_fields(self.template))
         texts = table.render(self.template)
-        lengths = [self.count(t) for t in texts]
-        long = [i for i, n in enumerate(lengths) if n > self.max_length]
-        if not long:
+        extra = [c for c in columns if c not in used and c in table.columns]
+        why: dict[int, str] = {}
+        for i, t in enumerate(texts):
+            if (n := self.count(t)) > self.max_length:
+                why[i] = f"{n:,} tokens > max_length {self.max_length}"
+                continue
+            for c in extra:
+                if (n := self.count(str(table.columns[c][i]))) > self.max_length:
+                    why[i] = f"column {c!r}: {n:,} tokens > max_length {self.max_length}"
+                    break
+        if not why:
             return table, []
+        long = sorted(why)
         if not self.skip:
             i = long[0]
             raise InputTooLongError(
-                f"{table.where(i)}: {lengths[i]:,} tokens > max_length {self.max_length} "
-                f"({len(long)} such row(s); inputs are never truncated); {self.hint}")
-        if len(long) == len(table):
+                f"{table.where(i)}: {why[i]} ({len(long)} such row(s); inputs are never "
+                f"truncated); {self.hint}")
+        if len(long) == len(table) and not self.partial:
             raise DataError(f"{table.source}: every input is longer than {self.max_length} "
                             "tokens")
         (self.log or log.warning)(f"{table.source}: skipped {len(long)} of {len(table)} "
                                   f"input(s) longer than {self.max_length} tokens")
-        drop = set(long)
-        return (table.select([i for i in range(len(table)) if i not in drop]),
-                [f"{table.where(i)}: {lengths[i]:,} tokens > max_length {self.max_length}"
-                 for i in long])
+        return (table.select([i for i in range(len(table)) if i not in why]),
+                [f"{table.where(i)}: {why[i]}" for i in long])
 
 
 def validate_rows(
@@ -275,18 +314,20 @@ def validate_rows(
     checks: dict[str, Callable[[str], str]],
     skip_invalid: bool = False,
     limit: LengthLimit | None = None,
+    numeric: Sequence[str] = (),
 ) -> tuple[Table, list[str]]:
     """Apply per-column checks that return a normalised value or raise ValueError (the
     validators' contract: :func:`check_number`, ``check_smiles``, ``check_protein``).
 
-    Checks run in cost order: ``limit`` (the token length of the rendered row) first, so no
-    validator sees a row the model could not take, then the checks column by column.
+    Checks run in cost order: ``limit`` (the token length of the rendered row, and of each
+    checked column but the ``numeric`` ones) first, so no validator sees a row or a value
+    the model could not take, then the checks column by column.
     Default: the first bad row stops with a :class:`DataError` naming file, row and reason.
     With ``skip_invalid`` the bad rows are dropped and returned as messages (never silently).
     """
     problems: list[str] = []
-    if limit is not None:
-        table, problems = limit.apply(table)
+    if limit is not None:  # the columns checked by name are bounded too
+        table, problems = limit.apply(table, [c for c in checks if c not in numeric])
     keep: list[int] = []
     new_cols = {k: list(v) for k, v in table.columns.items()}
     invalid = 0

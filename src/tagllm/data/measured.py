@@ -27,7 +27,14 @@ import gzip
 import re
 from pathlib import Path
 
-from tagllm.data import DataError, Table, package_dir, read_table, text_errors
+from tagllm.data import (
+    MAX_FIELD_CHARS,
+    DataError,
+    Table,
+    package_dir,
+    read_table,
+    text_errors,
+)
 from tagllm.data.smiles import SMILES_MAX_CHARS, _rdkit, in_test_split
 
 KIBA = ("pydebiaseddta", "pydebiaseddta==0.1.0", "the KIBA binding-affinity sample")
@@ -143,6 +150,9 @@ def read_sdf(path: str | Path, skip_invalid: bool = False) -> tuple[Table, list[
         atoms = _atom_count(block)
         if not end:
             why = "no 'M  END' line"
+        elif atoms is None or len(block) > MAX_FIELD_CHARS:
+            why = "no readable atom count in its counts line" if atoms is None else \
+                f"a structure of {len(block):,} characters"
         elif atoms > SMILES_MAX_CHARS:
             why = f"{atoms:,} atoms; the most tagllm reads is {SMILES_MAX_CHARS:,}"
         else:
@@ -166,6 +176,8 @@ def _sdf_smiles(Chem, block: str, out: list[str]) -> str | None:
     mol = Chem.MolFromMolBlock(block)
     if mol is None:
         return "RDKit cannot read its structure"
+    if mol.GetNumAtoms() > SMILES_MAX_CHARS:  # more atoms than its counts line declared
+        return f"{mol.GetNumAtoms():,} atoms; the most tagllm reads is {SMILES_MAX_CHARS:,}"
     try:
         out.append(Chem.MolToSmiles(mol))
     except (ValueError, RuntimeError) as e:  # e.g. too many ring closures open at once
@@ -173,16 +185,17 @@ def _sdf_smiles(Chem, block: str, out: list[str]) -> str | None:
     return None
 
 
-def _atom_count(block: str) -> int:
-    """The atoms a mol block declares (its counts line, or V3000's ``M  V30 COUNTS``), read
-    before RDKit sees the block: RDKit's time and its SMILES writer's stack grow with the
-    atoms. 0 where the block declares none readably (RDKit then refuses it itself)."""
+def _atom_count(block: str) -> int | None:
+    """The atoms a mol block declares (V2000's counts line, V3000's ``M  V30 COUNTS``, in
+    any case, continued or not), read before RDKit sees the block: RDKit's time and its
+    SMILES writer's stack grow with the atoms. None where it declares none readably."""
     lines = block.split("\n", 4)
     counts = lines[3] if len(lines) > 3 else ""
-    if "V3000" in counts:
-        m = re.search(r"^M {2}V30 COUNTS +(\d+)", block, re.MULTILINE)
-        return int(m.group(1)) if m else 0
-    return int(counts[:3]) if counts[:3].strip().isdigit() else 0
+    if "V3000" not in counts.upper():
+        return int(counts[:3]) if counts[:3].strip().isdigit() else None
+    m = re.search(r"^M {2}V30 +COUNTS +(\d+)", block.replace("-\nM  V30 ", " "),
+                  re.MULTILINE | re.IGNORECASE)
+    return int(m.group(1)) if m else None
 
 
 def _sdf_fields(data: str) -> dict[str, str]:

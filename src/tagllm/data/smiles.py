@@ -126,7 +126,12 @@ def moses_table(split: str, n: int | None, seed: int, labels: bool = True,
     test set when sampling training molecules.
     """
     all_smiles = read_moses(split)
-    excluded = {canonical_smiles(s) for s in exclude}
+    excluded = set()
+    for s in exclude:
+        try:
+            excluded.add(canonical_smiles(s))
+        except ValueError as e:
+            raise DataError(f"a held-out molecule: {e}") from None
     chosen: list[str] = []
     rows: list[int] = []
     order = range(len(all_smiles)) if n is None else shuffled(len(all_smiles), seed)

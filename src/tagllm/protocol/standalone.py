@@ -127,8 +127,7 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
                       source_column=source_column, prompt=prompt,
                       max_new_tokens=max_new_tokens, spm_model=spm_model, too_long=too_long)
     base = DataConfig(source=baseline_train, template=template, label=label,
-                      n=baseline_examples, seed=seed, skip_invalid=skip_invalid,
-                      too_long=too_long) \
+                      n=baseline_examples, seed=seed, skip_invalid=skip_invalid) \
         if baseline_train else None
     return spec, base
 
@@ -157,8 +156,9 @@ def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
     if baseline_rows is not None:
         held = HeldOut()
         held.add(test)  # as in a recipe: no test molecule, sequence or input in training
-        train = read_rows(baseline_rows, seed, held, progress, log, head,
-                          length_limit(baseline_rows, counter, max_length, log))
+        # the baselines' rows keep every row, whatever its length, as before: only the
+        # 5,000-character bound of a SMILES guards RDKit there
+        train = read_rows(baseline_rows, seed, held, progress, log, head)
     report_skipped("evaluate", [test] + ([train] if train else []), log)
     m = TaggedModel.from_pretrained(model, tags=tags, dtype=dtype)
     return evaluate(m, spec, test, train, name=spec.name or spec.source, tag=tag,
