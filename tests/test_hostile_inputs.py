@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +27,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiny import saved_tiny_tags
+from tiny import saved_tiny_tags, start_server
 
 #: name -> SMILES; each is far beyond max_length 64 tokens of the tiny models
 SMILES = {
@@ -177,33 +176,12 @@ def test_recipe_data_and_eval_files_refuse_hostile_rows_in_seconds(hostile, tmp_
 
 
 # ----------------------------------------------------------------- the service
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(hostile):
     """`tagllm serve` with its default limits (1 MB bodies), max_length 64."""
     d, _ = hostile
-    port = _free_port()
-    log = open(d / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tagllm.cli", "serve", "--tags", str(d / "tags"), "--model",
-         str(d / "tiny"), "--port", str(port), "--template", "<S> {smiles} <Q>",
-         "--max_length", str(MAX_LENGTH)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (d / "server.log").read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, (d / "server.log").read_text()
-        time.sleep(0.2)
+    url, proc, log = start_server(d, ["--template", "<S> {smiles} <Q>", "--max_length",
+                                      str(MAX_LENGTH)])
     yield url, proc, d / "server.log"
     if proc.poll() is None:
         proc.kill()

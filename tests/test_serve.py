@@ -3,11 +3,7 @@ requests, the token, body and queue limits, and a shutdown that finishes what is
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,17 +15,11 @@ import pytest
 from tagllm.errors import ConfigError
 from tagllm.serve import ServeConfig
 
-from tiny import saved_tiny_tags
+from tiny import saved_tiny_tags, start_server
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MOLS = ["CCO", "c1ccccc1", "CC(=O)O", "CCN(CC)CC", "OCC(O)CO", "C#N", "CCCCCC", "CSC"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,25 +28,10 @@ def server(tmp_path_factory):
     (base URL, the model in this process for offline predictions, the process)."""
     d = tmp_path_factory.mktemp("serve")
     m = saved_tiny_tags(d)
-    port = _free_port()
-    log = open(d / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tagllm.cli", "serve", "--tags", str(d / "tags"), "--model",
-         str(d / "tiny"), "--port", str(port), "--template", "<S> {smiles} <Q>",
-         "--max_pending", "4", "--max_wait_ms", "300", "--max_inputs", "8",
-         "--max_body_bytes", "20000", "--max_length", "64"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TAGLLM_SERVE_TOKEN": TOKEN})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (d / "server.log").read_text()
-        try:
-            if httpx.get(f"{url}/health", headers=AUTH, timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, (d / "server.log").read_text()
-        time.sleep(0.2)
+    url, proc, log = start_server(
+        d, ["--template", "<S> {smiles} <Q>", "--max_pending", "4", "--max_wait_ms", "300",
+            "--max_inputs", "8", "--max_body_bytes", "20000", "--max_length", "64"],
+        env={"TAGLLM_SERVE_TOKEN": TOKEN}, headers=AUTH)
     yield url, m, proc
     if proc.poll() is None:
         proc.kill()

@@ -159,3 +159,36 @@ def saved_tiny_tags(d: Path, q_provenance: dict | None = None):
     m.save_tag("<S>", d / "tags" / "S", provenance={"stage": {"name": "s"}})
     m.save_tag("<Q>", d / "tags" / "Q", trained_with=["<S>"], provenance=q_provenance or {})
     return m
+
+
+def start_server(d: Path, args: list[str], env: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None):
+    """A `tagllm serve` process on the tiny model ``d/tiny`` with the tags ``d/tags`` and
+    ``args``, logging to ``d/server.log``; returns (base URL, process, open log file) once
+    /health answers."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(d / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagllm.cli", "serve", "--tags", str(d / "tags"), "--model",
+         str(d / "tiny"), "--port", str(port), *args],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, (d / "server.log").read_text()
+        try:
+            if httpx.get(f"{url}/health", headers=headers, timeout=2).status_code == 200:
+                return url, proc, log
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, (d / "server.log").read_text()
+        time.sleep(0.2)

@@ -62,7 +62,7 @@ class Table:
 
     def render(self, template: str) -> list[str]:
         """Fill ``template`` (``{column}`` placeholders) for each row."""
-        template_fields(template)
+        template_fields(template, f" for {self.source}")
         try:
             return [template.format_map({k: v[i] for k, v in self.columns.items()})
                     for i in range(len(self))]
@@ -74,18 +74,19 @@ class Table:
                             "{column}; write a literal brace as {{ or }})") from None
 
 
-def template_fields(template: str) -> list[str]:
+def template_fields(template: str, where: str = "") -> list[str]:
     """The column names a template's ``{column}`` placeholders use. Plain names only: a
     format spec (``{smiles:>1000000}``, which would build a string of any size), a conversion
     (``{smiles!r}``), attribute access (``{smiles.__class__}``), an index or an empty ``{}``
-    fail naming the placeholder (templates come from recipes and service requests)."""
+    fail naming the placeholder (templates come from recipes and service requests);
+    ``where`` says whose template it is in the message."""
     if not isinstance(template, str):
-        raise DataError(f"template {template!r}: expected text")
+        raise DataError(f"template {template!r}{where}: expected text")
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise DataError(f"template {template!r}: {e} (placeholders are {{column}}; write a "
-                        "literal brace as {{ or }})") from None
+        raise DataError(f"template {template!r}{where}: {e} (placeholders are {{column}}; "
+                        "write a literal brace as {{ or }})") from None
     names = []
     for _, name, spec, conversion in parts:
         if name is None:
@@ -93,7 +94,7 @@ def template_fields(template: str) -> list[str]:
         if not name or "." in name or "[" in name or spec or conversion:
             shown = "{" + name + (f"!{conversion}" if conversion else "") + \
                 (f":{spec}" if spec else "") + "}"
-            raise DataError(f"template {template!r}: placeholder {shown} is not a plain "
+            raise DataError(f"template {template!r}{where}: placeholder {shown} is not a plain "
                             "{column} (no format spec, conversion, attribute or index)")
         names.append(name)
     return names
