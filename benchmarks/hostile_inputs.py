@@ -45,18 +45,18 @@ TEMPLATE = {"smiles": "<SMILES> {smiles} <QED>", "sequence": "<SMILES> {sequence
 CHILD = textwrap.dedent("""
     import json, sys, time
     door, model, tags, path, template, column, max_length = sys.argv[1:8]
+    from tagllm import serve
     from tagllm.errors import TagllmError
+    from tagllm.inference import predict_file
     from tagllm.model import TaggedModel
     m = TaggedModel.from_pretrained(model, tags=[tags])
-    t = time.perf_counter()
+    t = time.perf_counter()  # the checks alone: model and modules are loaded
     try:
         if door == "predict":
-            from tagllm.inference import predict_file
             predict_file(m, path, path + ".out.csv", template, max_length=int(max_length),
                          progress=False)
         else:  # what the service runs on a rows request before it queues it
             import csv
-            from tagllm import serve
             rows = list(csv.DictReader(open(path)))
             rows = [{column: r[column]} for r in rows]
             if hasattr(serve, "predict_inputs"):

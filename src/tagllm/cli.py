@@ -189,7 +189,8 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
     event loop and in cost order (too big a body or too many inputs: 413; unknown tag, too
     long, then invalid SMILES or amino acid: 422 with the message); concurrent requests
     share forward passes (micro-batching); past --max_pending waiting requests the answer
-    is 503, past --timeout_s 504. Ctrl-C / SIGTERM finish the requests in flight.
+    is 503, past --timeout_s 504. Ctrl-C / SIGTERM finish the requests in flight
+    (for at most 5 s).
 
     Args:
         tags: tag folders (comma-separated), a folder of tag folders, or Hub repo ids.
