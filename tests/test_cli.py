@@ -282,3 +282,22 @@ def test_a_bug_prints_its_traceback_and_says_so(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err and "ValueError: an internal invariant broke" in err
     assert "this is a bug in tagllm" in err.replace("\n", " ")
+
+
+def test_predict_never_writes_over_its_input(tmp_path, tiny_model_dir, data, capsys):
+    """--output naming the input (the same path, another spelling, a hard link or a
+    symbolic link) fails before the model loads, and the input is unchanged."""
+    import os
+
+    _train_two_stages(tmp_path, tiny_model_dir, data)
+    before = data.read_bytes()
+    os.link(data, tmp_path / "hard.csv")
+    (tmp_path / "sym.csv").symlink_to(data)
+    spelled = data.parent / "." / data.name
+    for out in (data, spelled, tmp_path / "hard.csv", tmp_path / "sym.csv"):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", "--tags", str(tmp_path), "--input", str(data), "--output",
+                  str(out), "--model", str(tmp_path / "no-model"), "--progress", "false"])
+        assert e.value.code == 2
+        assert "is the input file" in capsys.readouterr().err
+    assert data.read_bytes() == before

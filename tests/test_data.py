@@ -159,3 +159,16 @@ def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path, gz):
     with pytest.raises(DataError, match=r"latin1\.csv(\.gz)?: line 3 is not UTF-8 text "
                                         r"\(byte 0xe9 in 'CCN,caf.'\); save the file as UTF-8"):
         read_table(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_csv_saved_by_excel_reads(tmp_path, gz):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and ends lines with CRLF: the first
+    column is still `smiles`, not `\\ufeffsmiles`."""
+    import gzip
+
+    raw = "\ufeffsmiles,y\r\nCCO,1\r\nc1ccccc1,2\r\n".encode()
+    path = tmp_path / ("excel.csv.gz" if gz else "excel.csv")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    table, _ = load_source(str(path), label="y")
+    assert table["smiles"] == ["CCO", "c1ccccc1"] and table["y"] == [1.0, 2.0]

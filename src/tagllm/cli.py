@@ -357,10 +357,11 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
         dtype: the base model's weights: float32, or bfloat16 (half the memory; its effect
             on speed and on the metric: docs/performance.md).
     """
-    from tagllm.inference import predict_file
+    from tagllm.inference import check_output, predict_file
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model, tag_dirs
 
+    check_output(input, output)  # before the model loads
     dirs = tag_dirs(tags)
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
                                     dtype=_torch_dtype(dtype))

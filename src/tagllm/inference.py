@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,18 @@ from tagllm.fileio import atomic_write_file
 from tagllm.model import TaggedModel
 from tagllm.progress import bar
 from tagllm.sources import stream_source
+
+
+def check_output(input: str, output: str | Path) -> None:
+    """Refuse an ``output`` that is the ``input`` file (the same path, a hard link or a
+    symbolic link to it): writing the predictions would replace the user's data."""
+    src, out = Path(input), Path(output)
+    if not src.is_file():  # a built-in source, or checked by the reader
+        return
+    same = src.resolve() == out.resolve() or (out.exists() and os.path.samefile(src, out))
+    if same:
+        raise DataError(f"--output {output} is the input file {input}: choose another path "
+                        "(the input is never overwritten)")
 
 
 def predict_file(model: TaggedModel, input: str, output: str | Path, template: str,
@@ -29,6 +42,7 @@ def predict_file(model: TaggedModel, input: str, output: str | Path, template: s
     Each row is checked in cost order: its rendered length against ``max_length`` first,
     then its molecules and sequences; a row that fails is an error naming the file and row,
     or with ``skip_invalid`` left out and reported through ``on_skipped``."""
+    check_output(input, output)
     written = 0
     pbar = bar(None, "predicting", progress, unit="row")
     limit = dataclasses.replace(model.tagtok.length_limit(

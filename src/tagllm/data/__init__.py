@@ -111,9 +111,11 @@ def package_dir(module: str, install: str, what: str) -> Path:
 
 
 def _open_text(path: Path):
+    """UTF-8 text; a leading byte-order mark (Excel's "CSV UTF-8") is dropped, and CRLF
+    line ends read as any other."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", newline="", encoding="utf-8")
-    return open(path, newline="", encoding="utf-8")
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    return open(path, newline="", encoding="utf-8-sig")
 
 
 #: The longest field (or FASTA sequence) read from a file. Far beyond csv's default 131,072
