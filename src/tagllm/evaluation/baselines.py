@@ -631,7 +631,7 @@ class TextBaseline(Baseline):
 
 @register_baseline
 class CopySource(TextBaseline):
-    """The source text unchanged: what a translation must beat (DESIGN.md §10)."""
+    """The source text unchanged: what a translation must beat."""
 
     key, title = "copy", "copy the source"
 
