@@ -53,15 +53,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def hold(path: Path) -> int:
+def hold(path: Path) -> int | None:
     """An open descriptor of ``path`` (a file or a folder) holding an exclusive lock on it:
-    while it is open, :func:`remove_stale` leaves ``path`` alone. Close it when done."""
+    while it is open, :func:`remove_stale` leaves ``path`` alone. Close it when done. None
+    where the file system refuses the lock (NFS locks only files open for writing): the
+    write goes on unlocked, and :func:`remove_stale`, which cannot take the lock there
+    either, leaves such leftovers alone."""
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise
+        return None
     return fd
 
 
