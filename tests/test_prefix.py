@@ -233,3 +233,87 @@ def test_the_disk_tier_holds_what_memory_does_not_and_goes_with_the_cache(tmp_pa
     del fp, small
     gc.collect()
     assert not list(tmp_path.iterdir())
+
+
+# Every text holds every tag before its <Q> ends, so any non-empty set of trainable tags
+# cuts each text before the <Q> state that the features read.
+# (each starts with a plain token, so that every prefix is cached, none empty)
+MIXED = ["C <S> CCO <U> CC <R> <Q>", "O <U> O <S> c1ccccc1 <R> N <Q> x",
+         "N <R> C <S> CC <U> O <Q>", "CC <S> CCN <U> C <R> C <Q>"]
+NAMES = ["<S>", "<U>", "<R>", "<Q>"]
+
+
+def _mixed_model():
+    m = tiny_tagged("llama")
+    for i, name in enumerate(NAMES):
+        head = HeadConfig("regression") if name in ("<R>", "<Q>") else None
+        m.add_tag(TagConfig(name, kind="function" if head else "domain", num_tokens=2,
+                            init="random", head=head), seed=i + 1)
+    return m
+
+
+def _check_calls(m, fp, calls) -> None:
+    """Each call: retarget to its trainable tags, check the cached features (twice: computed,
+    then from the store) against a full pass, then change the trainable tags' vectors as a
+    training call would."""
+    ids = [e.ids for e in m.tagtok.encode_batch(MIXED)]
+    for trainable, seed in calls:
+        fp.retarget(trainable)
+        with torch.no_grad():
+            want = m.tag_features(m.encode(MIXED), "<Q>")
+            for _ in range(2):
+                torch.testing.assert_close(fp.tag_features(ids, "<Q>"), want, atol=1e-5,
+                                           rtol=1e-4)
+            g = torch.Generator().manual_seed(seed)
+            for t in trainable:
+                p = m.bank.parameter(t)
+                p.add_(torch.randn(p.shape, generator=g))
+
+
+def test_a_tag_trained_jointly_in_between_never_leaves_old_prefixes():
+    """<R> trained with <S> frozen, then <S> trained jointly with <U>, then <R> again (a
+    sweep): the third call's prefixes, the same tokens as the first's, hold the new <S>."""
+    m = _mixed_model()
+    fp = FrozenPrefix(m, ["<R>"])
+    _check_calls(m, fp, [(["<R>"], 1), (["<S>", "<U>"], 2), (["<R>"], 3)])
+    assert fp.misses > 0 and fp.hits > 0
+
+
+def test_a_prefix_twice_in_one_batch_is_computed_and_counted_once():
+    m = _model("llama")
+    fp = FrozenPrefix(m, ["<Q>"])
+    ids = [e.ids for e in m.tagtok.encode_batch([TEXTS[0], TEXTS[0], TEXTS[1]])]
+    with torch.no_grad():
+        fp.tag_features(ids, "<Q>")
+    one = FrozenPrefix(m, ["<Q>"])
+    with torch.no_grad():
+        one.tag_features(ids[:1], "<Q>")
+    assert fp.misses == 2 and fp.hits == 1 and len(fp.store) == 2
+    assert fp.used == one.used + sum(
+        t.numel() * t.element_size() for pair in fp.store[tuple(fp.split(ids[2])[0])]
+        for t in pair)
+
+
+def test_any_sequence_of_training_calls_gives_the_features_of_a_full_pass():
+    """Property: whatever tags each call trains (jointly, again, in any order), with the
+    prefixes in memory, on disk or recomputed, the cached features equal a full pass."""
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    calls = st.lists(st.tuples(st.lists(st.sampled_from(NAMES), min_size=1, max_size=3,
+                                        unique=True),
+                               st.integers(0, 2**16)), min_size=1, max_size=5)
+
+    @settings(max_examples=25, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(calls, st.sampled_from([0.0, 5e3, 1e9]))  # on disk, both, in memory
+    def run(seq, budget):
+        m = _mixed_model()
+        with tempfile.TemporaryDirectory() as d:
+            fp = FrozenPrefix(m, seq[0][0], budget_bytes=budget, disk_bytes=1e9, disk_dir=d)
+            _check_calls(m, fp, seq)
+            del fp
+
+    run()

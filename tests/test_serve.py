@@ -90,6 +90,10 @@ def test_token_body_size_and_generate_limits(server):
                      ).status_code == 401
     r = _post(url, "/v1/predict", {"inputs": ["<S> C <Q>"]}, headers={})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    for path in ("/docs", "/redoc", "/openapi.json"):  # no schema or docs page to anyone
+        for headers in ({}, AUTH):
+            r = httpx.get(f"{url}{path}", headers=headers)
+            assert r.status_code in (401, 404) and "/v1/predict" not in r.text, (path, r.text)
     big = {"inputs": ["<S> C <Q>"], "pad": "x" * 30_000}
     assert _post(url, "/v1/predict", big).status_code == 413
 
@@ -199,3 +203,65 @@ def test_a_request_past_its_deadline_gets_504_and_is_never_computed():
         assert client.get("/health").json()["batches"] == 0
     with pytest.raises(ConfigError, match="timeout_s"):
         ServeConfig(timeout_s=0)
+
+
+def _run_batcher(m, cfg, work):
+    """``work(batcher)`` (a coroutine) on a started :class:`Batcher`, in a fresh loop."""
+    import asyncio
+
+    from tagllm.serve import Batcher
+
+    async def main():
+        b = Batcher(m, cfg)
+        b.start()
+        try:
+            return await work(b), b.batches
+        finally:
+            await b.stop()
+
+    return asyncio.run(main())
+
+
+def test_max_wait_0_still_batches_requests_that_queued_meanwhile():
+    """With no wait window, 20 requests queued at once share one pass (they used to get
+    one pass each); the answers are each request's own rows."""
+    import asyncio
+
+    m = _tagged()
+    texts = [f"<S> {MOLS[i % 8]}{'C' * (i // 8)} <Q>" for i in range(20)]
+
+    async def work(b):
+        return await asyncio.gather(*(b.submit("predict", [t], "<Q>") for t in texts))
+
+    answers, batches = _run_batcher(m, ServeConfig(max_length=64, max_wait_ms=0), work)
+    assert batches == 1
+    np.testing.assert_allclose(np.concatenate(answers), m.predict(texts), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_a_long_generation_does_not_hold_up_predictions():
+    """A generation that has not finished (it waits on an event) does not stop a predict
+    submitted after it from being answered; then the generation completes too."""
+    import asyncio
+    import threading
+
+    m = _tagged()
+    release, generate = threading.Event(), m.generate
+
+    def slow_generate(*args, **kwargs):
+        assert release.wait(30), "the test never released the generation"
+        return generate(*args, **kwargs)
+
+    m.generate = slow_generate
+
+    async def work(b):
+        gen = asyncio.ensure_future(b.submit("generate", ["<S> CC"], None, 2))
+        await asyncio.sleep(0.05)  # the generation is running in its lane
+        pred = await asyncio.wait_for(b.submit("predict", ["<S> CCO <Q>"], "<Q>"), 20)
+        assert not gen.done()
+        release.set()
+        return pred, await gen
+
+    (pred, gen), _ = _run_batcher(m, ServeConfig(max_length=64, max_wait_ms=0), work)
+    np.testing.assert_allclose(pred, m.predict(["<S> CCO <Q>"]), rtol=1e-5, atol=1e-6)
+    assert len(gen) == 1

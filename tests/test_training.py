@@ -136,6 +136,34 @@ def test_classification_head_trains():
     assert (prob.argmax(1) == y).mean() >= 0.9
 
 
+def test_classification_warm_start_when_a_class_is_absent():
+    """A class with no row among the warm-start rows (its only rows went to validation) gets
+    a low start logit instead of a crash; with one class present the head predicts it."""
+    from tagllm.heads import build_head
+
+    rng = np.random.default_rng(0)
+    feats = torch.as_tensor(rng.normal(size=(30, 16)), dtype=torch.float32)
+    y = np.array([0, 1] * 15)  # class 2 absent
+    head = build_head("classification", 16, 3, "cross_entropy")
+    info = head.warm_start(feats, y, alpha=1.0)
+    prob = head.postprocess(head(feats)).detach().numpy()
+    assert info["absent_classes"] == [2] and np.allclose(prob.sum(1), 1.0, atol=1e-5)
+    assert prob[:, 2].max() < 1 / 30 and prob[:, :2].argmax(1).tolist() != [0] * 30
+    one = build_head("classification", 16, 2, "cross_entropy")
+    assert one.warm_start(feats, np.ones(30), alpha=1.0)["absent_classes"] == [0]
+    assert (one.postprocess(one(feats))[:, 1] > 0.95).all()
+
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<K>", kind="function", num_tokens=2,
+                        head=HeadConfig("classification", num_outputs=3)))
+    texts = [f"{'C' * k} <K>" for k in range(1, 13)]
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=0, warm_start_examples=12,
+                      validation=0, select="last")
+    res = fit_tag(m, "<K>", texts, np.array([0, 1] * 6), cfg=cfg, progress=False,
+                  log=lambda s: None)
+    assert res.warm_start["<K>"]["absent_classes"] == [2]
+
+
 def test_supervised_tag_needs_targets():
     m = tiny_tagged("llama")
     m.add_tag(TagConfig("<Q>", kind="function", head=HeadConfig("regression")))
@@ -266,6 +294,7 @@ def test_select_best_keeps_the_step_with_the_lowest_validation_loss():
     assert torch.equal(tag, res.after_warm_start["tag"])
     last, last_tag = results["last"]
     assert last.best_step == 0 and not torch.equal(last_tag, tag)
+    assert res.kept_step == 0 and last.kept_step == 7  # 'last' keeps (and reports) step 7
     assert res.curve[0]["train_loss"] is None and res.curve[1]["train_loss"] == pytest.approx(
         np.mean(res.losses[:3]))
     with pytest.raises(ValueError, match="select"):

@@ -321,7 +321,10 @@ def train(tag: str, data: str, template: str, out: str,
                             TagStore(store), progress, _log)
     how = "found in the tag store" if stage["cached"] else f"{stage['steps_run']} steps"
     kept = "" if stage.get("best_step") is None else \
-        f", kept step {stage['best_step']} by validation loss"
+        f", kept step {stage['best_step']} by validation loss" \
+        if stage.get("kept_step", stage["best_step"]) == stage["best_step"] else \
+        f", kept the last step {stage['kept_step']} (lowest validation loss at step " \
+        f"{stage['best_step']})"
     console.print(f"wrote {path} ({how}; final loss {stage['final_loss']:.4f}{kept}, "
                   f"{stage['seconds'] or 0:.0f} s)")
 

@@ -258,13 +258,24 @@ class ClassificationHead(LinearHead):
         from sklearn.linear_model import LogisticRegression
 
         Z, mu, sd = _standardised(features)
-        clf = LogisticRegression(C=1.0 / max(alpha, 1e-6), max_iter=2000).fit(Z, targets)
-        W, b = clf.coef_, clf.intercept_
-        if W.shape[0] == 1:  # binary: sklearn gives one row, the head has two logits
-            W = np.concatenate([-W / 2, W / 2])
-            b = np.concatenate([-b / 2, b / 2])
+        y = np.asarray(targets).reshape(-1).astype(int)
+        present = np.unique(y)  # a class may be absent (its only rows in validation)
+        W = np.zeros((self.num_outputs, Z.shape[1]))
+        # an absent class starts as rarer than one example in the rows seen: log(1 / (n + 1))
+        b = np.full(self.num_outputs, -np.log(len(y) + 1.0))
+        if len(present) == 1:
+            b[present[0]] = 0.0
+        else:
+            clf = LogisticRegression(C=1.0 / max(alpha, 1e-6), max_iter=2000).fit(Z, y)
+            Wp, bp = clf.coef_, clf.intercept_
+            if Wp.shape[0] == 1:  # two classes: sklearn gives one row, the head has two logits
+                Wp, bp = np.concatenate([-Wp / 2, Wp / 2]), np.concatenate([-bp / 2, bp / 2])
+            if len(present) < self.num_outputs:  # put the absent classes' logits on one scale
+                bp = bp - np.logaddexp.reduce(bp)
+            W[clf.classes_], b[clf.classes_] = Wp, bp
         self._set_linear(W, b, mu, sd)
-        return {"examples": len(Z), "alpha": alpha}
+        return {"examples": len(Z), "alpha": alpha,
+                "absent_classes": [int(k) for k in range(self.num_outputs) if k not in present]}
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets.long().view(-1))

@@ -43,6 +43,11 @@ def _out_cache(out):
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
+def _size(kv: KV) -> int:
+    """Bytes of one prefix's key/values."""
+    return sum(t.numel() * t.element_size() for pair in kv for t in pair)
+
+
 def split_point(ids: Sequence[int], trainable_ids: set[int]) -> int:
     """Index of the first token that belongs to a trainable tag (len(ids) if none)."""
     for i, t in enumerate(ids):
@@ -80,31 +85,39 @@ class FrozenPrefix:
         self.disk_budget = disk_bytes
         self.disk_used = 0.0
         self.on_disk: dict[tuple[int, ...], Path] = {}
+        self.disk_sizes: dict[tuple[int, ...], int] = {}
         self._dir: Path | None = None
         self._disk_parent = disk_dir
         self.hits = 0
         self.misses = 0
         self._arg = _cache_arg(model.base.base_model)
-        self._frozen: dict[str, torch.Tensor] = {}
+        self._frozen: dict[str, tuple[list[int], torch.Tensor]] = {}
         self.retarget(trainable_tags)
 
     def retarget(self, trainable_tags: Sequence[str]) -> None:
         """Serve a training call of ``trainable_tags`` (prefixes end before the first of
-        them). Stored prefixes stay valid unless a tag that was frozen when they were
-        computed has changed its vectors since; then the store is emptied."""
+        them). Every stored prefix was computed with the vectors of the last retarget (a
+        prefix holds only tags frozen while it was computed); the prefixes holding a tag
+        whose vectors have changed since, or that left the bank, are dropped, whenever
+        and however often it was trained in between."""
         bank = self.model.bank
         self.trainable_ids = {v for t in trainable_tags for v in bank.virtual_ids(t)}
-        changed = [n for n, v in self._frozen.items() if n in bank
-                   and not torch.equal(bank.parameter(n).detach().cpu(), v)]
-        if changed:
-            self.store.clear()
-            self.used = 0.0
-            for f in self.on_disk.values():
-                f.unlink(missing_ok=True)
-            self.on_disk.clear()
-            self.disk_used = 0.0
-        self._frozen = {n: bank.parameter(n).detach().cpu().clone() for n in bank.names
-                        if n not in trainable_tags}
+        stale = {i for n, (ids, v) in self._frozen.items() if n not in bank
+                 or bank.virtual_ids(n) != ids
+                 or not torch.equal(bank.parameter(n).detach().cpu(), v) for i in ids}
+        if stale:
+            self._drop(stale)
+        self._frozen = {n: (list(bank.virtual_ids(n)), bank.parameter(n).detach().cpu().clone())
+                        for n in bank.names}
+
+    def _drop(self, ids: set[int]) -> None:
+        """Forget every stored prefix that holds one of the token ``ids``."""
+        for key in [k for k in self.store if ids.intersection(k)]:
+            kv = self.store.pop(key)
+            self.used -= _size(kv)
+        for key in [k for k in self.on_disk if ids.intersection(k)]:
+            self.on_disk.pop(key).unlink(missing_ok=True)
+            self.disk_used -= self.disk_sizes.pop(key)
 
     def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         cut = split_point(ids, self.trainable_ids)
@@ -130,22 +143,19 @@ class FrozenPrefix:
     def get(self, prefixes: Sequence[Sequence[int]]) -> list[KV]:
         """Key/values of each prefix, from the store (RAM, then disk) where it holds them."""
         keys = [tuple(p) for p in prefixes]
-        missing = [j for j, k in enumerate(keys) if k not in self.store and k not in self.on_disk]
+        # each missing prefix computed (and kept, and counted) once, however often it occurs
+        missing = list(dict.fromkeys(k for k in keys if k not in self.store
+                                     and k not in self.on_disk))
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh = dict(zip(missing, self._compute([prefixes[j] for j in missing]), strict=True)) \
-            if missing else {}
-        result = []
-        for j, k in enumerate(keys):
-            kv = self.store.get(k) or (self._read(k) if k in self.on_disk else fresh[j])
-            if j in fresh:
-                self._keep(k, kv)
-            result.append(kv)
-        return result
+        fresh = dict(zip(missing, self._compute(missing), strict=True)) if missing else {}
+        for k, kv in fresh.items():
+            self._keep(k, kv)
+        return [fresh.get(k) or self.store.get(k) or self._read(k) for k in keys]
 
     def _keep(self, key: tuple[int, ...], kv: KV) -> None:
         """Keep a computed prefix: in RAM within the budget, else on disk within its own."""
-        size = sum(t.numel() * t.element_size() for pair in kv for t in pair)
+        size = _size(kv)
         if self.used + size <= self.budget:
             self.store[key] = kv
             self.used += size
@@ -154,6 +164,7 @@ class FrozenPrefix:
             save_file({f"{i}.{j}": t.contiguous() for i, pair in enumerate(kv)
                        for j, t in enumerate(pair)}, str(f))
             self.on_disk[key] = f
+            self.disk_sizes[key] = size
             self.disk_used += size
 
     def _read(self, key: tuple[int, ...]) -> KV:

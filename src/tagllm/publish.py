@@ -82,6 +82,11 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _kept_step(stage: dict[str, Any]) -> int | None:
+    """The step whose tags a stage kept (results written before kept_step: the best one)."""
+    return stage.get("kept_step", stage.get("best_step"))
+
+
 def _plt():
     import matplotlib
 
@@ -105,8 +110,9 @@ def curve_figure(stage: dict[str, Any], slug: str) -> Figure | None:
         ax.plot(*zip(*tr, strict=True), "o-", label="train (mean since last point)")
     if va:
         ax.plot(*zip(*va, strict=True), "s-", label="validation")
-    if stage.get("best_step") is not None:
-        ax.axvline(stage["best_step"], color="grey", ls=":", label="kept step")
+    kept = _kept_step(stage)
+    if kept is not None:
+        ax.axvline(kept, color="grey", ls=":", label="kept step")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"stage {stage['stage']}: learning curve")
@@ -277,7 +283,7 @@ def run_sections(doc: dict[str, Any], path: str, seen: set[str] | None = None
         f"reused, their own training time is listed below). Command: `{command}`."])
     top.tables.append((["stage", "trained here", "steps", "kept step", "seconds"],
                        [[s["stage"], "no (stored)" if s.get("cached") else "yes",
-                         _fmt(s.get("steps_run")), _fmt(s.get("best_step")),
+                         _fmt(s.get("steps_run")), _fmt(_kept_step(s)),
                          _fmt(s.get("seconds"))] for s in doc["stages"]]))
     out = [top]
     for s in doc["stages"]:

@@ -7,15 +7,17 @@ inputs, then each input's token length, and only then its SMILES or amino acids:
 the message), in a worker thread, so the event loop (``/health``, other clients, a
 shutdown) never waits on one request's checks. Valid requests from many clients are
 micro-batched into shared forward passes (at most ``max_batch`` inputs, waiting at most
-``max_wait_ms`` for more) on one worker; a request not answered within ``timeout_s`` gets
-504 and, if it has not reached the model yet, is never computed. At most ``max_pending``
+``max_wait_ms`` for more; requests queued while the model was busy join at once), a lane
+each for predictions and generations so neither waits behind the other; a request not
+answered within ``timeout_s`` gets 504 and, if it has not reached the model yet, is never
+computed. At most ``max_pending``
 requests wait at once: more get 503 at once instead of a queue that grows without limit.
 Shutdown (Ctrl-C, SIGTERM) stops accepting and finishes the requests in flight (for at most
 ``GRACE_S`` seconds). The
 service binds to
 127.0.0.1 unless told otherwise, refuses bodies over ``max_body_bytes`` (413), and with a
 token (``--token`` or ``TAGLLM_SERVE_TOKEN``) answers 401 to any request without
-``Authorization: Bearer TOKEN``.
+``Authorization: Bearer TOKEN`` and turns off ``/docs``, ``/redoc`` and ``/openapi.json``.
 """
 
 
@@ -93,33 +95,41 @@ class _Job:
     future: asyncio.Future
 
 
+LANES = ("predict", "generate")
+
+
 class Batcher:
-    """Micro-batching: requests queue up; one worker takes what arrives within the wait
-    window (up to ``max_batch`` inputs), runs the model once per tag in its own thread, and
-    answers each request with its own rows. Requests' checks run in a separate small pool
-    of threads (:meth:`check`), so checks never wait behind the model nor it behind them;
-    a request counts as pending from its checks to its answer (:meth:`admit`)."""
+    """Micro-batching: requests queue up; a worker takes what is already queued and what
+    arrives within the wait window (up to ``max_batch`` inputs), runs the model once per tag
+    in its own thread, and answers each request with its own rows. Predictions and
+    generations have a lane each (queue, worker, model thread), so a long generation never
+    holds up predictions nor they it. Requests' checks run in a separate small pool of
+    threads (:meth:`check`), so checks never wait behind the model nor it behind them; a
+    request counts as pending from its checks to its answer (:meth:`admit`)."""
 
     def __init__(self, model: TaggedModel, cfg: ServeConfig) -> None:
         self.model, self.cfg = model, cfg
         self.pending = 0
         self.batches = 0
-        self.queue: asyncio.Queue[_Job | None] | None = None
-        self.worker: asyncio.Task | None = None
+        self.queues: dict[str, asyncio.Queue[_Job | None]] = {}
+        self.workers: list[asyncio.Task] = []
         self.checks = ThreadPoolExecutor(2, thread_name_prefix="tagllm-checks")
-        self.compute = ThreadPoolExecutor(1, thread_name_prefix="tagllm-model")
+        self.compute = {lane: ThreadPoolExecutor(1, thread_name_prefix=f"tagllm-{lane}")
+                        for lane in LANES}
 
     def start(self) -> None:
-        self.queue = asyncio.Queue()
-        self.worker = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self.queues = {lane: asyncio.Queue() for lane in LANES}
+        self.workers = [loop.create_task(self._run(lane)) for lane in LANES]
 
     async def stop(self) -> None:
-        """Finish every queued job whose client still waits, then stop the worker."""
-        if self.queue is not None and self.worker is not None:
-            await self.queue.put(None)
-            await self.worker
+        """Finish every queued job whose client still waits, then stop the workers."""
+        for q in self.queues.values():
+            await q.put(None)
+        await asyncio.gather(*self.workers)
         self.checks.shutdown(wait=False, cancel_futures=True)
-        self.compute.shutdown(wait=False, cancel_futures=True)
+        for pool in self.compute.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @contextlib.asynccontextmanager
     async def admit(self):
@@ -140,26 +150,39 @@ class Batcher:
 
     async def submit(self, kind: str, texts: list[str], tag: str | None = None,
                      max_new_tokens: int = 0) -> Any:
-        assert self.queue is not None, "the batcher is not started"
+        assert self.queues, "the batcher is not started"
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(kind, texts, tag, max_new_tokens, fut))
+        await self.queues[kind].put(_Job(kind, texts, tag, max_new_tokens, fut))
         return await fut
 
-    async def _run(self) -> None:
-        assert self.queue is not None
-        loop = asyncio.get_running_loop()
+    async def _next(self, queue: asyncio.Queue, deadline: float) -> _Job | None | bool:
+        """The next queued job: one already waiting at once (so requests that queued while
+        the model was busy share a batch even with ``max_wait_ms`` 0), else one arriving
+        before ``deadline``; False when none came."""
+        try:
+            return queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        try:
+            return await asyncio.wait_for(queue.get(), left)
+        except TimeoutError:
+            return False
+
+    async def _run(self, lane: str) -> None:
+        queue, loop = self.queues[lane], asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            job = await self.queue.get()
+            job = await queue.get()
             if job is None:
                 break
             batch, size = [job], len(job.texts)
             deadline = loop.time() + self.cfg.max_wait_ms / 1000
             while size < self.cfg.max_batch:
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(),
-                                                 max(0.0, deadline - loop.time()))
-                except TimeoutError:
+                nxt = await self._next(queue, deadline)
+                if nxt is False:
                     break
                 if nxt is None:
                     stopping = True
@@ -169,7 +192,7 @@ class Batcher:
             batch = [j for j in batch if not j.future.done()]  # not those whose client gave up
             if not batch:
                 continue
-            results = await loop.run_in_executor(self.compute, self._compute, batch)
+            results = await loop.run_in_executor(self.compute[lane], self._compute, batch)
             self.batches += 1
             for j, r in zip(batch, results, strict=True):
                 if not j.future.done():
@@ -358,7 +381,11 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
             raise HTTPException(401, "missing or wrong token (Authorization: Bearer TOKEN)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    app = FastAPI(title="tagllm", lifespan=lifespan, dependencies=[Depends(authorized)])
+    # The interactive docs and the schema are routes of their own, outside the token's
+    # dependency: with a token they are switched off instead of answering anyone.
+    hidden = {"docs_url": None, "redoc_url": None, "openapi_url": None} if cfg.token else {}
+    app = FastAPI(title="tagllm", lifespan=lifespan, dependencies=[Depends(authorized)],
+                  **hidden)
     app.state.batcher = batcher
 
     @app.exception_handler(TagllmError)

@@ -124,6 +124,7 @@ def _cached_stage(recipe: Recipe, p: StagePlan, store: TagStore) -> dict[str, An
             "trained": meta.get("created"), "seconds": prov.get("seconds"),
             "final_loss": prov.get("final_loss"),
             "best_step": prov.get("validation", {}).get("best_step"),
+            "kept_step": prov.get("validation", {}).get("kept_step"),
             "curve": prov.get("validation", {}).get("curve", []), "eval": prov.get("eval", [])}
 
 
@@ -287,7 +288,8 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
             "stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
             "examples_per_process": res.examples_per_process,
             "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
-            "final_loss": res.final_loss, "best_step": res.best_step, "curve": res.curve,
+            "final_loss": res.final_loss, "best_step": res.best_step,
+            "kept_step": res.kept_step, "curve": res.curve,
             "refit": res.refit, "eval": evals}
 
 
@@ -327,7 +329,8 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
         "warm_start": res.warm_start, "eval": evals,
         "validation": {"fraction": s.train.validation, "seed": s.train.seed,
                        "rows": res.validation_rows, "select": s.train.select,
-                       "best_step": res.best_step, "curve": res.curve, "refit": res.refit},
+                       "best_step": res.best_step, "kept_step": res.kept_step,
+                       "curve": res.curve, "refit": res.refit},
     }
 
 

@@ -69,10 +69,12 @@ class TrainResult:
     #: validation losses: [{"step", "train_loss" (mean since the previous point),
     #: "validation_loss"}], step 0 = before the first gradient step
     curve: list[dict] = field(default_factory=list)
-    best_step: int | None = None  # the step whose tags were kept (select="best")
+    best_step: int | None = None  # the step with the lowest validation loss
     validation_rows: list[int] = field(default_factory=list)  # per part
     #: refit_head: {"validation_loss_before", "validation_loss_after", "kept"}
     refit: dict | None = None
+    #: the step whose tags were kept: best_step with select="best", else the last step
+    kept_step: int | None = None
 
     @property
     def steps_run(self) -> int:
@@ -338,7 +340,7 @@ def fit_tags(
     return TrainResult(job.cfg.steps, time.perf_counter() - t0, state.losses, state.warm,
                        state.resumed_from, state.after, job.world.gather_object(state.examples),
                        state.curve, state.best["step"] if state.best else None, job.val_rows,
-                       refit)
+                       refit, kept_step(job, state))
 
 
 def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list) -> None:
@@ -427,6 +429,13 @@ def record_validation(job: Job, state: State) -> None:
         else "none finite yet"
     job.log(f"{', '.join(job.tags)} step {state.step}/{job.cfg.steps} validation loss "
             f"{loss:.4f} ({best})")
+
+
+def kept_step(job: Job, state: State) -> int | None:
+    """The step whose tags the result holds (None when no validation ran)."""
+    if job.val is None:
+        return None
+    return state.best["step"] if job.cfg.select == "best" and state.best_tensors else state.step
 
 
 def keep_selected(job: Job, state: State) -> None:
