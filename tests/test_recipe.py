@@ -83,6 +83,10 @@ def test_shipped_qed_recipe_is_valid():
     ({"stages__0__eval": [{"source": "t.csv", "label": "y", "baselines": ["svm"]}]},
      r"eval\[0\]: baselines: unknown \['svm'\]"),
     ({"tags__0__name": "SMILES"}, r"is not a tag name like <SMILES>"),
+    ({"stages__1__name": "../../../x"}, r"stages\[1\].*'\.\./\.\./\.\./x' is not a valid name"),
+    ({"stages__1__name": "a/b"}, r"it names a folder"),
+    ({"stages__1__name": ".hidden"}, r"it names a folder"),
+    ({"name": "../escape"}, r"name: '\.\./escape' is not a valid name"),
     ({"stages__0__data__0__label": ["y", "z"]},
      r"data\[0\]: label names 2 column\(s\) \['y', 'z'\] but <Q>'s regression head has "
      r"num_outputs 1"),
@@ -113,3 +117,18 @@ def test_yaml_errors_name_the_file(tmp_path):
     assert load_recipe(p).source == str(p)
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_a_run_name_cannot_take_the_tracker_outside_its_folder(tmp_path):
+    """Even a name that skipped the recipe's checks cannot make TensorBoard write outside
+    out/tensorboard; a recipe file's name with spaces still gives a valid default name."""
+    from tagllm.errors import ConfigError
+    from tagllm.tracking import Tracker
+
+    pytest.importorskip("tensorboard")
+    with pytest.raises(ConfigError, match="not one folder name"):
+        Tracker("tensorboard", tmp_path / "tb", "../../x")
+    assert not (tmp_path.parent / "x").exists()
+    d = recipe()
+    d.pop("name")
+    assert recipe_from_dict(d, str(tmp_path / "my QED run.yaml")).name == "my-QED-run"

@@ -12,7 +12,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tagllm.errors import MissingPackageError
+from tagllm.errors import ConfigError, MissingPackageError
 
 Track = Literal["tensorboard", "none"]
 TRACKERS: tuple[str, ...] = ("tensorboard", "none")
@@ -50,6 +50,10 @@ class Tracker:
         check_tracker(track)
         from accelerate.tracking import TensorBoardTracker
 
+        root = Path(directory).resolve()
+        if (root / name).resolve().parent != root:
+            raise ConfigError(f"tracking: the run name {name!r} is not one folder name "
+                              f"inside {directory}")
         self._t = TensorBoardTracker(name, str(directory))
         self._t.start()
         self.directory = Path(directory) / name

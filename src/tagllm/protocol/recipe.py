@@ -43,6 +43,19 @@ from tagllm.errors import RecipeError
 from tagllm.heads import head_class
 from tagllm.sources import label_columns
 
+#: recipe and stage names become folder names (runs/NAME, out/tensorboard/STAGE): one path
+#: component, never "..", a separator or a hidden name
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+
+
+def check_folder_name(what: str, name: object) -> None:
+    """ValueError unless ``name`` is a non-empty string that is safe as one folder name."""
+    if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
+        raise ValueError(f"{what}: {name!r} is not a valid name; it names a folder, so use "
+                         "letters, digits, '_', '.' and '-' (starting with a letter or digit, "
+                         "at most 100)")
+
+
 TAG_IN_TEMPLATE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
 
 
@@ -77,7 +90,8 @@ def build(cls: type, data: Any, where: str) -> Any:
 class StageConfig:
     """One training job: the tags it trains (jointly when several), their data, settings."""
 
-    name: str = field(metadata={"help": "stage name, unique in the recipe"})
+    name: str = field(metadata={"help": "stage name, unique in the recipe; letters, digits, "
+                                        "_ . - (it names a folder)"})
     tags: list[str] = field(metadata={"help": "tags trained here (all others frozen)"})
     data: list[DataConfig] = field(metadata={"help": "training data; several are mixed"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -87,8 +101,7 @@ class StageConfig:
                                                "by the templates"})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name: expected a non-empty string, got {self.name!r}")
+        check_folder_name("name", self.name)
         for key in ("tags", "after"):
             bad = [x for x in getattr(self, key) if not isinstance(x, str)]
             if bad:
@@ -122,8 +135,9 @@ class Recipe:
             value = getattr(self, key)
             if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
                 raise ValueError(f"{key}: expected a {typ.__name__}, got {value!r}")
-        if not self.name or not self.model:
-            raise ValueError("name and model must not be empty")
+        if not self.model:
+            raise ValueError("model must not be empty")
+        check_folder_name("name", self.name)
         if not isinstance(self.pretrained, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.pretrained.items()):
             raise ValueError(f"pretrained: expected a mapping of tag names to tag folders, "
@@ -217,7 +231,8 @@ def recipe_from_dict(data: Any, source: str = "<memory>") -> Recipe:
         s["after"] = _list(s.get("after"), f"{where}.after")
         stages.append(build(StageConfig, s, where))
     data["tags"], data["stages"] = tags, stages
-    data.setdefault("name", Path(source).stem if source != "<memory>" else "recipe")
+    stem = re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(source).stem).strip(".-_")[:100]
+    data.setdefault("name", stem if source != "<memory>" and stem else "recipe")
     recipe = build(Recipe, {**data, "source": source}, source)
     if not recipe.out:
         recipe.out = f"runs/{recipe.name}"
