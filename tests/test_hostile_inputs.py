@@ -489,3 +489,29 @@ def test_predict_skip_invalid_goes_on_past_a_chunk_of_only_long_rows(hostile, tm
                      max_length=MAX_LENGTH, skip_invalid=True, progress=False,
                      on_skipped=skipped.extend)
     assert n == 32 and len(skipped) == 1 and "row 33" in skipped[0]
+
+
+def test_a_write_the_file_system_refuses_is_a_clear_error_and_leaves_nothing(hostile,
+                                                                          tmp_path):
+    """A file-size limit (what a full disk looks like to the writer): one line naming the
+    output, exit 2, no traceback, no partial or temporary file, and the earlier output
+    left as it was."""
+    import resource
+
+    d, _ = hostile
+    data = tmp_path / "many.csv"
+    data.write_text("smiles\n" + "CCO\nc1ccccc1\n" * 2_000)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "pred.csv"
+    out.write_text("earlier predictions\n")
+    cmd = [sys.executable, "-m", "tagllm.cli", "predict", "--tags", str(d / "tags"),
+           "--model", str(d / "tiny"), "--input", str(data), "--output", str(out),
+           "--template", "<S> {smiles} <Q>", "--progress", "false"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=lambda:
+                       resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "File too large" in r.stderr, r.stderr
+    assert f"cannot write {out}" in r.stderr.replace("\n", ""), r.stderr
+    assert out.read_text() == "earlier predictions\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["pred.csv"]

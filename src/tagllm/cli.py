@@ -10,6 +10,7 @@ is a bug in tagllm and prints its traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import inspect as _inspect
 import json
@@ -29,7 +30,7 @@ from rich.console import Console
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import DataError, MissingPackageError, TagllmError
-from tagllm.fileio import atomic_write_text, json_text, remove_stale
+from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
 from tagllm.paths import tagllm_home
 
 console = Console(emoji=False)
@@ -582,6 +583,10 @@ def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+#: OSErrors that are the machine's, not tagllm's: printed in one line (exit 2)
+ENVIRONMENT_ERRNOS = WRITE_ERRNOS | {errno.ENOENT, errno.EISDIR, errno.ENOTDIR}
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``tagllm`` entry point."""
     from jsonargparse import CLI
@@ -603,7 +608,14 @@ def main(argv: list[str] | None = None) -> None:
         err.print("[yellow]interrupted[/yellow] (`tagllm run` keeps the checkpoint of the "
                   "stage in training: the same command resumes it)")
         sys.exit(130)
-    except Exception:
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            # the file system's refusal (full, a limit, permissions, a missing path): the
+            # message names the file, no traceback
+            name = f": {e.filename}" if e.filename and str(e.filename) not in str(e) else ""
+            err.print(f"[red]error:[/red] {e.strerror or e}{name}", highlight=False,
+                      soft_wrap=True)
+            sys.exit(2)
         import traceback
 
         traceback.print_exc()

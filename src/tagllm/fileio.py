@@ -10,6 +10,7 @@ same target, or by :func:`remove_stale` (``tagllm gc``), once no process holds i
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,6 +30,25 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9_.]*)
 #: A temporary file or folder this young, unlocked, with a live process of its pid, may be
 #: one that its writer has created but not locked yet.
 _YOUNG_S = 10.0
+#: errors of the file system rather than of the caller: full, over a size or quota limit,
+#: read-only, not permitted
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                          errno.EPERM})
+
+
+class WriteFailed(OSError):
+    """A target that could not be written (disk full, a size limit, permissions). Nothing of
+    the new version is left, and the previous version, if any, is unchanged."""
+
+
+def _write_failed(target: Path, tmp: Path, e: OSError) -> OSError:
+    """``e`` as a :class:`WriteFailed` naming ``target`` when it is the file system refusing
+    the write (not, say, ``fill`` failing to read its input)."""
+    ours = e.filename is None or Path(str(e.filename)).name in (tmp.name, target.name)
+    if isinstance(e, WriteFailed) or not (e.errno in WRITE_ERRNOS and ours):
+        return e
+    return WriteFailed(e.errno, f"cannot write {target}: {e.strerror or e}; nothing was "
+                       "written and the previous version, if any, is unchanged")
 
 
 def _host() -> str:
@@ -156,7 +176,10 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], object]) -> Path
     """Create folder ``target`` by filling a temporary sibling folder and renaming it into
     place. An existing ``target`` is replaced only after the new folder is complete."""
     target = Path(target)
-    tmp = TempDir(target.parent, target.name)
+    try:
+        tmp = TempDir(target.parent, target.name)
+    except OSError as e:
+        raise _write_failed(target, target, e) from e
     try:
         fill(tmp.path)
         if target.exists():
@@ -166,6 +189,8 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], object]) -> Path
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp.path, target)
+    except OSError as e:
+        raise _write_failed(target, tmp.path, e) from e
     finally:
         tmp.close()
     return target
@@ -175,15 +200,17 @@ def atomic_write_file(target: str | Path, fill: Callable[[Path], object]) -> Pat
     """Create file ``target`` by letting ``fill`` write a temporary sibling file, then
     renaming it into place; on any error the temporary file is removed."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target.parent, target.name)
     tmp = target.with_name(temp_name(target.name))
     fd = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target.parent, target.name)
         tmp.touch()
         fd = hold(tmp)
         fill(tmp)
         os.replace(tmp, target)
+    except OSError as e:
+        raise _write_failed(target, tmp, e) from e
     finally:
         tmp.unlink(missing_ok=True)
         if fd is not None:
