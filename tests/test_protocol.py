@@ -411,3 +411,53 @@ def test_two_processes_on_one_store_train_a_stage_once(workdir, tmp_path):
     assert sum("stage smiles: stored by another process meanwhile; reused" in o
                for o in out) == 1, out
     assert len(list(store.glob("*/tag.json"))) == 1 and not list(store.glob(".work/*/*"))
+
+
+def test_a_changed_evaluation_is_re_evaluated_with_the_stored_tags(workdir, tmp_path):
+    """Adding a baseline or pointing an evaluation elsewhere re-evaluates the stored tags
+    (no training; the ablation measured by the training run is kept while its test rows are
+    the same); the next run reads the stored evaluation. New test rows for an evaluation
+    with an ablation retrain the stage: the ablation is measured while training."""
+    store = tmp_path / "store"
+    r = base_recipe(workdir)
+    r["stages"][0]["eval"].append({"source": str(workdir / "test.csv"), "label": "y", "n": 3,
+                                   "name": "three rows"})
+    s1 = go(write(tmp_path, r), store)
+    first = stage(s1, "q")["eval"]
+
+    r2 = copy.deepcopy(r)
+    r2["stages"][0]["eval"][0]["baselines"] = ["knn", "mean", "rf"]
+    other = tmp_path / "other.csv"  # another test file (molecules not in training)
+    other.write_text("smiles,y\n" + "".join(f"{s},{len(s) / 10}\n" for s in
+                                            ["CCCCCC", "OCCCO", "NCCCN", "CCSC", "c1ccsc1"]))
+    r2["stages"][0]["eval"][1]["source"] = str(other)
+    r2["stages"][0]["eval"][1]["n"] = 5
+    plan = go(write(tmp_path, r2), store, dry_run=True)
+    assert stage(plan, "q")["cached"] and "re-evaluated" in stage(plan, "q")["reason"]
+    logs = []
+    s2 = run(load_recipe(write(tmp_path, r2)), TagStore(store), log=logs.append,
+             progress=False)
+    assert trained(s2) == {} and any("evaluating the stored tags" in x for x in logs)
+    ev, three = stage(s2, "q")["eval"]
+    assert "Morgan random forest (200 trees)" in ev["baselines"]
+    assert ev["baselines"]["ablation: <Q> untrained, head fitted"] == \
+        first[0]["baselines"]["ablation: <Q> untrained, head fitted"]
+    assert ev["metrics"] == pytest.approx(first[0]["metrics"], rel=1e-4, abs=1e-6)
+    assert three["rows"] == 5 and sorted(np.ravel(three["targets"])) == pytest.approx(
+        [0.4, 0.5, 0.5, 0.6, 0.7])
+    results = json.loads((workdir / "out" / "results.json").read_text())
+    assert stage_rows(results, "q") == [ev["rows"], 5]
+
+    logs.clear()  # the third run reads the stored evaluation
+    s3 = run(load_recipe(write(tmp_path, r2)), TagStore(store), log=logs.append,
+             progress=False)
+    assert trained(s3) == {} and not any("evaluating the stored tags" in x for x in logs)
+    assert json_text(stage(s3, "q")["eval"]) == json_text(stage(s2, "q")["eval"])
+
+    r3 = copy.deepcopy(r2)  # the ablated evaluation's rows change: q trains again
+    r3["stages"][0]["eval"][0]["n"] = 3
+    assert trained(go(write(tmp_path, r3), store)) == {"q": 6}
+
+
+def stage_rows(results, name):
+    return [e["rows"] for e in next(s for s in results["stages"] if s["stage"] == name)["eval"]]

@@ -122,3 +122,71 @@ def test_no_pickle_in_tag_files(tmp_path):
     for d in (s, q):
         raw = (d / TENSORS).read_bytes()
         assert raw[8:9] == b"{"  # safetensors: 8-byte header length, then a JSON header
+
+
+def test_a_model_that_differs_only_past_its_embeddings_is_refused(tmp_path):
+    """A fine-tune with frozen embeddings or a merged LoRA: same input embeddings, other
+    layers. The fingerprint covers every weight, so its tags do not load there."""
+    _, s, _ = _trained(tmp_path)
+    tuned = tiny_tagged("llama")
+    with torch.no_grad():
+        tuned.base.model.layers[0].mlp.down_proj.weight.mul_(1.01)
+    assert tuned.embedding_fingerprint == tiny_tagged("llama").embedding_fingerprint
+    assert tuned.fingerprint != tiny_tagged("llama").fingerprint
+    with pytest.raises(TagFileError, match="retrain the tag for this model"):
+        tuned.load_tag(s)
+
+
+def test_fingerprint_agrees_across_dtypes_and_is_cached_by_the_weight_files(tmp_path):
+    from tagllm import TaggedModel
+    from tagllm.backbones import FINGERPRINT_SCHEME
+    from tagllm.paths import tagllm_home
+
+    from tiny import save_tiny
+
+    folder = tmp_path / "tiny"
+    save_tiny(folder)
+    f32 = TaggedModel.from_pretrained(str(folder))
+    bf16 = TaggedModel.from_pretrained(str(folder), dtype=torch.bfloat16)
+    assert f32.fingerprint == bf16.fingerprint == tiny_tagged("llama").fingerprint
+    cache = tagllm_home() / "fingerprints.json"
+    entry = json.loads(cache.read_text())[str(folder.resolve())]
+    assert entry["scheme"] == FINGERPRINT_SCHEME and entry["fingerprint"] == f32.fingerprint
+    entries = json.loads(cache.read_text())  # the cached value is what a load reports ...
+    entries[str(folder.resolve())]["fingerprint"] = "sha256:cached"
+    cache.write_text(json.dumps(entries))
+    assert TaggedModel.from_pretrained(str(folder)).fingerprint == "sha256:cached"
+    weights = next(folder.glob("*.safetensors"))  # ... until a weight file changes
+    weights.touch()
+    assert TaggedModel.from_pretrained(str(folder)).fingerprint == f32.fingerprint
+
+
+def test_tag_files_of_the_embedding_only_fingerprint_load_with_a_warning(tmp_path, caplog):
+    m, s, _ = _trained(tmp_path)
+    meta = json.loads((s / META).read_text())
+    meta["base_model"].pop("fingerprint_of")
+    meta["base_model"]["fingerprint"] = m.embedding_fingerprint  # what older files hold
+    (s / META).write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        assert tiny_tagged("llama").load_tag(s) == "<S>"
+    assert "only the base model's input embeddings" in caplog.text
+    with pytest.raises(TagFileError, match="retrain the tag"):
+        tiny_tagged("llama", seed=1).load_tag(s)
+
+
+def test_a_tag_beside_another_version_of_a_tag_it_was_trained_with_is_refused(tmp_path):
+    """<Q> was trained beside one <S>: loading it with another <S> fails in either order;
+    with its own <S>, or alone, it loads."""
+    _, s, q = _trained(tmp_path)
+    other = tiny_tagged("llama")
+    other.add_tag(TagConfig("<S>", num_tokens=3, init="random"), seed=5)
+    s2 = other.save_tag("<S>", tmp_path / "S2")
+    for order in ((s2, q), (q, s2)):
+        m = tiny_tagged("llama")
+        m.load_tag(order[0])
+        with pytest.raises(TagFileError, match=r"<Q> was trained with a <S> whose values"):
+            m.load_tag(order[1])
+    for order in ((s, q), (q, s)):
+        m = tiny_tagged("llama")
+        assert {m.load_tag(d) for d in order} == {"<S>", "<Q>"}
+    assert tiny_tagged("llama").load_tag(q) == "<Q>"

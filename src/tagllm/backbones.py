@@ -8,7 +8,9 @@ file once into a safetensors folder under ``$TAGLLM_HOME/models`` (default
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 
 from tagllm.data import package_dir
 from tagllm.errors import MissingPackageError
-from tagllm.fileio import TempDir, atomic_write_dir
+from tagllm.fileio import TempDir, atomic_write_dir, atomic_write_text, json_text
 from tagllm.paths import models_dir, tagllm_home
 
 log = logging.getLogger(__name__)
@@ -156,3 +158,41 @@ def load_backbone(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.
     model.eval()
     model.requires_grad_(False)
     return model, tok, name
+
+
+#: how :func:`cached_fingerprint` entries were computed; a new way of hashing gets a new one
+FINGERPRINT_SCHEME = "weights-bf16-v1"
+
+
+def _stamp(folder: Path) -> list[list]:
+    """(name, size, mtime_ns) of each file that holds the weights or the config of a model
+    folder: any change to them is a different model."""
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())
+            if p.is_file() and (p.suffix in (".safetensors", ".bin", ".pt", ".gguf")
+                                or p.name == "config.json")]
+
+
+def cached_fingerprint(folder: str | Path, compute: Callable[[], str]) -> str:
+    """``compute()`` (a fingerprint of the model loaded from ``folder``), cached under
+    ``$TAGLLM_HOME/fingerprints.json`` by the folder and the sizes and modification times of
+    its weight files, so that a model is hashed once, not at every load."""
+    folder = Path(folder).resolve()
+    cache = tagllm_home() / "fingerprints.json"
+    stamp = _stamp(folder)
+    try:
+        entries = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    entries = entries if isinstance(entries, dict) else {}
+    hit = entries.get(str(folder))
+    if isinstance(hit, dict) and hit.get("stamp") == stamp \
+            and hit.get("scheme") == FINGERPRINT_SCHEME and stamp:
+        return str(hit["fingerprint"])
+    fingerprint = compute()
+    entries[str(folder)] = {"stamp": stamp, "scheme": FINGERPRINT_SCHEME,
+                            "fingerprint": fingerprint}
+    try:
+        atomic_write_text(cache, json_text(entries, indent=1))
+    except OSError as e:  # a read-only home: the next load hashes again
+        log.warning("could not cache the fingerprint of %s in %s (%s)", folder, cache, e)
+    return fingerprint

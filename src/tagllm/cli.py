@@ -484,7 +484,7 @@ def inspect(tagdir: str, model: str | None = None) -> None:
     Usage: tagllm inspect TAGDIR [--model MODEL]
 
     The files are always verified (schema, checksum, shapes, finite values). With --model
-    the base model is loaded and the tag's embedding fingerprint is checked against it.
+    the base model is loaded and the tag's fingerprint (of every weight) is checked against it.
 
     Args:
         tagdir: the tag folder.

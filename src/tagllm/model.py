@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagllm.backbones import load_backbone
+from tagllm.backbones import cached_fingerprint, load_backbone, resolve_model_path
 from tagllm.config import TagConfig
 from tagllm.costs import count_forward
 from tagllm.distributed import is_sharded
@@ -35,6 +36,22 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
                                                self.position_ids)))
+
+
+log = logging.getLogger(__name__)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of every weight of ``module`` (its state dict: names, shapes and values
+    rounded to bfloat16, so fp32 and bf16 loads of the same checkpoint agree). Two models
+    that share their embeddings but differ in any layer (a fine-tune, a merged LoRA) differ."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu")
+        t = t.to(torch.bfloat16).view(torch.int16) if t.is_floating_point() else t
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
 
 
 def embedding_fingerprint(weight: torch.Tensor) -> str:
@@ -76,6 +93,8 @@ class TaggedModel(nn.Module):
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
         self._fingerprint: str | None = None
+        self._embedding_fingerprint: str | None = None
+        self._trained_with: dict[str, dict[str, str]] = {}  # a loaded tag's record
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -91,6 +110,9 @@ class TaggedModel(nn.Module):
         holding either."""
         base, tok, name = load_backbone(model, dtype=dtype)
         tm = cls(base.to(device), tok, name)
+        folder = Path(resolve_model_path(model)[0])
+        if folder.is_dir():  # hashed once per model folder, not at every load
+            tm._fingerprint = cached_fingerprint(folder, lambda: weights_fingerprint(tm.base))
         for t in tags:
             for d in tag_folders(t):
                 tm.load_tag(d)
@@ -108,9 +130,19 @@ class TaggedModel(nn.Module):
 
     @property
     def fingerprint(self) -> str:
+        """A hash of every weight of the base model (:func:`weights_fingerprint`)."""
         if self._fingerprint is None:
-            self._fingerprint = embedding_fingerprint(self.base.get_input_embeddings().weight)
+            self._fingerprint = weights_fingerprint(self.base)
         return self._fingerprint
+
+    @property
+    def embedding_fingerprint(self) -> str:
+        """A hash of the input embeddings alone: what tag files written before
+        :attr:`fingerprint` covered every weight recorded."""
+        if self._embedding_fingerprint is None:
+            self._embedding_fingerprint = embedding_fingerprint(
+                self.base.get_input_embeddings().weight)
+        return self._embedding_fingerprint
 
     def add_tag(self, config: TagConfig, seed: int = 0,
                 init: torch.Tensor | None = None) -> None:
@@ -177,8 +209,8 @@ class TaggedModel(nn.Module):
     def base_model_info(self) -> dict:
         """What a tag file records of the base model it belongs to."""
         return {"name": self.model_name, "architecture": type(self.base).__name__,
-                "fingerprint": self.fingerprint, "vocab_rows": self.bank.vocab_rows,
-                "hidden_size": self.hidden_size}
+                "fingerprint": self.fingerprint, "fingerprint_of": "weights",
+                "vocab_rows": self.bank.vocab_rows, "hidden_size": self.hidden_size}
 
     def save_tag(self, name: str, directory: str | Path, provenance: dict | None = None,
                  trained_with: Sequence[str] = ()) -> Path:
@@ -199,10 +231,19 @@ class TaggedModel(nn.Module):
         (``ORG/NAME[@REVISION]``) holding one tag."""
         directory = resolve_tag_dir(directory)
         meta, tensors = read_tag(directory)
-        check_base_model(directory, meta, self.base_model_info())
+        base = self.base_model_info()
+        if meta["base_model"].get("fingerprint_of") != "weights":
+            log.warning("%s: tag %s was written by an older tagllm, whose fingerprint covers "
+                        "only the base model's input embeddings: only those are checked. "
+                        "Retrain it (or train it again through the store) to have every "
+                        "weight checked.", directory, meta["name"])
+            base = {**base, "fingerprint": self.embedding_fingerprint}
+        check_base_model(directory, meta, base)
         name = meta["name"]
         if name in self.bank:
             raise TagFileError(f"{directory}: tag {name} is already loaded in this model")
+        digest = tensor_digest(tensors["embedding"])
+        self._check_trained_with(directory, name, digest, meta.get("trained_with") or {})
         self.add_tag(TagConfig.from_json(meta["config"]), init=tensors["embedding"])
         head = self.head(name)
         if head is not None:
@@ -214,7 +255,29 @@ class TaggedModel(nn.Module):
                 raise TagFileError(f"{directory}: head tensors do not match the head config "
                                    f"({e})") from e
         self.set_requires_grad(name, trainable)
+        self._trained_with[name] = dict(meta.get("trained_with") or {})
         return name
+
+    def _digest(self, name: str) -> str:
+        """The digest of tag ``name``'s vectors now, as a tag file records it (the bank
+        holds them in float32, as the file does)."""
+        return tensor_digest(self.bank.parameter(name))
+
+    def _check_trained_with(self, directory: Path, name: str, digest: str,
+                            trained_with: dict[str, str]) -> None:
+        """Refuse a tag beside another version of a tag it was trained with (a function tag
+        trained on one <SMILES> cannot read another), in both orders of loading."""
+        pairs = [(name, other, want, self._digest(other)) for other, want in
+                 trained_with.items() if other in self.bank]
+        pairs += [(other, name, tw[name], digest) for other, tw in self._trained_with.items()
+                  if name in tw and other in self.bank]
+        for user, dep, want, got in pairs:
+            if want != got:
+                raise TagFileError(
+                    f"{directory}: tag {user} was trained with a {dep} whose values have "
+                    f"digest {want}, but the {dep} loaded beside it has {got}: they come "
+                    f"from different runs. Load the {dep} that {user} was trained with (the "
+                    f"tag folder written beside it), or retrain {user} on this {dep}")
 
     def set_requires_grad(self, name: str, trainable: bool) -> None:
         """Make one tag (and its head) trainable or frozen."""

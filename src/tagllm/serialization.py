@@ -135,7 +135,7 @@ def check_base_model(directory: str | Path, meta: dict[str, Any], base: dict[str
             meta["hidden_size"] != base["hidden_size"]:
         raise TagFileError(
             f"{directory}: tag {meta['name']} was trained for base model {made.get('name')!r} "
-            f"({made.get('architecture')}, hidden {meta['hidden_size']}, embedding fingerprint "
+            f"({made.get('architecture')}, hidden {meta['hidden_size']}, fingerprint "
             f"{made.get('fingerprint')}), but the loaded base model is {base['name']!r} "
-            f"({base['architecture']}, hidden {base['hidden_size']}, embedding fingerprint "
+            f"({base['architecture']}, hidden {base['hidden_size']}, fingerprint "
             f"{base['fingerprint']}); retrain the tag for this model")

@@ -6,9 +6,11 @@ fingerprint, the tag's config, its stage's training settings, a fingerprint of t
 data as rendered, the keys of the tags it was trained on top of, and the seed. Equal inputs
 give an equal key, so a tag is trained once and then reused; any change gives a new key,
 and the old entry stays as it was. Checkpoints of unfinished stages live in
-``STORE/.work/<stage key>/``; ``STORE/.index/`` remembers each recipe stage's last key
-material, so a plan can say *what* changed. ``STORE/.locks/<stage key>.lock`` is held while
-a stage trains: a second process that needs the same stage waits, then reuses it.
+``STORE/.work/<stage key>/``; evaluations of stored tags under settings other than those of
+the run that trained them in ``STORE/.evals/<eval key>.json``; ``STORE/.index/`` remembers
+each recipe stage's last key material, so a plan can say *what* changed.
+``STORE/.locks/<stage key>.lock`` is held while a stage trains: a second process that needs
+the same stage waits, then reuses it.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from tagllm.errors import TagFileError
-from tagllm.fileio import atomic_write_dir, atomic_write_text
+from tagllm.fileio import atomic_write_dir, atomic_write_text, json_text
 from tagllm.paths import store_dir
 from tagllm.serialization import META, TENSORS, read_tag
 
 #: Part of every key. Bumped whenever the same recipe would train differently:
 #: 2 = LM losses count only tokens after a trained tag; init='text' right-aligns its text.
 #: 3 = a validation split is carved from the training rows and the best step is kept.
-STORE_FORMAT = 3
+#: 4 = the warm start runs under the stage's autocast; validation rows follow the test split's
+#: groups; the data of evaluations with an ablation is part of the key (their other settings,
+#: baselines included, key the evaluation alone: see ``eval_key``).
+STORE_FORMAT = 4
 
 
 def digest(material: Any, length: int = 20) -> str:
@@ -94,6 +99,20 @@ class TagStore:
             yield
         finally:
             lock.release()
+
+    # ------------------------------------------------------------- evaluations
+    def _evals_file(self, eval_key: str) -> Path:
+        return self.root / ".evals" / f"{eval_key}.json"
+
+    def read_evals(self, eval_key: str) -> list[dict[str, Any]] | None:
+        """The evaluation rows stored under ``eval_key`` (None when there are none)."""
+        try:
+            return json.loads(self._evals_file(eval_key).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def write_evals(self, eval_key: str, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self._evals_file(eval_key), json_text(rows))
 
     # ------------------------------------------------------------- index
     def _index_file(self, recipe: str, stage: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -45,6 +45,35 @@ class StagePlan:
     evals: list[tuple[EvalConfig, LoadedData]]
     cached: bool
     reason: str
+    #: what the evaluations' results depend on besides the tags (their settings, baselines
+    #: and rows); a stored stage whose evaluations differ is re-evaluated, not retrained
+    eval_key: str = ""
+    reevaluate: bool = False
+
+    @property
+    def ablated(self) -> list[int]:
+        """Indices of the evaluations measured before training too (the ablation)."""
+        return ablated(self.stage.eval)
+
+
+def ablated(evals: list[EvalConfig] | list[dict[str, Any]]) -> list[int]:
+    """Indices of the evaluation entries (configs, or their stored dicts) with an ablation
+    that applies (a label or a reference to score)."""
+    def get(e, k):
+        return e[k] if isinstance(e, dict) else getattr(e, k)
+    return [i for i, e in enumerate(evals)
+            if get(e, "ablation") and (get(e, "label") or get(e, "reference"))]
+
+
+def eval_material(e: EvalConfig, d: LoadedData, ablation_only: bool = False) -> dict[str, Any]:
+    """What one evaluation's results depend on besides the tags: its settings and rows. With
+    ``ablation_only`` what its ablation (measured while training) depends on: all but the
+    baselines and the row's name."""
+    cfg = asdict(e)
+    if ablation_only:
+        cfg.pop("baselines")
+        cfg.pop("name")
+    return {"config": cfg, "rows": len(d.texts), "fingerprint": d.fingerprint()}
 
 
 def head_of(recipe: Recipe, rows: RowsConfig) -> HeadConfig | None:
@@ -137,12 +166,25 @@ def _stage_plan(recipe: Recipe, s: StageConfig, data: list[LoadedData],
                   "weight": d.config.weight, "rows": len(d.texts),
                   "fingerprint": d.fingerprint()} for d in data],
         "deps": deps,
+        "ablation": [eval_material(*evals[i], ablation_only=True) for i in ablated(s.eval)],
     }
     key = digest(material)
     tag_keys = {t: tag_key(key, t) for t in s.tags}
+    eval_key = digest({"stage": key, "evals": [eval_material(e, d) for e, d in evals]})
     cached = all(store.has(k) for k in tag_keys.values())
     reason = "cached" if cached else _why_train(recipe, s, store, key, material)
-    return StagePlan(s, key, tag_keys, deps, material, data, evals, cached, reason)
+    reevaluate = cached and _stored_eval_key(store, tag_keys[s.tags[0]]) != eval_key \
+        and store.read_evals(eval_key) is None
+    if reevaluate:
+        reason = "cached; its evaluations changed: re-evaluated with the stored tags"
+    return StagePlan(s, key, tag_keys, deps, material, data, evals, cached, reason, eval_key,
+                     reevaluate)
+
+
+def _stored_eval_key(store: TagStore, key: str) -> str | None:
+    """The eval key the run that trained a stored tag recorded."""
+    meta, _ = read_tag(store.path(key))
+    return meta.get("provenance", {}).get("eval_key")
 
 
 def _why_train(recipe: Recipe, s: StageConfig, store: TagStore, key: str,
@@ -178,7 +220,8 @@ def plan_table(recipe: Recipe, plans: list[StagePlan]):
     for col in ("stage", "trains", "uses (frozen)", "data rows", "steps", "key", "status"):
         t.add_column(col)
     for p in plans:
-        status = ("[green]cached[/green]" if p.cached
+        status = ("[green]cached[/green]" if p.cached and not p.reevaluate
+                  else "[green]cached[/green], [yellow]re-evaluate[/yellow]" if p.cached
                   else f"[yellow]train[/yellow]: {p.reason}")
         t.add_row(p.stage.name, " ".join(p.stage.tags), " ".join(p.deps) or "-",
                   "+".join(str(len(d.texts)) for d in p.data), str(p.stage.train.steps),

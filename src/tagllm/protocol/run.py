@@ -30,6 +30,7 @@ from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix, split_point
 from tagllm.protocol.inputs import LoadedData, report_skipped
 from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
+from tagllm.protocol.plan import ablated as ablated_evals
 from tagllm.protocol.recipe import Recipe, tags_in
 from tagllm.serialization import META
 from tagllm.store import TagStore
@@ -89,7 +90,7 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
                           [{"stage": p.stage.name, "cached": p.cached, "steps_run": 0,
                             "reason": p.reason, "key": p.key} for p in plans],
                           time.perf_counter() - t0)
-    stages = [_cached_stage(recipe, p, store) if p.cached
+    stages = [_cached_stage(recipe, base, p, store, log, progress) if p.cached
               else _train_or_reuse(recipe, base, p, store, log, progress, track)
               for p in plans]
     summary = RunSummary(recipe.name, recipe.out, stages, time.perf_counter() - t0)
@@ -114,29 +115,63 @@ def load_base(model: str, fsdp: bool, log: Log) -> TaggedModel:
     return base
 
 
-def _cached_stage(recipe: Recipe, p: StagePlan, store: TagStore) -> dict[str, Any]:
-    """A stored stage: what the run that trained it measured."""
+def _cached_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore, log: Log,
+                  progress: bool) -> dict[str, Any]:
+    """A stored stage: what the run that trained it measured (its evaluations measured
+    again with the stored tags when they changed since)."""
     meta = json.loads((store.path(p.tag_keys[p.stage.tags[0]]) / META).read_text())
     prov = meta["provenance"]
     if world().is_main:
         store.remember(recipe.name, p.stage.name, p.material)
+    evals = _stored_evals(recipe, base, p, store, prov, log, progress)
     return {"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
             "trained": meta.get("created"), "seconds": prov.get("seconds"),
             "final_loss": prov.get("final_loss"),
             "best_step": prov.get("validation", {}).get("best_step"),
             "kept_step": prov.get("validation", {}).get("kept_step"),
-            "curve": prov.get("validation", {}).get("curve", []), "eval": prov.get("eval", [])}
+            "curve": prov.get("validation", {}).get("curve", []), "eval": evals}
+
+
+def _stored_evals(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore,
+                  prov: dict[str, Any], log: Log, progress: bool) -> list[dict[str, Any]]:
+    """The evaluations of a stored stage under the recipe's evaluation settings: those of
+    the training run, or of an earlier re-evaluation, or measured now with the stored tags
+    (and then stored). The ablation rows come from the training run: the key of the tags
+    covers everything they depend on."""
+    if prov.get("eval_key") == p.eval_key:
+        return prov.get("eval", [])
+    rows = store.read_evals(p.eval_key)
+    if rows is not None:
+        return rows
+    log(f"stage {p.stage.name}: its evaluations changed since it was trained; evaluating "
+        "the stored tags")
+    with phase(f"stage {p.stage.name}"):
+        rows = _evaluate(_stage_model(base, p, recipe, store, stored=True), p, progress, log)
+    old = prov.get("eval", [])
+    for i, j in zip(p.ablated, ablated_evals(prov["stage"]["eval"]), strict=True):
+        for part in ("baselines", "intervals"):
+            for name, value in (old[j].get(part) or {}).items():
+                if name.startswith("ablation: "):
+                    rows[i].setdefault(part, {})[name] = value
+    if world().is_main:
+        store.write_evals(p.eval_key, rows)
+    world().barrier()
+    return rows
 
 
 def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
-                 store: TagStore) -> TaggedModel:
-    """A fresh tag bank on the shared frozen base: dependencies frozen, new tags trainable."""
+                 store: TagStore, stored: bool = False) -> TaggedModel:
+    """A fresh tag bank on the shared frozen base: dependencies frozen, new tags trainable
+    (with ``stored``, the stage's own tags as the store holds them)."""
     m = TaggedModel(base_model.base, base_model.tokenizer, base_model.model_name)
     for t, k in p.deps.items():
         m.load_tag(recipe.pretrained[t] if k.startswith("pretrained:") else store.path(k))
     torch.manual_seed(p.stage.train.seed)
     for t in p.stage.tags:
-        m.add_tag(recipe.tag[t], seed=p.stage.train.seed)
+        if stored:
+            m.load_tag(store.path(p.tag_keys[t]))
+        else:
+            m.add_tag(recipe.tag[t], seed=p.stage.train.seed)
     return m
 
 
@@ -168,7 +203,7 @@ def _train_or_reuse(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagS
         stored = all(store.has(k) for k in p.tag_keys.values()) if w.is_main else None
         if w.gather_object(stored)[0]:
             log(f"stage {p.stage.name}: stored by another process meanwhile; reused")
-            return _cached_stage(recipe, p, store)
+            return _cached_stage(recipe, base, p, store, log, progress)
         return _train_stage(recipe, base, p, store, log, progress, track)
 
 
@@ -250,7 +285,7 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
     s = p.stage
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(base, p, recipe, store)
-    ablated = [i for i, (e, _) in enumerate(p.evals) if e.ablation and (e.label or e.reference)]
+    ablated = p.ablated
     # frozen prefixes, each computed once: the training rows' (filled by the warm start,
     # in the stage's prefix_cache_dtype) and the test rows' (filled by the ablation, reused
     # by the final evaluation; always float32 and outside autocast, so a stage scores its
@@ -318,6 +353,7 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
     s = p.stage
     return {
         "recipe": recipe.name, "recipe_file": recipe.source, "stage_key": p.key,
+        "eval_key": p.eval_key,
         "stage": asdict(s), "key_material": p.material,
         "data": [{"source": d.config.source, "n": d.config.n, "rows": len(d.texts),
                   "seed": d.config.seed if d.config.seed is not None else recipe.seed,
