@@ -8,6 +8,12 @@
    off by more than ``--atol``).
 3. Overload: ``--overload_clients`` clients for ``--overload_duration`` seconds against a
    server whose ``--max_pending`` is smaller: 503s expected, nothing else lost.
+4. Mixed load (``--mixed_duration`` > 0): the same clients, of whose requests
+   ``--bad_share`` are invalid (one of :data:`BAD`: an unknown tag, an input without the
+   function tag beside a valid one, an invalid or hostile SMILES, too long, too many
+   inputs, a format-string template, malformed JSON) and ``--generate_share`` are
+   generations. Every valid request must get 200 with its own rows' predictions, every
+   invalid one a 4xx naming its problem: one client's mistake never reaches another.
 
 Reported: requests, rows per second served and its ratio to offline, p50/p99 latency,
 responses by status, mismatches, the server's peak resident memory.
@@ -135,9 +141,117 @@ def load(url: str, texts: list[str], want: np.ndarray, clients: int, duration: f
             "mismatches": mismatches}
 
 
+#: kinds of invalid request: name -> (body, expected status)
+BAD = {
+    "unknown tag": ({"inputs": ["<Nope> CCO <QED>"]}, 422),
+    "second input without the function tag": (
+        {"inputs": ["<SMILES> CCO <QED>", "<SMILES> CCO"]}, 422),
+    "invalid SMILES row": ({"rows": [{"smiles": "CCO"}, {"smiles": "C1CC"}]}, 422),
+    "hostile SMILES (4,000 rings)": ({"rows": [{"smiles": "C1CC1" * 4000}]}, 422),
+    "input too long": ({"inputs": ["<SMILES> " + "C" * 3000 + " <QED>"]}, 422),
+    "too many inputs": ({"inputs": ["<SMILES> C <QED>"] * 1000}, 413),
+    "format-string template": ({"rows": [{"smiles": "CCO"}],
+                                "template": "<SMILES> {smiles.__class__} <QED>"}, 422),
+    "malformed JSON": (b'{"inputs": [', 422),
+}
+
+
+def mixed(url: str, texts: list[str], want: np.ndarray, clients: int, duration: float,
+          per_request: int, atol: float, bad_share: float, generate_share: float) -> dict:
+    """Clients sending valid predictions, generations and invalid requests, mixed."""
+    lock = threading.Lock()
+    by_kind: dict[str, Counter] = {}
+    latencies: dict[str, list[float]] = {}
+    mismatches, wrong = 0, []
+    stop_at = time.monotonic() + duration
+
+    def client(k: int) -> None:
+        nonlocal mismatches
+        rng = np.random.default_rng(1000 + k)
+        bad = list(BAD)
+        with httpx.Client(timeout=120) as http:
+            while time.monotonic() < stop_at:
+                u = rng.random()
+                idx = rng.integers(0, len(texts), per_request)
+                if u < bad_share:
+                    kind = bad[int(rng.integers(len(bad)))]
+                    body, expect = BAD[kind]
+                    call = dict(content=body, headers={"content-type": "application/json"}) \
+                        if isinstance(body, bytes) else dict(json=body)
+                    path = "/v1/predict"
+                elif u < bad_share + generate_share:
+                    kind, expect, path = "valid generate", 200, "/v1/generate"
+                    call = dict(json={"prompts": ["<SMILES> C"], "max_new_tokens": 8})
+                else:
+                    kind, expect, path = "valid predict", 200, "/v1/predict"
+                    call = dict(json={"inputs": [texts[i] for i in idx]})
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(f"{url}{path}", **call)
+                except httpx.HTTPError as e:
+                    with lock:
+                        by_kind.setdefault(kind, Counter())[type(e).__name__] += 1
+                    continue
+                dt = time.perf_counter() - t0
+                off = 0
+                if kind == "valid predict" and r.status_code == 200:
+                    got = np.asarray(r.json()["predictions"], dtype=float)
+                    off = int(got.shape != want[idx].shape
+                              or not np.allclose(got, want[idx], atol=atol, rtol=0))
+                with lock:
+                    by_kind.setdefault(kind, Counter())[r.status_code] += 1
+                    latencies.setdefault(kind, []).append(dt * 1000)
+                    mismatches += off
+                    if r.status_code != expect and len(wrong) < 20:
+                        wrong.append({"kind": kind, "status": r.status_code,
+                                      "body": r.text[:300]})
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {k: BAD[k][1] if k in BAD else 200 for k in by_kind}
+    return {"clients": clients, "duration_s": duration,
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "bad_share": bad_share, "generate_share": generate_share,
+            "by_kind": {k: {"expected": expected[k],
+                            "by_status": {str(s): n for s, n in sorted(c.items(), key=str)},
+                            "p50_ms": round(float(np.percentile(latencies[k], 50)), 1)
+                            if latencies.get(k) else None,
+                            "p99_ms": round(float(np.percentile(latencies[k], 99)), 1)
+                            if latencies.get(k) else None}
+                        for k, c in sorted(by_kind.items())},
+            "unexpected": sum(n for k, c in by_kind.items() for s, n in c.items()
+                              if s != expected[k]),
+            "examples_unexpected": wrong, "mismatches": mismatches}
+
+
+def untrained_tags(out: Path, model: str, texts: list[str], labels: np.ndarray) -> str:
+    """``<SMILES>`` untrained and ``<QED>`` with its head fitted in closed form on the rows
+    (one step at lr 1e-9 after the warm start: in effect no training): tags to serve when no
+    trained ones are at hand."""
+    from tagllm import HeadConfig, TagConfig, TrainConfig
+    from tagllm.training import fit_tag
+
+    m = TaggedModel.from_pretrained(model)
+    m.add_tag(TagConfig("<SMILES>", num_tokens=10))
+    m.add_tag(TagConfig("<QED>", kind="function", num_tokens=10,
+                        head=HeadConfig("regression")))
+    fit_tag(m, "<QED>", texts, labels, cfg=TrainConfig(
+        steps=1, lr=1e-9, head_lr=1e-9, warmup_steps=0, validation=0, select="last",
+        warm_start_examples=len(texts)), progress=False, log=lambda s: None)
+    m.save_tag("<SMILES>", out / "SMILES")
+    m.save_tag("<QED>", out / "QED", trained_with=["<SMILES>"])
+    return str(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tags", default="runs/qed/tags")
+    ap.add_argument("--tags", default="runs/qed/tags",
+                    help="tag folders to serve; 'untrained:MODEL' makes <SMILES> and a <QED> "
+                         "head fitted in closed form on 256 rows (no training)")
     ap.add_argument("--data", default="moses:test")
     ap.add_argument("--template", default="<SMILES> {smiles} <QED>")
     ap.add_argument("--n", type=int, default=2000, help="distinct rows to draw requests from")
@@ -151,9 +265,20 @@ def main() -> None:
     ap.add_argument("--overload_duration", type=float, default=20)
     ap.add_argument("--overload_max_pending", type=int, default=16)
     ap.add_argument("--atol", type=float, default=1e-4)
+    ap.add_argument("--mixed_duration", type=float, default=0)
+    ap.add_argument("--bad_share", type=float, default=0.3)
+    ap.add_argument("--generate_share", type=float, default=0.1)
+    ap.add_argument("--runs", default="load,overload,mixed",
+                    help="which of load, overload, mixed to run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
+    if args.tags.startswith("untrained:"):
+        import tempfile
+
+        rows, _ = load_source("moses:train", n=256, seed=0, label="qed", progress=False)
+        args.tags = untrained_tags(Path(tempfile.mkdtemp()), args.tags.split(":", 1)[1],
+                                   rows.render(args.template), np.asarray(rows["qed"]))
     dirs = tag_dirs(args.tags)
     m = TaggedModel.from_pretrained(recorded_model(dirs), tags=dirs)
     table, _ = load_source(args.data, n=args.n, seed=0, progress=False)
@@ -171,17 +296,24 @@ def main() -> None:
     for name, clients, duration, pending in (
             ("load", args.clients, args.duration, args.max_pending),
             ("overload", args.overload_clients, args.overload_duration,
-             args.overload_max_pending)):
+             args.overload_max_pending),
+            ("mixed", args.clients, args.mixed_duration, args.max_pending)):
+        if name not in args.runs.split(",") or duration <= 0:
+            continue
         port = free_port()
         proc = start_server(args, port, pending)
         url = f"http://127.0.0.1:{port}"
         try:
             load(url, texts, want, min(clients, 4), 3, args.inputs, args.atol)  # warm-up
             log(f"{name}: {clients} clients for {duration:.0f} s (max_pending {pending})")
-            res = load(url, texts, want, clients, duration, args.inputs, args.atol)
+            if name == "mixed":
+                res = mixed(url, texts, want, clients, duration, args.inputs, args.atol,
+                            args.bad_share, args.generate_share)
+            else:
+                res = load(url, texts, want, clients, duration, args.inputs, args.atol)
+                res["ratio_to_offline"] = round(res["rows_per_s"] / offline, 3)
             res["max_pending"] = pending
             res["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
-            res["ratio_to_offline"] = round(res["rows_per_s"] / offline, 3)
             runs[name] = res
             log(f"{name}: {json.dumps(res)}")
         finally:

@@ -101,7 +101,7 @@ def test_descriptors_are_standardised_with_training_statistics():
     raw = descriptor_values(tr["sequence"][:1], ["isoelectric_point", "hydrophobicity"])
     assert 2 < raw[0, 0] < 13 and -4.5 < raw[0, 1] < 4.5
     one, _ = load_source("proteins:test", label=["isoelectric_point"], n=5)
-    assert set(one.columns) == {"id", "sequence", "isoelectric_point"}
+    assert set(one.columns) == {"id", "sequence", "homology", "isoelectric_point"}
 
 
 def test_unknown_descriptor_is_named():

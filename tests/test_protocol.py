@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from tagllm.cli import main
 from tagllm.costs import peak_rss_gb
-from tagllm.errors import TagFileError
+from tagllm.errors import DataError, TagFileError
 from tagllm.fileio import json_text
 from tagllm.protocol import load_recipe, run
 from tagllm.report import cost_table
@@ -461,3 +461,38 @@ def test_a_changed_evaluation_is_re_evaluated_with_the_stored_tags(workdir, tmp_
 
 def stage_rows(results, name):
     return [e["rows"] for e in next(s for s in results["stages"] if s["stage"] == name)["eval"]]
+
+
+def test_validation_rows_of_their_own_and_by_groups(workdir, tmp_path):
+    """validation_source: the stage validates on that file's rows (never trained on) and
+    they are part of the key; groups: the validation rows share no group with training."""
+    store = tmp_path / "store"
+    val = tmp_path / "val.csv"
+    val.write_text("smiles,y\nCCCCCCC,0.7\nOCCCCO,0.6\nNCCCCN,0.6\n")
+    r = base_recipe(workdir)
+    q = r["stages"][0]
+    q["data"][0]["validation_source"] = str(val)
+    s1 = go(write(tmp_path, r), store)
+    prov = json.loads((workdir / "out" / "tags" / "Q" / "tag.json").read_text())["provenance"]
+    assert prov["validation"]["rows"] == [3]
+    assert prov["data"][0]["rows"] == len(SMILES)  # every training row trains
+    material = prov["key_material"]["data"][0]["validation"]
+    assert material["rows"]["n"] == 3 and material["groups"] == []
+
+    r2 = copy.deepcopy(r)
+    r2["stages"][0]["data"][0].pop("validation_source")
+    r2["stages"][0]["data"][0]["groups"] = ["smiles"]  # a group per molecule: whole rows
+    assert stage(go(write(tmp_path, r2), store), "q")["key"] != stage(s1, "q")["key"]
+    with pytest.raises(DataError, match="groups names column"):
+        r3 = copy.deepcopy(r2)
+        r3["stages"][0]["data"][0]["groups"] = ["ligand"]
+        go(write(tmp_path, r3), store, dry_run=True)
+
+
+def test_protein_sources_validate_by_homology_group():
+    from tagllm.sources import default_groups, load_source
+
+    t, _ = load_source("proteins:train", n=300, seed=0, progress=False)
+    assert default_groups("proteins:train") == ["homology"] and "homology" in t.columns
+    assert default_groups("kiba:train") == ["ligand_id", "prot_id"]
+    assert default_groups("moses:train") == [] and default_groups("my.csv") == []

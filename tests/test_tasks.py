@@ -82,6 +82,13 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
                 assert all(t.count("\n") == k for t in texts)
             for t, smi in zip(d.texts, d.table["smiles"], strict=True):
                 assert f"<SMILES> {smi} <QEDk{k}> " not in t  # its own label is not shown
+            if k:  # validation rows (held out before examples were drawn) are never shown
+                assert d.val_mask is not None and 0 < sum(d.val_mask) < len(d.val_mask)
+                held = {s for s, v in zip(d.table["smiles"], d.val_mask, strict=True) if v}
+                for t in d.texts:
+                    shown = [ln.split(" <QED")[0].removeprefix("<SMILES> ")
+                             for ln in t.split("\n")[:-1]]
+                    assert not held & set(shown), t
         assert [s["eval"][0]["name"] for s in summary.stages[1:]] == [
             "QED, k=0", "QED, k=1", "QED, k=4"]
     if name in ("descriptor", "lipinski", "solubility", "bbb"):  # one input: k-NN too

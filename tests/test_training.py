@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -348,3 +350,72 @@ def test_non_finite_loss_stops_naming_step_entry_and_rows_and_keeps_the_last_che
     saved = load_checkpoint(ckpt, m, ["<Q>"])
     assert saved is not None and saved.meta["step"] == step - 1
     assert all(np.isfinite(v) for v in saved.meta["losses"])
+
+
+def test_grouped_validation_shares_no_group_value_with_training():
+    """Pairs: no validation pair shares its ligand or its protein with a training pair (the
+    rows linking both sides are left out); one column: whole groups; no groups: the random
+    rows of earlier versions, unchanged."""
+    from tagllm.training.batching import validation_split
+
+    rng = np.random.default_rng(0)
+    pairs = [(f"L{rng.integers(40)}", f"P{rng.integers(30)}") for _ in range(600)]
+    train, val = validation_split(600, 0.1, [0, 0], pairs)
+    assert len(val) >= 60 and not set(train) & set(val)
+    for col in (0, 1):
+        assert not {pairs[i][col] for i in val} & {pairs[i][col] for i in train}
+    assert len(train) + len(val) < 600  # mixed rows go to neither side
+    families = [(f"h{i // 7}",) for i in range(200)]
+    train, val = validation_split(200, 0.1, [3, 1], families)
+    assert not {families[i] for i in val} & {families[i] for i in train}
+    assert len(train) + len(val) == 200 and 20 <= len(val) <= 27
+    perm = np.random.default_rng([5, 2]).permutation(50)  # what carve_validation drew before
+    assert validation_split(50, 0.1, [5, 2]) == (sorted(perm[5:].tolist()),
+                                                 sorted(perm[:5].tolist()))
+    with pytest.raises(ValueError, match="no validation split keeps its groups apart"):
+        validation_split(10, 0.1, [0, 0], [("same",)] * 10)
+
+
+def test_fixed_validation_rows_are_the_ones_validated_on():
+    """A part's given validation rows (another split's rows, appended) are held out and
+    scored; the rest train."""
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig("regression")))
+    texts = [f"{'C' * k} <Q>" for k in range(1, 13)]
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=0, warm_start_examples=8,
+                      validation=0.5, select="best", eval_every=1)
+    from tagllm.training import fit_tags
+    from tagllm.training.batching import Part
+
+    res = fit_tags(m, ["<Q>"], [Part(texts, np.arange(12.0), val_rows=[9, 10, 11])], cfg,
+                   False, lambda s: None)
+    assert res.validation_rows == [3]
+
+
+def test_a_checkpoint_killed_between_its_two_renames_still_resumes(tmp_path):
+    """A save replaces the checkpoint folder by two renames; a SIGKILL between them leaves
+    only its ``.old`` copy. The next run puts it back and resumes instead of starting over."""
+    import subprocess
+    import sys
+
+    from tagllm.fileio import temp_name
+
+    texts = [f"{'C' * k} <Q>" for k in range(1, 13)]
+    y = np.arange(12.0) / 12
+    cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=0, warm_start_examples=8,
+                      validation=0, select="last", checkpoint_every=2)
+    ckpt = tmp_path / "work" / "stage"  # keeps step 2's checkpoint (none after the last)
+
+    def run():
+        m = tiny_tagged("llama")
+        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2,
+                            head=HeadConfig("regression")))
+        return fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
+                       checkpoint_dir=ckpt)
+
+    assert run().resumed_from == 0 and ckpt.is_dir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    old = ckpt.with_name(temp_name(ckpt.name, "old").replace(str(os.getpid()), dead))
+    ckpt.rename(old)  # the state a kill between the renames leaves
+    assert run().resumed_from == 2 and ckpt.is_dir() and not old.exists()

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tagllm.errors import CheckpointError
-from tagllm.fileio import atomic_write_dir, sha256_file
+from tagllm.fileio import atomic_write_dir, remove_stale, sha256_file
 from tagllm.model import TaggedModel
 
 __all__ = ["CheckpointError", "CheckpointState", "StopRequest", "load_checkpoint",
@@ -97,6 +97,7 @@ def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
     """Verify the checkpoint in ``directory`` (None if there is none) and copy its tag and
     head values into ``model``."""
     d = Path(directory)
+    remove_stale(d.parent, d.name)  # a kill between the two renames of a save: put it back
     if not (d / META).is_file():
         return None
     try:

@@ -306,6 +306,15 @@ class DataConfig(RowsConfig):
     template: str = field(metadata={"help": "input text per row, {column} placeholders"})
     weight: float = field(default=1.0,
                           metadata={"help": "share of each batch when a stage mixes parts"})
+    groups: list[str] | None = field(default=None, metadata={
+        "help": "columns whose values no validation row may share with a training row (as a "
+                "grouped test split demands); default: the source's own (proteins:*: "
+                "homology, kiba:*: ligand_id and prot_id), else none; [] for none"})
+    validation_source: str | None = field(default=None, metadata={
+        "help": "validate on this source's rows (a split of their own, e.g. kiba:val) "
+                "instead of rows held out of this entry; same template, label and checks"})
+    validation_n: int | None = field(default=None, metadata={
+        "help": "seeded random sample of validation_source"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -313,6 +322,20 @@ class DataConfig(RowsConfig):
             raise ConfigError(f"template: {self.template!r} has no {{column}} placeholder")
         if not (isinstance(self.weight, int | float) and self.weight > 0):
             raise ConfigError(f"weight: must be > 0, got {self.weight!r}")
+        if self.groups is not None and not (isinstance(self.groups, list) and all(
+                isinstance(c, str) and c for c in self.groups)):
+            raise ConfigError(f"groups: a list of column names, got {self.groups!r}")
+        if self.validation_source is not None and not (
+                isinstance(self.validation_source, str) and self.validation_source.strip()):
+            raise ConfigError(f"validation_source: a source, got {self.validation_source!r}")
+        if self.validation_n is not None and (
+                not isinstance(self.validation_n, int) or self.validation_n < 1
+                or self.validation_source is None):
+            raise ConfigError(f"validation_n: a positive int, with validation_source; got "
+                              f"{self.validation_n!r}")
+        if self.validation_source is not None and self.context:
+            raise ConfigError("validation_source with context: not supported; in-context "
+                              "validation rows are held out of the entry's own rows")
 
 
 @dataclass(kw_only=True)

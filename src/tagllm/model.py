@@ -92,7 +92,6 @@ class TaggedModel(nn.Module):
         self.tagtok = TagTokenizer(tokenizer, self.bank, strict=strict_tags)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
-        self._fingerprint: str | None = None
         self._embedding_fingerprint: str | None = None
         self._trained_with: dict[str, dict[str, str]] = {}  # a loaded tag's record
 
@@ -112,7 +111,8 @@ class TaggedModel(nn.Module):
         tm = cls(base.to(device), tok, name)
         folder = Path(resolve_model_path(model)[0])
         if folder.is_dir():  # hashed once per model folder, not at every load
-            tm._fingerprint = cached_fingerprint(folder, lambda: weights_fingerprint(tm.base))
+            tm.base._tagllm_fingerprint = cached_fingerprint(
+                folder, lambda: weights_fingerprint(tm.base))
         for t in tags:
             for d in tag_folders(t):
                 tm.load_tag(d)
@@ -130,10 +130,13 @@ class TaggedModel(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """A hash of every weight of the base model (:func:`weights_fingerprint`)."""
-        if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.base)
-        return self._fingerprint
+        """A hash of every weight of the base model (:func:`weights_fingerprint`), kept on
+        the base module: every tag bank on it shares it, and a base sharded later (FSDP)
+        keeps the value of its whole weights."""
+        found = getattr(self.base, "_tagllm_fingerprint", None)
+        if found is None:
+            found = self.base._tagllm_fingerprint = weights_fingerprint(self.base)
+        return found
 
     @property
     def embedding_fingerprint(self) -> str:

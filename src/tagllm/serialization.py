@@ -97,6 +97,11 @@ def read_tag(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     for key, typ in REQUIRED.items():
         if not isinstance(meta.get(key), typ):
             raise TagFileError(f"{d / META}: field {key!r} missing or not a {typ.__name__}")
+    trained_with = meta.get("trained_with", {})
+    if not (isinstance(trained_with, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in trained_with.items())):
+        raise TagFileError(f"{d / META}: field 'trained_with' must map tag names to digests "
+                           f"(strings), got {trained_with!r:.200}")
     if meta["format_version"] > FORMAT_VERSION:
         raise TagFileError(f"{d / META}: format_version {meta['format_version']} is newer than "
                            f"this tagllm reads ({FORMAT_VERSION}); upgrade tagllm")

@@ -3,8 +3,9 @@
 ``moses:train`` / ``moses:test`` / ``moses:test_scaffolds``: MOSES molecules (``molsets``)
 with columns ``smiles`` and, when asked for, ``qed`` (computed with RDKit and cached).
 ``proteins:train`` / ``proteins:test``: pyhmmer's real protein sequences (columns ``id``,
-``sequence``), split about 90/10 with no identical or near-identical sequence on both sides,
-and on request the standardised ``descriptors`` (``peptides``) as labels.
+``sequence`` and ``homology``, the near-duplicate group), split about 90/10 with no
+identical or near-identical sequence on both sides, and on request the standardised
+``descriptors`` (``peptides``) as labels.
 ``nci:train`` / ``nci:test``: RDKit's 5,000 NCI compounds, split 80/20 by a hash of the
 canonical SMILES, with labels ``lipinski`` (1: breaks none of the rules of five) and ``qed``.
 ``bindingdb:SPLIT:FILE`` / ``drugcomb:SPLIT:FILE``: TDC's BindingDB_Patent and DrugComb_CSS
@@ -61,6 +62,16 @@ PROTEIN_COLUMNS = {"sequence", "protein"}
 #: Columns held out by text: sequences, and also TDC's protein ``target`` (which in a
 #: translation table is the reference text: never trained on either way).
 HELD_OUT_COLUMNS = PROTEIN_COLUMNS | {"target"}
+
+
+#: the columns a source's own test split keeps apart from its training split, by prefix:
+#: validation rows held out of its training rows keep them apart too
+GROUP_COLUMNS = {"proteins:": ["homology"], "kiba:": ["ligand_id", "prot_id"]}
+
+
+def default_groups(spec: str) -> list[str]:
+    """The grouping columns of ``spec``'s split ([] for a file or an ungrouped source)."""
+    return next((list(c) for prefix, c in GROUP_COLUMNS.items() if spec.startswith(prefix)), [])
 
 
 def label_columns(spec: str, label: str | Sequence[str] | None) -> list[str]:

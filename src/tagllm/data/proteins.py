@@ -199,7 +199,9 @@ def protein_splits() -> tuple[Table, list[int], list[int]]:
     for i, s in enumerate(table["sequence"]):
         first.setdefault(s, i)
     table = table.select(sorted(first.values()))
-    train, test = group_split(near_duplicate_groups(table["sequence"]), 0.1, seed=0)
+    groups = near_duplicate_groups(table["sequence"])
+    table = Table({**table.columns, "homology": groups}, table.source, table.rows)
+    train, test = group_split(groups, 0.1, seed=0)
     return table, train, test
 
 

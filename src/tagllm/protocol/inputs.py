@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,13 @@ from tagllm.data import LengthLimit, Table, parse_labels
 from tagllm.errors import DataError, InputTooLongError
 from tagllm.heads import head_class
 from tagllm.model import TaggedModel
-from tagllm.sources import HELD_OUT_COLUMNS, SMILES_COLUMNS, label_columns, load_source
+from tagllm.sources import (
+    HELD_OUT_COLUMNS,
+    SMILES_COLUMNS,
+    default_groups,
+    label_columns,
+    load_source,
+)
 from tagllm.tags import TagTokenizer
 
 Log = Callable[[str], None]
@@ -36,6 +43,41 @@ class LoadedData:
     texts: list[str]
     targets: np.ndarray | None
     skipped: list[str] = field(default_factory=list)
+    #: the rows of ``config.validation_source`` (validation rows of their own)
+    val: LoadedData | None = None
+    #: per row, whether it validates: rows held out before in-context examples were drawn,
+    #: so that no validation row is shown, with its label, inside a training input
+    val_mask: list[bool] | None = None
+
+    def group_columns(self) -> list[str]:
+        """The columns whose values validation keeps apart from training: the entry's
+        ``groups``, else its source's (:func:`~tagllm.sources.default_groups`)."""
+        cols = getattr(self.config, "groups", None)
+        return default_groups(self.config.source) if cols is None else list(cols)
+
+    def groups(self) -> list[tuple] | None:
+        """Per row, the values of :meth:`group_columns` (None when there are none)."""
+        cols = self.group_columns()
+        if not cols:
+            return None
+        missing = [c for c in cols if c not in self.table.columns]
+        if missing:
+            raise DataError(f"{self.config.source}: groups names column(s) {missing} that it "
+                            f"does not have; columns: {sorted(self.table.columns)}")
+        return list(zip(*(self.table[c] for c in cols), strict=True))
+
+    def validation_material(self) -> dict[str, Any]:
+        """What decides this entry's validation rows (part of the stage's key)."""
+        groups = self.groups()
+        out: dict[str, Any] = {"groups": self.group_columns(),
+                               "group_values": None if groups is None else
+                               hashlib.sha256(repr(groups).encode()).hexdigest()}
+        if self.val is not None:
+            out["rows"] = {"source": self.config.validation_source, "n": len(self.val.texts),
+                           "fingerprint": self.val.fingerprint()}
+        if self.val_mask is not None:
+            out["held_out_before_context"] = sum(self.val_mask)
+        return out
 
     def fingerprint(self) -> str:
         """SHA-256 of the rendered inputs and targets: what training actually sees."""
@@ -54,6 +96,8 @@ class LoadedData:
         self.texts = [texts[i] for i in rows]
         if self.targets is not None:
             self.targets = self.targets[rows]
+        if self.val_mask is not None:
+            self.val_mask = [self.val_mask[i] for i in rows]
 
 
 @dataclass
@@ -152,15 +196,17 @@ def add_context(d: LoadedData, pool: LoadedData, seed: int, tagger: TaggedModel,
     When ``pool`` is ``d`` itself a row never serves as its own example. Inputs that grow
     beyond ``max_length`` follow the entry's too_long policy."""
     k = d.config.context
-    if len(pool.texts) < k + (pool is d):
-        raise DataError(f"{d.config.source}: context {k} needs more than {len(pool.texts)} "
+    # a row held out for validation is never shown as an example
+    shown = [j for j in range(len(pool.texts)) if not (pool.val_mask and pool.val_mask[j])]
+    if len(shown) < k + (pool is d):
+        raise DataError(f"{d.config.source}: context {k} needs more than {len(shown)} "
                         "labelled training rows")
     rng = np.random.default_rng([seed, 7919])
     texts = []
     for i, t in enumerate(d.texts):
         choice: list[int] = []
         while len(choice) < k:
-            j = int(rng.integers(len(pool.texts)))
+            j = shown[int(rng.integers(len(shown)))]
             if j not in choice and not (pool is d and j == i):
                 choice.append(j)
         examples = [f"{pool.texts[j]} {_shown(pool.targets[j])}" for j in choice]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from tagllm.config import EvalConfig, HeadConfig, RowsConfig
 from tagllm.errors import RecipeError
+from tagllm.fileio import remove_stale
 from tagllm.hub import resolve_tag_dir
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import (
@@ -28,6 +29,7 @@ from tagllm.protocol.inputs import (
 from tagllm.protocol.recipe import Recipe, StageConfig, tags_in
 from tagllm.serialization import TENSORS, read_tag
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff, tag_key
+from tagllm.training.batching import validation_split
 
 Log = Callable[[str], None]
 
@@ -127,6 +129,12 @@ def plan(recipe: Recipe, model: TaggedModel, store: TagStore, log: Log = print,
     plans = []
     for s in order:
         data = [_load(recipe, d, s, tagger, held, progress, log) for d in s.data]
+        for d in data:
+            if d.config.validation_source:  # validation rows of their own
+                d.val = _load(recipe, replace(d.config, source=d.config.validation_source,
+                                              n=d.config.validation_n, validation_source=None,
+                                              validation_n=None),
+                              s, tagger, held, progress, log)
         _contexts(recipe, s, data, evals[s.name], tagger, log)
         plans.append(_stage_plan(recipe, s, data, evals[s.name], model, store, keys))
         keys.update(plans[-1].tag_keys)
@@ -147,8 +155,13 @@ def _contexts(recipe: Recipe, s: StageConfig, data: list[LoadedData],
                 raise RecipeError(f"{recipe.source}: stage {s.name!r} eval {e.source}: "
                                   "context needs a labelled training entry with its tag")
             add_context(d, pool, recipe.seed, tagger, s.train.max_length, log)
-    for d in data:  # after the evals, whose examples are the plain training rows
+    for j, d in enumerate(data):  # after the evals, whose examples are the plain training rows
         if d.config.context:
+            if s.train.validation > 0:  # validation rows first: never shown as examples
+                _, val = validation_split(len(d.texts), s.train.validation,
+                                          [s.train.seed, j], d.groups(), d.config.source)
+                held_out = set(val)
+                d.val_mask = [i in held_out for i in range(len(d.texts))]
             add_context(d, d, recipe.seed, tagger, s.train.max_length, log)
 
 
@@ -164,7 +177,8 @@ def _stage_plan(recipe: Recipe, s: StageConfig, data: list[LoadedData],
         "train": s.train.result_dict(),
         "data": [{"template": d.config.template, "label": d.config.label,
                   "weight": d.config.weight, "rows": len(d.texts),
-                  "fingerprint": d.fingerprint()} for d in data],
+                  "fingerprint": d.fingerprint(), "validation": d.validation_material()}
+                 for d in data],
         "deps": deps,
         "ablation": [eval_material(*evals[i], ablation_only=True) for i in ablated(s.eval)],
     }
@@ -190,6 +204,7 @@ def _stored_eval_key(store: TagStore, key: str) -> str | None:
 def _why_train(recipe: Recipe, s: StageConfig, store: TagStore, key: str,
                material: dict[str, Any]) -> str:
     ck = store.work_dir(key) / "state.json"
+    remove_stale(ck.parent.parent, ck.parent.name)  # a checkpoint a kill left as .old
     if ck.is_file():
         step = json.loads(ck.read_text()).get("step", 0)
         return f"resumes from its checkpoint at step {step}/{s.train.steps}"

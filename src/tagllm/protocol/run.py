@@ -304,8 +304,8 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
                                       evals=[p.evals[i] for i in ablated],
                                       prefix=test_prefix)}
 
-    parts = [Part(d.texts, d.targets, d.config.weight, f"stage {s.name} data[{j}] "
-                  f"({d.config.source})") for j, d in enumerate(p.data)]
+    parts = [_part(d, f"stage {s.name} data[{j}] ({d.config.source})")
+             for j, d in enumerate(p.data)]
     res = fit_tags(m, s.tags, parts, s.train, progress, log, before_training,
                    store.work_dir(p.key), prefix=prefix,
                    tracker=tracker if tracker.active else None)
@@ -326,6 +326,21 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
             "final_loss": res.final_loss, "best_step": res.best_step,
             "kept_step": res.kept_step, "curve": res.curve,
             "refit": res.refit, "eval": evals}
+
+
+def _part(d: LoadedData, name: str) -> Part:
+    """A training entry as the loop takes it, with how its validation rows are chosen: its
+    own validation source's rows (appended), the rows held out before its in-context
+    examples were drawn, or drawn by the loop keeping the entry's groups apart."""
+    if d.val is not None:
+        n = len(d.texts)
+        targets = None if d.targets is None else np.concatenate([d.targets, d.val.targets])
+        return Part(d.texts + d.val.texts, targets, d.config.weight, name,
+                    val_rows=list(range(n, n + len(d.val.texts))))
+    if d.val_mask is not None:
+        return Part(d.texts, d.targets, d.config.weight, name,
+                    val_rows=[i for i, v in enumerate(d.val_mask) if v])
+    return Part(d.texts, d.targets, d.config.weight, name, groups=d.groups())
 
 
 def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[dict[str, Any]],

@@ -33,6 +33,12 @@ class Part:
     targets: np.ndarray | None = None
     weight: float = 1.0
     name: str = ""
+    #: per row, the values (e.g. ligand, protein; a homology group) that no validation row
+    #: may share with a training row (:func:`validation_split`); None: rows are independent
+    groups: Sequence[tuple] | None = None
+    #: the rows to validate on, fixed by the caller (a split of its own, or rows already
+    #: kept out of in-context examples); None: drawn by :func:`carve_validation`
+    val_rows: Sequence[int] | None = None
 
 
 @dataclass
@@ -46,10 +52,14 @@ class Encoded:
     weights: list[float]
     names: list[str] = field(default_factory=list)  # each part's name, for messages
     rows: list[list[int]] = field(default_factory=list)  # each id's row in its part
+    groups: list[Sequence[tuple] | None] = field(default_factory=list)  # see Part
+    val_rows: list[Sequence[int] | None] = field(default_factory=list)  # see Part
 
     def __post_init__(self) -> None:
         self.names = self.names or [f"part {k}" for k in range(len(self.ids))]
         self.rows = self.rows or [list(range(len(part))) for part in self.ids]
+        self.groups = self.groups or [None] * len(self.ids)
+        self.val_rows = self.val_rows or [None] * len(self.ids)
 
     @property
     def supervised(self) -> list[int]:
@@ -148,10 +158,14 @@ def encode_parts(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part],
         ids = [e.ids for e in model.tagtok.encode_batch(part.texts, max_length, where=where)]
         y, tag = (None, None) if part.targets is None else \
             _encode_targets(model, tags, part, ids, where)
+        if part.groups is not None and len(part.groups) != len(ids):
+            raise DataError(f"{where}: {len(part.groups)} groups for {len(ids)} rows")
         out.ids.append(ids)
         out.rows.append(list(range(len(ids))))
         out.targets.append(y)
         out.head_of.append(tag)
+        out.groups.append(part.groups)
+        out.val_rows.append(part.val_rows)
     _check_coverage(model, tags, parts, out.head_of)
     return out
 
@@ -173,22 +187,63 @@ def _check_coverage(model: TaggedModel, tags: Sequence[str], parts: Sequence[Par
         raise DataError(f"no training data contains {untouched}")
 
 
+def validation_split(n: int, fraction: float, seed: Sequence[int] | int,
+                     groups: Sequence[tuple] | None = None, where: str = "data"
+                     ) -> tuple[list[int], list[int]]:
+    """(training rows, validation rows) of ``n`` rows: ``fraction`` of them (at least one,
+    always leaving rows to train on) drawn with a generator seeded by ``seed``.
+
+    With ``groups`` (a tuple of values per row, one per grouping column) no validation row
+    shares a value with a training row, as a grouped test split demands: the values of each
+    column are taken in a seeded random order, the same share of each, until the rows whose
+    values are all taken hold ``fraction`` of the rows. Those rows validate; rows with no
+    taken value train; rows with some taken and some not (a known ligand on a new protein)
+    do neither. With one column this is a split by whole groups."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        n_val = min(max(1, round(fraction * n)), n - 1)
+        perm = rng.permutation(n)
+        return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+    columns = list(zip(*groups, strict=True)) if groups else []
+    orders = [[values[i] for i in rng.permutation(len(values))]
+              for values in (sorted(set(c), key=repr) for c in columns)]
+    want = max(1, round(fraction * n))
+    for step in range(1, 101):
+        taken = [set(order[:max(1, round(step / 100 * len(order)))]) for order in orders]
+        val = [i for i in range(n) if all(g in t for g, t in zip(groups[i], taken, strict=True))]
+        if len(val) >= want:
+            break
+    train = [i for i in range(n) if not any(g in t for g, t in zip(groups[i], taken,
+                                                                   strict=True))]
+    if not train or not val:
+        raise DataError(f"{where}: no validation split keeps its groups apart from the "
+                        f"training rows ({len(set(groups))} distinct groups in {n} rows); "
+                        "give validation rows of their own or set validation: 0")
+    return train, val
+
+
 def carve_validation(data: Encoded, fraction: float, seed: int
                      ) -> tuple[Encoded, Encoded | None, list[int]]:
-    """Split every part into training and validation rows: ``fraction`` of each part's rows
-    (at least one, always leaving one to train on), drawn with a generator seeded by
-    ``(seed, part)``. Returns (training data, validation data or None, validation rows of
-    each part)."""
-    if fraction <= 0:
+    """Split every part into training and validation rows: its fixed ``val_rows``, else
+    :func:`validation_split` of ``fraction`` of its rows (by its ``groups`` where it has
+    them) seeded by ``(seed, part)``. Returns (training data, validation data or None,
+    validation rows of each part)."""
+    fixed = any(v is not None for v in data.val_rows)
+    if fraction <= 0 and not fixed:
         return data, None, [0] * len(data.ids)
     train, val = (Encoded([], [], list(data.head_of), list(data.weights), list(data.names))
                   for _ in range(2))
     counts = []
     for k, ids in enumerate(data.ids):
         n = len(ids)
-        n_val = min(max(1, round(fraction * n)), n - 1)
-        perm = np.random.default_rng([seed, k]).permutation(n)
-        rows = (sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist()))
+        if data.val_rows[k] is not None:
+            chosen = set(data.val_rows[k])
+            rows = ([i for i in range(n) if i not in chosen], sorted(chosen))
+        elif fraction <= 0:
+            rows = (list(range(n)), [])
+        else:
+            rows = validation_split(n, fraction, [seed, k], data.groups[k], data.names[k])
+        n_val = len(rows[1])
         for enc, idx in zip((train, val), rows, strict=True):
             enc.ids.append([ids[i] for i in idx])
             enc.rows.append([data.rows[k][i] for i in idx])

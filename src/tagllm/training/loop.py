@@ -209,11 +209,17 @@ def setup(model: TaggedModel, tags: Sequence[str], parts: Sequence[Part], cfg: T
         progress, log = False, _quiet
     torch.manual_seed(cfg.seed)
     model.set_trainable(tags)
-    data, val, val_rows = carve_validation(encode_parts(model, tags, parts, cfg.max_length),
-                                           cfg.validation, cfg.seed)
+    encoded = encode_parts(model, tags, parts, cfg.max_length)
+    data, val, val_rows = carve_validation(encoded, cfg.validation, cfg.seed)
     if val is not None:
-        log(f"validation: {sum(val_rows)} of the training rows held out ({cfg.validation:g} "
-            f"of each part, seed {cfg.seed})")
+        how = [("given rows" if encoded.val_rows[k] is not None else
+                "whole groups" if encoded.groups[k] is not None else "random rows")
+               + (f", {n - len(t) - v} rows sharing groups with both sides left out"
+                  if n - len(t) - v else "")
+               for k, (n, t, v) in enumerate(zip(map(len, encoded.ids), data.ids, val_rows,
+                                                 strict=True))]
+        log(f"validation: {sum(val_rows)} rows held out ({'; '.join(how)}; fraction "
+            f"{cfg.validation:g}, seed {cfg.seed})")
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     return Job(model, tags, cfg, data, val, val_rows,
                _frozen_prefix(model, tags, data, cfg, log, prefix), w, ckpt, log, progress,
