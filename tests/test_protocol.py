@@ -496,3 +496,28 @@ def test_protein_sources_validate_by_homology_group():
     assert default_groups("proteins:train") == ["homology"] and "homology" in t.columns
     assert default_groups("kiba:train") == ["ligand_id", "prot_id"]
     assert default_groups("moses:train") == [] and default_groups("my.csv") == []
+
+
+def test_in_context_validation_by_groups_leaves_linked_rows_out(workdir, tmp_path):
+    """With context and grouped rows, the rows that share a group with both sides neither
+    validate nor train (nor appear as examples); no training row shares a group with a
+    validation row."""
+    from tagllm.model import TaggedModel
+    from tagllm.protocol import plan
+
+    grid = tmp_path / "grid.csv"
+    grid.write_text("smiles,lig,prot,y\n" + "".join(
+        f"{'C' * (i + 1)}O,L{i % 8},P{i // 8},{i / 48}\n" for i in range(48)))
+    r = base_recipe(workdir)
+    r["stages"][0]["data"][0].update(source=str(grid), context=1, groups=["lig", "prot"])
+    r["stages"][0]["train"]["validation"] = 0.2
+    r["stages"][0]["eval"] = []
+    recipe = load_recipe(write(tmp_path, r))
+    plans = plan(recipe, TaggedModel.from_pretrained(recipe.model), TagStore(tmp_path / "s"),
+                 log=lambda m: None, progress=False)
+    d = next(p for p in plans if p.stage.name == "q").data[0]
+    val = [i for i, v in enumerate(d.val_mask) if v]
+    train = [i for i, v in enumerate(d.val_mask) if not v]
+    assert val and train and len(d.texts) < 48
+    for col in ("lig", "prot"):
+        assert not {d.table[col][i] for i in val} & {d.table[col][i] for i in train}

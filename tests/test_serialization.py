@@ -153,11 +153,20 @@ def test_fingerprint_agrees_across_dtypes_and_is_cached_by_the_weight_files(tmp_
     entry = json.loads(cache.read_text())[str(folder.resolve())]
     assert entry["scheme"] == FINGERPRINT_SCHEME and entry["fingerprint"] == f32.fingerprint
     entries = json.loads(cache.read_text())  # the cached value is what a load reports ...
-    entries[str(folder.resolve())]["fingerprint"] = "sha256:cached"
+    entries[str(folder.resolve())]["fingerprint"] = "sha256:" + "c" * 32
     cache.write_text(json.dumps(entries))
-    assert TaggedModel.from_pretrained(str(folder)).fingerprint == "sha256:cached"
+    assert TaggedModel.from_pretrained(str(folder)).fingerprint == "sha256:" + "c" * 32
     weights = next(folder.glob("*.safetensors"))  # ... until a weight file changes
     weights.touch()
+    assert TaggedModel.from_pretrained(str(folder)).fingerprint == f32.fingerprint
+    for bad in ({}, {"fingerprint": None}, {"fingerprint": "x" * 10_000}):  # a broken cache
+        entries = json.loads(cache.read_text())  # entry is recomputed, never trusted or fatal
+        entry = entries[str(folder.resolve())]
+        entries[str(folder.resolve())] = {**{k: v for k, v in entry.items()
+                                             if k != "fingerprint"}, **bad}
+        cache.write_text(json.dumps(entries))
+        assert TaggedModel.from_pretrained(str(folder)).fingerprint == f32.fingerprint
+    cache.write_text("[1, 2")
     assert TaggedModel.from_pretrained(str(folder)).fingerprint == f32.fingerprint
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,21 @@ def _gguf_dir(em: EmbeddedModel, out: Path | None) -> Path:
     return out
 
 
+def model_folder(name_or_path: str) -> Path | None:
+    """The local folder a --model value loads from: the folder itself, an embedded model's
+    converted copy, or a Hub id's snapshot in the Hugging Face cache (None if not found)."""
+    path = Path(resolve_model_path(name_or_path)[0])
+    if path.is_dir():
+        return path
+    try:
+        from transformers.utils import cached_file
+
+        config = cached_file(str(path), "config.json", local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    return Path(config).parent if config else None
+
+
 def resolve_model_path(name_or_path: str) -> tuple[str, str]:
     """(path or hub id to load, display name) for a --model value."""
     if name_or_path in EMBEDDED:
@@ -185,9 +201,11 @@ def cached_fingerprint(folder: str | Path, compute: Callable[[], str]) -> str:
         entries = {}
     entries = entries if isinstance(entries, dict) else {}
     hit = entries.get(str(folder))
-    if isinstance(hit, dict) and hit.get("stamp") == stamp \
-            and hit.get("scheme") == FINGERPRINT_SCHEME and stamp:
-        return str(hit["fingerprint"])
+    if isinstance(hit, dict) and hit.get("stamp") == stamp and stamp \
+            and hit.get("scheme") == FINGERPRINT_SCHEME \
+            and isinstance(hit.get("fingerprint"), str) \
+            and re.fullmatch(r"sha256:[0-9a-f]{32}", hit["fingerprint"]):
+        return hit["fingerprint"]
     fingerprint = compute()
     entries[str(folder)] = {"stamp": stamp, "scheme": FINGERPRINT_SCHEME,
                             "fingerprint": fingerprint}

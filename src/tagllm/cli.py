@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
+from rich.markup import escape
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import DataError, MissingPackageError, TagllmError
@@ -502,8 +503,13 @@ def inspect(tagdir: str, model: str | None = None) -> None:
 
         m = TaggedModel.from_pretrained(model)
         m.load_tag(tagdir)
-        console.print(f"[green]fingerprint matches base model {m.model_name!r} "
-                      f"({m.fingerprint})[/green]")
+        if meta["base_model"].get("fingerprint_of") == "weights":
+            console.print(f"[green]fingerprint matches base model {m.model_name!r} "
+                          f"({m.fingerprint}, every weight)[/green]")
+        else:
+            console.print(f"[yellow]input-embedding fingerprint matches base model "
+                          f"{m.model_name!r} ({m.embedding_fingerprint}); a tag file of an "
+                          "older tagllm: the other weights cannot be checked[/yellow]")
     else:
         console.print(f"base model: {meta['base_model'].get('name')} "
                       f"(fingerprint {meta['base_model'].get('fingerprint')}); "
@@ -602,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
         CLI(COMMANDS, args=args, as_positional=False,
             description="tagllm: learned input tags for a frozen causal LM (Tag-LLM)")
     except TagllmError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow] (`tagllm run` keeps the checkpoint of the "
@@ -613,8 +619,8 @@ def main(argv: list[str] | None = None) -> None:
             # the file system's refusal (full, a limit, permissions, a missing path): the
             # message names the file, no traceback
             name = f": {e.filename}" if e.filename and str(e.filename) not in str(e) else ""
-            err.print(f"[red]error:[/red] {e.strerror or e}{name}", highlight=False,
-                      soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(e.strerror or e) + name)}",
+                      highlight=False, soft_wrap=True)
             sys.exit(2)
         import traceback
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagllm.backbones import cached_fingerprint, load_backbone, resolve_model_path
+from tagllm.backbones import cached_fingerprint, load_backbone, model_folder
 from tagllm.config import TagConfig
 from tagllm.costs import count_forward
 from tagllm.distributed import is_sharded
@@ -109,8 +109,8 @@ class TaggedModel(nn.Module):
         holding either."""
         base, tok, name = load_backbone(model, dtype=dtype)
         tm = cls(base.to(device), tok, name)
-        folder = Path(resolve_model_path(model)[0])
-        if folder.is_dir():  # hashed once per model folder, not at every load
+        folder = model_folder(model)
+        if folder is not None:  # hashed once per model folder, not at every load
             tm.base._tagllm_fingerprint = cached_fingerprint(
                 folder, lambda: weights_fingerprint(tm.base))
         for t in tags:

@@ -26,7 +26,10 @@ from tagllm.fileio import atomic_write_dir, json_text, sha256_file
 __all__ = ["META", "TENSORS", "TagFileError", "check_base_model", "read_tag", "tensor_digest",
            "write_tag"]
 
-FORMAT_VERSION = 1
+#: 2 = ``base_model.fingerprint`` hashes every weight (``fingerprint_of: weights``); 1: the
+#: input embeddings only (still read, with a warning). An older tagllm refuses 2 and says to
+#: upgrade, instead of refusing the tag as made for another model.
+FORMAT_VERSION = 2
 TENSORS = "tag.safetensors"
 META = "tag.json"
 REQUIRED = {"format_version": int, "name": str, "config": dict, "base_model": dict,

@@ -158,10 +158,14 @@ def _contexts(recipe: Recipe, s: StageConfig, data: list[LoadedData],
     for j, d in enumerate(data):  # after the evals, whose examples are the plain training rows
         if d.config.context:
             if s.train.validation > 0:  # validation rows first: never shown as examples
-                _, val = validation_split(len(d.texts), s.train.validation,
-                                          [s.train.seed, j], d.groups(), d.config.source)
+                train, val = validation_split(len(d.texts), s.train.validation,
+                                              [s.train.seed, j], d.groups(), d.config.source)
+                if len(train) + len(val) < len(d.texts):  # rows sharing groups with both
+                    log(f"{d.config.source}: left out {len(d.texts) - len(train) - len(val)} "
+                        "row(s) that share groups with both training and validation rows")
                 held_out = set(val)
                 d.val_mask = [i in held_out for i in range(len(d.texts))]
+                d.keep(sorted(train + val))
             add_context(d, d, recipe.seed, tagger, s.train.max_length, log)
 
 
@@ -204,7 +208,10 @@ def _stored_eval_key(store: TagStore, key: str) -> str | None:
 def _why_train(recipe: Recipe, s: StageConfig, store: TagStore, key: str,
                material: dict[str, Any]) -> str:
     ck = store.work_dir(key) / "state.json"
-    remove_stale(ck.parent.parent, ck.parent.name)  # a checkpoint a kill left as .old
+    if not ck.is_file():  # a checkpoint a kill left as .old (the run puts it back)
+        old = [x for x in remove_stale(ck.parent.parent, ck.parent.name, dry_run=True)
+               if (x / "state.json").is_file()]
+        ck = old[0] / "state.json" if old else ck
     if ck.is_file():
         step = json.loads(ck.read_text()).get("step", 0)
         return f"resumes from its checkpoint at step {step}/{s.train.steps}"

@@ -140,8 +140,8 @@ def _stored_evals(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSto
     covers everything they depend on."""
     if prov.get("eval_key") == p.eval_key:
         return prov.get("eval", [])
-    rows = store.read_evals(p.eval_key)
-    if rows is not None:
+    rows = world().gather_object(store.read_evals(p.eval_key) if world().is_main else None)[0]
+    if rows is not None:  # the main process's reading, so that all processes agree
         return rows
     log(f"stage {p.stage.name}: its evaluations changed since it was trained; evaluating "
         "the stored tags")
@@ -254,7 +254,7 @@ def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: boo
     prefixes: set[tuple[int, ...]] = set()
     trained_part: list[int] = []
     for d in p.data:
-        for e in m.tagtok.encode_batch(d.texts):
+        for e in m.tagtok.encode_batch(d.texts + (d.val.texts if d.val is not None else [])):
             cut = split_point(e.ids, trainable) if cached and d.targets is not None else 0
             prefixes.add(tuple(e.ids[:cut]))
             trained_part.append(len(e.ids) - cut)
