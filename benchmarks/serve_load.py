@@ -86,6 +86,15 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def run_clients(client, n: int) -> None:
+    """``client(k)`` for k in 0..n-1, each in its own thread, until all return."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def load(url: str, texts: list[str], want: np.ndarray, clients: int, duration: float,
          per_request: int, atol: float) -> dict:
     """``clients`` threads sending requests until ``duration`` is over."""
@@ -123,11 +132,7 @@ def load(url: str, texts: list[str], want: np.ndarray, clients: int, duration: f
                         mismatches += bad
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(client, clients)
     wall = time.perf_counter() - t0
     lat = np.asarray(latencies) * 1000
     return {"clients": clients, "duration_s": duration, "wall_s": round(wall, 1),
@@ -207,11 +212,7 @@ def mixed(url: str, texts: list[str], want: np.ndarray, clients: int, duration: 
                                       "body": r.text[:300]})
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(client, clients)
     expected = {k: BAD[k][1] if k in BAD else 200 for k in by_kind}
     return {"clients": clients, "duration_s": duration,
             "wall_s": round(time.perf_counter() - t0, 1),
