@@ -27,7 +27,7 @@ from tagllm.protocol.inputs import (
     read_rows,
 )
 from tagllm.protocol.recipe import Recipe, StageConfig, tags_in
-from tagllm.serialization import TENSORS, read_tag
+from tagllm.serialization import META, TENSORS, read_tag
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff, tag_key
 from tagllm.training.batching import validation_split
 
@@ -200,9 +200,10 @@ def _stage_plan(recipe: Recipe, s: StageConfig, data: list[LoadedData],
 
 
 def _stored_eval_key(store: TagStore, key: str) -> str | None:
-    """The eval key the run that trained a stored tag recorded."""
-    meta, _ = read_tag(store.path(key))
-    return meta.get("provenance", {}).get("eval_key")
+    """The eval key the run that trained a stored tag recorded (its metadata alone, as the
+    run reads a cached stage's: no tensor is loaded or hashed for a plan)."""
+    return json.loads((store.path(key) / META).read_text()).get(
+        "provenance", {}).get("eval_key")
 
 
 def _why_train(recipe: Recipe, s: StageConfig, store: TagStore, key: str,
