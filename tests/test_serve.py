@@ -133,7 +133,13 @@ def test_shutdown_finishes_the_request_in_flight(server):
     url, m, proc = server
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_post, url, "/v1/predict", {"inputs": ["<S> CCO <Q>"]})
-        time.sleep(0.1)  # inside the 300 ms window
+        # signal only once the server holds the request (checked, queued or computing):
+        # a fixed sleep raced the client's connect on a loaded machine
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/health", headers=AUTH).json()["pending"] < 1:
+            assert not pending.done(), "answered before it was seen pending"
+            assert time.monotonic() < deadline, "the request never reached the server"
+            time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         answer = pending.result(timeout=60)
     assert answer.status_code == 200
