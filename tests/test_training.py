@@ -419,3 +419,83 @@ def test_a_checkpoint_killed_between_its_two_renames_still_resumes(tmp_path):
     old = ckpt.with_name(temp_name(ckpt.name, "old").replace(str(os.getpid()), dead))
     ckpt.rename(old)  # the state a kill between the renames leaves
     assert run().resumed_from == 2 and ckpt.is_dir() and not old.exists()
+
+
+def test_patience_stops_early_where_the_validation_loss_stopped_falling():
+    """An absurd learning rate: the lowest validation loss is step 0's, so patience 2 stops
+    two validation points later and keeps step 0; the result says how far it ran."""
+    res, m = _absurd_lr("best", steps=40, eval_every=1, patience=2)
+    assert res.stopped_early and res.steps == 2 and len(res.losses) == 2
+    assert [c["step"] for c in res.curve] == [0, 1, 2]
+    assert res.kept_step == 0
+    assert torch.equal(m.bank.parameter("<Q>").detach(), res.after_warm_start["tag"])
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(validation=0, select="last", patience=3)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_schedules_warm_up_then_decay_or_hold(schedule):
+    from types import SimpleNamespace
+
+    from tagllm.training.loop import make_optimizer
+
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+    m.set_trainable(["<Q>"])
+    cfg = TrainConfig(steps=10, lr=0.3, head_lr=0.01, warmup_steps=4, schedule=schedule)
+    opt, sched, _ = make_optimizer(SimpleNamespace(model=m, tags=["<Q>"], cfg=cfg))
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    tag = [lr[0] for lr in lrs]
+    assert tag[:5] == pytest.approx([0, 0.075, 0.15, 0.225, 0.3])
+    assert [lr[1] for lr in lrs][4] == pytest.approx(0.01)  # the head's own rate
+    if schedule == "constant":
+        assert tag[5:] == pytest.approx([0.3] * 5)
+    else:
+        assert all(a > b for a, b in zip(tag[4:], tag[5:], strict=False)) and tag[-1] > 0
+        assert tag[8] == pytest.approx(0.1 if schedule == "linear" else 0.075)  # 4 of 6 done
+
+
+def test_adafactor_moves_the_tag_by_its_own_scale_and_leaves_the_base_alone():
+    texts = [f"{t} <Q>" for t in TEXTS]
+    y = np.array([len(t) for t in TEXTS], dtype=float)
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+    before, base = m.bank.parameter("<Q>").detach().clone(), _base_state(m)
+    cfg = TrainConfig(steps=3, batch_size=4, lr=0.3, warmup_steps=0, optimizer="adafactor",
+                      schedule="constant", validation=0, select="last")
+    res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+    after = m.bank.parameter("<Q>").detach()
+    rms = before.pow(2).mean().sqrt()
+    moved = (after - before).pow(2).mean().sqrt()
+    # each step is at most min(lr, 1/sqrt(t)) x the tag's RMS (update clipping keeps it so)
+    assert 0 < moved <= 3 * 1.0 * rms * 1.01 and len(res.losses) == 3
+    assert all(torch.equal(v, m.base.state_dict()[k]) for k, v in base.items())
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+
+
+def test_refit_every_keeps_the_head_at_its_closed_form_fit_on_the_moving_tag():
+    """With refit_every the head is re-fitted on the current tag's features every k steps:
+    after the last (a multiple of k), fitting it again changes nothing."""
+    from tagllm.training.warm_start import warm_start
+
+    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N")]
+    y = np.array([len(t) for t in texts], dtype=float)
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+    cfg = TrainConfig(steps=4, batch_size=8, lr=0.05, head_lr=1e-3, warmup_steps=0,
+                      refit_every=2, validation=0, select="last")
+    res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+    assert res.refits == 2
+    head = {k: v.clone() for k, v in m.head("<Q>").state_dict().items()}
+    ids = [m.tagtok.encode(t).ids for t in texts]
+    warm_start(m, "<Q>", ids, torch.tensor(y, dtype=torch.float32).view(-1, 1), cfg, False,
+               lambda s: None, None)
+    for k, v in m.head("<Q>").state_dict().items():
+        torch.testing.assert_close(v, head[k], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="refit_every"):
+        TrainConfig(refit_every=5, warm_start_head=False)

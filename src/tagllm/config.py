@@ -130,7 +130,18 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate of tags"})
     head_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of heads"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    schedule: Literal["cosine", "constant", "linear"] = field(
+        default="cosine",
+        metadata={"help": "learning rate after the warm-up: cosine or linear decay to 0 at "
+                          "`steps`, or constant"},
+    )
+    optimizer: Literal["adamw", "adafactor"] = field(
+        default="adamw",
+        metadata={"help": "adamw, or adafactor (torch.optim.Adafactor: each step scaled by "
+                          "the parameter's RMS and at most min(lr, 1/sqrt(step)); prompt "
+                          "tuning's choice, with lr 0.3)"},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0 = off"})
     max_length: int = field(default=256, metadata={"help": "longest input in tokens"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -191,6 +202,17 @@ class TrainConfig:
         metadata={"help": "keep the tags of the step with the lowest validation loss (step "
                           "0, the untrained tags with fitted heads, included) or the last"},
     )
+    patience: int = field(
+        default=0,
+        metadata={"help": "stop early after this many validation points (every eval_every "
+                          "steps) without a new lowest validation loss; 0 = run all steps"},
+    )
+    refit_every: int = field(
+        default=0,
+        metadata={"help": "every N steps, re-fit each head in closed form on the current "
+                          "tags' features of the warm-start rows (the head follows its "
+                          "moving features); 0 = never"},
+    )
     refit_head: bool = field(
         default=False,
         metadata={"help": "after training, re-fit each head in closed form on the kept tags' "
@@ -230,6 +252,17 @@ class TrainConfig:
                f"{self.select!r} is not 'best' or 'last'")
         _check(self.select == "last" or self.validation > 0, "TrainConfig", "select",
                "'best' needs validation rows (validation > 0); use select='last'")
+        _check(self.schedule in ("cosine", "constant", "linear"), "TrainConfig", "schedule",
+               f"{self.schedule!r} is not 'cosine', 'constant' or 'linear'")
+        _check(self.optimizer in ("adamw", "adafactor"), "TrainConfig", "optimizer",
+               f"{self.optimizer!r} is not 'adamw' or 'adafactor'")
+        for name in ("patience", "refit_every"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                   "TrainConfig", name, f"must be an int >= 0, got {getattr(self, name)!r}")
+        _check(not self.patience or self.validation > 0, "TrainConfig", "patience",
+               "early stopping needs validation rows (validation > 0)")
+        _check(not self.refit_every or self.warm_start_head, "TrainConfig", "refit_every",
+               "re-fitting needs the closed-form fit (warm_start_head)")
         _check(not self.refit_head or (self.validation > 0 and self.warm_start_head),
                "TrainConfig", "refit_head",
                "needs validation rows (validation > 0) and warm_start_head")

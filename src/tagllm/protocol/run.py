@@ -381,7 +381,8 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
         "validation": {"fraction": s.train.validation, "seed": s.train.seed,
                        "rows": res.validation_rows, "select": s.train.select,
                        "best_step": res.best_step, "kept_step": res.kept_step,
-                       "curve": res.curve, "refit": res.refit},
+                       "curve": res.curve, "refit": res.refit,
+                       "stopped_early": res.stopped_early, "refits": res.refits},
     }
 
 

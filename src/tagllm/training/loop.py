@@ -21,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import get_cosine_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from tagllm.checkpoint import (
     CheckpointState,
@@ -75,6 +79,9 @@ class TrainResult:
     refit: dict | None = None
     #: the step whose tags were kept: best_step with select="best", else the last step
     kept_step: int | None = None
+    #: patience: the run stopped before ``steps`` (``steps`` is then the last step taken)
+    stopped_early: bool = False
+    refits: int = 0  # closed-form re-fits of the heads during training (refit_every)
 
     @property
     def steps_run(self) -> int:
@@ -130,6 +137,7 @@ class State:
     best: dict | None = None  # {"step", "loss"} of the lowest validation loss so far
     best_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # its tags and heads
     saved: int = 0  # the step of the last checkpoint this call wrote or resumed (0: none)
+    stopped_early: bool = False
 
 
 @contextlib.contextmanager
@@ -278,17 +286,28 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
     return state, None
 
 
+SCHEDULES = {"cosine": get_cosine_schedule_with_warmup,
+             "linear": get_linear_schedule_with_warmup}
+
+
 def make_optimizer(job: Job) -> tuple[torch.optim.Optimizer, object, list]:
-    """AdamW with one learning rate for the tags and one for the heads, and a cosine
-    schedule with linear warm-up."""
+    """AdamW or Adafactor with one learning rate for the tags and one for the heads, and a
+    linear warm-up followed by a cosine or linear decay, or a constant rate."""
+    cfg = job.cfg
     params = job.model.trainable_parameters()
     tag_params = [job.model.bank.parameter(t) for t in job.tags]
     head_params = [p for p in params if all(p is not q for q in tag_params)]
-    groups = [{"params": tag_params, "lr": job.cfg.lr}]
+    groups = [{"params": tag_params, "lr": cfg.lr}]
     if head_params:
-        groups.append({"params": head_params, "lr": job.cfg.head_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=job.cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, job.cfg.warmup_steps, job.cfg.steps)
+        groups.append({"params": head_params, "lr": cfg.head_lr})
+    if cfg.optimizer == "adafactor":
+        opt = torch.optim.Adafactor(groups, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "constant":
+        sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
+    else:
+        sched = SCHEDULES[cfg.schedule](opt, cfg.warmup_steps, cfg.steps)
     return opt, sched, params
 
 
@@ -343,10 +362,11 @@ def fit_tags(
         job.log(f"frozen prefix: {p.hits} cached / {p.misses} computed prefixes, "
             f"{p.used / 1e9:.2f} GB kept in memory"
             + (f", {p.disk_used / 1e9:.2f} GB on disk" if p.disk_used else ""))
-    return TrainResult(job.cfg.steps, time.perf_counter() - t0, state.losses, state.warm,
+    return TrainResult(state.step, time.perf_counter() - t0, state.losses, state.warm,
                        state.resumed_from, state.after, job.world.gather_object(state.examples),
                        state.curve, state.best["step"] if state.best else None, job.val_rows,
-                       refit, kept_step(job, state))
+                       refit, kept_step(job, state), state.stopped_early,
+                       state.step // job.cfg.refit_every if job.cfg.refit_every else 0)
 
 
 def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list) -> None:
@@ -377,8 +397,12 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
                                     step)
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss:.4f}")
+                if cfg.refit_every and step % cfg.refit_every == 0:
+                    refit_during_training(job)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     record_validation(job, state)
+                    if out_of_patience(job, state):
+                        break
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     job.log(f"{', '.join(job.tags)} step {step}/{cfg.steps} loss "
                             f"{np.mean(state.losses[-cfg.log_every:]):.4f} "
@@ -390,6 +414,31 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
                     checkpoint_or_stop(job, state, opt, sched, stopping, stop.requested)
         finally:
             pbar.close()
+
+
+def out_of_patience(job: Job, state: State) -> bool:
+    """Whether ``patience`` validation points have passed without a new lowest loss (the
+    curve is in the checkpoint, so a resumed run stops where an uninterrupted one does)."""
+    if not job.cfg.patience or state.best is None:
+        return False
+    since = sum(1 for c in state.curve if c["step"] > state.best["step"])
+    if since < job.cfg.patience:
+        return False
+    state.stopped_early = True
+    job.log(f"{', '.join(job.tags)}: no lower validation loss in {since} validation points "
+            f"since step {state.best['step']}; stopped early at step {state.step}/"
+            f"{job.cfg.steps} (patience {job.cfg.patience})")
+    return True
+
+
+def refit_during_training(job: Job) -> None:
+    """``refit_every``: fit every head again in closed form on the current tags' features of
+    the warm-start rows, so the head follows the features the tag moves."""
+    d = job.data
+    with phase("refit"):
+        for k in d.supervised:
+            warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg, False,
+                       _quiet, job.prefix)
 
 
 def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched,
