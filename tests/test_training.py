@@ -499,3 +499,57 @@ def test_refit_every_keeps_the_head_at_its_closed_form_fit_on_the_moving_tag():
         torch.testing.assert_close(v, head[k], rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="refit_every"):
         TrainConfig(refit_every=5, warm_start_head=False)
+
+
+def test_residual_mlp_trains_through_its_mlp_saves_plain_vectors_and_resumes_exactly(tmp_path):
+    """reparam: residual_mlp starts as the plain tag, trains P and the MLP at the tag's lr,
+    saves P + MLP(P) as a plain (p, H) tag whose predictions match, and resumes exactly."""
+    from safetensors.torch import load_file
+
+    from tagllm.training.loop import make_optimizer
+
+    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O")]
+    y = np.array([len(t) for t in texts], dtype=float)
+    tag = TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig(),
+                    reparam="residual_mlp", reparam_size=8)
+    cfg = TrainConfig(steps=4, batch_size=8, lr=0.05, warmup_steps=0, validation=0,
+                      select="last", checkpoint_every=2)
+
+    def model():
+        m = tiny_tagged("llama")
+        m.add_tag(tag)
+        return m
+
+    plain = tiny_tagged("llama")
+    plain.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+    m = model()
+    assert torch.equal(m.bank.vectors("<Q>"), plain.bank.vectors("<Q>"))  # same start
+    m.set_trainable(["<Q>"])
+    from types import SimpleNamespace
+    opt, _, _ = make_optimizer(SimpleNamespace(model=m, tags=["<Q>"], cfg=cfg))
+    assert len(opt.param_groups[0]["params"]) == 5  # P, down (w, b), up (w, b) at the tag lr
+
+    straight = model()
+    fit_tag(straight, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+    mlp = straight.bank.reparam("<Q>")
+    assert mlp.up.weight.abs().sum() > 0  # the MLP trained
+    out = straight.save_tag("<Q>", tmp_path / "Q")
+    saved = load_file(str(out / "tag.safetensors"))["embedding"]
+    assert saved.shape == (2, straight.hidden_size)
+    torch.testing.assert_close(saved, straight.bank.vectors("<Q>").detach())
+    loaded = tiny_tagged("llama")
+    loaded.load_tag(out)
+    np.testing.assert_allclose(loaded.predict(texts), straight.predict(texts), rtol=1e-5,
+                               atol=1e-6)
+
+    ckpt = tmp_path / "ckpt"
+    fit_tag(model(), "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
+            checkpoint_dir=ckpt)  # leaves step 2's checkpoint
+    resumed = model()
+    res = fit_tag(resumed, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
+                  checkpoint_dir=ckpt)
+    assert res.resumed_from == 2
+    torch.testing.assert_close(resumed.bank.vectors("<Q>"), straight.bank.vectors("<Q>"))
+    with pytest.raises(ValueError, match="reparam"):
+        TagConfig("<Q>", reparam="lstm")
+    assert "reparam" not in TagConfig("<Q>").to_dict()  # plain tags' files unchanged

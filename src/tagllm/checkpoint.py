@@ -114,6 +114,12 @@ def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
         v = tensors.get(f"tag.{t}")
         if v is None or v.shape != model.bank.parameter(t).shape:
             raise CheckpointError(f"{d}: tag {t} missing or of another shape")
+        mlp = model.bank.reparam(t)
+        if mlp is not None and any(tensors.get(f"reparam.{t}.{k}") is None or
+                                   tensors[f"reparam.{t}.{k}"].shape != v.shape
+                                   for k, v in mlp.state_dict().items()):
+            raise CheckpointError(f"{d}: the residual MLP of tag {t} is missing or of "
+                                  "another shape")
     put_tag_tensors(model, tags, tensors)
     return CheckpointState(d, meta, tensors)
 
@@ -123,6 +129,10 @@ def tag_tensors(model: TaggedModel, tags: list[str]) -> dict[str, torch.Tensor]:
     (as checkpoints store them)."""
     out = {f"tag.{t}": model.bank.parameter(t).detach().cpu().clone() for t in tags}
     for t in tags:
+        mlp = model.bank.reparam(t)
+        if mlp is not None:
+            out.update({f"reparam.{t}.{k}": v.detach().cpu().clone()
+                        for k, v in mlp.state_dict().items()})
         head = model.head(t)
         if head is not None:
             out.update({f"head.{t}.{k}": v.detach().cpu().clone()
@@ -136,6 +146,11 @@ def put_tag_tensors(model: TaggedModel, tags: list[str], tensors: dict[str, torc
     with torch.no_grad():
         for t in tags:
             model.bank.parameter(t).copy_(tensors[f"tag.{t}"])
+            mlp = model.bank.reparam(t)
+            if mlp is not None:
+                pre = f"reparam.{t}."
+                mlp.load_state_dict({k[len(pre):]: v for k, v in tensors.items()
+                                     if k.startswith(pre)})
             head = model.head(t)
             if head is not None:
                 pre = f"head.{t}."

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from tagllm.errors import ConfigError
 from tagllm.evaluation.baselines import BASELINES
@@ -38,6 +38,12 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             f"{prefix}unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(known)}"
         )
     return cls(**data)
+
+
+def _without_later_defaults(config: Any) -> dict[str, Any]:
+    """``asdict(config)`` without the fields of ``LATER_FIELDS`` that hold their default."""
+    return {k: v for k, v in asdict(config).items()
+            if k not in config.LATER_FIELDS or v != config.LATER_FIELDS[k]}
 
 
 @dataclass
@@ -90,8 +96,27 @@ class TagConfig:
     )
     init_text: str = field(default="", metadata={"help": "text for init='text'"})
     head: HeadConfig | None = field(default=None, metadata={"help": "optional task head"})
+    reparam: Literal["none", "residual_mlp"] = field(
+        default="none",
+        metadata={"help": "residual_mlp: while training, the vectors are P + MLP(P) (a "
+                          "two-layer MLP shared by the p vectors, its output layer starting "
+                          "at zero, so the untrained tag is the plain one); saved folded "
+                          "into plain vectors, so the tag file and predictions cost the "
+                          "same"},
+    )
+    reparam_size: int = field(default=64,
+                              metadata={"help": "hidden width of the residual MLP"})
+
+    #: fields added after tag files existed: left out of to_dict at their defaults, so the
+    #: files and store keys of tags that do not use them stay as they were
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"reparam": "none", "reparam_size": 64}
 
     def __post_init__(self) -> None:
+        _check(self.reparam in ("none", "residual_mlp"), "TagConfig", "reparam",
+               f"{self.reparam!r} is not 'none' or 'residual_mlp'")
+        _check(isinstance(self.reparam_size, int) and 1 <= self.reparam_size <= 65536,
+               "TagConfig", "reparam_size", f"must be an int in [1, 65536], got "
+               f"{self.reparam_size!r}")
         _check(isinstance(self.name, str) and bool(TAG_NAME_RE.match(self.name)), "TagConfig",
                "name", f"{self.name!r} is not a tag name like <SMILES> (letters, digits, _.-)")
         _check(self.kind in ("domain", "function"), "TagConfig", "kind",
@@ -112,7 +137,7 @@ class TagConfig:
                    f"only function tags own heads; {self.name} is a {self.kind} tag")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = _without_later_defaults(self)
         d["head"] = self.head.to_dict() if self.head else None
         return d
 

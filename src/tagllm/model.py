@@ -219,13 +219,13 @@ class TaggedModel(nn.Module):
                  trained_with: Sequence[str] = ()) -> Path:
         """Write tag ``name`` (embedding and head) to a tag folder, atomically."""
         cfg = self.bank.configs[self.bank.require(name)]
-        tensors = {"embedding": self.bank.parameter(name)}
+        tensors = {"embedding": self.bank.vectors(name)}  # through its MLP, if any
         head = self.head(name)
         if head is not None:
             tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
         base = {k: v for k, v in self.base_model_info().items() if k != "hidden_size"}
         return write_tag(directory, cfg, tensors, base, self.hidden_size, provenance or {},
-                         {t: tensor_digest(self.bank.parameter(t)) for t in trained_with
+                         {t: tensor_digest(self.bank.vectors(t)) for t in trained_with
                           if t != name})
 
     def load_tag(self, directory: str | Path, trainable: bool = False) -> str:
@@ -264,7 +264,7 @@ class TaggedModel(nn.Module):
     def _digest(self, name: str) -> str:
         """The digest of tag ``name``'s vectors now, as a tag file records it (the bank
         holds them in float32, as the file does)."""
-        return tensor_digest(self.bank.parameter(name))
+        return tensor_digest(self.bank.vectors(name))
 
     def _check_trained_with(self, directory: Path, name: str, digest: str,
                             trained_with: dict[str, str]) -> None:
@@ -284,7 +284,8 @@ class TaggedModel(nn.Module):
 
     def set_requires_grad(self, name: str, trainable: bool) -> None:
         """Make one tag (and its head) trainable or frozen."""
-        self.bank.parameter(name).requires_grad_(trainable)
+        for p in self.bank.tag_parameters(name):
+            p.requires_grad_(trainable)
         head = self.head(name)
         if head is not None:
             head.requires_grad_(trainable)

@@ -33,8 +33,25 @@ def tag_as_words(config: TagConfig) -> str:
     return config.name.strip("<>") + ":"
 
 
+class ResidualMLP(nn.Module):
+    """Residual reparameterisation of a tag's vectors (Residual Prompt Tuning, Razdaibiedina
+    et al. 2023): ``P + up(relu(down(P)))``, one MLP shared by the ``p`` vectors. ``up``
+    starts at zero, so an untrained tag equals its plain vectors."""
+
+    def __init__(self, hidden_size: int, width: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden_size, width)
+        self.up = nn.Linear(width, hidden_size)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:  # (p, H) -> (p, H)
+        return vectors + self.up(torch.relu(self.down(vectors)))
+
+
 class TagBank(nn.Module):
-    """All tags of a model: their configs and their ``(p, hidden)`` embedding parameters."""
+    """All tags of a model: their configs and their ``(p, hidden)`` embedding parameters
+    (with ``reparam: residual_mlp``, an MLP that reparameterises them while they train)."""
 
     def __init__(self, hidden_size: int, vocab_rows: int) -> None:
         super().__init__()
@@ -42,6 +59,7 @@ class TagBank(nn.Module):
         self.vocab_rows = vocab_rows  # first virtual id
         self.configs: dict[str, TagConfig] = {}
         self.embeddings = nn.ParameterList()
+        self.reparams = nn.ModuleDict()  # by str(index): the tags that have one
         self._index: dict[str, int] = {}
         self._offsets: list[int] = []
 
@@ -67,9 +85,28 @@ class TagBank(nn.Module):
         self._index[config.name] = len(self.embeddings)
         self.configs[config.name] = config
         self.embeddings.append(nn.Parameter(init.detach().clone().float()))
+        if config.reparam == "residual_mlp":
+            self.reparams[str(self._index[config.name])] = ResidualMLP(
+                self.hidden_size, config.reparam_size).to(self.embeddings[-1].device)
 
     def parameter(self, name: str) -> nn.Parameter:
+        """The stored ``(p, H)`` parameter of ``name`` (before any reparameterisation)."""
         return self.embeddings[self._index[self.require(name)]]
+
+    def reparam(self, name: str) -> ResidualMLP | None:
+        return self.reparams[k] if (k := str(self._index[self.require(name)])) in \
+            self.reparams else None
+
+    def vectors(self, name: str) -> torch.Tensor:
+        """The ``(p, H)`` vectors ``name`` puts in the input (through its MLP if it has
+        one): what a tag file stores and a digest covers."""
+        mlp = self.reparam(name)
+        return self.parameter(name) if mlp is None else mlp(self.parameter(name))
+
+    def tag_parameters(self, name: str) -> list[nn.Parameter]:
+        """Everything that trains ``name``'s vectors: its parameter and its MLP's."""
+        mlp = self.reparam(name)
+        return [self.parameter(name), *(mlp.parameters() if mlp is not None else ())]
 
     def require(self, name: str) -> str:
         if name not in self._index:
@@ -89,7 +126,7 @@ class TagBank(nn.Module):
         """All tag vectors stacked: (sum of p, H)."""
         if not len(self.embeddings):
             return torch.zeros(0, self.hidden_size)
-        return torch.cat(list(self.embeddings), dim=0)
+        return torch.cat([self.vectors(n) for n in self._index], dim=0)
 
     def splice(self, input_ids: torch.Tensor, embed: nn.Module) -> torch.Tensor:
         """Input embeddings for ids that mix base ids and virtual tag ids.

@@ -295,7 +295,7 @@ def make_optimizer(job: Job) -> tuple[torch.optim.Optimizer, object, list]:
     linear warm-up followed by a cosine or linear decay, or a constant rate."""
     cfg = job.cfg
     params = job.model.trainable_parameters()
-    tag_params = [job.model.bank.parameter(t) for t in job.tags]
+    tag_params = [p for t in job.tags for p in job.model.bank.tag_parameters(t)]
     head_params = [p for p in params if all(p is not q for q in tag_params)]
     groups = [{"params": tag_params, "lr": cfg.lr}]
     if head_params:

@@ -1,0 +1,220 @@
+"""Can training a function tag beat its own untrained start? A resumable sweep on QED.
+
+Every cell trains a fresh ``<QED>``-style function tag with the library's own
+:func:`tagllm.training.fit_tag` on the QED recipe's data (MOSES training molecules, the test
+sample left out, the trained ``<SMILES>`` tag frozen), with one cell's settings: learning
+rate, optimizer, schedule, re-fitting the head every k steps, the tag's parameterisation and
+the head's readout. Every cell validates every ``--eval_every`` steps on a seeded 10% of the
+training rows, stops early after ``--patience`` points without a new lowest validation loss
+(at most ``--cap`` steps) and keeps its best step; step 0 is the untrained tag with its
+closed-form head. One frozen-prefix cache serves every cell.
+
+Choices are made on validation only. ``--score`` then scores the test set once, for the cell
+with the lowest validation loss (and the best cell of each variant), against the same tag
+untrained with the same readout, a Morgan random forest and the linear probe, with
+paired-bootstrap 95% intervals, and writes ``summary``.
+
+A killed sweep continues where it stopped: finished cells are kept in ``OUT.partial`` with
+their tag folders under ``OUT.d/``, and a cell cut short resumes from its checkpoint.
+
+    .venv/bin/python benchmarks/tag_training_sweep.py --smiles_tag STORE/KEY \\
+        --grid A --out benchmarks/results/DATE-tag-training-sweep.json
+    .venv/bin/python benchmarks/tag_training_sweep.py ... --score
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagllm import HeadConfig, TagConfig, TrainConfig
+from tagllm.evaluation.baselines import forest_baseline
+from tagllm.evaluation.metrics import paired_bootstrap, regression_metrics
+from tagllm.model import TaggedModel
+from tagllm.prefix import FrozenPrefix
+from tagllm.sources import load_source
+from tagllm.training import fit_tag
+
+LRS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+
+
+def grid(name: str) -> list[dict]:
+    """The cells of a named grid: {"name", "train": TrainConfig overrides, "tag": TagConfig
+    overrides, "head": HeadConfig overrides}."""
+    if name == "A":  # the issue's grid A, plain tag first
+        cells = [{"name": f"plain-adamw-lr{lr:g}", "train": {"lr": lr}} for lr in LRS]
+        cells += [{"name": f"plain-adafactor-lr{lr:g}",
+                   "train": {"lr": lr, "optimizer": "adafactor"}} for lr in LRS]
+        cells += [{"name": f"plain-adamw-lr{lr:g}-refit25",
+                   "train": {"lr": lr, "refit_every": 25}} for lr in LRS]
+        return cells
+    raise SystemExit(f"unknown grid {name!r}; known: A")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+
+
+def metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    m = regression_metrics(y, pred)
+    return {"mse": m["mse"], "pearson": m["pearson"]}
+
+
+def tag_name(cell: dict) -> str:
+    return "<QED_" + "".join(c if c.isalnum() or c in "_.-" else "_" for c in cell["name"]) + ">"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smiles_tag", required=True, help="the trained <SMILES> tag folder")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--rows", type=int, default=4000, help="MOSES training molecules")
+    ap.add_argument("--test", type=int, default=1000, help="MOSES test molecules")
+    ap.add_argument("--grid", default="A")
+    ap.add_argument("--only", default="", help="comma-separated cell names (default: all)")
+    ap.add_argument("--cap", type=int, default=2000, help="most steps of a cell")
+    ap.add_argument("--eval_every", type=int, default=50)
+    ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--prefix_cache_gb", type=float, default=6.0)
+    ap.add_argument("--score", action="store_true",
+                    help="score the test set once for the cells chosen on validation")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    cells = grid(args.grid)
+    if args.only:
+        keep = set(args.only.split(","))
+        cells = [c for c in cells if c["name"] in keep]
+    folder = Path(args.out + ".d")
+    partial = Path(args.out + ".partial")
+    done: dict = json.loads(partial.read_text()) if partial.exists() else {"cells": {},
+                                                                              "runs": []}
+    t_all = time.perf_counter()
+    this_run = {"command": "benchmarks/tag_training_sweep.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items()), "date": date.today().isoformat()}
+
+    def save() -> None:
+        this_run.update(seconds=round(time.perf_counter() - t_all, 1),
+                        peak_rss_gb=round(peak_gb(), 2))
+        tmp = partial.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**done, "runs": [*done["runs"], this_run]}))
+        tmp.replace(partial)
+
+    m = TaggedModel.from_pretrained(args.model, tags=[args.smiles_tag])
+    test, _ = load_source("moses:test", args.test, 0, label="qed", progress=False)
+    train, _ = load_source("moses:train", args.rows, 0, label="qed",
+                           exclude_smiles=test.columns["smiles"], progress=False)
+    smi_tr, smi_te = list(train.columns["smiles"]), list(test.columns["smiles"])
+    y_tr = np.asarray(train.columns["qed"], float)
+    y_te = np.asarray(test.columns["qed"], float)
+    prefix = FrozenPrefix(m, [], budget_bytes=args.prefix_cache_gb * 1e9,
+                          dtype=torch.bfloat16)
+
+    for cell in cells:
+        if cell["name"] in done["cells"]:
+            continue
+        name = tag_name(cell)
+        m.add_tag(TagConfig(name, kind="function", num_tokens=10,
+                            head=HeadConfig("regression", **cell.get("head", {})),
+                            **cell.get("tag", {})), seed=0)
+        cfg = TrainConfig(**{"steps": args.cap, "batch_size": args.batch_size,
+                             "warmup_steps": 20, "schedule": "constant",
+                             "head_lr": 1e-4, "warm_start_examples": args.rows,
+                             "eval_every": args.eval_every, "patience": args.patience,
+                             "log_every": 100, "prefix_cache_gb": args.prefix_cache_gb,
+                             **cell.get("train", {})})
+        start = folder / "cells" / (cell["name"] + "-start")
+
+        def save_start(name: str = name, start: Path = start) -> dict:
+            if not start.exists():
+                m.save_tag(name, start)
+            return {}
+
+        t0 = time.perf_counter()
+        res = fit_tag(m, name, [f"<SMILES> {s} {name}" for s in smi_tr], y_tr, cfg=cfg,
+                      progress=False, log=log, after_warm_start=save_start,
+                      checkpoint_dir=folder / "work" / cell["name"], prefix=prefix)
+        m.save_tag(name, folder / "cells" / cell["name"])
+        shutil.rmtree(folder / "work" / cell["name"], ignore_errors=True)
+        step0 = next(c for c in res.curve if c["step"] == 0)
+        best = min(res.curve, key=lambda c: c["validation_loss"])
+        done["cells"][cell["name"]] = {
+            **cell, "train_config": cfg.result_dict(), "steps_run": res.steps,
+            "stopped_early": res.stopped_early, "kept_step": res.kept_step,
+            "validation_loss": best["validation_loss"],
+            "validation_loss_step0": step0["validation_loss"],
+            "seconds": round(time.perf_counter() - t0, 1),
+            "seconds_per_step": round(res.seconds / max(res.steps_run, 1), 3),
+            "curve": res.curve}
+        save()
+        r = done["cells"][cell["name"]]
+        log(f"{cell['name']}: kept step {r['kept_step']} of {r['steps_run']} (validation "
+            f"{r['validation_loss']:.4f}, step 0 {r['validation_loss_step0']:.4f}); "
+            f"{r['seconds']:.0f} s, {r['seconds_per_step']} s/step, peak {peak_gb():.1f} GB")
+
+    if args.score:
+        score(args, done, smi_tr, y_tr, smi_te, y_te, folder)
+        save()
+        out = {"date": date.today().isoformat(), "machine": platform.platform(),
+               "processor": platform.processor(), "torch": torch.__version__,
+               "model": args.model, **done, "runs": [*done["runs"], this_run]}
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        log(f"wrote {args.out}")
+
+
+def score(args, done: dict, smi_tr: list[str],
+          y_tr: np.ndarray, smi_te: list[str], y_te: np.ndarray, folder: Path) -> None:
+    """Test scores, once, for the cells chosen on validation: the best cell overall and the
+    best of each variant (the name without its learning rate)."""
+    cells = done["cells"]
+    chosen = {"best overall": min(cells, key=lambda k: cells[k]["validation_loss"])}
+    for k in cells:
+        variant = "-".join(p for p in k.split("-") if not p.startswith("lr"))
+        if variant not in chosen or cells[k]["validation_loss"] < \
+                cells[chosen[variant]]["validation_loss"]:
+            chosen[variant] = k
+    preds: dict[str, np.ndarray] = {}
+    for k in sorted(set(chosen.values())):
+        for which in (k, k + "-start"):  # each in a fresh model: the two share a name
+            tm = TaggedModel.from_pretrained(args.model, tags=[args.smiles_tag,
+                                                               folder / "cells" / which])
+            tag = tm.head_tags()[0]
+            preds[which] = tm.predict([f"<SMILES> {s} {tag}" for s in smi_te], tag=tag,
+                                      batch_size=64)[:, 0]
+    if "rf" not in preds:
+        preds["rf"] = forest_baseline(smi_tr, y_tr, smi_te, seed=0)
+    summary = []
+    for variant, k in chosen.items():
+        a, b = preds[k], preds[k + "-start"]
+        diff = paired_bootstrap(y_te, a, b, metrics)
+        summary.append({
+            "task": "qed", "variant": variant, "setting": k,
+            "test": metrics(y_te, a), "untrained_test": metrics(y_te, b),
+            "trained_minus_untrained": {"metric": "mse", "low": diff["mse"][0],
+                                        "high": diff["mse"][1],
+                                        "better": diff["mse"][1] < 0},
+            "pearson_trained_minus_untrained": diff["pearson"],
+            "trained_minus_rf": paired_bootstrap(y_te, a, preds["rf"], metrics)})
+    done["summary"] = summary
+    done["rf_test"] = metrics(y_te, preds["rf"])
+    for s in summary:
+        d = s["trained_minus_untrained"]
+        log(f"{s['variant']}: {s['setting']} test MSE {s['test']['mse']:.5f} (untrained "
+            f"{s['untrained_test']['mse']:.5f}, interval [{d['low']:+.5f}, {d['high']:+.5f}])")
+
+
+if __name__ == "__main__":
+    main()
