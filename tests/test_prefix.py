@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from tagllm import HeadConfig, TagConfig, TrainConfig
@@ -317,3 +318,77 @@ def test_any_sequence_of_training_calls_gives_the_features_of_a_full_pass():
             del fp
 
     run()
+
+
+def _readout_model(arch: str, layer: int, pool: str):
+    m = tiny_tagged(arch)
+    m.add_tag(TagConfig("<S>", num_tokens=3, init="random"), seed=1)
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, init="random",
+                        head=HeadConfig("regression", readout_layer=layer, pool=pool)), seed=2)
+    with torch.no_grad():
+        m.heads["Q"].linear.weight.normal_()
+    m.set_trainable(["<Q>"])
+    return m
+
+
+@pytest.mark.parametrize(("layer", "pool"), [(-1, "tag+mean"), (1, "tag"), (2, "tag+mean")])
+def test_a_head_reads_its_layer_and_pool_alike_through_the_prefix_cache(layer, pool):
+    """The features a head reads at decoder layer k, with the mean over the text tokens
+    (tags, padding and BOS left out): computed by hand, by a full pass, and through the
+    cache (whose prefix sums serve the mean), with the same gradients."""
+    m = _readout_model("llama", layer, pool)
+    assert m.head("<Q>").linear.in_features == (64 if pool == "tag+mean" else 32)
+    full = m.encode(TEXTS)
+    with torch.no_grad():
+        out = m.base.base_model(inputs_embeds=m.embed(full.input_ids),
+                                attention_mask=full.attention_mask,
+                                position_ids=full.position_ids, output_hidden_states=True)
+    h = out.hidden_states[layer if layer != -1 else m.num_layers]  # (B, T, H)
+    want = []
+    for i, text in enumerate(TEXTS):
+        ids = full.input_ids[i].tolist()
+        last_q = max(j for j, t in enumerate(ids) if t == m.bank.last_virtual_id("<Q>"))
+        text_pos = [j for j, t in enumerate(ids) if full.attention_mask[i, j]
+                    and t < m.bank.vocab_rows and t not in m.tokenizer.all_special_ids]
+        assert len(text_pos) == len(text.replace(" ", "").replace("<S>", "")
+                                    .replace("<Q>", ""))  # one char per token, no BOS
+        row = [h[i, last_q]] + ([h[i, text_pos].mean(0)] if pool == "tag+mean" else [])
+        want.append(torch.cat(row))
+    want = torch.stack(want)
+    torch.testing.assert_close(m.tag_features(full, "<Q>").detach(), want, atol=1e-5,
+                               rtol=1e-4)
+    y = torch.randn(len(TEXTS), 1)
+    head = m.head("<Q>")
+    head.loss(m.head_outputs(full, "<Q>"), y).backward()
+    grads = _grads(m)
+    m.zero_grad(set_to_none=True)
+    fp = FrozenPrefix(m, ["<Q>"])
+    ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
+    for _ in range(2):  # computed, then from the store
+        feats = fp.tag_features(ids, "<Q>")
+        torch.testing.assert_close(feats.detach(), want, atol=1e-5, rtol=1e-4)
+        head.loss(head(feats), y).backward()
+        for g, w in zip(_grads(m), grads, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+        m.zero_grad(set_to_none=True)
+    assert (len(fp.sums) == len(TEXTS)) == (pool == "tag+mean")
+
+
+def test_readout_settings_are_checked_and_saved_with_the_tag(tmp_path):
+    m = _readout_model("llama", 2, "tag+mean")
+    texts = [t.replace(" x", "") for t in TEXTS]
+    loaded = tiny_tagged("llama")
+    loaded.load_tag(m.save_tag("<S>", tmp_path / "S"))
+    loaded.load_tag(m.save_tag("<Q>", tmp_path / "Q"))
+    assert loaded.readout("<Q>") == (2, True)
+    np.testing.assert_allclose(loaded.predict(texts), m.predict(texts), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="readout_layer"):
+        HeadConfig(readout_layer=0)
+    with pytest.raises(ValueError, match="pool"):
+        HeadConfig(pool="max")
+    with pytest.raises(ValueError, match="readout_layer"):
+        HeadConfig("lm", pool="tag+mean")
+    with pytest.raises(ValueError, match="readout_layer 9"):
+        tiny_tagged("llama").add_tag(TagConfig("<R>", kind="function",
+                                               head=HeadConfig(readout_layer=9)))
+    assert "pool" not in HeadConfig().to_dict()  # earlier tags' files unchanged

@@ -60,10 +60,34 @@ class HeadConfig:
     loss: str = field(
         default="", metadata={"help": "mse, l1 or cross_entropy; empty picks the kind's default"}
     )
+    readout_layer: int = field(
+        default=-1,
+        metadata={"help": "the layer whose hidden states the head reads: k = the output of "
+                          "decoder layer k (1 = the first), -1 = the last layer after the "
+                          "final norm"},
+    )
+    pool: Literal["tag", "tag+mean"] = field(
+        default="tag",
+        metadata={"help": "tag: the hidden state at the tag's last vector; tag+mean: that, "
+                          "concatenated with the mean over the input's text tokens (tags, "
+                          "padding and special tokens left out) at the same layer"},
+    )
+
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"readout_layer": -1, "pool": "tag"}
 
     def __post_init__(self) -> None:
         _check(self.kind in HEADS, "HeadConfig", "kind",
                f"unknown head kind {self.kind!r}; known: {sorted(HEADS)}")
+        _check(isinstance(self.readout_layer, int) and (self.readout_layer >= 1
+                                                        or self.readout_layer == -1),
+               "HeadConfig", "readout_layer", f"must be -1 (the last layer) or a layer "
+               f"number >= 1, got {self.readout_layer!r}")
+        _check(self.pool in ("tag", "tag+mean"), "HeadConfig", "pool",
+               f"{self.pool!r} is not 'tag' or 'tag+mean'")
+        _check(HEADS[self.kind].has_parameters or (self.readout_layer == -1
+                                                   and self.pool == "tag"),
+               "HeadConfig", "readout_layer", f"a {self.kind} head reads the last layer "
+               "at the tag (readout_layer and pool are for heads with parameters)")
         cls = HEADS[self.kind]  # the registry says what each kind takes
         _check(isinstance(self.num_outputs, int) and self.num_outputs >= 1, "HeadConfig",
                "num_outputs", f"must be an int >= 1, got {self.num_outputs!r}")
@@ -77,8 +101,13 @@ class HeadConfig:
         """Whether the head trains on labels (it owns parameters at the tag position)."""
         return head_class(self.kind).has_parameters
 
+    @property
+    def pooled(self) -> bool:
+        """Whether the head also reads the mean over the input's text tokens."""
+        return self.pool == "tag+mean"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _without_later_defaults(self)
 
 
 @dataclass

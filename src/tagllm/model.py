@@ -123,6 +123,21 @@ class TaggedModel(nn.Module):
         return self.base.get_input_embeddings().weight.device
 
     @property
+    def num_layers(self) -> int:
+        """Decoder layers of the base model."""
+        cfg = self.base.config
+        return int((getattr(cfg, "text_config", None) or cfg).num_hidden_layers)
+
+    def readout(self, tag: str) -> tuple[int, bool]:
+        """(layer, pooled) that ``tag``'s head reads (-1: the last layer, normed)."""
+        head = self.bank.configs[self.bank.require(tag)].head
+        return (head.readout_layer, head.pooled) if head is not None else (-1, False)
+
+    def feature_size(self, tag: str) -> int:
+        """Width of the features ``tag``'s head reads: H, or 2H with pooling."""
+        return self.hidden_size * (2 if self.readout(tag)[1] else 1)
+
+    @property
     def sharded(self) -> bool:
         """Whether the base model's blocks are sharded across processes (FSDP): then every
         process must run the same forward passes."""
@@ -153,10 +168,14 @@ class TaggedModel(nn.Module):
         as its config says."""
         if init is None:
             init = self._initial_vectors(config, seed)
+        if config.head is not None and config.head.readout_layer > self.num_layers:
+            raise ConfigError(f"tag {config.name}: head readout_layer "
+                              f"{config.head.readout_layer} > the {self.num_layers} layers of "
+                              f"{self.model_name}")
         self.bank.add(config, init)
         if config.head is not None:
-            head = build_head(config.head.kind, self.hidden_size, config.head.num_outputs,
-                              config.head.loss)
+            size = self.hidden_size * (2 if config.head.pooled else 1)
+            head = build_head(config.head.kind, size, config.head.num_outputs, config.head.loss)
             self.heads[_head_key(config.name)] = head.to(self.device)
 
     def _initial_vectors(self, config: TagConfig, seed: int) -> torch.Tensor:
@@ -301,15 +320,26 @@ class TaggedModel(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.bank.splice(input_ids, self.base.get_input_embeddings())  # (B, T, H)
 
-    def hidden_states(self, batch: Batch) -> torch.Tensor:
-        """Last-layer hidden states (B, T, H) of the frozen decoder, tags spliced in."""
+    def hidden_states(self, batch: Batch, layer: int = -1) -> torch.Tensor:
+        """Hidden states (B, T, H) of the frozen decoder, tags spliced in: the last layer
+        (normed), or the output of decoder layer ``layer``."""
         out = self.base.base_model(
             inputs_embeds=self.embed(batch.input_ids),
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
+            output_hidden_states=layer != -1,
         )
-        return out.last_hidden_state
+        return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+
+    def text_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                  ) -> torch.Tensor:
+        """(B, T) bool: the positions of text tokens (not tags, padding or the tokenizer's
+        special tokens such as BOS)."""
+        special = torch.tensor(sorted(self.tokenizer.all_special_ids), dtype=torch.long,
+                               device=input_ids.device)
+        return attention_mask.bool() & (input_ids < self.bank.vocab_rows) & \
+            ~torch.isin(input_ids, special)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The frozen LM head (with the model's logit soft-capping, if any)."""
@@ -337,8 +367,17 @@ class TaggedModel(nn.Module):
         return head(feats)
 
     def tag_features(self, batch: Batch, tag: str) -> torch.Tensor:
-        """(B, H) float32 hidden states at ``tag``'s last vector."""
-        return self.at_tag(self.hidden_states(batch), batch.input_ids, tag)
+        """(B, F) float32 features ``tag``'s head reads: the hidden state at its last vector
+        at the head's readout layer (F = H), with ``pool: tag+mean`` concatenated with the
+        mean over the text tokens (F = 2H)."""
+        layer, pooled = self.readout(tag)
+        hidden = self.hidden_states(batch, layer)  # (B, T, H)
+        feats = self.at_tag(hidden, batch.input_ids, tag)  # (B, H)
+        if not pooled:
+            return feats
+        mask = self.text_mask(batch.input_ids, batch.attention_mask).unsqueeze(-1)  # (B, T, 1)
+        mean = (hidden.float() * mask).sum(1) / mask.sum(1).clamp_min(1)  # (B, H)
+        return torch.cat([feats, mean], -1)  # (B, 2H)
 
     def at_tag(self, hidden: torch.Tensor, input_ids: torch.Tensor, tag: str) -> torch.Tensor:
         """Rows of ``hidden`` (B, T, H) at ``tag``'s last vector in ``input_ids`` (B, T):
@@ -414,9 +453,10 @@ class TaggedModel(nn.Module):
 
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str], batch_size: int = 32,
-                      progress: bool = False) -> np.ndarray:
+                      progress: bool = False, layer: int = -1) -> np.ndarray:
         """(N, 2H) features of the frozen model alone (no tags may appear in ``texts``): the
-        last layer mean-pooled over each text's tokens, then at its last token."""
+        last layer (or decoder layer ``layer``) mean-pooled over each text's tokens, then at
+        its last token."""
         texts = list(texts)
         out = np.zeros((len(texts), 2 * self.hidden_size), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
@@ -424,7 +464,7 @@ class TaggedModel(nn.Module):
                        unit="batch"):
             idx = order[s:s + batch_size]
             batch = self.encode([texts[i] for i in idx])
-            hidden = self.hidden_states(batch).float()  # (B, T, H)
+            hidden = self.hidden_states(batch, layer).float()  # (B, T, H)
             mask = batch.attention_mask.unsqueeze(-1).float()  # (B, T, 1), right padding
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # (B, H)
             last = hidden[torch.arange(len(idx)), batch.attention_mask.sum(1) - 1]  # (B, H)

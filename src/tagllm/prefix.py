@@ -88,6 +88,9 @@ class FrozenPrefix:
         self.disk_sizes: dict[tuple[int, ...], int] = {}
         self._dir: Path | None = None
         self._disk_parent = disk_dir
+        #: per prefix, (layers + 1, H) float32 sums of its text tokens' hidden states at
+        #: every layer (kept in RAM, for heads with ``pool: tag+mean``)
+        self.sums: dict[tuple[int, ...], torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
         self._arg = _cache_arg(model.base.base_model)
@@ -115,6 +118,9 @@ class FrozenPrefix:
         for key in [k for k in self.store if ids.intersection(k)]:
             kv = self.store.pop(key)
             self.used -= _size(kv)
+        for key in [k for k in self.sums if ids.intersection(k)]:
+            t = self.sums.pop(key)
+            self.used -= t.numel() * t.element_size()
         for key in [k for k in self.on_disk if ids.intersection(k)]:
             self.on_disk.pop(key).unlink(missing_ok=True)
             self.disk_used -= self.disk_sizes.pop(key)
@@ -124,13 +130,15 @@ class FrozenPrefix:
         return list(ids[:cut]), list(ids[cut:])
 
     @torch.no_grad()
-    def _compute(self, prefixes: Sequence[Sequence[int]]) -> list[KV]:
+    def _compute(self, prefixes: Sequence[Sequence[int]], sums: bool = False) -> list[KV]:
+        """Key/values of each prefix; with ``sums``, also its text tokens' hidden-state sums
+        at every layer (into :attr:`sums`)."""
         m = self.model
         input_ids, mask, pos = pad_batch(prefixes, m.pad_id)
         dev = m.device
         out = m.base.base_model(inputs_embeds=m.embed(input_ids.to(dev)),
                                 attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                                use_cache=True)
+                                use_cache=True, output_hidden_states=sums)
         cache = _out_cache(out)
         per_example: list[KV] = []
         for i, p in enumerate(prefixes):
@@ -138,19 +146,32 @@ class FrozenPrefix:
             per_example.append([(layer.keys[i, :, :n].to(self.dtype).clone(),
                                  layer.values[i, :, :n].to(self.dtype).clone())
                                 for layer in cache.layers])
+        if sums:
+            text = m.text_mask(input_ids.to(dev), mask.to(dev)).unsqueeze(-1)  # (B, T, 1)
+            # (layers + 1, B, H): the last entry is the normed last layer
+            total = torch.stack([(h.float() * text).sum(1) for h in out.hidden_states])
+            for i, p in enumerate(prefixes):
+                t = total[:, i].cpu().clone()
+                if tuple(p) not in self.sums:
+                    self.sums[tuple(p)] = t
+                    self.used += t.numel() * t.element_size()
         return per_example
 
-    def get(self, prefixes: Sequence[Sequence[int]]) -> list[KV]:
-        """Key/values of each prefix, from the store (RAM, then disk) where it holds them."""
+    def get(self, prefixes: Sequence[Sequence[int]], sums: bool = False) -> list[KV]:
+        """Key/values of each prefix, from the store (RAM, then disk) where it holds them
+        (``sums``: and its hidden-state sums in :attr:`sums`, computed where missing)."""
         keys = [tuple(p) for p in prefixes]
         # each missing prefix computed (and kept, and counted) once, however often it occurs
-        missing = list(dict.fromkeys(k for k in keys if k not in self.store
-                                     and k not in self.on_disk))
+        missing = list(dict.fromkeys(k for k in keys if (k not in self.store
+                                     and k not in self.on_disk) or (sums and k not in
+                                                                    self.sums)))
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh = dict(zip(missing, self._compute(missing), strict=True)) if missing else {}
+        fresh = dict(zip(missing, self._compute(missing, sums), strict=True)) if missing \
+            else {}
         for k, kv in fresh.items():
-            self._keep(k, kv)
+            if k not in self.store and k not in self.on_disk:
+                self._keep(k, kv)
         return [fresh.get(k) or self.store.get(k) or self._read(k) for k in keys]
 
     def _keep(self, key: tuple[int, ...], kv: KV) -> None:
@@ -181,8 +202,10 @@ class FrozenPrefix:
         return self._dir
 
     def suffix_hidden(self, kvs: Sequence[KV], prefix_lens: Sequence[int],
-                      suffixes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden (B, Ts, H), suffix ids (B, Ts)) of the suffixes attending to the prefixes."""
+                      suffixes: Sequence[Sequence[int]], layer: int = -1
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(hidden (B, Ts, H) at ``layer`` (-1: the last, normed), suffix ids (B, Ts), suffix
+        attention mask (B, Ts)) of the suffixes attending to the prefixes."""
         from transformers import DynamicCache
 
         m = self.model
@@ -206,20 +229,35 @@ class FrozenPrefix:
         pos = torch.tensor(prefix_lens)[:, None] + torch.arange(suf_ids.shape[1])[None]
         out = m.base.base_model(inputs_embeds=m.embed(suf_ids.to(dev)),
                                 attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                                use_cache=True, **{self._arg: cache})
-        return out.last_hidden_state, suf_ids.to(dev)
+                                use_cache=True, output_hidden_states=layer != -1,
+                                **{self._arg: cache})
+        hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        return hidden, suf_ids.to(dev), suf_mask.to(dev)
 
     def tag_features(self, ids: Sequence[Sequence[int]], tag: str) -> torch.Tensor:
-        """(B, H) float32 hidden states at ``tag``'s last vector via the cached prefix.
+        """(B, F) float32 features of ``tag``'s head (:meth:`TaggedModel.tag_features`) via
+        the cached prefix: with pooling, the prefix's part of the mean comes from its
+        cached sums.
 
         Falls back to a full-sequence pass for a batch where some input has no prefix.
         """
         m = self.model
+        layer, pooled = m.readout(tag)
         parts = [self.split(s) for s in ids]
         if any(not p for p, _ in parts):
             batch = Batch(*pad_batch(ids, m.pad_id)).to(m.device)
             return m.tag_features(batch, tag)
-        kvs = self.get([p for p, _ in parts])
-        hidden, suf_ids = self.suffix_hidden(kvs, [len(p) for p, _ in parts],
-                                             [s for _, s in parts])
-        return m.at_tag(hidden, suf_ids, tag)
+        kvs = self.get([p for p, _ in parts], sums=pooled)
+        hidden, suf_ids, suf_mask = self.suffix_hidden(kvs, [len(p) for p, _ in parts],
+                                                       [s for _, s in parts], layer)
+        feats = m.at_tag(hidden, suf_ids, tag)  # (B, H)
+        if not pooled:
+            return feats
+        row = layer if layer != -1 else m.num_layers  # the sums' row of this layer
+        pre_ids, pre_mask, _ = pad_batch([p for p, _ in parts], m.pad_id)
+        pre_count = m.text_mask(pre_ids, pre_mask).sum(1)  # (B,)
+        pre_sum = torch.stack([self.sums[tuple(p)][row] for p, _ in parts]).to(m.device)
+        text = m.text_mask(suf_ids, suf_mask).unsqueeze(-1)  # (B, Ts, 1)
+        total = pre_sum + (hidden.float() * text).sum(1)  # (B, H)
+        count = (pre_count.to(m.device) + text.sum((1, 2))).clamp_min(1)  # (B,)
+        return torch.cat([feats, total / count.unsqueeze(-1)], -1)  # (B, 2H)

@@ -83,8 +83,9 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
                            "predictions": preds.tolist(),
                            "targets": np.asarray(test.targets).tolist(),
                            # the tag's vectors and its head: what training fits
-                           "trainable_parameters": model.bank.configs[tag].num_tokens
-                           * model.hidden_size + sum(p.numel() for p in head.parameters())}
+                           "trainable_parameters": sum(
+                               p.numel() for p in [*model.bank.tag_parameters(tag),
+                                                   *head.parameters()])}
     if baselines and spec.baselines:
         b = budget or TrainConfig(steps=200, batch_size=32)
         def new_head():  # the PEFT methods get the tags' own kind of head
@@ -93,8 +94,9 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
         tune = None if model.sharded else FineTune(
             model.base, model.tokenizer, new_head, b.steps, b.batch_size, b.seed,
             validation=b.validation, eval_every=b.eval_every)
+        layer = model.readout(tag)[0]  # the probe reads the layer the head reads
         task = Task(classes=head.classes, features=lambda texts: frozen_features(
-            model, texts, batch_size, progress), tag_names=tuple(model.bank.names),
+            model, texts, batch_size, progress, layer), tag_names=tuple(model.bank.names),
             tag_words={n: tag_as_words(model.bank.configs[n]) for n in model.bank.names},
             finetune=tune)
         with phase("baselines"):
@@ -187,12 +189,13 @@ def predictions(model: TaggedModel, texts: Sequence[str], tag: str, batch_size: 
 
 
 def frozen_features(model: TaggedModel, texts: Sequence[str], batch_size: int = 32,
-                    progress: bool = False) -> np.ndarray:
-    """The frozen model's pooled features of untagged ``texts`` (the linear probe's), each
-    process computing a share."""
+                    progress: bool = False, layer: int = -1) -> np.ndarray:
+    """The frozen model's pooled features of untagged ``texts`` at ``layer`` (the linear
+    probe's), each process computing a share."""
     texts = list(texts)
     return world().on_shares(len(texts), lambda idx: model.text_features(
-        [texts[i] for i in idx], batch_size=batch_size, progress=progress)).numpy()
+        [texts[i] for i in idx], batch_size=batch_size, progress=progress, layer=layer)
+    ).numpy()
 
 
 def lm_metrics(model: TaggedModel, texts: Sequence[str], batch_size: int = 16,

@@ -38,13 +38,13 @@ def tag_features(model: TaggedModel, tag: str, ids: Sequence[Sequence[int]],
                  batch_size: int = 32, progress: bool = True,
                  prefix: FrozenPrefix | None = None, label: str | None = None
                  ) -> torch.Tensor:
-    """(N, H) frozen features at ``tag``'s last vector for pre-encoded inputs.
+    """(N, F) frozen features ``tag``'s head reads, for pre-encoded inputs.
 
     With ``prefix`` the features come through the frozen-prefix path, which also fills its
     cross-epoch cache.
     """
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    feats = torch.zeros(len(ids), model.hidden_size)
+    feats = torch.zeros(len(ids), model.feature_size(tag))
     starts = range(0, len(ids), batch_size)
     for s in track(starts, label or f"features for the {tag} warm start", progress,
                    unit="batch"):
