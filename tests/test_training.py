@@ -217,11 +217,16 @@ def test_bf16_autocast_trains_the_tag_and_leaves_the_base_alone():
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])  # gpt2: dropout in config, must stay off
-def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch):
+@pytest.mark.parametrize("depth", ["input", "deep"])
+def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch, depth):
+    """Also for a deep tag, whose offsets the recomputed layers must add again."""
     from tagllm.training.loop import _activation_checkpointing
 
     m = tiny_tagged(arch)
-    m.add_tag(TagConfig("<S>", num_tokens=2))
+    m.add_tag(TagConfig("<S>", num_tokens=2, depth=depth))
+    if depth == "deep":
+        with torch.no_grad():
+            m.bank.deep_offsets("<S>").normal_()
     m.set_trainable(["<S>"])
     batch = m.encode([f"<S> {t}" for t in TEXTS])
     grads, saved = [], []
@@ -237,7 +242,7 @@ def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch):
             loss = m.lm_loss(batch)
         saved.append(sum(packed))
         loss.backward()
-        grads.append(m.bank.parameter("<S>").grad.clone())
+        grads.append(torch.cat([p.grad.flatten() for p in m.bank.tag_parameters("<S>")]))
         m.zero_grad(set_to_none=True)
     assert saved[1] < 0.7 * saved[0]  # the layers' activations were not kept
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)

@@ -120,6 +120,11 @@ def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
                                    for k, v in mlp.state_dict().items()):
             raise CheckpointError(f"{d}: the residual MLP of tag {t} is missing or of "
                                   "another shape")
+        deep = model.bank.deep_offsets(t)
+        if deep is not None and (tensors.get(f"deep.{t}") is None
+                                 or tensors[f"deep.{t}"].shape != deep.shape):
+            raise CheckpointError(f"{d}: the deep offsets of tag {t} are missing or of "
+                                  "another shape")
     put_tag_tensors(model, tags, tensors)
     return CheckpointState(d, meta, tensors)
 
@@ -129,10 +134,12 @@ def tag_tensors(model: TaggedModel, tags: list[str]) -> dict[str, torch.Tensor]:
     (as checkpoints store them)."""
     out = {f"tag.{t}": model.bank.parameter(t).detach().cpu().clone() for t in tags}
     for t in tags:
-        mlp = model.bank.reparam(t)
+        mlp, deep = model.bank.reparam(t), model.bank.deep_offsets(t)
         if mlp is not None:
             out.update({f"reparam.{t}.{k}": v.detach().cpu().clone()
                         for k, v in mlp.state_dict().items()})
+        if deep is not None:
+            out[f"deep.{t}"] = deep.detach().cpu().clone()
         head = model.head(t)
         if head is not None:
             out.update({f"head.{t}.{k}": v.detach().cpu().clone()
@@ -146,6 +153,8 @@ def put_tag_tensors(model: TaggedModel, tags: list[str], tensors: dict[str, torc
     with torch.no_grad():
         for t in tags:
             model.bank.parameter(t).copy_(tensors[f"tag.{t}"])
+            if (deep := model.bank.deep_offsets(t)) is not None:
+                deep.copy_(tensors[f"deep.{t}"])
             mlp = model.bank.reparam(t)
             if mlp is not None:
                 pre = f"reparam.{t}."

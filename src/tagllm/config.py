@@ -135,12 +135,22 @@ class TagConfig:
     )
     reparam_size: int = field(default=64,
                               metadata={"help": "hidden width of the residual MLP"})
+    depth: Literal["input", "deep"] = field(
+        default="input",
+        metadata={"help": "input: p vectors in the input embeddings; deep: also p learned "
+                          "offsets added to the hidden states at the tag's positions at the "
+                          "input of every later decoder layer (starting at zero, so the "
+                          "untrained deep tag is the input one)"},
+    )
 
     #: fields added after tag files existed: left out of to_dict at their defaults, so the
     #: files and store keys of tags that do not use them stay as they were
-    LATER_FIELDS: ClassVar[dict[str, Any]] = {"reparam": "none", "reparam_size": 64}
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"reparam": "none", "reparam_size": 64,
+                                              "depth": "input"}
 
     def __post_init__(self) -> None:
+        _check(self.depth in ("input", "deep"), "TagConfig", "depth",
+               f"{self.depth!r} is not 'input' or 'deep'")
         _check(self.reparam in ("none", "residual_mlp"), "TagConfig", "reparam",
                f"{self.reparam!r} is not 'none' or 'residual_mlp'")
         _check(isinstance(self.reparam_size, int) and 1 <= self.reparam_size <= 65536,

@@ -162,21 +162,60 @@ class TaggedModel(nn.Module):
                 self.base.get_input_embeddings().weight)
         return self._embedding_fingerprint
 
-    def add_tag(self, config: TagConfig, seed: int = 0,
-                init: torch.Tensor | None = None) -> None:
+    def add_tag(self, config: TagConfig, seed: int = 0, init: torch.Tensor | None = None,
+                deep: torch.Tensor | None = None) -> None:
         """Add a new tag, trainable: with ``init`` (p, H) as its vectors, else initialised
-        as its config says."""
+        as its config says (a deep tag's offsets: ``deep``, else zeros)."""
         if init is None:
             init = self._initial_vectors(config, seed)
+        if config.depth == "deep":
+            self._hook_layers()
         if config.head is not None and config.head.readout_layer > self.num_layers:
             raise ConfigError(f"tag {config.name}: head readout_layer "
                               f"{config.head.readout_layer} > the {self.num_layers} layers of "
                               f"{self.model_name}")
-        self.bank.add(config, init)
+        self.bank.add(config, init, self.num_layers, deep)
         if config.head is not None:
             size = self.hidden_size * (2 if config.head.pooled else 1)
             head = build_head(config.head.kind, size, config.head.num_outputs, config.head.loss)
             self.heads[_head_key(config.name)] = head.to(self.device)
+
+    def _hook_layers(self) -> None:
+        """Once per base model: a pre-hook on every decoder layer after the first adds the
+        deep tags' offsets at their positions (the ids of the pass that :meth:`embed`
+        started; a pass over other positions, such as a decoding step, is left alone)."""
+        body = self.base.base_model
+        if getattr(body, "_tagllm_deep_hooks", False):
+            return
+        layers = getattr(body, "layers", None) or getattr(body, "h", None)  # GPT-2: h
+        if not isinstance(layers, nn.ModuleList) or len(layers) != self.num_layers:
+            raise ConfigError(f"{type(body).__name__} has no list of its {self.num_layers} "
+                              "decoder layers: deep tags cannot be placed")
+
+        def add_offsets(index: int):
+            def hook(module, args, kwargs):
+                state = getattr(body, "_tagllm_deep", None)
+                hidden = args[0] if args else kwargs.get("hidden_states")
+                if state is None or hidden is None or hidden.shape[:2] != state[1].shape:
+                    return None
+                offsets = state[0].layer_offsets(index, state[1].to(hidden.device), hidden)
+                if offsets is None:
+                    return None
+                if args:
+                    return (hidden + offsets, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": hidden + offsets}
+            return hook
+
+        for i, layer in enumerate(layers):
+            if i:
+                layer.register_forward_pre_hook(add_offsets(i), with_kwargs=True)
+        def done(*_) -> None:  # a later pass (a decoding step) has other positions; a pass
+            # with gradients keeps them for activation checkpointing's recomputation
+            if not torch.is_grad_enabled():
+                body._tagllm_deep = None
+
+        body.register_forward_hook(done)
+        body._tagllm_deep_hooks = True
 
     def _initial_vectors(self, config: TagConfig, seed: int) -> torch.Tensor:
         """(p, H) starting vectors: vocab_mean, random, or the embeddings of init_text."""
@@ -239,12 +278,14 @@ class TaggedModel(nn.Module):
         """Write tag ``name`` (embedding and head) to a tag folder, atomically."""
         cfg = self.bank.configs[self.bank.require(name)]
         tensors = {"embedding": self.bank.vectors(name)}  # through its MLP, if any
+        if (deep := self.bank.deep_offsets(name)) is not None:
+            tensors["deep"] = deep
         head = self.head(name)
         if head is not None:
             tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
         base = {k: v for k, v in self.base_model_info().items() if k != "hidden_size"}
         return write_tag(directory, cfg, tensors, base, self.hidden_size, provenance or {},
-                         {t: tensor_digest(self.bank.vectors(t)) for t in trained_with
+                         {t: tensor_digest(self.bank.snapshot(t)) for t in trained_with
                           if t != name})
 
     def load_tag(self, directory: str | Path, trainable: bool = False) -> str:
@@ -264,9 +305,16 @@ class TaggedModel(nn.Module):
         name = meta["name"]
         if name in self.bank:
             raise TagFileError(f"{directory}: tag {name} is already loaded in this model")
-        digest = tensor_digest(tensors["embedding"])
+        config = TagConfig.from_json(meta["config"])
+        deep = tensors.get("deep")
+        if config.depth == "deep" and (deep is None or deep.shape[0] != self.num_layers - 1):
+            raise TagFileError(f"{directory}: deep tag {name} holds offsets for "
+                               f"{None if deep is None else deep.shape[0] + 1} layers, the "
+                               f"base model has {self.num_layers}")
+        digest = tensor_digest(tensors["embedding"] if deep is None else torch.cat(
+            [tensors["embedding"].flatten(), deep.flatten()]))
         self._check_trained_with(directory, name, digest, meta.get("trained_with") or {})
-        self.add_tag(TagConfig.from_json(meta["config"]), init=tensors["embedding"])
+        self.add_tag(config, init=tensors["embedding"], deep=deep)
         head = self.head(name)
         if head is not None:
             state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
@@ -283,7 +331,7 @@ class TaggedModel(nn.Module):
     def _digest(self, name: str) -> str:
         """The digest of tag ``name``'s vectors now, as a tag file records it (the bank
         holds them in float32, as the file does)."""
-        return tensor_digest(self.bank.vectors(name))
+        return tensor_digest(self.bank.snapshot(name))
 
     def _check_trained_with(self, directory: Path, name: str, digest: str,
                             trained_with: dict[str, str]) -> None:
@@ -318,6 +366,10 @@ class TaggedModel(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (B, T, H) with the tags spliced in; the decoder pass that
+        follows adds the deep tags' offsets at their positions."""
+        if len(self.bank.deep):
+            self.base.base_model._tagllm_deep = (self.bank, input_ids)
         return self.bank.splice(input_ids, self.base.get_input_embeddings())  # (B, T, H)
 
     def hidden_states(self, batch: Batch, layer: int = -1) -> torch.Tensor:

@@ -107,10 +107,10 @@ class FrozenPrefix:
         self.trainable_ids = {v for t in trainable_tags for v in bank.virtual_ids(t)}
         stale = {i for n, (ids, v) in self._frozen.items() if n not in bank
                  or bank.virtual_ids(n) != ids
-                 or not torch.equal(bank.vectors(n).detach().cpu(), v) for i in ids}
+                 or not torch.equal(bank.snapshot(n).detach().cpu(), v) for i in ids}
         if stale:
             self._drop(stale)
-        self._frozen = {n: (list(bank.virtual_ids(n)), bank.vectors(n).detach().cpu().clone())
+        self._frozen = {n: (list(bank.virtual_ids(n)), bank.snapshot(n).detach().cpu().clone())
                         for n in bank.names}
 
     def _drop(self, ids: set[int]) -> None:

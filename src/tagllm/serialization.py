@@ -1,6 +1,7 @@
 """Tag folders: ``tag.safetensors`` + ``tag.json``, written atomically, verified on load.
 
-``tag.safetensors`` holds ``embedding`` (p, hidden) and the head's tensors under ``head.``.
+``tag.safetensors`` holds ``embedding`` (p, hidden), a deep tag's ``deep`` offsets
+(layers - 1, p, hidden) and the head's tensors under ``head.``.
 ``tag.json`` holds the tag's config, the base model it belongs to (name and a fingerprint of
 its input-embedding matrix), the tags it was trained with, the SHA-256 of the tensor file
 and free-form provenance. No pickle is ever read or written.
@@ -129,6 +130,13 @@ def read_tag(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         got_shape = None if emb is None else tuple(emb.shape)
         raise TagFileError(f"{d / TENSORS}: tensor 'embedding' has shape {got_shape}, "
                            f"expected {shape} (float)")
+    deep = tensors.get("deep")
+    if (cfg.depth == "deep") != (deep is not None) or (deep is not None and (
+            deep.dim() != 3 or tuple(deep.shape[1:]) != shape)):
+        raise TagFileError(f"{d / TENSORS}: tensor 'deep' has shape "
+                           f"{None if deep is None else tuple(deep.shape)}; a tag of depth "
+                           f"{cfg.depth!r} needs " + ("(layers - 1, " + ", ".join(
+                               map(str, shape)) + ")" if cfg.depth == "deep" else "none"))
     for k, v in tensors.items():
         if not v.is_floating_point() or not torch.isfinite(v).all():
             raise TagFileError(f"{d / TENSORS}: tensor {k!r} is not finite floating point")

@@ -60,6 +60,9 @@ class TagBank(nn.Module):
         self.configs: dict[str, TagConfig] = {}
         self.embeddings = nn.ParameterList()
         self.reparams = nn.ModuleDict()  # by str(index): the tags that have one
+        #: by str(index), the deep tags' offsets (layers - 1, p, H): added to the hidden
+        #: states at the tag's positions at the input of decoder layers 1 .. layers - 1
+        self.deep = nn.ParameterDict()
         self._index: dict[str, int] = {}
         self._offsets: list[int] = []
 
@@ -73,7 +76,10 @@ class TagBank(nn.Module):
     def names(self) -> list[str]:
         return list(self._index)
 
-    def add(self, config: TagConfig, init: torch.Tensor) -> None:
+    def add(self, config: TagConfig, init: torch.Tensor, layers: int = 0,
+            deep: torch.Tensor | None = None) -> None:
+        """Add a tag with ``init`` (p, H) as its vectors; a deep tag also gets offsets for
+        the inputs of decoder layers 1 .. ``layers`` - 1: ``deep``, or zeros."""
         if config.name in self._index:
             raise ConfigError(f"tag {config.name} is already in the model")
         if tuple(init.shape) != (config.num_tokens, self.hidden_size):
@@ -85,6 +91,14 @@ class TagBank(nn.Module):
         self._index[config.name] = len(self.embeddings)
         self.configs[config.name] = config
         self.embeddings.append(nn.Parameter(init.detach().clone().float()))
+        if config.depth == "deep":
+            shape = (layers - 1, config.num_tokens, self.hidden_size)
+            if deep is not None and tuple(deep.shape) != shape:
+                raise ConfigError(f"tag {config.name}: deep offsets of shape "
+                                  f"{tuple(deep.shape)} != {shape} ({layers} layers)")
+            self.deep[str(self._index[config.name])] = nn.Parameter(
+                (deep.detach().clone() if deep is not None else torch.zeros(shape)).float()
+                .to(self.embeddings[-1].device))
         if config.reparam == "residual_mlp":
             self.reparams[str(self._index[config.name])] = ResidualMLP(
                 self.hidden_size, config.reparam_size).to(self.embeddings[-1].device)
@@ -103,10 +117,37 @@ class TagBank(nn.Module):
         mlp = self.reparam(name)
         return self.parameter(name) if mlp is None else mlp(self.parameter(name))
 
+    def deep_offsets(self, name: str) -> nn.Parameter | None:
+        """The (layers - 1, p, H) offsets of a deep tag (None for an input tag)."""
+        k = str(self._index[self.require(name)])
+        return self.deep[k] if k in self.deep else None
+
     def tag_parameters(self, name: str) -> list[nn.Parameter]:
-        """Everything that trains ``name``'s vectors: its parameter and its MLP's."""
-        mlp = self.reparam(name)
-        return [self.parameter(name), *(mlp.parameters() if mlp is not None else ())]
+        """Everything that trains ``name``: its parameter, its MLP's and its deep offsets."""
+        mlp, deep = self.reparam(name), self.deep_offsets(name)
+        return [self.parameter(name), *(mlp.parameters() if mlp is not None else ()),
+                *([deep] if deep is not None else [])]
+
+    def snapshot(self, name: str) -> torch.Tensor:
+        """Every value ``name`` puts into a forward pass, flattened (its vectors, then its
+        deep offsets): what a digest covers and a cached prefix depends on."""
+        deep = self.deep_offsets(name)
+        v = self.vectors(name)
+        return v if deep is None else torch.cat([v.flatten(), deep.flatten()])
+
+    def layer_offsets(self, layer: int, input_ids: torch.Tensor, like: torch.Tensor
+                      ) -> torch.Tensor | None:
+        """(B, T, H) what the deep tags add to the hidden states ``like`` at the input of
+        decoder layer ``layer`` (>= 1) for ``input_ids`` (B, T), or None if nothing."""
+        is_tag = input_ids >= self.vocab_rows  # (B, T)
+        if not len(self.deep) or not bool(is_tag.any()):
+            return None
+        rows = [self.deep[str(i)][layer - 1] if str(i) in self.deep else
+                like.new_zeros(self.configs[n].num_tokens, self.hidden_size)
+                for n, i in self._index.items()]
+        table = torch.cat(rows).to(device=like.device, dtype=like.dtype)  # (N, H)
+        tag_rows = (input_ids - self.vocab_rows).clamp(min=0, max=table.shape[0] - 1)
+        return torch.where(is_tag.unsqueeze(-1), table[tag_rows], 0)  # (B, T, H)
 
     def require(self, name: str) -> str:
         if name not in self._index:
