@@ -30,6 +30,7 @@ import platform
 import resource
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -45,19 +46,32 @@ from tagllm.sources import load_source
 from tagllm.training import fit_tag
 
 LRS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+READOUT_LAYERS = (-1, 6, 12, 18)  # -1: the last layer (normed)
 
 
-def grid(name: str) -> list[dict]:
+VARIANTS = {  # name: (TrainConfig overrides, TagConfig overrides)
+    "plain-adamw": ({}, {}),
+    "residual-adamw": ({}, {"reparam": "residual_mlp"}),
+    "deep-adamw": ({}, {"depth": "deep"}),
+    "plain-adafactor": ({"optimizer": "adafactor"}, {}),
+}
+
+
+def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
     """The cells of a named grid: {"name", "train": TrainConfig overrides, "tag": TagConfig
-    overrides, "head": HeadConfig overrides}."""
-    if name == "A":  # the issue's grid A, plain tag first
-        cells = [{"name": f"plain-adamw-lr{lr:g}", "train": {"lr": lr}} for lr in LRS]
-        cells += [{"name": f"plain-adafactor-lr{lr:g}",
-                   "train": {"lr": lr, "optimizer": "adafactor"}} for lr in LRS]
-        cells += [{"name": f"plain-adamw-lr{lr:g}-refit25",
-                   "train": {"lr": lr, "refit_every": 25}} for lr in LRS]
+    overrides, "head": HeadConfig overrides}. A: every variant at every learning rate, the
+    last layer read at the tag, interleaved so that a cut-short sweep has every variant at
+    the rates tried. B: the ``best`` cells of A, reading a middle layer and pooling."""
+    cells = [{"name": f"{v}-lr{lr:g}", "train": {"lr": lr, **t}, "tag": g}
+             for lr in LRS for v, (t, g) in VARIANTS.items()]
+    if name == "A":
         return cells
-    raise SystemExit(f"unknown grid {name!r}; known: A")
+    if name == "B":
+        by_name = {c["name"]: c for c in cells}
+        return [{**by_name[b], "name": f"{b}-L{layer}-{pool}",
+                 "head": {"readout_layer": layer, "pool": pool}}
+                for b in best for layer in READOUT_LAYERS for pool in ("tag", "tag+mean")]
+    raise SystemExit(f"unknown grid {name!r}; known: A, B")
 
 
 def log(msg: str) -> None:
@@ -83,7 +97,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--rows", type=int, default=4000, help="MOSES training molecules")
     ap.add_argument("--test", type=int, default=1000, help="MOSES test molecules")
-    ap.add_argument("--grid", default="A")
+    ap.add_argument("--grid", default="A", help="A (optimisation and capacity) or B "
+                    "(readout layer and pooling for the --best cells of A)")
+    ap.add_argument("--best", default="", help="B: comma-separated cell names of A")
     ap.add_argument("--only", default="", help="comma-separated cell names (default: all)")
     ap.add_argument("--cap", type=int, default=2000, help="most steps of a cell")
     ap.add_argument("--eval_every", type=int, default=50)
@@ -94,7 +110,7 @@ def main() -> None:
                     help="score the test set once for the cells chosen on validation")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    cells = grid(args.grid)
+    cells = grid(args.grid, [b for b in args.best.split(",") if b])
     if args.only:
         keep = set(args.only.split(","))
         cells = [c for c in cells if c["name"] in keep]
