@@ -276,3 +276,47 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
     classes.fit(SimpleNamespace(table=None, texts=train.texts, targets=(y[:100] > 0) * 1.0))
     prob = classes.predict(test)
     assert prob.shape == (20, 2) and np.allclose(prob.sum(1), 1, atol=1e-5)
+
+
+def test_chemprop_learns_a_graph_property_seeded_and_predicts_both_head_forms(monkeypatch):
+    """Chemprop (a few epochs) learns the heavy-atom count of unseen molecules far better
+    than the training mean, keeps its best validation epoch, repeats itself with the same
+    seed, and predicts class probabilities for a classification task."""
+    from types import SimpleNamespace
+
+    from rdkit import Chem
+
+    from tagllm.data import Table
+    from tagllm.evaluation.baselines import Chemprop, Task
+
+    pytest.importorskip("chemprop")
+    monkeypatch.setattr(Chemprop, "max_epochs", 60)  # one batch an epoch here
+    smiles = ["C" * k + tail for k in range(1, 13)
+              for tail in ("", "O", "N", "C(=O)O", "c1ccccc1")]  # 60 molecules
+    heavy = np.array([Chem.MolFromSmiles(s).GetNumHeavyAtoms() for s in smiles], float)
+    order = np.random.default_rng(0).permutation(len(smiles))
+    tr, te = order[:48], order[48:]
+
+    def rows(idx, y):
+        return SimpleNamespace(table=Table({"smiles": [smiles[i] for i in idx]}),
+                               texts=[smiles[i] for i in idx], targets=y[idx])
+
+    preds = []
+    for _ in range(2):
+        method = Chemprop(Task())
+        assert method.unavailable(rows(tr, heavy), rows(te, heavy)) is None
+        method.fit(rows(tr, heavy))
+        preds.append(method.predict(rows(te, heavy)))
+    np.testing.assert_allclose(preds[0], preds[1], rtol=1e-5)  # seeded
+    mse = np.mean((preds[0] - heavy[te]) ** 2)
+    assert preds[0].shape == (12,) and mse < 0.25 * np.var(heavy[te])
+    d = method.details()
+    assert d["best_epoch"] == int(np.argmin(d["validation_curve"])) + 1
+    assert method.parameters > 10_000
+    big = (heavy > np.median(heavy)).astype(float)
+    clf = Chemprop(Task(classes=2))
+    clf.fit(rows(tr, big))
+    prob = clf.predict(rows(te, big))
+    assert prob.shape == (12, 2) and np.allclose(prob.sum(1), 1.0)
+    protein = SimpleNamespace(table=Table({"sequence": ["MKV"]}), texts=["MKV"], targets=None)
+    assert "smiles" in method.unavailable(protein, protein)
