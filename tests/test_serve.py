@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from tagllm.errors import ConfigError
 from tagllm.serve import ServeConfig
@@ -271,3 +272,38 @@ def test_a_long_generation_does_not_hold_up_predictions():
     (pred, gen), _ = _run_batcher(m, ServeConfig(max_length=64, max_wait_ms=0), work)
     np.testing.assert_allclose(pred, m.predict(["<S> CCO <Q>"]), rtol=1e-5, atol=1e-6)
     assert len(gen) == 1
+
+
+def test_deep_tags_and_a_pooled_middle_layer_readout_are_served_as_predicted_offline():
+    """A deep <S> and a deep, residual-MLP <Q> whose head reads layer 1 with pooling: the
+    service's predictions and generations (micro-batched, several at once) equal the
+    model's own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from tagllm import HeadConfig, TagConfig
+    from tagllm.serve import create_app
+
+    from tiny import tiny_tagged
+
+    m = tiny_tagged()
+    m.add_tag(TagConfig("<S>", num_tokens=3, init="random", depth="deep"))
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, depth="deep",
+                        reparam="residual_mlp",
+                        head=HeadConfig("regression", readout_layer=1, pool="tag+mean")))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad or p.dim() == 3:  # tags, offsets, MLP, head
+                p.add_(0.5 * torch.randn(p.shape, generator=g))
+    texts = [f"<S> {s} <Q>" for s in MOLS]
+    cfg = ServeConfig(max_length=64, max_wait_ms=200)
+    with TestClient(create_app(m, cfg)) as client, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda t: client.post("/v1/predict", json={"inputs": [t]}),
+                                texts))
+        gen = client.post("/v1/generate", json={"prompts": ["<S> CC", "<S> C <Q>"],
+                                                "max_new_tokens": 3})
+    got = np.array([a.json()["predictions"][0] for a in answers])
+    np.testing.assert_allclose(got, m.predict(texts), rtol=1e-4, atol=1e-5)
+    assert gen.json()["outputs"] == m.generate(["<S> CC", "<S> C <Q>"], max_new_tokens=3)
