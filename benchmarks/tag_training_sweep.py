@@ -1,8 +1,9 @@
-"""Can training a function tag beat its own untrained start? A resumable sweep on QED.
+"""Can training a function tag beat its own untrained start? A resumable sweep.
 
-Every cell trains a fresh ``<QED>``-style function tag with the library's own
-:func:`tagllm.training.fit_tag` on the QED recipe's data (MOSES training molecules, the test
-sample left out, the trained ``<SMILES>`` tag frozen), with one cell's settings: learning
+Every cell trains a fresh function tag with the library's own
+:func:`tagllm.training.fit_tag` on one task's data (``--task``: QED on 4,000 MOSES training
+molecules with 1,000 test molecules left out, as the QED recipe; the whole solubility or
+B3DB training set; the trained ``<SMILES>`` tag frozen), with one cell's settings: learning
 rate, optimizer, schedule, re-fitting the head every k steps, the tag's parameterisation and
 the head's readout. Every cell validates every ``--eval_every`` steps on a seeded 10% of the
 training rows, stops early after ``--patience`` points without a new lowest validation loss
@@ -11,7 +12,7 @@ closed-form head. One frozen-prefix cache serves every cell.
 
 Choices are made on validation only. ``--score`` then scores the test set once, for the cell
 with the lowest validation loss (and the best cell of each variant), against the same tag
-untrained with the same readout, a Morgan random forest and the linear probe, with
+untrained with the same readout and a Morgan random forest, with
 paired-bootstrap 95% intervals, and writes ``summary``.
 
 A killed sweep continues where it stopped: finished cells are kept in ``OUT.partial`` with
@@ -39,12 +40,26 @@ import torch
 
 from tagllm import HeadConfig, TagConfig, TrainConfig
 from tagllm.evaluation.baselines import forest_baseline
-from tagllm.evaluation.metrics import paired_bootstrap, regression_metrics
+from tagllm.evaluation.metrics import (
+    classification_metrics,
+    paired_bootstrap,
+    regression_metrics,
+)
 from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix
 from tagllm.sources import load_source
 from tagllm.training import fit_tag
 
+#: name: (training source and rows, test source and rows, label, head, the test metric that
+#: decides "better" and whether higher is better)
+TASKS = {
+    "qed": ("moses:train", 4000, "moses:test", 1000, "qed", {"kind": "regression"},
+            "mse", False),
+    "solubility": ("solubility:train", None, "solubility:test", None, "logS",
+                   {"kind": "regression"}, "mse", False),
+    "bbb": ("b3db:train", None, "b3db:test", None, "bbb",
+            {"kind": "classification", "num_outputs": 2}, "auroc", True),
+}
 LRS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 READOUT_LAYERS = (-1, 6, 12, 18)  # -1: the last layer (normed)
 
@@ -83,20 +98,27 @@ def peak_gb() -> float:
 
 
 def metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MSE and Pearson of values, or accuracy and AUROC of class probabilities (N, k)."""
+    if pred.ndim == 2:
+        return classification_metrics(y, pred)
     m = regression_metrics(y, pred)
     return {"mse": m["mse"], "pearson": m["pearson"]}
 
 
-def tag_name(cell: dict) -> str:
-    return "<QED_" + "".join(c if c.isalnum() or c in "_.-" else "_" for c in cell["name"]) + ">"
+def tag_name(task: str, cell: dict) -> str:
+    safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in cell["name"])
+    return f"<{task}_{safe}>"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smiles_tag", required=True, help="the trained <SMILES> tag folder")
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--rows", type=int, default=4000, help="MOSES training molecules")
-    ap.add_argument("--test", type=int, default=1000, help="MOSES test molecules")
+    ap.add_argument("--task", default="qed", choices=sorted(TASKS))
+    ap.add_argument("--rows", type=int, default=None,
+                    help="training rows (default: the task's; QED 4,000, else all)")
+    ap.add_argument("--test", type=int, default=None,
+                    help="test rows (default: the task's; QED 1,000, else all)")
     ap.add_argument("--grid", default="A", help="A (optimisation and capacity) or B "
                     "(readout layer and pooling for the --best cells of A)")
     ap.add_argument("--best", default="", help="B: comma-separated cell names of A")
@@ -129,26 +151,29 @@ def main() -> None:
         tmp.write_text(json.dumps({**done, "runs": [*done["runs"], this_run]}))
         tmp.replace(partial)
 
+    tr_src, n_tr, te_src, n_te, label, head, _, _ = TASKS[args.task]
+    n_tr = args.rows or n_tr
     m = TaggedModel.from_pretrained(args.model, tags=[args.smiles_tag])
-    test, _ = load_source("moses:test", args.test, 0, label="qed", progress=False)
-    train, _ = load_source("moses:train", args.rows, 0, label="qed",
+    test, _ = load_source(te_src, args.test or n_te, 0, label=label, progress=False)
+    train, _ = load_source(tr_src, n_tr, 0, label=label,
                            exclude_smiles=test.columns["smiles"], progress=False)
     smi_tr, smi_te = list(train.columns["smiles"]), list(test.columns["smiles"])
-    y_tr = np.asarray(train.columns["qed"], float)
-    y_te = np.asarray(test.columns["qed"], float)
+    y_tr = np.asarray(train.columns[label], float)
+    y_te = np.asarray(test.columns[label], float)
+    log(f"{args.task}: {len(smi_tr)} training and {len(smi_te)} test molecules")
     prefix = FrozenPrefix(m, [], budget_bytes=args.prefix_cache_gb * 1e9,
                           dtype=torch.bfloat16)
 
     for cell in cells:
         if cell["name"] in done["cells"]:
             continue
-        name = tag_name(cell)
+        name = tag_name(args.task, cell)
         m.add_tag(TagConfig(name, kind="function", num_tokens=10,
-                            head=HeadConfig("regression", **cell.get("head", {})),
+                            head=HeadConfig(**head, **cell.get("head", {})),
                             **cell.get("tag", {})), seed=0)
         cfg = TrainConfig(**{"steps": args.cap, "batch_size": args.batch_size,
                              "warmup_steps": 20, "schedule": "constant",
-                             "head_lr": 1e-4, "warm_start_examples": args.rows,
+                             "head_lr": 1e-4, "warm_start_examples": len(smi_tr),
                              "eval_every": args.eval_every, "patience": args.patience,
                              "log_every": 100, "prefix_cache_gb": args.prefix_cache_gb,
                              **cell.get("train", {})})
@@ -186,7 +211,7 @@ def main() -> None:
         save()
         out = {"date": date.today().isoformat(), "machine": platform.platform(),
                "processor": platform.processor(), "torch": torch.__version__,
-               "model": args.model, **done, "runs": [*done["runs"], this_run]}
+               "model": args.model, "task": args.task, **done, "runs": [*done["runs"], this_run]}
         Path(args.out).write_text(json.dumps(out, indent=1))
         log(f"wrote {args.out}")
 
@@ -195,6 +220,8 @@ def score(args, done: dict, smi_tr: list[str],
           y_tr: np.ndarray, smi_te: list[str], y_te: np.ndarray, folder: Path) -> None:
     """Test scores, once, for the cells chosen on validation: the best cell overall and the
     best of each variant (the name without its learning rate)."""
+    _, _, _, _, _, head, metric, higher = TASKS[args.task]
+    classes = head.get("num_outputs", 0) if head["kind"] == "classification" else 0
     cells = done["cells"]
     chosen = {"best overall": min(cells, key=lambda k: cells[k]["validation_loss"])}
     for k in cells:
@@ -208,28 +235,28 @@ def score(args, done: dict, smi_tr: list[str],
             tm = TaggedModel.from_pretrained(args.model, tags=[args.smiles_tag,
                                                                folder / "cells" / which])
             tag = tm.head_tags()[0]
-            preds[which] = tm.predict([f"<SMILES> {s} {tag}" for s in smi_te], tag=tag,
-                                      batch_size=64)[:, 0]
-    if "rf" not in preds:
-        preds["rf"] = forest_baseline(smi_tr, y_tr, smi_te, seed=0)
+            out = tm.predict([f"<SMILES> {s} {tag}" for s in smi_te], tag=tag, batch_size=64)
+            preds[which] = out if classes else out[:, 0]
+    preds["rf"] = forest_baseline(smi_tr, y_tr, smi_te, classes=classes, seed=0)
     summary = []
     for variant, k in chosen.items():
         a, b = preds[k], preds[k + "-start"]
         diff = paired_bootstrap(y_te, a, b, metrics)
+        low, high = diff[metric]
         summary.append({
-            "task": "qed", "variant": variant, "setting": k,
+            "task": args.task, "variant": variant, "setting": k,
             "test": metrics(y_te, a), "untrained_test": metrics(y_te, b),
-            "trained_minus_untrained": {"metric": "mse", "low": diff["mse"][0],
-                                        "high": diff["mse"][1],
-                                        "better": diff["mse"][1] < 0},
-            "pearson_trained_minus_untrained": diff["pearson"],
+            "trained_minus_untrained": {"metric": metric, "low": low, "high": high,
+                                        "better": low > 0 if higher else high < 0},
+            "intervals_trained_minus_untrained": diff,
             "trained_minus_rf": paired_bootstrap(y_te, a, preds["rf"], metrics)})
     done["summary"] = summary
     done["rf_test"] = metrics(y_te, preds["rf"])
     for s in summary:
         d = s["trained_minus_untrained"]
-        log(f"{s['variant']}: {s['setting']} test MSE {s['test']['mse']:.5f} (untrained "
-            f"{s['untrained_test']['mse']:.5f}, interval [{d['low']:+.5f}, {d['high']:+.5f}])")
+        log(f"{s['variant']}: {s['setting']} test {metric} {s['test'][metric]:.5f} (untrained "
+            f"{s['untrained_test'][metric]:.5f}, difference [{d['low']:+.5f}, "
+            f"{d['high']:+.5f}])")
 
 
 if __name__ == "__main__":
