@@ -558,3 +558,49 @@ def test_residual_mlp_trains_through_its_mlp_saves_plain_vectors_and_resumes_exa
     with pytest.raises(ValueError, match="reparam"):
         TagConfig("<Q>", reparam="lstm")
     assert "reparam" not in TagConfig("<Q>").to_dict()  # plain tags' files unchanged
+
+
+def test_readout_auto_is_chosen_on_validation_saved_concrete_and_resumed(tmp_path):
+    """readout_layer and pool 'auto': every (layer, pool) candidate is fitted in closed form
+    and scored on the validation rows; the lowest is set (step 0's validation loss is that
+    very fit), the tag file holds the concrete choice, and a resumed run reads the same."""
+    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N", "CC")]
+    y = np.array([len(t) + t.count("O") for t in texts], dtype=float)
+    tag = TagConfig("<Q>", kind="function", num_tokens=2,
+                    head=HeadConfig(readout_layer="auto", pool="auto"))
+    cfg = TrainConfig(steps=4, batch_size=8, lr=0.01, warmup_steps=0, eval_every=2,
+                      checkpoint_every=2)
+
+    def run(ckpt=None):
+        m = tiny_tagged("llama")
+        m.add_tag(tag)
+        return m, fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
+                          checkpoint_dir=ckpt)
+
+    m, res = run()
+    choice = res.warm_start["<Q>"]["readout"]
+    cands = choice["candidates"]
+    assert [(c["layer"], c["pool"]) for c in cands] == [
+        (-1, "tag"), (-1, "tag+mean"), (1, "tag"), (1, "tag+mean")]
+    best = min(cands, key=lambda c: c["validation_loss"])
+    assert (choice["layer"], choice["pool"]) == (best["layer"], best["pool"])
+    assert res.curve[0]["validation_loss"] == pytest.approx(best["validation_loss"], rel=1e-4)
+    assert m.readout("<Q>") == (best["layer"], best["pool"] == "tag+mean")
+    loaded = tiny_tagged("llama")
+    loaded.load_tag(m.save_tag("<Q>", tmp_path / "Q"))
+    assert loaded.bank.configs["<Q>"].head.readout_layer == best["layer"]
+    np.testing.assert_allclose(loaded.predict(texts), m.predict(texts), rtol=1e-5, atol=1e-6)
+    run(tmp_path / "ckpt")  # leaves step 2's checkpoint
+    resumed, res2 = run(tmp_path / "ckpt")
+    assert res2.resumed_from == 2
+    np.testing.assert_allclose(resumed.predict(texts), m.predict(texts), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="readout_layer"):
+        HeadConfig(readout_layer="best")
+    untrained = tiny_tagged("llama")
+    untrained.add_tag(tag)
+    with pytest.raises(ValueError, match="auto"):
+        untrained.predict(texts)
+    with pytest.raises(ValueError, match="validation"):
+        fit_tag(untrained, "<Q>", texts, y, cfg=TrainConfig(steps=1, validation=0,
+                                                            select="last"),
+                progress=False, log=lambda s: None)

@@ -23,7 +23,7 @@ from tagllm.fileio import atomic_write_dir, remove_stale, sha256_file
 from tagllm.model import TaggedModel
 
 __all__ = ["CheckpointError", "CheckpointState", "StopRequest", "load_checkpoint",
-           "put_tag_tensors", "save_checkpoint", "tag_tensors"]
+           "checkpoint_meta", "put_tag_tensors", "save_checkpoint", "tag_tensors"]
 
 TENSORS = "state.safetensors"
 META = "state.json"
@@ -90,6 +90,19 @@ class CheckpointState:
         sched.load_state_dict(self.meta["scheduler"])
         torch.set_rng_state(self.tensors["rng.torch"])
         return self.meta
+
+
+def checkpoint_meta(directory: Path) -> dict[str, Any] | None:
+    """The metadata of the checkpoint in ``directory``, unverified (None if there is none
+    or it is unreadable: :func:`load_checkpoint` then says why); for what must be set up
+    before its tensors load."""
+    d = Path(directory)
+    remove_stale(d.parent, d.name)  # as load_checkpoint does: a copy left as .old goes back
+    try:
+        meta = json.loads((d / META).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]

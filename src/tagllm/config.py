@@ -60,17 +60,19 @@ class HeadConfig:
     loss: str = field(
         default="", metadata={"help": "mse, l1 or cross_entropy; empty picks the kind's default"}
     )
-    readout_layer: int = field(
+    readout_layer: int | Literal["auto"] = field(
         default=-1,
         metadata={"help": "the layer whose hidden states the head reads: k = the output of "
                           "decoder layer k (1 = the first), -1 = the last layer after the "
-                          "final norm"},
+                          "final norm, auto = chosen on the validation rows before training "
+                          "(closed-form fits at a range of layers)"},
     )
-    pool: Literal["tag", "tag+mean"] = field(
+    pool: Literal["tag", "tag+mean", "auto"] = field(
         default="tag",
         metadata={"help": "tag: the hidden state at the tag's last vector; tag+mean: that, "
                           "concatenated with the mean over the input's text tokens (tags, "
-                          "padding and special tokens left out) at the same layer"},
+                          "padding and special tokens left out) at the same layer; auto: "
+                          "chosen on the validation rows with the layer"},
     )
 
     LATER_FIELDS: ClassVar[dict[str, Any]] = {"readout_layer": -1, "pool": "tag"}
@@ -78,12 +80,13 @@ class HeadConfig:
     def __post_init__(self) -> None:
         _check(self.kind in HEADS, "HeadConfig", "kind",
                f"unknown head kind {self.kind!r}; known: {sorted(HEADS)}")
-        _check(isinstance(self.readout_layer, int) and (self.readout_layer >= 1
-                                                        or self.readout_layer == -1),
-               "HeadConfig", "readout_layer", f"must be -1 (the last layer) or a layer "
-               f"number >= 1, got {self.readout_layer!r}")
-        _check(self.pool in ("tag", "tag+mean"), "HeadConfig", "pool",
-               f"{self.pool!r} is not 'tag' or 'tag+mean'")
+        _check(self.readout_layer == "auto" or (
+            isinstance(self.readout_layer, int) and not isinstance(self.readout_layer, bool)
+            and (self.readout_layer >= 1 or self.readout_layer == -1)),
+               "HeadConfig", "readout_layer", f"must be -1 (the last layer), a layer number "
+               f">= 1 or 'auto', got {self.readout_layer!r}")
+        _check(self.pool in ("tag", "tag+mean", "auto"), "HeadConfig", "pool",
+               f"{self.pool!r} is not 'tag', 'tag+mean' or 'auto'")
         _check(HEADS[self.kind].has_parameters or (self.readout_layer == -1
                                                    and self.pool == "tag"),
                "HeadConfig", "readout_layer", f"a {self.kind} head reads the last layer "
@@ -105,6 +108,11 @@ class HeadConfig:
     def pooled(self) -> bool:
         """Whether the head also reads the mean over the input's text tokens."""
         return self.pool == "tag+mean"
+
+    @property
+    def auto(self) -> bool:
+        """Whether its readout is still to be chosen on validation rows."""
+        return self.readout_layer == "auto" or self.pool == "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return _without_later_defaults(self)

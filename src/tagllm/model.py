@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,25 @@ class TaggedModel(nn.Module):
     def readout(self, tag: str) -> tuple[int, bool]:
         """(layer, pooled) that ``tag``'s head reads (-1: the last layer, normed)."""
         head = self.bank.configs[self.bank.require(tag)].head
-        return (head.readout_layer, head.pooled) if head is not None else (-1, False)
+        if head is None:
+            return -1, False
+        if head.auto:
+            raise ConfigError(f"the readout of tag {tag} is 'auto': it is chosen on the "
+                              "validation rows when the tag trains, before any prediction")
+        return head.readout_layer, head.pooled
+
+    def set_readout(self, tag: str, layer: int, pooled: bool) -> None:
+        """Make ``tag``'s head read ``layer`` (with the token mean if ``pooled``); a head of
+        another input width is built anew (its values are fitted afterwards)."""
+        cfg = self.bank.configs[self.bank.require(tag)]
+        head_cfg = replace(cfg.head, readout_layer=layer, pool="tag+mean" if pooled else "tag")
+        self.bank.configs[tag] = replace(cfg, head=head_cfg)
+        old = self.head(tag)
+        size = self.hidden_size * (2 if pooled else 1)
+        if old.hidden_size != size:
+            head = build_head(head_cfg.kind, size, head_cfg.num_outputs, head_cfg.loss)
+            head.requires_grad_(old.linear.weight.requires_grad)
+            self.heads[_head_key(tag)] = head.to(self.device)
 
     def feature_size(self, tag: str) -> int:
         """Width of the features ``tag``'s head reads: H, or 2H with pooling."""
@@ -170,12 +188,13 @@ class TaggedModel(nn.Module):
             init = self._initial_vectors(config, seed)
         if config.depth == "deep":
             self._hook_layers()
-        if config.head is not None and config.head.readout_layer > self.num_layers:
+        if config.head is not None and config.head.readout_layer != "auto" and \
+                config.head.readout_layer > self.num_layers:
             raise ConfigError(f"tag {config.name}: head readout_layer "
                               f"{config.head.readout_layer} > the {self.num_layers} layers of "
                               f"{self.model_name}")
         self.bank.add(config, init, self.num_layers, deep)
-        if config.head is not None:
+        if config.head is not None:  # an 'auto' pool is sized when it is chosen
             size = self.hidden_size * (2 if config.head.pooled else 1)
             head = build_head(config.head.kind, size, config.head.num_outputs, config.head.loss)
             self.heads[_head_key(config.name)] = head.to(self.device)
@@ -384,6 +403,20 @@ class TaggedModel(nn.Module):
         )
         return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
 
+    def layer_states(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Every layer's hidden states (B, T, H) in one pass: entry k is the output of
+        decoder layer k (0: the embeddings), the last one normed."""
+        return self.base.base_model(
+            inputs_embeds=self.embed(batch.input_ids), attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids, use_cache=False, output_hidden_states=True,
+        ).hidden_states
+
+    def text_mean(self, hidden: torch.Tensor, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, H) float32 mean of ``hidden`` (B, T, H) over each row's text tokens."""
+        mask = self.text_mask(input_ids, attention_mask).unsqueeze(-1)  # (B, T, 1)
+        return (hidden.float() * mask).sum(1) / mask.sum(1).clamp_min(1)
+
     def text_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                   ) -> torch.Tensor:
         """(B, T) bool: the positions of text tokens (not tags, padding or the tokenizer's
@@ -427,8 +460,7 @@ class TaggedModel(nn.Module):
         feats = self.at_tag(hidden, batch.input_ids, tag)  # (B, H)
         if not pooled:
             return feats
-        mask = self.text_mask(batch.input_ids, batch.attention_mask).unsqueeze(-1)  # (B, T, 1)
-        mean = (hidden.float() * mask).sum(1) / mask.sum(1).clamp_min(1)  # (B, H)
+        mean = self.text_mean(hidden, batch.input_ids, batch.attention_mask)  # (B, H)
         return torch.cat([feats, mean], -1)  # (B, 2H)
 
     def at_tag(self, hidden: torch.Tensor, input_ids: torch.Tensor, tag: str) -> torch.Tensor:

@@ -201,11 +201,11 @@ class FrozenPrefix:
             weakref.finalize(self, tmp.close)
         return self._dir
 
-    def suffix_hidden(self, kvs: Sequence[KV], prefix_lens: Sequence[int],
-                      suffixes: Sequence[Sequence[int]], layer: int = -1
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(hidden (B, Ts, H) at ``layer`` (-1: the last, normed), suffix ids (B, Ts), suffix
-        attention mask (B, Ts)) of the suffixes attending to the prefixes."""
+    def suffix_states(self, kvs: Sequence[KV], prefix_lens: Sequence[int],
+                      suffixes: Sequence[Sequence[int]], all_layers: bool = False):
+        """The decoder pass of the suffixes attending to the prefixes: (its output, suffix
+        ids (B, Ts), suffix attention mask (B, Ts)); with ``all_layers`` the output holds
+        every layer's hidden states."""
         from transformers import DynamicCache
 
         m = self.model
@@ -229,10 +229,32 @@ class FrozenPrefix:
         pos = torch.tensor(prefix_lens)[:, None] + torch.arange(suf_ids.shape[1])[None]
         out = m.base.base_model(inputs_embeds=m.embed(suf_ids.to(dev)),
                                 attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                                use_cache=True, output_hidden_states=layer != -1,
+                                use_cache=True, output_hidden_states=all_layers,
                                 **{self._arg: cache})
+        return out, suf_ids.to(dev), suf_mask.to(dev)
+
+    def suffix_hidden(self, kvs: Sequence[KV], prefix_lens: Sequence[int],
+                      suffixes: Sequence[Sequence[int]], layer: int = -1
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(hidden (B, Ts, H) at ``layer`` (-1: the last, normed), suffix ids (B, Ts), suffix
+        attention mask (B, Ts)) of the suffixes attending to the prefixes."""
+        out, suf_ids, suf_mask = self.suffix_states(kvs, prefix_lens, suffixes, layer != -1)
         hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        return hidden, suf_ids.to(dev), suf_mask.to(dev)
+        return hidden, suf_ids, suf_mask
+
+    def text_mean(self, prefixes: Sequence[Sequence[int]], row: int, hidden: torch.Tensor,
+                  suf_ids: torch.Tensor, suf_mask: torch.Tensor) -> torch.Tensor:
+        """(B, H) the mean over each input's text tokens at layer ``row`` (of the hidden
+        states tuple): the prefix's part from its cached sums, the suffix's from ``hidden``
+        (B, Ts, H)."""
+        m = self.model
+        pre_ids, pre_mask, _ = pad_batch(prefixes, m.pad_id)
+        pre_count = m.text_mask(pre_ids, pre_mask).sum(1)  # (B,)
+        pre_sum = torch.stack([self.sums[tuple(p)][row] for p in prefixes]).to(m.device)
+        text = m.text_mask(suf_ids, suf_mask).unsqueeze(-1)  # (B, Ts, 1)
+        total = pre_sum + (hidden.float() * text).sum(1)  # (B, H)
+        count = (pre_count.to(m.device) + text.sum((1, 2))).clamp_min(1)  # (B,)
+        return total / count.unsqueeze(-1)
 
     def tag_features(self, ids: Sequence[Sequence[int]], tag: str) -> torch.Tensor:
         """(B, F) float32 features of ``tag``'s head (:meth:`TaggedModel.tag_features`) via
@@ -254,10 +276,5 @@ class FrozenPrefix:
         if not pooled:
             return feats
         row = layer if layer != -1 else m.num_layers  # the sums' row of this layer
-        pre_ids, pre_mask, _ = pad_batch([p for p, _ in parts], m.pad_id)
-        pre_count = m.text_mask(pre_ids, pre_mask).sum(1)  # (B,)
-        pre_sum = torch.stack([self.sums[tuple(p)][row] for p, _ in parts]).to(m.device)
-        text = m.text_mask(suf_ids, suf_mask).unsqueeze(-1)  # (B, Ts, 1)
-        total = pre_sum + (hidden.float() * text).sum(1)  # (B, H)
-        count = (pre_count.to(m.device) + text.sum((1, 2))).clamp_min(1)  # (B,)
-        return torch.cat([feats, total / count.unsqueeze(-1)], -1)  # (B, 2H)
+        mean = self.text_mean([p for p, _ in parts], row, hidden, suf_ids, suf_mask)
+        return torch.cat([feats, mean], -1)  # (B, 2H)

@@ -30,6 +30,7 @@ from transformers import (
 from tagllm.checkpoint import (
     CheckpointState,
     StopRequest,
+    checkpoint_meta,
     load_checkpoint,
     put_tag_tensors,
     save_checkpoint,
@@ -53,6 +54,7 @@ from tagllm.training.batching import (
     lm_target_count,
     mixed_batches,
 )
+from tagllm.training.readout import choose_readout
 from tagllm.training.warm_start import autocast as _autocast
 from tagllm.training.warm_start import warm_start
 
@@ -272,13 +274,22 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
           ) -> tuple[State, CheckpointState | None]:
     """A checkpoint to resume (its tag values already in the model), or a fresh state whose
     heads are warm-started in closed form, after which ``after_warm_start`` runs once."""
+    if job.ckpt is not None:  # the readouts a checkpoint's heads were chosen with, first
+        for tag, w in ((checkpoint_meta(job.ckpt) or {}).get("warm_start") or {}).items():
+            if isinstance(w, dict) and w.get("readout") and tag in job.model.bank:
+                job.model.set_readout(tag, w["readout"]["layer"],
+                                      w["readout"]["pool"] == "tag+mean")
     saved = load_checkpoint(job.ckpt, job.model, job.tags) if job.ckpt is not None else None
     if saved is not None:
         return State(), saved
     d = job.data
+    readouts = {d.head_of[k]: _choose_readout(job, k) for k in d.supervised
+                if job.model.bank.configs[d.head_of[k]].head.auto}
     warm = {d.head_of[k]: warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg,
                                      job.progress, job.log, job.prefix)
             for k in d.supervised}
+    for tag, choice in readouts.items():
+        warm[tag]["readout"] = choice
     state = State(warm=warm or None)
     if after_warm_start is not None:
         state.after = after_warm_start()
@@ -288,6 +299,21 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
 
 SCHEDULES = {"cosine": get_cosine_schedule_with_warmup,
              "linear": get_linear_schedule_with_warmup}
+
+
+def _choose_readout(job: Job, k: int) -> dict:
+    """``readout_layer`` / ``pool`` 'auto' of part ``k``'s head: chosen in closed form on
+    the warm-start rows against the part's validation rows (:mod:`tagllm.training.readout`)."""
+    d, v, tag = job.data, job.val, job.data.head_of[k]
+    if v is None or not v.ids[k] or not job.cfg.warm_start_head:
+        raise ConfigError(f"tag {tag}: readout 'auto' is chosen on validation rows with "
+                          "closed-form fits: it needs validation > 0 and warm_start_head")
+    sub = np.random.default_rng(job.cfg.seed).permutation(len(d.ids[k]))[
+        :job.cfg.warm_start_examples].tolist()  # the warm start's rows
+    with phase("readout choice"), _autocast(job.model, job.cfg):
+        return choose_readout(job.model, tag, [d.ids[k][i] for i in sub], d.targets[k][sub],
+                              v.ids[k], v.targets[k], job.cfg.ridge_alpha,
+                              job.cfg.batch_size, job.prefix, job.log)
 
 
 def make_optimizer(job: Job) -> tuple[torch.optim.Optimizer, object, list]:
