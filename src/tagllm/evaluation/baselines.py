@@ -74,6 +74,8 @@ class Baseline:
     needs_train: ClassVar[bool] = True
     #: runs the base model over the training rows (or trains it): only when asked by name
     uses_model: ClassVar[bool] = False
+    #: trains for minutes on its own (Chemprop): also only when asked by name
+    on_request: ClassVar[bool] = False
     #: the trainable parameters it fitted (None: non-parametric, e.g. k-NN or a forest)
     parameters: int | None = None
 
@@ -117,9 +119,9 @@ def register_baseline(cls: type[Baseline]) -> type[Baseline]:
 
 def baseline_keys(needs: str, with_model: bool = True) -> list[str]:
     """The registered keys of one kind of evaluation, in registry order (without the
-    methods that run the base model, unless ``with_model``)."""
+    methods that run the base model or train for minutes, unless ``with_model``)."""
     return [k for k, c in BASELINES.items() if c.needs == needs
-            and (with_model or not c.uses_model)]
+            and (with_model or not (c.uses_model or c.on_request))]
 
 
 # ----------------------------------------------------------------- features
@@ -362,7 +364,7 @@ class Chemprop(Baseline):
     the molecules' graphs: CPU, seeded, the epoch of lowest loss on a seeded validation
     fraction of the training molecules kept (the tags' own fraction and seed)."""
 
-    key = "chemprop"
+    key, on_request = "chemprop", True
     max_epochs: ClassVar[int] = 50
     patience: ClassVar[int] = 10
 
