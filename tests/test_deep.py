@@ -110,3 +110,50 @@ def test_deep_tags_train_save_load_and_generate_in_batches(tmp_path):
         other.load_tag(folder)
     with pytest.raises(ValueError, match="depth"):
         TagConfig("<Q>", depth="all")
+
+
+def test_threads_and_other_banks_on_the_same_base_never_see_each_others_offsets():
+    """The ids the layer hooks read are per thread and per base: a predict lane and a
+    generate lane in two threads (as tagllm serve runs them) get single-threaded results,
+    and a bank without deep tags on the same base gets none of the last pass's offsets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tagllm import TaggedModel
+
+    m = _model("llama")
+    texts = [t.replace(" x", "") for t in TEXTS]
+    prompts = ["<S> CCO <Q>", "<S> c1cc <Q>", "<S> OO <Q>", "<S> CC <Q>"]
+    want_p, want_g = m.predict(texts), m.generate(prompts, max_new_tokens=3)
+    with ThreadPoolExecutor(2) as pool:
+        ps = [pool.submit(m.predict, texts) for _ in range(15)]
+        gs = [pool.submit(m.generate, prompts, 3) for _ in range(15)]
+        for f in ps:
+            np.testing.assert_allclose(f.result(), want_p, rtol=1e-6)
+        assert all(f.result() == want_g for f in gs)
+    other = TaggedModel(m.base, m.tokenizer, "same base")
+    other.add_tag(TagConfig("<E>", num_tokens=3, init="random"))
+    batch = m.encode(["<S> CCO"])  # (1, 7): the same shape as the next pass
+    m.lm_loss(batch)  # with gradients: its ids stay for a recomputation
+    mine = other.encode(["<E> CCC"])
+    assert mine.input_ids.shape == batch.input_ids.shape
+    with torch.no_grad():
+        quiet = other.lm_loss(mine)
+    torch.testing.assert_close(other.lm_loss(mine).detach(), quiet)
+
+
+def test_an_auto_readout_is_never_written_or_read_as_a_tag_file(tmp_path):
+    import json
+
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2,
+                        head=HeadConfig(readout_layer="auto", pool="auto")))
+    with pytest.raises(TagFileError, match="auto"):
+        m.save_tag("<Q>", tmp_path / "Q")
+    plain = tiny_tagged("llama")
+    plain.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+    folder = plain.save_tag("<Q>", tmp_path / "P")
+    meta = json.loads((folder / "tag.json").read_text())
+    meta["config"]["head"]["pool"] = "auto"  # a hand-edited file
+    (folder / "tag.json").write_text(json.dumps(meta))
+    with pytest.raises(TagFileError, match="auto"):
+        tiny_tagged("llama").load_tag(folder)

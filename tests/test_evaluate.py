@@ -302,12 +302,15 @@ def test_chemprop_learns_a_graph_property_seeded_and_predicts_both_head_forms(mo
                                texts=[smiles[i] for i in idx], targets=y[idx])
 
     preds = []
+    np.random.seed(7)
+    before = np.random.get_state()[1].copy()
     for _ in range(2):
         method = Chemprop(Task())
         assert method.unavailable(rows(tr, heavy), rows(te, heavy)) is None
         method.fit(rows(tr, heavy))
         preds.append(method.predict(rows(te, heavy)))
     np.testing.assert_allclose(preds[0], preds[1], rtol=1e-5)  # seeded
+    assert (np.random.get_state()[1] == before).all()  # the caller's generators untouched
     mse = np.mean((preds[0] - heavy[te]) ** 2)
     assert preds[0].shape == (12,) and mse < 0.25 * np.var(heavy[te])
     d = method.details()

@@ -392,3 +392,21 @@ def test_readout_settings_are_checked_and_saved_with_the_tag(tmp_path):
         tiny_tagged("llama").add_tag(TagConfig("<R>", kind="function",
                                                head=HeadConfig(readout_layer=9)))
     assert "pool" not in HeadConfig().to_dict()  # earlier tags' files unchanged
+
+
+def test_pooled_prefix_sums_stay_within_the_memory_budget(tmp_path):
+    """The per-layer sums go where their prefix goes: into RAM within its budget, into the
+    prefix's file on the disk tier, or nowhere; the features are the same in every case."""
+    m = _readout_model("llama", 1, "tag+mean")
+    ids = [e.ids for e in m.tagtok.encode_batch(TEXTS)]
+    want = m.tag_features(m.encode(TEXTS), "<Q>").detach()
+    for budget, disk in ((4e9, 0.0), (0.0, 1e9), (0.0, 0.0)):
+        fp = FrozenPrefix(m, ["<Q>"], budget_bytes=budget, disk_bytes=disk,
+                          disk_dir=tmp_path)
+        for _ in range(2):
+            torch.testing.assert_close(fp.tag_features(ids, "<Q>").detach(), want,
+                                       atol=1e-5, rtol=1e-4)
+        assert fp.used <= budget and fp.disk_used <= disk
+        assert len(fp.sums) == (len(TEXTS) if budget else 0)
+        assert len(fp.disk_sums) == (len(TEXTS) if disk else 0)
+        assert fp.hits == (len(TEXTS) if budget or disk else 0)

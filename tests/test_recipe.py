@@ -94,6 +94,10 @@ def test_shipped_qed_recipe_is_valid():
     ({"tags__2__head": {"kind": "classification", "num_outputs": 2},
       "stages__0__data__0__label": ["y", "z"]},
      r"a classification head takes one label column of class indices"),
+    ({"tags__2__head": {"kind": "regression", "pool": "auto"},
+      "stages__0__train": {"validation": 0, "select": "last"}},
+     r"stage 'q': <Q>'s readout is 'auto'.*validation > 0"),
+    ({"tags__2__reparam_size": 32}, r"reparam_size: is the residual MLP's width"),
 ])
 def test_bad_recipes_fail_naming_the_problem(changes, message):
     with pytest.raises(RecipeError, match=message):

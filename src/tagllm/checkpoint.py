@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tagllm.fileio import atomic_write_dir, remove_stale, sha256_file
 from tagllm.model import TaggedModel
 
 __all__ = ["CheckpointError", "CheckpointState", "StopRequest", "load_checkpoint",
-           "checkpoint_meta", "put_tag_tensors", "save_checkpoint", "tag_tensors"]
+           "put_tag_tensors", "save_checkpoint", "tag_tensors"]
 
 TENSORS = "state.safetensors"
 META = "state.json"
@@ -92,23 +93,12 @@ class CheckpointState:
         return self.meta
 
 
-def checkpoint_meta(directory: Path) -> dict[str, Any] | None:
-    """The metadata of the checkpoint in ``directory``, unverified (None if there is none
-    or it is unreadable: :func:`load_checkpoint` then says why); for what must be set up
-    before its tensors load."""
-    d = Path(directory)
-    remove_stale(d.parent, d.name)  # as load_checkpoint does: a copy left as .old goes back
-    try:
-        meta = json.loads((d / META).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
+def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
+                    prepare: Callable[[dict[str, Any]], None] | None = None
                     ) -> CheckpointState | None:
     """Verify the checkpoint in ``directory`` (None if there is none) and copy its tag and
-    head values into ``model``."""
+    head values into ``model``; ``prepare`` gets the verified metadata first (to set up what
+    the tensors' shapes depend on)."""
     d = Path(directory)
     remove_stale(d.parent, d.name)  # a kill between the two renames of a save: put it back
     if not (d / META).is_file():
@@ -122,6 +112,8 @@ def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str]
                               "start over")
     if meta.get("tags") != list(tags):
         raise CheckpointError(f"{d}: checkpoint of {meta.get('tags')}, not of {list(tags)}")
+    if prepare is not None:
+        prepare(meta)
     tensors = load_file(str(d / TENSORS))
     for t in tags:
         v = tensors.get(f"tag.{t}")

@@ -164,6 +164,9 @@ class TagConfig:
         _check(isinstance(self.reparam_size, int) and 1 <= self.reparam_size <= 65536,
                "TagConfig", "reparam_size", f"must be an int in [1, 65536], got "
                f"{self.reparam_size!r}")
+        _check(self.reparam == "residual_mlp" or self.reparam_size == 64, "TagConfig",
+               "reparam_size", "is the residual MLP's width: set it with "
+               "reparam: residual_mlp")
         _check(isinstance(self.name, str) and bool(TAG_NAME_RE.match(self.name)), "TagConfig",
                "name", f"{self.name!r} is not a tag name like <SMILES> (letters, digits, _.-)")
         _check(self.kind in ("domain", "function"), "TagConfig", "kind",
@@ -328,6 +331,12 @@ class TrainConfig:
                f"{self.schedule!r} is not 'cosine', 'constant' or 'linear'")
         _check(self.optimizer in ("adamw", "adafactor"), "TrainConfig", "optimizer",
                f"{self.optimizer!r} is not 'adamw' or 'adafactor'")
+        if self.optimizer == "adafactor":
+            import torch
+
+            _check(hasattr(torch.optim, "Adafactor"), "TrainConfig", "optimizer",
+                   f"adafactor needs torch.optim.Adafactor (torch >= 2.5); this is torch "
+                   f"{torch.__version__}")
         for name in ("patience", "refit_every"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                    "TrainConfig", name, f"must be an int >= 0, got {getattr(self, name)!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +40,10 @@ class Batch:
 
 
 log = logging.getLogger(__name__)
+
+#: per thread, (decoder body, tag bank, input ids) of the pass :meth:`TaggedModel.embed`
+#: started: what the deep tags' layer hooks add offsets for (threads never see each other's)
+_DEEP = threading.local()
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -213,11 +218,12 @@ class TaggedModel(nn.Module):
 
         def add_offsets(index: int):
             def hook(module, args, kwargs):
-                state = getattr(body, "_tagllm_deep", None)
+                state = getattr(_DEEP, "state", None)
                 hidden = args[0] if args else kwargs.get("hidden_states")
-                if state is None or hidden is None or hidden.shape[:2] != state[1].shape:
+                if state is None or state[0] is not body or hidden is None \
+                        or hidden.shape[:2] != state[2].shape:
                     return None
-                offsets = state[0].layer_offsets(index, state[1].to(hidden.device), hidden)
+                offsets = state[1].layer_offsets(index, state[2].to(hidden.device), hidden)
                 if offsets is None:
                     return None
                 if args:
@@ -229,9 +235,10 @@ class TaggedModel(nn.Module):
             if i:
                 layer.register_forward_pre_hook(add_offsets(i), with_kwargs=True)
         def done(*_) -> None:  # a later pass (a decoding step) has other positions; a pass
-            # with gradients keeps them for activation checkpointing's recomputation
+            # with gradients keeps them for activation checkpointing's recomputation (in
+            # transformers versions that checkpoint a layer's hooks with it)
             if not torch.is_grad_enabled():
-                body._tagllm_deep = None
+                _DEEP.state = None
 
         body.register_forward_hook(done)
         body._tagllm_deep_hooks = True
@@ -387,8 +394,10 @@ class TaggedModel(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings (B, T, H) with the tags spliced in; the decoder pass that
         follows adds the deep tags' offsets at their positions."""
-        if len(self.bank.deep):
-            self.base.base_model._tagllm_deep = (self.bank, input_ids)
+        # this thread's next decoder pass on this base: the deep offsets of these ids (or
+        # none: a bank without deep tags clears what another bank left)
+        _DEEP.state = (self.base.base_model, self.bank, input_ids) if len(self.bank.deep) \
+            else None
         return self.bank.splice(input_ids, self.base.get_input_embeddings())  # (B, T, H)
 
     def hidden_states(self, batch: Batch, layer: int = -1) -> torch.Tensor:

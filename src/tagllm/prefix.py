@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tagllm.fileio import TempDir
@@ -91,6 +92,7 @@ class FrozenPrefix:
         #: per prefix, (layers + 1, H) float32 sums of its text tokens' hidden states at
         #: every layer (kept in RAM, for heads with ``pool: tag+mean``)
         self.sums: dict[tuple[int, ...], torch.Tensor] = {}
+        self.disk_sums: set[tuple[int, ...]] = set()  # prefixes whose file holds their sums
         self.hits = 0
         self.misses = 0
         self._arg = _cache_arg(model.base.base_model)
@@ -115,24 +117,30 @@ class FrozenPrefix:
 
     def _drop(self, ids: set[int]) -> None:
         """Forget every stored prefix that holds one of the token ``ids``."""
-        for key in [k for k in self.store if ids.intersection(k)]:
-            kv = self.store.pop(key)
-            self.used -= _size(kv)
-        for key in [k for k in self.sums if ids.intersection(k)]:
+        for key in [k for k in [*self.store, *self.on_disk] if ids.intersection(k)]:
+            self._forget(key)
+
+    def _forget(self, key: tuple[int, ...]) -> None:
+        """Remove one stored prefix (key/values and sums, in RAM or on disk)."""
+        if key in self.store:
+            self.used -= _size(self.store.pop(key))
+        if key in self.sums:
             t = self.sums.pop(key)
             self.used -= t.numel() * t.element_size()
-        for key in [k for k in self.on_disk if ids.intersection(k)]:
+        if key in self.on_disk:
             self.on_disk.pop(key).unlink(missing_ok=True)
             self.disk_used -= self.disk_sizes.pop(key)
+            self.disk_sums.discard(key)
 
     def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         cut = split_point(ids, self.trainable_ids)
         return list(ids[:cut]), list(ids[cut:])
 
     @torch.no_grad()
-    def _compute(self, prefixes: Sequence[Sequence[int]], sums: bool = False) -> list[KV]:
+    def _compute(self, prefixes: Sequence[Sequence[int]], sums: bool = False
+                 ) -> list[tuple[KV, torch.Tensor | None]]:
         """Key/values of each prefix; with ``sums``, also its text tokens' hidden-state sums
-        at every layer (into :attr:`sums`)."""
+        at every layer ((layers + 1, H) float32, the last row the normed last layer)."""
         m = self.model
         input_ids, mask, pos = pad_batch(prefixes, m.pad_id)
         dev = m.device
@@ -140,57 +148,76 @@ class FrozenPrefix:
                                 attention_mask=mask.to(dev), position_ids=pos.to(dev),
                                 use_cache=True, output_hidden_states=sums)
         cache = _out_cache(out)
-        per_example: list[KV] = []
-        for i, p in enumerate(prefixes):
-            n = len(p)
-            per_example.append([(layer.keys[i, :, :n].to(self.dtype).clone(),
-                                 layer.values[i, :, :n].to(self.dtype).clone())
-                                for layer in cache.layers])
         if sums:
             text = m.text_mask(input_ids.to(dev), mask.to(dev)).unsqueeze(-1)  # (B, T, 1)
-            # (layers + 1, B, H): the last entry is the normed last layer
             total = torch.stack([(h.float() * text).sum(1) for h in out.hidden_states])
-            for i, p in enumerate(prefixes):
-                t = total[:, i].cpu().clone()
-                if tuple(p) not in self.sums:
-                    self.sums[tuple(p)] = t
-                    self.used += t.numel() * t.element_size()
+        per_example = []
+        for i, p in enumerate(prefixes):
+            n = len(p)
+            kv = [(layer.keys[i, :, :n].to(self.dtype).clone(),
+                   layer.values[i, :, :n].to(self.dtype).clone()) for layer in cache.layers]
+            per_example.append((kv, total[:, i].cpu().clone() if sums else None))
         return per_example
 
-    def get(self, prefixes: Sequence[Sequence[int]], sums: bool = False) -> list[KV]:
-        """Key/values of each prefix, from the store (RAM, then disk) where it holds them
-        (``sums``: and its hidden-state sums in :attr:`sums`, computed where missing)."""
+    def get(self, prefixes: Sequence[Sequence[int]]) -> list[KV]:
+        """Key/values of each prefix, from the store (RAM, then disk) where it holds them."""
+        return self.get_with_sums(prefixes, sums=False)[0]
+
+    def get_with_sums(self, prefixes: Sequence[Sequence[int]], sums: bool = True
+                      ) -> tuple[list[KV], list[torch.Tensor | None]]:
+        """Key/values of each prefix and (``sums``) its per-layer text sums, from the store
+        where it holds them, computed (and kept within the budgets) where it does not."""
         keys = [tuple(p) for p in prefixes]
         # each missing prefix computed (and kept, and counted) once, however often it occurs
-        missing = list(dict.fromkeys(k for k in keys if (k not in self.store
-                                     and k not in self.on_disk) or (sums and k not in
-                                                                    self.sums)))
+        missing = list(dict.fromkeys(
+            k for k in keys if (k not in self.store and k not in self.on_disk)
+            or (sums and k not in self.sums and k not in self.disk_sums)))
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         fresh = dict(zip(missing, self._compute(missing, sums), strict=True)) if missing \
             else {}
-        for k, kv in fresh.items():
-            if k not in self.store and k not in self.on_disk:
-                self._keep(k, kv)
-        return [fresh.get(k) or self.store.get(k) or self._read(k) for k in keys]
+        for k, (kv, s) in fresh.items():
+            self._forget(k)  # kept before without its sums: kept again with them
+            self._keep(k, kv, s)
+        kvs = [fresh[k][0] if k in fresh else self.store.get(k) or self._read(k)
+               for k in keys]
+        if not sums:
+            return kvs, [None] * len(keys)
+        return kvs, [fresh[k][1] if k in fresh else self._sums(k) for k in keys]
 
-    def _keep(self, key: tuple[int, ...], kv: KV) -> None:
-        """Keep a computed prefix: in RAM within the budget, else on disk within its own."""
-        size = _size(kv)
+    def _keep(self, key: tuple[int, ...], kv: KV, sums: torch.Tensor | None = None) -> None:
+        """Keep a computed prefix (and its sums): in RAM within the budget, else on disk
+        within its own, else not at all."""
+        extra = sums.numel() * sums.element_size() if sums is not None else 0
+        size = _size(kv) + extra
         if self.used + size <= self.budget:
             self.store[key] = kv
+            if sums is not None:
+                self.sums[key] = sums
             self.used += size
         elif self.disk_used + size <= self.disk_budget:
             f = self._folder() / f"{hashlib.sha1(repr(key).encode()).hexdigest()}.safetensors"
-            save_file({f"{i}.{j}": t.contiguous() for i, pair in enumerate(kv)
-                       for j, t in enumerate(pair)}, str(f))
+            tensors = {f"{i}.{j}": t.contiguous() for i, pair in enumerate(kv)
+                       for j, t in enumerate(pair)}
+            if sums is not None:
+                tensors["sums"] = sums.contiguous()
+                self.disk_sums.add(key)
+            save_file(tensors, str(f))
             self.on_disk[key] = f
             self.disk_sizes[key] = size
             self.disk_used += size
 
     def _read(self, key: tuple[int, ...]) -> KV:
         tensors = load_file(str(self.on_disk[key]))
-        return [(tensors[f"{i}.0"], tensors[f"{i}.1"]) for i in range(len(tensors) // 2)]
+        layers = sum(1 for k in tensors if k.endswith(".0"))  # "sums" is not a layer
+        return [(tensors[f"{i}.0"], tensors[f"{i}.1"]) for i in range(layers)]
+
+    def _sums(self, key: tuple[int, ...]) -> torch.Tensor:
+        """A kept prefix's per-layer text sums (RAM, else its file)."""
+        if key in self.sums:
+            return self.sums[key]
+        with safe_open(str(self.on_disk[key]), framework="pt") as f:
+            return f.get_tensor("sums")
 
     def _folder(self) -> Path:
         """The private folder of the disk tier (removed with the cache, or at exit; after
@@ -242,15 +269,16 @@ class FrozenPrefix:
         hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
         return hidden, suf_ids, suf_mask
 
-    def text_mean(self, prefixes: Sequence[Sequence[int]], row: int, hidden: torch.Tensor,
-                  suf_ids: torch.Tensor, suf_mask: torch.Tensor) -> torch.Tensor:
+    def text_mean(self, prefixes: Sequence[Sequence[int]], sums: Sequence[torch.Tensor],
+                  row: int, hidden: torch.Tensor, suf_ids: torch.Tensor,
+                  suf_mask: torch.Tensor) -> torch.Tensor:
         """(B, H) the mean over each input's text tokens at layer ``row`` (of the hidden
-        states tuple): the prefix's part from its cached sums, the suffix's from ``hidden``
-        (B, Ts, H)."""
+        states tuple): the prefix's part from its ``sums`` (:meth:`get_with_sums`), the
+        suffix's from ``hidden`` (B, Ts, H)."""
         m = self.model
         pre_ids, pre_mask, _ = pad_batch(prefixes, m.pad_id)
         pre_count = m.text_mask(pre_ids, pre_mask).sum(1)  # (B,)
-        pre_sum = torch.stack([self.sums[tuple(p)][row] for p in prefixes]).to(m.device)
+        pre_sum = torch.stack([s[row] for s in sums]).to(m.device)
         text = m.text_mask(suf_ids, suf_mask).unsqueeze(-1)  # (B, Ts, 1)
         total = pre_sum + (hidden.float() * text).sum(1)  # (B, H)
         count = (pre_count.to(m.device) + text.sum((1, 2))).clamp_min(1)  # (B,)
@@ -269,12 +297,12 @@ class FrozenPrefix:
         if any(not p for p, _ in parts):
             batch = Batch(*pad_batch(ids, m.pad_id)).to(m.device)
             return m.tag_features(batch, tag)
-        kvs = self.get([p for p, _ in parts], sums=pooled)
+        kvs, sums = self.get_with_sums([p for p, _ in parts], sums=pooled)
         hidden, suf_ids, suf_mask = self.suffix_hidden(kvs, [len(p) for p, _ in parts],
                                                        [s for _, s in parts], layer)
         feats = m.at_tag(hidden, suf_ids, tag)  # (B, H)
         if not pooled:
             return feats
         row = layer if layer != -1 else m.num_layers  # the sums' row of this layer
-        mean = self.text_mean([p for p, _ in parts], row, hidden, suf_ids, suf_mask)
+        mean = self.text_mean([p for p, _ in parts], sums, row, hidden, suf_ids, suf_mask)
         return torch.cat([feats, mean], -1)  # (B, 2H)

@@ -55,6 +55,9 @@ def write_tag(directory: str | Path, config: TagConfig, tensors: dict[str, torch
     """Write a tag folder atomically: ``tensors`` (``embedding`` and ``head.*``) and the
     metadata. ``base_model`` names the model it belongs to (name, architecture, fingerprint,
     vocab_rows); ``trained_with`` maps the tags it was trained beside to their digests."""
+    if config.head is not None and config.head.auto:
+        raise TagFileError(f"refusing to save {config.name}: its head's readout is still "
+                           "'auto' (it is chosen when the tag trains)")
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     for k, v in tensors.items():
         if not torch.isfinite(v).all():
@@ -122,6 +125,9 @@ def read_tag(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         cfg = TagConfig.from_json(meta["config"])
     except (ConfigError, TypeError) as e:
         raise TagFileError(f"{d / META}: bad tag config: {e}") from e
+    if cfg.head is not None and cfg.head.auto:
+        raise TagFileError(f"{d / META}: the head's readout is 'auto'; a tag file holds the "
+                           "layer and pool chosen in training")
     if cfg.name != meta["name"]:
         raise TagFileError(f"{d / META}: name {meta['name']!r} != config name {cfg.name!r}")
     emb = tensors.get("embedding")

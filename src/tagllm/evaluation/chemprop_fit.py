@@ -10,7 +10,10 @@ without a new lowest).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import random
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -19,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tagllm.errors import TrainingError
 
 
 @dataclass
@@ -54,13 +59,41 @@ def fit_chemprop(smiles: Sequence[str], y: np.ndarray, classes: int = 0, seed: i
                  ) -> ChempropFit:
     """Train Chemprop on ``smiles`` with targets ``y`` ((N,) or (N, k) values, or class
     indices when ``classes``), keeping the epoch of lowest loss on a seeded ``validation``
-    fraction of the rows."""
+    fraction of the rows (0.1 when the tags validate on none: the epoch is chosen on
+    held-out molecules in any case)."""
+    from lightning import pytorch as pl
+
+    validation = validation or 0.1
+
+    _quiet()
+    with _own_rng():
+        pl.seed_everything(seed, workers=True, verbose=False)
+        return _fit(smiles, y, classes, seed, validation, max_epochs, patience)
+
+
+@contextlib.contextmanager
+def _own_rng():
+    """Seed and use the global random generators (Lightning's way) inside, and give the
+    caller back its own generators' states and environment afterwards."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("PL_")}
+    state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            for k in [k for k in os.environ if k.startswith("PL_") and k not in env]:
+                del os.environ[k]
+            os.environ.update(env)
+
+
+def _fit(smiles: Sequence[str], y: np.ndarray, classes: int, seed: int, validation: float,
+         max_epochs: int, patience: int) -> ChempropFit:
     from chemprop import data, models, nn
     from lightning import pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping
 
-    _quiet()
-    pl.seed_everything(seed, workers=True, verbose=False)
     y = np.asarray(y, dtype=float)
     y = y.reshape(len(y), -1)
     order = np.random.default_rng(seed).permutation(len(smiles))
@@ -97,6 +130,9 @@ def fit_chemprop(smiles: Sequence[str], y: np.ndarray, classes: int = 0, seed: i
             callbacks=[KeepBest(), EarlyStopping("val_loss", patience=patience)])
         trainer.fit(model, data.build_dataloader(train_set, num_workers=0, seed=seed),
                     data.build_dataloader(val_set, num_workers=0, shuffle=False))
+    if not kept:
+        raise TrainingError(f"Chemprop: no finite validation loss in {len(curve)} epoch(s) "
+                            f"on {len(val)} validation molecules; check the labels")
     model.load_state_dict(kept)
     model.eval()
     return ChempropFit(model, classes, int(np.argmin(curve)) + 1 if curve else 0, len(curve),

@@ -310,6 +310,11 @@ def _check_stage(r: Recipe, s: StageConfig, all_trained: set[str], snames: list[
     for t in s.tags:
         if t not in fed:
             raise RecipeError(f"{where} trains {t}, but no data template contains it")
+        if t in heads and r.tag[t].head.auto and not (s.train.validation > 0
+                                                      and s.train.warm_start_head):
+            raise RecipeError(f"{where}: {t}'s readout is 'auto', chosen on validation rows "
+                              "with closed-form fits: set train.validation > 0 and keep "
+                              "warm_start_head")
     _check_evals(r, s, heads, where)
 
 

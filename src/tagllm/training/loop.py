@@ -28,9 +28,9 @@ from transformers import (
 )
 
 from tagllm.checkpoint import (
+    CheckpointError,
     CheckpointState,
     StopRequest,
-    checkpoint_meta,
     load_checkpoint,
     put_tag_tensors,
     save_checkpoint,
@@ -274,12 +274,8 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
           ) -> tuple[State, CheckpointState | None]:
     """A checkpoint to resume (its tag values already in the model), or a fresh state whose
     heads are warm-started in closed form, after which ``after_warm_start`` runs once."""
-    if job.ckpt is not None:  # the readouts a checkpoint's heads were chosen with, first
-        for tag, w in ((checkpoint_meta(job.ckpt) or {}).get("warm_start") or {}).items():
-            if isinstance(w, dict) and w.get("readout") and tag in job.model.bank:
-                job.model.set_readout(tag, w["readout"]["layer"],
-                                      w["readout"]["pool"] == "tag+mean")
-    saved = load_checkpoint(job.ckpt, job.model, job.tags) if job.ckpt is not None else None
+    saved = load_checkpoint(job.ckpt, job.model, job.tags, lambda meta: _restore_readouts(
+        job, meta)) if job.ckpt is not None else None
     if saved is not None:
         return State(), saved
     d = job.data
@@ -299,6 +295,20 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
 
 SCHEDULES = {"cosine": get_cosine_schedule_with_warmup,
              "linear": get_linear_schedule_with_warmup}
+
+
+def _restore_readouts(job: Job, meta: dict) -> None:
+    """Before a checkpoint's head tensors load: the readouts they were chosen with."""
+    for tag, w in (meta.get("warm_start") or {}).items():
+        r = w.get("readout") if isinstance(w, dict) else None
+        if not r or tag not in job.tags:
+            continue
+        layer, pool = r.get("layer"), r.get("pool")
+        if not (layer == -1 or (isinstance(layer, int) and 1 <= layer <= job.model.num_layers)) \
+                or pool not in ("tag", "tag+mean"):
+            raise CheckpointError(f"{job.ckpt}: tag {tag}'s recorded readout {r!r:.80} is "
+                                  "not a layer of this model and a pool")
+        job.model.set_readout(tag, layer, pool == "tag+mean")
 
 
 def _choose_readout(job: Job, k: int) -> dict:

@@ -47,13 +47,13 @@ def layer_features(model: TaggedModel, tag: str, ids: Sequence[Sequence[int]],
         batch_ids = [ids[i] for i in idx]
         parts = [prefix.split(x) for x in batch_ids] if prefix is not None else []
         if parts and all(p for p, _ in parts):
-            kvs = prefix.get([p for p, _ in parts], sums=True)
+            kvs, sums = prefix.get_with_sums([p for p, _ in parts])
             out, suf_ids, suf_mask = prefix.suffix_states(
                 kvs, [len(p) for p, _ in parts], [x for _, x in parts], all_layers=True)
             states = out.hidden_states
             for j, r in enumerate(rows):
                 at_tag[idx, j] = model.at_tag(states[r], suf_ids, tag).cpu()
-                means[idx, j] = prefix.text_mean([p for p, _ in parts], r, states[r],
+                means[idx, j] = prefix.text_mean([p for p, _ in parts], sums, r, states[r],
                                                  suf_ids, suf_mask).cpu()
             continue
         batch = collate(model, batch_ids)
