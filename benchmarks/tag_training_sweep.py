@@ -12,7 +12,8 @@ closed-form head. One frozen-prefix cache serves every cell.
 
 Choices are made on validation only. ``--score`` then scores the test set once, for the cell
 with the lowest validation loss (and the best cell of each variant), against the same tag
-untrained with the same readout and a Morgan random forest, with
+untrained with the same readout, a Morgan random forest, Chemprop and the linear probe
+(at the layer the head reads), with
 paired-bootstrap 95% intervals, and writes ``summary``.
 
 A killed sweep continues where it stopped: finished cells are kept in ``OUT.partial`` with
@@ -39,12 +40,14 @@ import numpy as np
 import torch
 
 from tagllm import HeadConfig, TagConfig, TrainConfig
-from tagllm.evaluation.baselines import forest_baseline
+from tagllm.evaluation.baselines import forest_baseline, linear_fit_predict
+from tagllm.evaluation.chemprop_fit import fit_chemprop, predict_chemprop
 from tagllm.evaluation.metrics import (
     classification_metrics,
     paired_bootstrap,
     regression_metrics,
 )
+from tagllm.evaluation.runner import frozen_features
 from tagllm.model import TaggedModel
 from tagllm.paths import prefix_cache_dir
 from tagllm.prefix import FrozenPrefix
@@ -242,7 +245,15 @@ def score(args, done: dict, smi_tr: list[str],
             tag = tm.head_tags()[0]
             out = tm.predict([f"<SMILES> {s} {tag}" for s in smi_te], tag=tag, batch_size=64)
             preds[which] = out if classes else out[:, 0]
-    preds["rf"] = forest_baseline(smi_tr, y_tr, smi_te, classes=classes, seed=0)
+    baselines = {"rf": forest_baseline(smi_tr, y_tr, smi_te, classes=classes, seed=0)}
+    fit = fit_chemprop(smi_tr, y_tr, classes, seed=0, validation=0.1)
+    baselines["chemprop"] = predict_chemprop(fit, smi_te)
+    plain = TaggedModel.from_pretrained(args.model)
+    for layer in sorted({-1, *(cells[k].get("head", {}).get("readout_layer", -1)
+                               for k in chosen.values())}):  # the probe at each read layer
+        feats = frozen_features(plain, smi_tr + smi_te, 64, False, layer)
+        baselines[f"probe-L{layer}"] = linear_fit_predict(feats[:len(smi_tr)], y_tr,
+                                                          feats[len(smi_tr):], classes)
     summary = []
     for variant, k in chosen.items():
         a, b = preds[k], preds[k + "-start"]
@@ -254,9 +265,11 @@ def score(args, done: dict, smi_tr: list[str],
             "trained_minus_untrained": {"metric": metric, "low": low, "high": high,
                                         "better": low > 0 if higher else high < 0},
             "intervals_trained_minus_untrained": diff,
-            "trained_minus_rf": paired_bootstrap(y_te, a, preds["rf"], metrics)})
+            **{f"trained_minus_{n}": paired_bootstrap(y_te, a, p, metrics)
+               for n, p in baselines.items()}})
     done["summary"] = summary
-    done["rf_test"] = metrics(y_te, preds["rf"])
+    done["baselines_test"] = {n: metrics(y_te, p) for n, p in baselines.items()}
+    done["chemprop"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run}
     for s in summary:
         d = s["trained_minus_untrained"]
         log(f"{s['variant']}: {s['setting']} test {metric} {s['test'][metric]:.5f} (untrained "
