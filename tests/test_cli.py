@@ -301,3 +301,32 @@ def test_predict_never_writes_over_its_input(tmp_path, tiny_model_dir, data, cap
         assert e.value.code == 2
         assert "is the input file" in capsys.readouterr().err
     assert data.read_bytes() == before
+
+
+def test_train_takes_the_training_levers_as_flags(tmp_path, tiny_model_dir, data, capsys):
+    """A deep, residual-MLP function tag whose readout is chosen on validation, trained
+    with Adafactor, a constant rate and early stopping, from the command line; its file
+    holds the concrete readout and it predicts. A bad layer fails before any model loads."""
+    common = ["--model", str(tiny_model_dir), "--batch_size", "4", "--progress", "false"]
+    main(["train", "--tag", "<SMILES>", "--data", str(data), "--template", "<SMILES> {smiles}",
+          "--out", str(tmp_path / "S"), "--num_tokens", "3", "--steps", "2", *common])
+    main(["train", "--tag", "<QED>", "--kind", "function", "--head", "regression",
+          "--label", "y", "--data", str(data), "--template", "<SMILES> {smiles} <QED>",
+          "--load", str(tmp_path / "S"), "--out", str(tmp_path / "Q"), "--num_tokens", "2",
+          "--depth", "deep", "--reparam", "residual_mlp", "--readout_layer", "auto",
+          "--pool", "auto", "--optimizer", "adafactor", "--schedule", "constant",
+          "--lr", "0.1", "--steps", "6", "--eval_every", "1", "--patience", "2",
+          "--validation", "0.3", *common])
+    cfg = json.loads((tmp_path / "Q" / "tag.json").read_text())["config"]
+    assert cfg["depth"] == "deep" and cfg["reparam"] == "residual_mlp"
+    assert cfg["head"]["readout_layer"] in (-1, 1) and cfg["head"]["pool"] in ("tag", "tag+mean")
+    out = tmp_path / "pred.csv"
+    main(["predict", "--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}", "--input", str(data),
+          "--output", str(out), "--model", str(tiny_model_dir), "--progress", "false"])
+    assert len(list(csv.DictReader(open(out)))) == len(SMILES)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--tag", "<R>", "--kind", "function", "--head", "regression",
+              "--label", "y", "--data", str(data), "--template", "<SMILES> {smiles} <R>",
+              "--out", str(tmp_path / "R"), "--readout_layer", "middle", *common])
+    assert e.value.code == 2 and "--readout_layer: 'middle'" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
-from tagllm.errors import DataError, MissingPackageError, TagllmError
+from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
 from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
 from tagllm.paths import tagllm_home
 
@@ -282,6 +282,9 @@ def train(tag: str, data: str, template: str, out: str,
           kind: Literal["domain", "function"] = "domain",
           head: str = "none",
           label: str | None = None, num_outputs: int = 1, num_tokens: int = 10,
+          reparam: Literal["none", "residual_mlp"] = "none",
+          depth: Literal["input", "deep"] = "input",
+          readout_layer: str = "-1", pool: Literal["tag", "tag+mean", "auto"] = "tag",
           load: str | None = None, model: str = "smollm2", n_examples: int | None = None,
           skip_invalid: bool = False, store: str | None = None, progress: bool = True,
           **settings) -> None:
@@ -305,6 +308,12 @@ def train(tag: str, data: str, template: str, out: str,
         label: the label column(s), comma-separated (required with a head).
         num_outputs: regression outputs or number of classes.
         num_tokens: p, the number of vectors of the tag.
+        reparam: residual_mlp trains the vectors as P + MLP(P) (saved as plain vectors).
+        depth: deep also learns offsets at the tag's positions in every later layer.
+        readout_layer: the layer the head reads: -1 (the last), k, or auto (chosen on the
+            validation rows).
+        pool: what the head reads there: tag, tag+mean (with the mean over the text
+            tokens), or auto.
         load: tag folders to load, frozen, comma-separated (e.g. the stage-1 domain tags).
         model: base model: embedded short name (smollm2, gemma3), Hugging Face id or folder.
         n_examples: use a seeded random sample of this many rows.
@@ -315,8 +324,11 @@ def train(tag: str, data: str, template: str, out: str,
     from tagllm.protocol.standalone import tag_dirs, train_one
     from tagllm.store import TagStore
 
-    cfg = TagConfig(tag, kind=kind, num_tokens=num_tokens,
-                    head=None if head == "none" else HeadConfig(head, num_outputs))
+    layer = readout_layer if readout_layer == "auto" else _int_flag("readout_layer",
+                                                                    readout_layer)
+    cfg = TagConfig(tag, kind=kind, num_tokens=num_tokens, reparam=reparam, depth=depth,
+                    head=None if head == "none" else HeadConfig(
+                        head, num_outputs, readout_layer=layer, pool=pool))
     rows = DataConfig(source=data, template=template, n=n_examples, skip_invalid=skip_invalid,
                       label=_labels(label) if head != "none" else None)
     path, stage = train_one(cfg, rows, TrainConfig(**settings), model, tag_dirs(load), out,
@@ -329,6 +341,13 @@ def train(tag: str, data: str, template: str, out: str,
         f"{stage['best_step']})"
     console.print(f"wrote {path} ({how}; final loss {stage['final_loss']:.4f}{kept}, "
                   f"{stage['seconds'] or 0:.0f} s)")
+
+
+def _int_flag(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--{name}: {value!r} is not a number or 'auto'") from None
 
 
 def _labels(label: str | None) -> str | list[str] | None:
