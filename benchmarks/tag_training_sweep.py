@@ -65,6 +65,7 @@ TASKS = {
             {"kind": "classification", "num_outputs": 2}, "auroc", True),
 }
 LRS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+LOW_LRS = (1e-4, 3e-4, 1e-3)
 READOUT_LAYERS = (-1, 6, 12, 18)  # -1: the last layer (normed)
 
 
@@ -80,17 +81,26 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
     """The cells of a named grid: {"name", "train": TrainConfig overrides, "tag": TagConfig
     overrides, "head": HeadConfig overrides}. A: every variant at every learning rate, the
     last layer read at the tag, interleaved so that a cut-short sweep has every variant at
-    the rates tried. B: the ``best`` cells of A, reading a middle layer and pooling."""
+    the rates tried. R: lower rates for the plain and deep tags, each also with the head
+    held (lr 1e-6) and re-fitted in closed form every 10 steps. B: the ``best`` cells of
+    A (or R), reading a middle layer and pooling."""
     cells = [{"name": f"{v}-lr{lr:g}", "train": {"lr": lr, **t}, "tag": g}
              for lr in LRS for v, (t, g) in VARIANTS.items()]
     if name == "A":
         return cells
+    if name == "R":  # below grid A's rates, with and without the head re-fitted every 10
+        return [{"name": f"{v}{'-refit10' if refit else ''}-lr{lr:g}",
+                 "train": {"lr": lr, **VARIANTS[v][0],
+                           **({"refit_every": 10, "head_lr": 1e-6} if refit else {})},
+                 "tag": VARIANTS[v][1]}
+                for lr in LOW_LRS for v in ("plain-adamw", "deep-adamw")
+                for refit in (True, False)]
     if name == "B":
-        by_name = {c["name"]: c for c in cells}
+        by_name = {c["name"]: c for c in [*cells, *grid("R")]}
         return [{**by_name[b], "name": f"{b}-L{layer}-{pool}",
                  "head": {"readout_layer": layer, "pool": pool}}
                 for b in best for layer in READOUT_LAYERS for pool in ("tag", "tag+mean")]
-    raise SystemExit(f"unknown grid {name!r}; known: A, B")
+    raise SystemExit(f"unknown grid {name!r}; known: A, B, R")
 
 
 def log(msg: str) -> None:
@@ -123,8 +133,9 @@ def main() -> None:
                     help="training rows (default: the task's; QED 4,000, else all)")
     ap.add_argument("--test", type=int, default=None,
                     help="test rows (default: the task's; QED 1,000, else all)")
-    ap.add_argument("--grid", default="A", help="A (optimisation and capacity) or B "
-                    "(readout layer and pooling for the --best cells of A)")
+    ap.add_argument("--grid", default="A", help="A (optimisation and capacity), R (lower "
+                    "rates, head re-fits) or B (readout layer and pooling for the --best "
+                    "cells of A or R)")
     ap.add_argument("--best", default="", help="B: comma-separated cell names of A")
     ap.add_argument("--only", default="", help="comma-separated cell names (default: all)")
     ap.add_argument("--cap", type=int, default=2000, help="most steps of a cell")
