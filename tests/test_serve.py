@@ -278,8 +278,6 @@ def test_deep_tags_and_a_pooled_middle_layer_readout_are_served_as_predicted_off
     """A deep <S> and a deep, residual-MLP <Q> whose head reads layer 1 with pooling: the
     service's predictions and generations (micro-batched, several at once) equal the
     model's own."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from fastapi.testclient import TestClient
 
     from tagllm import HeadConfig, TagConfig

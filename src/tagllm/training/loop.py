@@ -470,11 +470,17 @@ def out_of_patience(job: Job, state: State) -> bool:
 def refit_during_training(job: Job) -> None:
     """``refit_every``: fit every head again in closed form on the current tags' features of
     the warm-start rows, so the head follows the features the tag moves."""
-    d = job.data
     with phase("refit"):
-        for k in d.supervised:
-            warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg, False,
-                       _quiet, job.prefix)
+        fit_heads(job, False, _quiet)
+
+
+def fit_heads(job: Job, progress: bool, log: Log) -> None:
+    """Fit every trained head in closed form on the current tags' features of its part's
+    warm-start rows (the warm start's own fit)."""
+    d = job.data
+    for k in d.supervised:
+        warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg, progress, log,
+                   job.prefix)
 
 
 def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched,
@@ -548,9 +554,7 @@ def refit_heads(job: Job) -> dict | None:
         return None
     before = validation_loss(job)
     saved = tag_tensors(job.model, job.tags)
-    for k in d.supervised:
-        warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg, job.progress,
-                   job.log, job.prefix)
+    fit_heads(job, job.progress, job.log)
     after = validation_loss(job)
     kept = math.isfinite(after) and after < before
     if not kept:
