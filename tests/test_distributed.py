@@ -51,7 +51,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fsdp):
                        "template": "<Protein> {sequence}"}],
              "eval": [{"source": str(tmp_path / "pe.fasta"),  # 5 rows: uneven shares
                        "template": "<Protein> {sequence}"}]},
-            {"name": "q", "tags": ["<Q>"],  # warm start + frozen prefix, sharded
+            {"name": "q", "tags": ["<Q>"],  # warm start + frozen prefix, sharded; the
+             # head re-fitted on the features the steps computed, gathered from both ranks
+             "train": {"refit_every": 2, "refit_rows": "seen", "select": "last"},
              "data": [{"source": str(tmp_path / "m.csv"), "template": "<SMILES> {smiles} <Q>",
                        "label": "y"}],
              "eval": [{"source": str(tmp_path / "me.csv"), "template": "<SMILES> {smiles} <Q>",

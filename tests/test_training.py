@@ -506,6 +506,81 @@ def test_refit_every_keeps_the_head_at_its_closed_form_fit_on_the_moving_tag():
         TrainConfig(refit_every=5, warm_start_head=False)
 
 
+def test_seen_window_keeps_the_newest_rows_in_a_ring_and_round_trips():
+    from tagllm.training.seen import SeenWindow
+
+    w = SeenWindow.start(torch.arange(8.0).view(4, 2), [10, 11, 12, 13])
+    w.add(torch.tensor([[100.0, 100.0], [101.0, 101.0]]), [0, 1])  # over the two oldest
+    assert w.rows.tolist() == [0, 1, 12, 13] and w.pos == 2
+    w.add(torch.full((5, 2), 7.0) + torch.arange(5.0).view(5, 1), [20, 21, 22, 23, 24])
+    assert sorted(w.rows.tolist()) == [21, 22, 23, 24]  # more than fit: the newest four
+    assert w.features[w.rows == 24].tolist() == [[11.0, 11.0]]
+    back = SeenWindow.from_tensors(w.tensors("seen.0"), "seen.0")
+    assert torch.equal(back.features, w.features) and back.pos == w.pos
+    assert SeenWindow.from_tensors({}, "seen.0") is None
+    bad = {**w.tensors("seen.0"), "seen.0.rows": torch.zeros(3, dtype=torch.int64)}
+    with pytest.raises(ValueError, match="inconsistent"):
+        SeenWindow.from_tensors(bad, "seen.0")
+    with pytest.raises(ValueError, match="feature vectors"):
+        w.add(torch.zeros(2, 2), [1])
+
+
+def test_refit_rows_seen_refits_on_the_features_training_computed_and_resumes_exactly(
+        tmp_path):
+    """refit_rows 'seen': after one epoch the window holds each row once, with the
+    features its step computed. With the tag barely moving (lr 1e-9) those are the current
+    features, so the re-fit equals a fresh closed-form fit on all rows; a wrong row for a
+    feature vector would not. A run stopped at step 2 resumes to the same head."""
+    from tagllm.training.warm_start import warm_start
+
+    texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N")]  # 32 rows
+    y = np.array([len(t) + 3 * t.count("O") for t in texts], dtype=float)
+    cfg = TrainConfig(steps=4, batch_size=8, lr=1e-9, head_lr=1e-2, warmup_steps=0,
+                      refit_every=4, refit_rows="seen", validation=0, select="last",
+                      checkpoint_every=2)
+
+    def model():
+        m = tiny_tagged("llama")
+        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
+        return m
+
+    m = model()
+    res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
+    assert res.refits == 1
+    head = {k: v.clone() for k, v in m.head("<Q>").state_dict().items()}
+    ids = [m.tagtok.encode(t).ids for t in texts]
+    warm_start(m, "<Q>", ids, torch.tensor(y, dtype=torch.float32).view(-1, 1), cfg, False,
+               lambda s: None, None)
+    for k, v in m.head("<Q>").state_dict().items():
+        torch.testing.assert_close(v, head[k], rtol=1e-3, atol=1e-4)
+
+    # a stop after step 2 (its checkpoint holds the window), then a resumed run
+    ckpt = tmp_path / "ckpt"
+    from tagllm.training import loop
+    real = loop.checkpoint_or_stop
+
+    def stop_at_2(job, state, opt, sched, stopping, why):
+        real(job, state, opt, sched, stopping or state.step == 2, why or "test")
+
+    loop.checkpoint_or_stop = stop_at_2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_tag(model(), "<Q>", texts, y, cfg=cfg, progress=False,
+                    log=lambda s: None, checkpoint_dir=ckpt)
+    finally:
+        loop.checkpoint_or_stop = real
+    resumed = model()
+    res = fit_tag(resumed, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
+                  checkpoint_dir=ckpt)
+    assert res.resumed_from == 2
+    for k, v in resumed.head("<Q>").state_dict().items():
+        torch.testing.assert_close(v, head[k])
+    with pytest.raises(ValueError, match="refit_rows"):
+        TrainConfig(refit_rows="seen")
+    with pytest.raises(ValueError, match="refit_rows"):
+        TrainConfig(refit_every=2, refit_rows="all")
+
+
 def test_residual_mlp_trains_through_its_mlp_saves_plain_vectors_and_resumes_exactly(tmp_path):
     """reparam: residual_mlp starts as the plain tag, trains P and the MLP at the tag's lr,
     saves P + MLP(P) as a plain (p, H) tag whose predictions match, and resumes exactly."""

@@ -288,6 +288,14 @@ class TrainConfig:
                           "tags' features of the warm-start rows (the head follows its "
                           "moving features); 0 = never"},
     )
+    refit_rows: Literal["warm_start", "seen"] = field(
+        default="warm_start",
+        metadata={"help": "the rows a refit_every re-fit uses: warm_start = a fresh pass over "
+                          "the warm-start rows (exact; costs that pass), seen = the features "
+                          "of the last warm_start_examples rows, kept as training computed "
+                          "them (no extra pass; the warm start's features at first, each "
+                          "replaced by a training step's)"},
+    )
     refit_head: bool = field(
         default=False,
         metadata={"help": "after training, re-fit each head in closed form on the kept tags' "
@@ -344,6 +352,10 @@ class TrainConfig:
                "early stopping needs validation rows (validation > 0)")
         _check(not self.refit_every or self.warm_start_head, "TrainConfig", "refit_every",
                "re-fitting needs the closed-form fit (warm_start_head)")
+        _check(self.refit_rows in ("warm_start", "seen"), "TrainConfig", "refit_rows",
+               f"{self.refit_rows!r} is not 'warm_start' or 'seen'")
+        _check(self.refit_rows == "warm_start" or self.refit_every, "TrainConfig",
+               "refit_rows", "'seen' is the rows of the refit_every re-fits: set refit_every")
         _check(not self.refit_head or (self.validation > 0 and self.warm_start_head),
                "TrainConfig", "refit_head",
                "needs validation rows (validation > 0) and warm_start_head")

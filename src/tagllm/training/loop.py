@@ -55,8 +55,9 @@ from tagllm.training.batching import (
     mixed_batches,
 )
 from tagllm.training.readout import choose_readout
+from tagllm.training.seen import SeenWindow
 from tagllm.training.warm_start import autocast as _autocast
-from tagllm.training.warm_start import warm_start
+from tagllm.training.warm_start import warm_start, warm_start_head
 
 Log = Callable[[str], None]
 
@@ -140,6 +141,7 @@ class State:
     best_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # its tags and heads
     saved: int = 0  # the step of the last checkpoint this call wrote or resumed (0: none)
     stopped_early: bool = False
+    seen: dict[int, SeenWindow] = field(default_factory=dict)  # refit_rows: seen, by part
 
 
 @contextlib.contextmanager
@@ -281,12 +283,15 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
     d = job.data
     readouts = {d.head_of[k]: _choose_readout(job, k) for k in d.supervised
                 if job.model.bank.configs[d.head_of[k]].head.auto}
-    warm = {d.head_of[k]: warm_start(job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg,
-                                     job.progress, job.log, job.prefix)
-            for k in d.supervised}
+    seen: dict[int, SeenWindow] = {}
+    keep = job.cfg.refit_every and job.cfg.refit_rows == "seen"
+    warm = {d.head_of[k]: warm_start(
+        job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg, job.progress, job.log,
+        job.prefix, (lambda f, rows, k=k: seen.__setitem__(k, SeenWindow.start(f, rows)))
+        if keep else None) for k in d.supervised}
     for tag, choice in readouts.items():
         warm[tag]["readout"] = choice
-    state = State(warm=warm or None)
+    state = State(warm=warm or None, seen=seen)
     if after_warm_start is not None:
         state.after = after_warm_start()
         job.model.set_trainable(job.tags)
@@ -353,10 +358,16 @@ def resume(job: Job, saved: CheckpointState, opt: torch.optim.Optimizer, sched) 
     job.log(f"resuming {', '.join(job.tags)} at step {meta['step']}/{job.cfg.steps} from "
             f"{job.ckpt}")
     best = {k[len("best."):]: v for k, v in saved.tensors.items() if k.startswith("best.")}
+    seen = {k: w for k in job.data.supervised
+            if (w := SeenWindow.from_tensors(saved.tensors, f"seen.{k}")) is not None}
+    if job.cfg.refit_every and job.cfg.refit_rows == "seen" and \
+            set(seen) != set(job.data.supervised):
+        raise CheckpointError(f"{job.ckpt}: the checkpoint lacks the seen features that "
+                              "refit_rows 'seen' re-fits on")
     return State(step=meta["step"], losses=list(meta["losses"]), warm=meta.get("warm_start"),
                  after=meta.get("after_warm_start"), resumed_from=meta["step"],
                  curve=list(meta.get("curve", [])), best=meta.get("best"), best_tensors=best,
-                 saved=meta["step"])
+                 saved=meta["step"], seen=seen)
 
 
 def fit_tags(
@@ -434,7 +445,7 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss:.4f}")
                 if cfg.refit_every and step % cfg.refit_every == 0:
-                    refit_during_training(job)
+                    refit_during_training(job, state)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     record_validation(job, state)
                     if out_of_patience(job, state):
@@ -467,11 +478,19 @@ def out_of_patience(job: Job, state: State) -> bool:
     return True
 
 
-def refit_during_training(job: Job) -> None:
-    """``refit_every``: fit every head again in closed form on the current tags' features of
-    the warm-start rows, so the head follows the features the tag moves."""
+def refit_during_training(job: Job, state: State) -> None:
+    """``refit_every``: fit every head again in closed form, so the head follows the
+    features the tag moves: on the current tags' features of the warm-start rows, or
+    (``refit_rows: seen``) on the last rows' features as their steps computed them."""
+    d = job.data
     with phase("refit"):
-        fit_heads(job, False, _quiet)
+        if job.cfg.refit_rows != "seen":
+            fit_heads(job, False, _quiet)
+            return
+        for k in d.supervised:
+            w = state.seen[k]
+            warm_start_head(job.model, d.head_of[k], w.features, d.targets[k][w.rows].numpy(),
+                            job.cfg.ridge_alpha)
 
 
 def fit_heads(job: Job, progress: bool, log: Log) -> None:
@@ -493,7 +512,9 @@ def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched
                 "step": state.step, "losses": state.losses, "warm_start": state.warm,
                 "after_warm_start": state.after, "train": job.cfg.to_dict(),
                 "processes": job.world.size, "curve": state.curve, "best": state.best},
-                extra={f"best.{k}": v for k, v in state.best_tensors.items()})
+                extra={**{f"best.{k}": v for k, v in state.best_tensors.items()},
+                       **{n: t for k, w in state.seen.items()
+                          for n, t in w.tensors(f"seen.{k}").items()}})
         state.saved = state.step
         job.world.barrier()
     if stopping:
@@ -606,13 +627,17 @@ def train_step(job: Job, state: State, batch: list[tuple[int, list[int]]], param
     counts = _lm_token_counts(job, mine, idle)
     loss = torch.zeros((), device=job.model.device)
     parts: dict[int, torch.Tensor] = {}
+    feats: dict[int, torch.Tensor] = {}
     with _autocast(job.model, job.cfg):
         for k, idx in sorted(mine.items()):  # the same part order on every process
-            part_loss = _part_loss(job, k, idx, counts[k].item(), n_part[k])
+            part_loss, feats[k] = _part_loss(job, k, idx, counts[k].item(), n_part[k])
             if k in idle:
                 part_loss = part_loss * 0.0
+                del feats[k]
             parts[k] = part_loss.detach()
             loss = loss + part_loss * (n_part[k] / job.cfg.batch_size)  # mix by share
+    if state.seen:
+        _record_seen(job, state, items, feats)
     loss.backward()
     value, stops = _sum_gradients(job.world, params, loss, stop)
     if not math.isfinite(value):
@@ -673,24 +698,41 @@ def _lm_token_counts(job: Job, mine: dict[int, list[int]], idle: list[int]) -> t
 
 
 def _part_loss(job: Job, k: int, idx: list[int], lm_targets: float, n_global: int
-               ) -> torch.Tensor:
-    """Part ``k``'s loss on this process's examples ``idx``: the LM sum over the global
-    token count, or this share of the head's mean loss."""
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Part ``k``'s loss on this process's examples ``idx`` (the LM sum over the global
+    token count, or this share of the head's mean loss), and the head's features (B, F) of
+    those examples (None for an LM part)."""
     m, d = job.model, job.data
     ids = [d.ids[k][i] for i in idx]
     tag = d.head_of[k]
     if tag is None:
         with _activation_checkpointing(m, job.cfg.activation_checkpointing):
             return m.lm_loss(collate(m, ids), reduction="sum",
-                             after=job.after_tensor) / max(lm_targets, 1.0)
+                             after=job.after_tensor) / max(lm_targets, 1.0), None
+    head = m.head(tag)
     if job.prefix is not None:
-        head = m.head(tag)
-        mean = head.loss(head(job.prefix.tag_features(ids, tag)),
-                         d.targets[k][idx].to(m.device))
+        feats = job.prefix.tag_features(ids, tag)
     else:
         with _activation_checkpointing(m, job.cfg.activation_checkpointing):
-            mean = m.head_loss(collate(m, ids), tag, d.targets[k][idx])
-    return mean * (len(idx) / n_global)
+            feats = m.tag_features(collate(m, ids), tag)
+    mean = head.loss(head(feats), d.targets[k][idx].to(m.device))
+    return mean * (len(idx) / n_global), feats
+
+
+def _record_seen(job: Job, state: State, items: list[tuple[int, int]],
+                 feats: dict[int, torch.Tensor]) -> None:
+    """``refit_rows: seen``: put this global batch's head features into each part's window,
+    in the global batch's order (summed over processes, so every window is the same)."""
+    for k, window in state.seen.items():
+        where = [g for g, (kk, _) in enumerate(items) if kk == k]
+        if not where:
+            continue
+        full = torch.zeros(len(items), window.features.shape[1], device=job.model.device)
+        mine = [g for g, (kk, _) in job.world.shard(list(enumerate(items))) if kk == k]
+        if k in feats:  # this process's rows of part k, at their global positions
+            full[mine] = feats[k].detach().float()
+        job.world.sum_(full)
+        window.add(full[where], [items[g][1] for g in where])
 
 
 def fit_tag(

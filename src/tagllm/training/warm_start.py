@@ -65,8 +65,10 @@ def warm_start_head(model: TaggedModel, tag: str, feats: torch.Tensor, targets: 
 
 def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tensor,
                cfg: TrainConfig, progress: bool, log: Callable[[str], None],
-               prefix: FrozenPrefix | None) -> dict | None:
-    """Set a head's target statistics and, if enabled, fit it in closed form."""
+               prefix: FrozenPrefix | None,
+               keep: Callable[[torch.Tensor, list[int]], None] | None = None) -> dict | None:
+    """Set a head's target statistics and, if enabled, fit it in closed form (``keep``, if
+    given, receives the features and the rows of ``ids`` they belong to)."""
     head = model.head(tag)
     head.prepare(y)
     if not cfg.warm_start_head:
@@ -79,6 +81,8 @@ def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tens
             model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
             prefix=prefix)).float()
     warm = warm_start_head(model, tag, feats, y[sub].numpy(), cfg.ridge_alpha)
+    if keep is not None:
+        keep(feats, sub)
     warm["seconds"] = round(time.perf_counter() - t0, 2)
     log(f"warm start of the {tag} head: closed form on {warm['examples']} frozen feature "
         f"vectors (alpha {warm['alpha']:.3g}) in {warm['seconds']} s")
