@@ -86,7 +86,9 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
     re-fit on 3,600 rows costs about as much as 50 steps). B: the ``best`` cells of
     A (or R), reading a middle layer and pooling. H: the head held and re-fitted every 100
     steps, at tag rates where a jointly trained head diverged (the head's own AdamW steps,
-    not the tag's, move the prediction most: 576 weights moving together by head_lr each)."""
+    not the tag's, move the prediction most: 576 weights moving together by head_lr each).
+    S: the head held and re-fitted every 10 steps on the features training has seen
+    (``refit_rows: seen``: a ridge solve, no extra pass)."""
     cells = [{"name": f"{v}-lr{lr:g}", "train": {"lr": lr, **t}, "tag": g}
              for lr in LRS for v, (t, g) in VARIANTS.items()]
     if name == "A":
@@ -105,12 +107,19 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
                  "tag": VARIANTS[v][1]}
                 for v, lr in (("plain-adamw", 1e-3), ("deep-adamw", 1e-3),
                               ("plain-adamw", 3e-3), ("residual-adamw", 1e-3))]
+    if name == "S":  # the head held and re-fitted every 10 steps on the features seen
+        return [{"name": f"{v}-seen10-lr{lr:g}",
+                 "train": {"lr": lr, **VARIANTS[v][0], "refit_every": 10,
+                           "refit_rows": "seen", "head_lr": 1e-6},
+                 "tag": VARIANTS[v][1]}
+                for v, lr in (("plain-adamw", 3e-4), ("plain-adamw", 1e-3),
+                              ("deep-adamw", 3e-4), ("plain-adamw", 1e-4))]
     if name == "B":
-        by_name = {c["name"]: c for c in [*cells, *grid("R"), *grid("H")]}
+        by_name = {c["name"]: c for g in ("R", "H", "S") for c in [*cells, *grid(g)]}
         return [{**by_name[b], "name": f"{b}-L{layer}-{pool}",
                  "head": {"readout_layer": layer, "pool": pool}}
                 for b in best for layer in READOUT_LAYERS for pool in ("tag", "tag+mean")]
-    raise SystemExit(f"unknown grid {name!r}; known: A, B, H, R")
+    raise SystemExit(f"unknown grid {name!r}; known: A, B, H, R, S")
 
 
 def log(msg: str) -> None:
@@ -145,8 +154,9 @@ def main() -> None:
                     help="test rows (default: the task's; QED 1,000, else all)")
     ap.add_argument("--grid", default="A", help="comma-separated: A (optimisation and "
                     "capacity), R (lower rates, head re-fits), H (the head held and "
-                    "re-fitted) or B (readout layer and pooling for the --best cells)")
-    ap.add_argument("--best", default="", help="B: comma-separated cell names of A")
+                    "re-fitted), S (re-fitted on the rows seen) or B (readout layer and "
+                    "pooling for the --best cells)")
+    ap.add_argument("--best", default="", help="B: comma-separated cell names")
     ap.add_argument("--only", default="", help="comma-separated cell names (default: all)")
     ap.add_argument("--cap", type=int, default=2000, help="most steps of a cell")
     ap.add_argument("--eval_every", type=int, default=50)
