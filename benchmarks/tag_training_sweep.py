@@ -22,6 +22,11 @@ their tag folders under ``OUT.d/``, and a cell cut short resumes from its checkp
     .venv/bin/python benchmarks/tag_training_sweep.py --smiles_tag STORE/KEY \\
         --grid A --out benchmarks/results/DATE-tag-training-sweep.json
     .venv/bin/python benchmarks/tag_training_sweep.py ... --score
+    .venv/bin/python benchmarks/tag_training_sweep.py --combine QED.json SOL.json BBB.json \
+        --out benchmarks/results/DATE-tag-training-sweep.json
+
+``tagllm report`` (``make report``) shows the combined file: the test scores with their
+intervals and every cell's validation curve.
 """
 
 from __future__ import annotations
@@ -145,7 +150,7 @@ def tag_name(task: str, cell: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smiles_tag", required=True, help="the trained <SMILES> tag folder")
+    ap.add_argument("--smiles_tag", help="the trained <SMILES> tag folder")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--task", default="qed", choices=sorted(TASKS))
     ap.add_argument("--rows", type=int, default=None,
@@ -168,8 +173,14 @@ def main() -> None:
                     "20,000 molecules: about 18 GB in bfloat16)")
     ap.add_argument("--score", action="store_true",
                     help="score the test set once for the cells chosen on validation")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="TASK_RESULTS",
+                    help="write --out from the scored results files of several tasks")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.out, args.combine)
+    if not args.smiles_tag:
+        ap.error("--smiles_tag is required (except with --combine)")
     cells = [c for g in args.grid.split(",")
              for c in grid(g, [b for b in args.best.split(",") if b])]
     if args.only:
@@ -251,9 +262,29 @@ def main() -> None:
         save()
         out = {"date": date.today().isoformat(), "machine": platform.platform(),
                "processor": platform.processor(), "torch": torch.__version__,
-               "model": args.model, "task": args.task, **done, "runs": [*done["runs"], this_run]}
+               "model": args.model, "task": args.task, "train_rows": len(smi_tr),
+               "test_rows": len(smi_te), **done, "runs": [*done["runs"], this_run]}
         Path(args.out).write_text(json.dumps(out, indent=1))
         log(f"wrote {args.out}")
+
+
+def combine(out: str, paths: Sequence[str]) -> None:
+    """One results file from the scored files of several tasks: ``summary`` holds each
+    task's best setting overall (chosen on validation), ``tasks`` every task's file."""
+    tasks = {}
+    for p in paths:
+        doc = json.loads(Path(p).read_text())
+        if "summary" not in doc:
+            raise SystemExit(f"{p}: not scored yet (run the sweep with --score first)")
+        tasks[doc["task"]] = doc
+    first = next(iter(tasks.values()))
+    Path(out).write_text(json.dumps({
+        "benchmark": "tag-training-sweep", "date": date.today().isoformat(),
+        "machine": first["machine"], "processor": first["processor"],
+        "summary": [next(e for e in d["summary"] if e["variant"] == "best overall")
+                    for d in tasks.values()],
+        "tasks": tasks}, indent=1))
+    log(f"wrote {out}: {', '.join(tasks)}")
 
 
 def score(args, done: dict, smi_tr: list[str],

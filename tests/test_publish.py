@@ -147,3 +147,51 @@ def test_report_refuses_what_is_not_a_results_file(tmp_path):
     with pytest.raises(DataError, match="no results file"):
         write_report([tmp_path / "missing"], tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()  # nothing half-written
+
+
+def _scored_task(task: str, metric: str, better: bool) -> dict:
+    """A task's file as tag_training_sweep.py --score writes it (two cells)."""
+    curve = [{"step": 0, "train_loss": None, "validation_loss": 0.5},
+             {"step": 50, "train_loss": 0.4, "validation_loss": 0.49}]
+    cells = {f"plain-lr{lr}": {"name": f"plain-lr{lr}", "train": {"lr": lr}, "steps_run": 50,
+                               "kept_step": 50, "validation_loss": 0.49,
+                               "validation_loss_step0": 0.5, "seconds_per_step": 1.5,
+                               "curve": curve} for lr in (0.001, 0.0001)}
+    entry = {"task": task, "setting": "plain-lr0.001", "test": {metric: 0.7},
+             "untrained_test": {metric: 0.71},
+             "trained_minus_untrained": {"metric": metric, "low": -0.02, "high": -0.001,
+                                         "better": better},
+             "trained_minus_rf": {metric: [-0.1, 0.05]}}
+    return {"task": task, "model": "smollm2", "machine": "Linux", "processor": "x86_64",
+            "date": "2026-12-07", "train_rows": 100, "test_rows": 40, "cells": cells,
+            "summary": [{**entry, "variant": "best overall"}, {**entry, "variant": "plain"}],
+            "baselines_test": {"rf": {metric: 0.8}}, "runs": [{"command": "x", "seconds": 9}]}
+
+
+def test_report_shows_a_tag_training_sweep_with_its_curves(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sweep", ROOT / "benchmarks" / "tag_training_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    for task, metric in (("qed", "mse"), ("bbb", "auroc")):
+        (tmp_path / f"{task}.json").write_text(json.dumps(_scored_task(task, metric, True)))
+    out = tmp_path / "sweep.json"
+    sweep.combine(str(out), [str(tmp_path / "qed.json"), str(tmp_path / "bbb.json")])
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "tag-training-sweep"
+    assert [e["task"] for e in doc["summary"]] == ["qed", "bbb"]  # one entry per task
+    assert all(e["variant"] == "best overall" for e in doc["summary"])
+    md = tmp_path / "r.md"
+    main(["report", str(out), "--html", "", "--markdown", str(md)])
+    text = md.read_text()
+    assert "## Tag training: trained tags against their untrained start" in text
+    assert text.count("| qed | ") == 2 and "[-0.02, -0.001]" in text
+    assert "### Tag training sweep: bbb" in text and "| plain-lr0.0001 | 50 | 50 |" in text
+    assert "-2.00%" in text  # 0.49 against 0.5 at step 0
+    links = re.findall(r"\]\((img/r/training-sweep-[^)]+\.png)\)", text)
+    assert len(links) == 2 and all((md.parent / link).is_file() for link in links)
+    (tmp_path / "raw.json").write_text(json.dumps({"task": "qed", "cells": {}}))
+    with pytest.raises(SystemExit, match="not scored"):
+        sweep.combine(str(tmp_path / "x.json"), [str(tmp_path / "raw.json")])

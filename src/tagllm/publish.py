@@ -3,7 +3,8 @@ page (plots embedded as PNG data, styles inline, no external URL) and/or a Markd
 with its plots as files beside it.
 
 Inputs: run folders of ``tagllm run`` (their ``results.json``), such files themselves,
-rows of ``tagllm evaluate --json_out``, and the JSON of ``benchmarks/ablations.py``. Per
+rows of ``tagllm evaluate --json_out``, and the JSON of ``benchmarks/ablations.py`` and
+``benchmarks/tag_training_sweep.py``. Per
 evaluation: a table of every method (the tags, each baseline, the untrained-tag ablation)
 with its metrics, the paired-bootstrap 95% interval of tags minus the method, trainable
 parameters and wall time; plots of the learning curves (train and validation), predicted
@@ -52,7 +53,7 @@ class Section:
 
 def load(path: str | Path) -> tuple[str, dict[str, Any]]:
     """(kind, document) of a results file or a run folder; kind is ``run``, ``eval`` or
-    ``ablations``."""
+    ``ablations`` or ``training-sweep``."""
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
@@ -66,10 +67,12 @@ def load(path: str | Path) -> tuple[str, dict[str, Any]]:
         return "run", doc
     if isinstance(doc, dict) and doc.get("benchmark") == "qed-ablations":
         return "ablations", doc
+    if isinstance(doc, dict) and doc.get("benchmark") == "tag-training-sweep":
+        return "training-sweep", doc
     if isinstance(doc, dict) and "metrics" in doc and "name" in doc:
         return "eval", doc
     raise DataError(f"{p}: neither a run's results.json, an evaluation row (tagllm evaluate "
-                    "--json_out) nor an ablations benchmark file")
+                    "--json_out) nor an ablations or tag-training-sweep benchmark file")
 
 
 # ----------------------------------------------------------------- figures
@@ -209,6 +212,29 @@ def sweep_figure(doc: dict[str, Any], slug: str) -> Figure | None:
     return Figure(slug, title, _png(fig))
 
 
+def training_curves_figure(task: str, doc: dict[str, Any], slug: str) -> Figure | None:
+    """Validation loss of every cell of a tag-training sweep against the step, relative to
+    its step 0 (the untrained tag with its closed-form head): below 1 the training helps."""
+    cells = {k: c for k, c in (doc.get("cells") or {}).items() if c.get("curve")}
+    if not cells:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, c in sorted(cells.items()):
+        start = c["validation_loss_step0"]
+        pts = [(p["step"], p["validation_loss"] / start) for p in c["curve"]
+               if p.get("validation_loss") is not None]
+        ax.plot(*zip(*pts, strict=True), "o-", ms=2.5, lw=1, label=name)
+    ax.axhline(1.0, color="grey", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss / step 0")
+    title = f"{task}: validation loss of every setting, relative to the untrained tag"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return Figure(slug, title, _png(fig))
+
+
 # ----------------------------------------------------------------- sections
 def _fmt(x: Any) -> str:
     if x is None or (isinstance(x, float) and x != x):
@@ -329,6 +355,64 @@ def ablation_sections(doc: dict[str, Any]) -> list[Section]:
     return [s]
 
 
+def _interval(d: dict[str, Any] | None, metric: str) -> str:
+    ci = (d or {}).get(metric)
+    return f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "n/a"
+
+
+def training_sweep_sections(doc: dict[str, Any]) -> list[Section]:
+    """A tag-training sweep: per task, the settings chosen on validation scored once on the
+    test set against the same tag untrained and the baselines; every cell's validation
+    curve."""
+    s = Section("Tag training: trained tags against their untrained start", text=[
+        "Each setting (learning rate, optimizer, head re-fits, the tag's parameterisation) "
+        "trains a fresh function tag, early-stopped on validation rows; step 0 is the "
+        "untrained tag with its closed-form head. The best setting of each variant is chosen "
+        "on validation and scored once on the test set. Intervals: paired bootstrap 95% of "
+        "the trained tag minus the other method (`better`: the interval excludes zero in "
+        "the trained tag's favour)."])
+    rows = []
+    tasks = doc.get("tasks") or {}
+    for e in [e for t in tasks.values() for e in t.get("summary", [])] or doc.get("summary", []):
+        d = e["trained_minus_untrained"]
+        m = d["metric"]
+        rows.append([e["task"], e.get("variant", ""), e["setting"], _fmt(e["test"][m]),
+                     _fmt(e["untrained_test"][m]), f"[{d['low']:+.4g}, {d['high']:+.4g}]",
+                     "yes" if d["better"] else "no",
+                     *(_interval(e.get(f"trained_minus_{b}"), m)
+                       for b in ("rf", "chemprop"))])
+    s.tables.append((["task", "variant", "setting (chosen on validation)", "test metric",
+                      "untrained", "trained − untrained (95% CI)", "better",
+                      "trained − random forest", "trained − Chemprop"], rows))
+    out = [s]
+    for task, t in tasks.items():
+        sub = Section(f"Tag training sweep: {task}", level=3, text=[
+            f"Base model `{t.get('model')}`, {_fmt(t.get('train_rows'))} training rows (10% "
+            f"held out for validation), {_fmt(t.get('test_rows'))} test rows; "
+            f"{t.get('machine', '')}, {t.get('date', '')}."])
+        base = t.get("baselines_test") or {}
+        if base:
+            sub.tables.append((["baseline", *sorted({k for v in base.values() for k in v})],
+                               [[n, *(_fmt(v.get(k)) for k in sorted(
+                                   {k for v in base.values() for k in v}))]
+                                for n, v in base.items()]))
+        sub.tables.append((["setting", "steps run", "kept step", "validation loss at step 0",
+                            "lowest validation loss", "relative change", "s/step"],
+                           [[k, _fmt(c["steps_run"]), _fmt(c["kept_step"]),
+                             _fmt(c["validation_loss_step0"]), _fmt(c["validation_loss"]),
+                             f"{c['validation_loss'] / c['validation_loss_step0'] - 1:+.2%}",
+                             _fmt(c.get("seconds_per_step"))]
+                            for k, c in (t.get("cells") or {}).items()]))
+        fig = training_curves_figure(task, t, _slug("training-sweep", task))
+        if fig:
+            sub.figures.append(fig)
+        for run in t.get("runs", []):
+            sub.text.append(f"Run: `{run['command']}` ({_fmt(run.get('seconds'))} s, peak "
+                            f"{_fmt(run.get('peak_rss_gb'))} GB)")
+        out.append(sub)
+    return out
+
+
 def sections(paths: list[str | Path]) -> list[Section]:
     out: list[Section] = []
     seen: set[str] = set()
@@ -338,6 +422,8 @@ def sections(paths: list[str | Path]) -> list[Section]:
             out += run_sections(doc, str(path), seen)
         elif kind == "ablations":
             out += ablation_sections(doc)
+        elif kind == "training-sweep":
+            out += training_sweep_sections(doc)
         else:
             out.append(eval_section(doc, "tagllm evaluate", doc.get("command")))
     used: dict[str, int] = {}  # figure names are file names: two files' same title must
