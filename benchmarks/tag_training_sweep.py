@@ -71,7 +71,6 @@ TASKS = {
 }
 LRS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 LOW_LRS = (1e-4, 3e-4, 1e-3)
-READOUT_LAYERS = (-1, 6, 12, 18)  # -1: the last layer (normed)
 
 
 VARIANTS = {  # name: (TrainConfig overrides, TagConfig overrides)
@@ -88,10 +87,11 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
     last layer read at the tag, interleaved so that a cut-short sweep has every variant at
     the rates tried. R: lower rates for the plain and deep tags, each also with the head
     held (lr 1e-6) and re-fitted in closed form every 50 steps (before each validation; a
-    re-fit on 3,600 rows costs about as much as 50 steps). B: the ``best`` cells of
-    A (or R), reading a middle layer and pooling. H: the head held and re-fitted every 100
-    steps, at tag rates where a jointly trained head diverged (the head's own AdamW steps,
-    not the tag's, move the prediction most: 576 weights moving together by head_lr each).
+    re-fit on 3,600 rows costs about as much as 50 steps). B: the ``best`` cells
+    of A, R, H or S with the readout layer and pooling chosen on validation (``auto``).
+    H: the head held and re-fitted every 100 steps, at tag rates where a jointly trained
+    head diverged (the head's own AdamW steps, not the tag's, move the prediction most:
+    576 weights moving together by head_lr each).
     S: the head held and re-fitted every 10 steps on the features training has seen
     (``refit_rows: seen``: a ridge solve, no extra pass)."""
     cells = [{"name": f"{v}-lr{lr:g}", "train": {"lr": lr, **t}, "tag": g}
@@ -121,9 +121,8 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
                               ("deep-adamw", 3e-4), ("plain-adamw", 1e-4))]
     if name == "B":
         by_name = {c["name"]: c for g in ("R", "H", "S") for c in [*cells, *grid(g)]}
-        return [{**by_name[b], "name": f"{b}-L{layer}-{pool}",
-                 "head": {"readout_layer": layer, "pool": pool}}
-                for b in best for layer in READOUT_LAYERS for pool in ("tag", "tag+mean")]
+        return [{**by_name[b], "name": f"{b}-Lauto",
+                 "head": {"readout_layer": "auto", "pool": "auto"}} for b in best]
     raise SystemExit(f"unknown grid {name!r}; known: A, B, H, R, S")
 
 
@@ -250,6 +249,7 @@ def main() -> None:
             "validation_loss_step0": step0["validation_loss"],
             "seconds": round(time.perf_counter() - t0, 1),
             "seconds_per_step": round(res.seconds / max(res.steps_run, 1), 3),
+            "readout": (res.warm_start or {}).get(name, {}).get("readout"),
             "curve": res.curve}
         save()
         r = done["cells"][cell["name"]]
@@ -312,7 +312,7 @@ def score(args, done: dict, smi_tr: list[str],
     fit = fit_chemprop(smi_tr, y_tr, classes, seed=0, validation=0.1)
     baselines["chemprop"] = predict_chemprop(fit, smi_te)
     plain = TaggedModel.from_pretrained(args.model)
-    for layer in sorted({-1, *(cells[k].get("head", {}).get("readout_layer", -1)
+    for layer in sorted({-1, *((cells[k].get("readout") or {}).get("layer", -1)
                                for k in chosen.values())}):  # the probe at each read layer
         feats = frozen_features(plain, smi_tr + smi_te, 64, False, layer)
         baselines[f"probe-L{layer}"] = linear_fit_predict(feats[:len(smi_tr)], y_tr,
