@@ -30,6 +30,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fsdp):
     save_tiny(tmp_path / "tiny")
     (tmp_path / "m.csv").write_text("smiles,y\n" + "".join(
         f"{s},{len(s) / 10 + 0.05 * (i % 3)}\n" for i, s in enumerate(SMILES)))
+    (tmp_path / "m2.csv").write_text("smiles,y\n" + "".join(
+        f"{s},{len(s) / 8}\n" for s in ["CCCCCCC", "CCOCCO", "NCCCN", "OCCCO", "CCCCl", "CSC"]))
     (tmp_path / "me.csv").write_text("smiles,y\n" + "".join(
         f"{s},{len(s) / 10}\n" for s in ["CCCCCC", "CCOCC", "NCCN", "OCC(O)CO", "CCCl", "CS",
                                          "CC(N)=O"]))
@@ -43,6 +45,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fsdp):
         "train": {"batch_size": 4, "warmup_steps": 1, "steps": 5},
         "tags": [{"name": "<SMILES>", "num_tokens": 3}, {"name": "<Protein>", "num_tokens": 2},
                  {"name": "<Q>", "kind": "function", "num_tokens": 2,
+                  "head": {"kind": "regression"}},
+                 {"name": "<R>", "kind": "function", "num_tokens": 2,
                   "head": {"kind": "regression"}}],
         "stages": [
             {"name": "domains", "tags": ["<SMILES>", "<Protein>"],  # joint: mixed batches
@@ -51,11 +55,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fsdp):
                        "template": "<Protein> {sequence}"}],
              "eval": [{"source": str(tmp_path / "pe.fasta"),  # 5 rows: uneven shares
                        "template": "<Protein> {sequence}"}]},
-            {"name": "q", "tags": ["<Q>"],  # warm start + frozen prefix, sharded; the
+            {"name": "q", "tags": ["<Q>", "<R>"],  # warm start + frozen prefix, sharded; the
              # head re-fitted on the features the steps computed, gathered from both ranks
              "train": {"refit_every": 2, "refit_rows": "seen", "select": "last"},
              "data": [{"source": str(tmp_path / "m.csv"), "template": "<SMILES> {smiles} <Q>",
-                       "label": "y"}],
+                       "label": "y"},  # two heads' parts: mixed batches, and under
+                      {"source": str(tmp_path / "m2.csv"),  # FSDP idle stand-ins
+                       "template": "<SMILES> {smiles} <R>", "label": "y", "weight": 0.3}],
              "eval": [{"source": str(tmp_path / "me.csv"), "template": "<SMILES> {smiles} <Q>",
                        "label": "y", "baselines": ["mean"], "ablation": True}]}]}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -506,36 +506,43 @@ def test_refit_every_keeps_the_head_at_its_closed_form_fit_on_the_moving_tag():
         TrainConfig(refit_every=5, warm_start_head=False)
 
 
-def test_seen_window_keeps_the_newest_rows_in_a_ring_and_round_trips():
+def test_seen_window_keeps_each_rows_latest_features_and_round_trips():
     from tagllm.training.seen import SeenWindow
 
     w = SeenWindow.start(torch.arange(8.0).view(4, 2), [10, 11, 12, 13])
-    w.add(torch.tensor([[100.0, 100.0], [101.0, 101.0]]), [0, 1])  # over the two oldest
-    assert w.rows.tolist() == [0, 1, 12, 13] and w.pos == 2
-    w.add(torch.full((5, 2), 7.0) + torch.arange(5.0).view(5, 1), [20, 21, 22, 23, 24])
-    assert sorted(w.rows.tolist()) == [21, 22, 23, 24]  # more than fit: the newest four
-    assert w.features[w.rows == 24].tolist() == [[11.0, 11.0]]
-    back = SeenWindow.from_tensors(w.tensors("seen.0"), "seen.0")
-    assert torch.equal(back.features, w.features) and back.pos == w.pos
-    assert SeenWindow.from_tensors({}, "seen.0") is None
-    bad = {**w.tensors("seen.0"), "seen.0.rows": torch.zeros(3, dtype=torch.int64)}
+    w.add(torch.tensor([[100.0, 100.0], [101.0, 101.0]]), [0, 11])  # new 0; 11 again
+    assert w.rows.tolist() == [0, 11, 12, 13]  # 0 over the oldest slot, 11 over its own
+    assert w.features[1].tolist() == [101.0, 101.0]
+    w.add(torch.full((3, 2), 7.0), [5, 0, 6])  # the oldest now: 12, then 13
+    assert sorted(w.rows.tolist()) == [0, 5, 6, 11] and len(set(w.rows.tolist())) == 4
+    assert w.features[w.rows == 0].tolist() == [[7.0, 7.0]]
+    back = SeenWindow.from_tensors(w.tensors("seen.<Q>"), "seen.<Q>")
+    assert torch.equal(back.features, w.features) and torch.equal(back.stamps, w.stamps)
+    assert back.clock == w.clock == 2
+    back.add(torch.zeros(1, 2), [9])
+    w.add(torch.zeros(1, 2), [9])
+    assert torch.equal(back.rows, w.rows)  # the restored window evicts the same slot
+    assert SeenWindow.from_tensors({}, "seen.<Q>") is None
+    bad = {**w.tensors("s"), "s.rows": torch.zeros(3, dtype=torch.int64)}
     with pytest.raises(ValueError, match="inconsistent"):
-        SeenWindow.from_tensors(bad, "seen.0")
+        SeenWindow.from_tensors(bad, "s")
+    with pytest.raises(ValueError, match="distinct rows"):
+        SeenWindow.start(torch.zeros(2, 2), [3, 3])
     with pytest.raises(ValueError, match="feature vectors"):
         w.add(torch.zeros(2, 2), [1])
 
 
-def test_refit_rows_seen_refits_on_the_features_training_computed_and_resumes_exactly(
-        tmp_path):
-    """refit_rows 'seen': after one epoch the window holds each row once, with the
-    features its step computed. With the tag barely moving (lr 1e-9) those are the current
-    features, so the re-fit equals a fresh closed-form fit on all rows; a wrong row for a
-    feature vector would not. A run stopped at step 2 resumes to the same head."""
-    from tagllm.training.warm_start import warm_start
+def test_refit_rows_seen_refits_on_the_features_the_steps_computed_and_resumes_exactly(
+        tmp_path, monkeypatch):
+    """refit_rows 'seen': the re-fit gets, for every row, the features its latest step
+    computed (the tag moves, so they differ from a fresh pass), with no pass of its own; a
+    run stopped at step 2 resumes to the same head; a checkpoint written without the
+    window starts one from a pass with the current tags."""
+    from tagllm.training import loop
 
     texts = [f"{t}{s} <Q>" for t in TEXTS for s in ("", "C", "O", "N")]  # 32 rows
     y = np.array([len(t) + 3 * t.count("O") for t in texts], dtype=float)
-    cfg = TrainConfig(steps=4, batch_size=8, lr=1e-9, head_lr=1e-2, warmup_steps=0,
+    cfg = TrainConfig(steps=4, batch_size=8, lr=0.05, head_lr=1e-9, warmup_steps=0,
                       refit_every=4, refit_rows="seen", validation=0, select="last",
                       checkpoint_every=2)
 
@@ -544,37 +551,60 @@ def test_refit_rows_seen_refits_on_the_features_training_computed_and_resumes_ex
         m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, head=HeadConfig()))
         return m
 
+    computed, refits = {}, []
+    real_part_loss, real_fit = loop._part_loss, loop.warm_start_head
+
+    def spy_part_loss(job, k, idx, *a):
+        loss, feats = real_part_loss(job, k, idx, *a)
+        for i, f in zip(idx, feats.detach(), strict=True):
+            computed[i] = f.clone()
+        return loss, feats
+
+    def spy_fit(model, tag, feats, targets, alpha):
+        refits.append(feats.clone())
+        return real_fit(model, tag, feats, targets, alpha)
+
+    monkeypatch.setattr(loop, "_part_loss", spy_part_loss)
+    monkeypatch.setattr(loop, "warm_start_head", spy_fit)
+    monkeypatch.setattr(loop, "fit_heads", lambda *a: pytest.fail("a pass to re-fit"))
     m = model()
     res = fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None)
-    assert res.refits == 1
-    head = {k: v.clone() for k, v in m.head("<Q>").state_dict().items()}
+    assert res.refits == 1 and len(refits) == 1 and len(computed) == 32  # one epoch
     ids = [m.tagtok.encode(t).ids for t in texts]
-    warm_start(m, "<Q>", ids, torch.tensor(y, dtype=torch.float32).view(-1, 1), cfg, False,
-               lambda s: None, None)
-    for k, v in m.head("<Q>").state_dict().items():
-        torch.testing.assert_close(v, head[k], rtol=1e-3, atol=1e-4)
+    from tagllm.training.batching import collate
 
-    # a stop after step 2 (its checkpoint holds the window), then a resumed run
-    ckpt = tmp_path / "ckpt"
-    from tagllm.training import loop
-    real = loop.checkpoint_or_stop
+    fresh = m.tag_features(collate(m, ids), "<Q>").detach()
+    stale = torch.stack([computed[i] for i in range(32)])
+    assert not torch.allclose(stale, fresh, atol=1e-3)  # the tag moved
+    got = refits[0]  # in the window's slot order: match each to its row's vector
+    for f in got:
+        assert min((f - stale[i]).abs().max().item() for i in range(32)) < 1e-5
+    assert len({tuple(f.tolist()) for f in got}) == 32
+    head = {k: v.clone() for k, v in m.head("<Q>").state_dict().items()}
+    monkeypatch.undo()
+
+    real_stop = loop.checkpoint_or_stop
 
     def stop_at_2(job, state, opt, sched, stopping, why):
-        real(job, state, opt, sched, stopping or state.step == 2, why or "test")
+        real_stop(job, state, opt, sched, stopping or state.step == 2, why or "test")
 
-    loop.checkpoint_or_stop = stop_at_2
-    try:
+    for first in (cfg, TrainConfig(**{**cfg.__dict__, "refit_rows": "warm_start"})):
+        ckpt = tmp_path / first.refit_rows
+        monkeypatch.setattr(loop, "checkpoint_or_stop", stop_at_2)
         with pytest.raises(KeyboardInterrupt):
-            fit_tag(model(), "<Q>", texts, y, cfg=cfg, progress=False,
-                    log=lambda s: None, checkpoint_dir=ckpt)
-    finally:
-        loop.checkpoint_or_stop = real
-    resumed = model()
-    res = fit_tag(resumed, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
-                  checkpoint_dir=ckpt)
-    assert res.resumed_from == 2
-    for k, v in resumed.head("<Q>").state_dict().items():
-        torch.testing.assert_close(v, head[k])
+            fit_tag(model(), "<Q>", texts, y, cfg=first, progress=False, log=lambda s: None,
+                    checkpoint_dir=ckpt)
+        monkeypatch.undo()
+        lines = []
+        resumed = model()
+        res = fit_tag(resumed, "<Q>", texts, y, cfg=cfg, progress=False, log=lines.append,
+                      checkpoint_dir=ckpt)
+        assert res.resumed_from == 2
+        if first is cfg:  # exact: the window came back with the tags
+            for k, v in resumed.head("<Q>").state_dict().items():
+                torch.testing.assert_close(v, head[k])
+        else:
+            assert any("no seen features of <Q>" in x for x in lines)
     with pytest.raises(ValueError, match="refit_rows"):
         TrainConfig(refit_rows="seen")
     with pytest.raises(ValueError, match="refit_rows"):

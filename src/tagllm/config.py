@@ -291,10 +291,9 @@ class TrainConfig:
     refit_rows: Literal["warm_start", "seen"] = field(
         default="warm_start",
         metadata={"help": "the rows a refit_every re-fit uses: warm_start = a fresh pass over "
-                          "the warm-start rows (exact; costs that pass), seen = the features "
-                          "of the last warm_start_examples rows, kept as training computed "
-                          "them (no extra pass; the warm start's features at first, each "
-                          "replaced by a training step's)"},
+                          "the warm-start rows (exact; costs that pass), seen = the latest "
+                          "features training computed for each of warm_start_examples "
+                          "distinct rows (no extra pass; the warm start's at first)"},
     )
     refit_head: bool = field(
         default=False,

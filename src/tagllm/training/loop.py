@@ -57,7 +57,12 @@ from tagllm.training.batching import (
 from tagllm.training.readout import choose_readout
 from tagllm.training.seen import SeenWindow
 from tagllm.training.warm_start import autocast as _autocast
-from tagllm.training.warm_start import warm_start, warm_start_head
+from tagllm.training.warm_start import (
+    warm_start,
+    warm_start_features,
+    warm_start_head,
+    warm_start_rows,
+)
 
 Log = Callable[[str], None]
 
@@ -284,7 +289,7 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
     readouts = {d.head_of[k]: _choose_readout(job, k) for k in d.supervised
                 if job.model.bank.configs[d.head_of[k]].head.auto}
     seen: dict[int, SeenWindow] = {}
-    keep = job.cfg.refit_every and job.cfg.refit_rows == "seen"
+    keep = _seen_rows(job)
     warm = {d.head_of[k]: warm_start(
         job.model, d.head_of[k], d.ids[k], d.targets[k], job.cfg, job.progress, job.log,
         job.prefix, (lambda f, rows, k=k: seen.__setitem__(k, SeenWindow.start(f, rows)))
@@ -323,8 +328,7 @@ def _choose_readout(job: Job, k: int) -> dict:
     if v is None or not v.ids[k] or not job.cfg.warm_start_head:
         raise ConfigError(f"tag {tag}: readout 'auto' is chosen on validation rows with "
                           "closed-form fits: it needs validation > 0 and warm_start_head")
-    sub = np.random.default_rng(job.cfg.seed).permutation(len(d.ids[k]))[
-        :job.cfg.warm_start_examples].tolist()  # the warm start's rows
+    sub = warm_start_rows(len(d.ids[k]), job.cfg)
     with phase("readout choice"), _autocast(job.model, job.cfg):
         return choose_readout(job.model, tag, [d.ids[k][i] for i in sub], d.targets[k][sub],
                               v.ids[k], v.targets[k], job.cfg.ridge_alpha,
@@ -358,16 +362,44 @@ def resume(job: Job, saved: CheckpointState, opt: torch.optim.Optimizer, sched) 
     job.log(f"resuming {', '.join(job.tags)} at step {meta['step']}/{job.cfg.steps} from "
             f"{job.ckpt}")
     best = {k[len("best."):]: v for k, v in saved.tensors.items() if k.startswith("best.")}
-    seen = {k: w for k in job.data.supervised
-            if (w := SeenWindow.from_tensors(saved.tensors, f"seen.{k}")) is not None}
-    if job.cfg.refit_every and job.cfg.refit_rows == "seen" and \
-            set(seen) != set(job.data.supervised):
-        raise CheckpointError(f"{job.ckpt}: the checkpoint lacks the seen features that "
-                              "refit_rows 'seen' re-fits on")
     return State(step=meta["step"], losses=list(meta["losses"]), warm=meta.get("warm_start"),
                  after=meta.get("after_warm_start"), resumed_from=meta["step"],
                  curve=list(meta.get("curve", [])), best=meta.get("best"), best_tensors=best,
-                 saved=meta["step"], seen=seen)
+                 saved=meta["step"], seen=_resumed_windows(job, saved.tensors))
+
+
+def _seen_rows(job: Job) -> bool:
+    return bool(job.cfg.refit_every) and job.cfg.refit_rows == "seen"
+
+
+def _resumed_windows(job: Job, tensors: dict[str, torch.Tensor]) -> dict[int, SeenWindow]:
+    """``refit_rows: seen``: each head's window from the checkpoint, checked against this
+    run's rows and features; rebuilt from a pass over the warm-start rows with the current
+    tags where the checkpoint has none (it was written with another ``refit_rows``)."""
+    if not _seen_rows(job):
+        return {}
+    d, out = job.data, {}
+    for k in d.supervised:
+        tag = d.head_of[k]
+        try:
+            w = SeenWindow.from_tensors(tensors, f"seen.{tag}")
+        except ValueError as e:
+            raise CheckpointError(f"{job.ckpt}: {e}") from None
+        n = min(job.cfg.warm_start_examples, len(d.ids[k]))
+        if w is not None and (len(w.rows) != n or int(w.rows.max()) >= len(d.ids[k])
+                              or w.features.shape[1] != job.model.feature_size(tag)):
+            raise CheckpointError(
+                f"{job.ckpt}: the seen features of {tag} ({tuple(w.features.shape)}, rows up "
+                f"to {int(w.rows.max())}) do not fit this run's {len(d.ids[k])} rows, "
+                f"{n} warm-start rows and {job.model.feature_size(tag)} features")
+        if w is None:
+            job.log(f"{job.ckpt}: no seen features of {tag} in the checkpoint; starting them "
+                    f"from a pass over the {n} warm-start rows with the current tags")
+            with phase("refit"):
+                w = SeenWindow.start(*warm_start_features(job.model, tag, d.ids[k], job.cfg,
+                                                          False, job.prefix))
+        out[k] = w
+    return out
 
 
 def fit_tags(
@@ -514,7 +546,7 @@ def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched
                 "processes": job.world.size, "curve": state.curve, "best": state.best},
                 extra={**{f"best.{k}": v for k, v in state.best_tensors.items()},
                        **{n: t for k, w in state.seen.items()
-                          for n, t in w.tensors(f"seen.{k}").items()}})
+                          for n, t in w.tensors(f"seen.{job.data.head_of[k]}").items()}})
         state.saved = state.step
         job.world.barrier()
     if stopping:

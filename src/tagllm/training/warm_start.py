@@ -63,6 +63,24 @@ def warm_start_head(model: TaggedModel, tag: str, feats: torch.Tensor, targets: 
     return model.head(tag).warm_start(feats, targets, alpha)
 
 
+def warm_start_rows(n: int, cfg: TrainConfig) -> list[int]:
+    """The rows of ``n`` the closed-form fits use: a seeded draw of ``warm_start_examples``."""
+    return np.random.default_rng(cfg.seed).permutation(n)[:cfg.warm_start_examples].tolist()
+
+
+def warm_start_features(model: TaggedModel, tag: str, ids: list[list[int]],
+                        cfg: TrainConfig, progress: bool, prefix: FrozenPrefix | None
+                        ) -> tuple[torch.Tensor, list[int]]:
+    """(N, F) features of the warm-start rows (a seeded draw of ``warm_start_examples`` of
+    ``ids``, each process computing a share) with the current tags, and those rows."""
+    sub = warm_start_rows(len(ids), cfg)
+    with autocast(model, cfg):
+        feats = world().on_shares(len(sub), lambda mine: tag_features(
+            model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
+            prefix=prefix)).float()
+    return feats, sub
+
+
 def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tensor,
                cfg: TrainConfig, progress: bool, log: Callable[[str], None],
                prefix: FrozenPrefix | None,
@@ -73,13 +91,9 @@ def warm_start(model: TaggedModel, tag: str, ids: list[list[int]], y: torch.Tens
     head.prepare(y)
     if not cfg.warm_start_head:
         return None
-    rng = np.random.default_rng(cfg.seed)
-    sub = rng.permutation(len(ids))[: cfg.warm_start_examples].tolist()
     t0 = time.perf_counter()
-    with phase("warm start"), autocast(model, cfg):
-        feats = world().on_shares(len(sub), lambda mine: tag_features(
-            model, tag, [ids[sub[j]] for j in mine], cfg.batch_size, progress,
-            prefix=prefix)).float()
+    with phase("warm start"):
+        feats, sub = warm_start_features(model, tag, ids, cfg, progress, prefix)
     warm = warm_start_head(model, tag, feats, y[sub].numpy(), cfg.ridge_alpha)
     if keep is not None:
         keep(feats, sub)
