@@ -117,8 +117,8 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
                  "train": {"lr": lr, **VARIANTS[v][0], "refit_every": 10,
                            "refit_rows": "seen", "head_lr": 1e-6},
                  "tag": VARIANTS[v][1]}
-                for v, lr in (("plain-adamw", 3e-4), ("plain-adamw", 1e-3),
-                              ("deep-adamw", 3e-4), ("plain-adamw", 1e-4))]
+                for v, lr in (("plain-adamw", 1e-4), ("plain-adamw", 3e-4),
+                              ("deep-adamw", 3e-4), ("plain-adamw", 1e-3))]
     if name == "B":
         by_name = {c["name"]: c for g in ("R", "H", "S") for c in [*cells, *grid(g)]}
         return [{**by_name[b], "name": f"{b}-Lauto",
