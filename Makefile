@@ -1,6 +1,6 @@
 # The two entry points of the README. Both set up .venv first (idempotent: a second
 # run reuses the environment and the caches under $TAGLLM_HOME, default ~/.cache/tagllm).
-.PHONY: setup demo test test-fast lint report
+.PHONY: setup demo test test-fast lint report docs
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -35,3 +35,8 @@ RUNS ?= $(wildcard $(addsuffix /results.json,runs/qed runs/solubility runs/bbb \
 report: setup
 	.venv/bin/tagllm report $(RUNS) --html report.html --markdown docs/results.md \
 		--preamble docs/results-preamble.md --title "tagllm results"
+
+# docs/cli.md from the commands' own --help (tests/test_cli.py fails when it is stale)
+docs: setup
+	.venv/bin/python -c "from tagllm.cli import cli_reference; \
+		open('docs/cli.md', 'w').write(cli_reference())"

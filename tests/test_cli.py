@@ -330,3 +330,16 @@ def test_train_takes_the_training_levers_as_flags(tmp_path, tiny_model_dir, data
               "--label", "y", "--data", str(data), "--template", "<SMILES> {smiles} <R>",
               "--out", str(tmp_path / "R"), "--readout_layer", "middle", *common])
     assert e.value.code == 2 and "--readout_layer: 'middle'" in capsys.readouterr().err
+
+
+def test_docs_cli_md_is_the_commands_own_help():
+    """docs/cli.md is generated from every command's --help: any flag or help text changed
+    without `make docs` fails here."""
+    from pathlib import Path
+
+    from tagllm.cli import COMMANDS, cli_reference
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert cli_reference() == page, "docs/cli.md is stale: run `make docs`"
+    assert all(f"## tagllm {name}\n" in page for name in COMMANDS)
+    assert "--refit_rows {warm_start,seen}" in page and "usage: tagllm " in page

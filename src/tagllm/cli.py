@@ -577,6 +577,33 @@ POSITIONAL = {"inspect": ("--tagdir",), "run": ("--recipe",),
               "push": ("--tagdir", "--repo_id")}
 
 
+def cli_reference(width: int = 100) -> str:
+    """docs/cli.md: every command's own ``--help`` at ``width`` columns, in one Markdown
+    page (``make docs`` writes it; a test fails when it is stale)."""
+    import contextlib
+    import io
+
+    def help_text(args: list[str]) -> str:
+        out = io.StringIO()
+        old, argv0 = os.environ.get("COLUMNS"), sys.argv[0]
+        os.environ["COLUMNS"], sys.argv[0] = str(width), "tagllm"  # as a user's shell runs it
+        try:
+            with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+                main([*args, "--help"])
+        finally:
+            sys.argv[0] = argv0
+            os.environ.pop("COLUMNS") if old is None else os.environ.update(COLUMNS=old)
+        return out.getvalue().rstrip()
+
+    parts = ["# Command-line reference", "",
+             "Generated from the commands' own `--help` by `make docs`; do not edit by hand. "
+             "Flags accept `--a_b` and `--a-b`; a bare boolean flag means true.", "",
+             "```text", help_text([]), "```"]
+    for name in COMMANDS:
+        parts += ["", f"## tagllm {name}", "", "```text", help_text([name]), "```"]
+    return "\n".join(parts) + "\n"
+
+
 def _normalise_args(args: list[str]) -> list[str]:
     """``--dry-run`` == ``--dry_run``; a bare boolean flag means true (``--dry_run``);
     ``tagllm inspect TAGDIR`` == ``tagllm inspect --tagdir TAGDIR``; ``tagllm push TAGDIR
