@@ -2,7 +2,7 @@
 
 Every timing is the median over rounds in which each contender runs one step in turn
 (interleaved, so drift on a shared machine hits all of them alike), on the same model,
-batch and sequence length. Printed ratios (targets from issue 4):
+batch and sequence length. Printed ratios and their targets:
 
 - stage-1 tag step / limit  (limit: the frozen model's forward + backward to the input
   embeddings only, no weight gradients)                                       <= 1.05
