@@ -36,7 +36,7 @@ report: setup
 	.venv/bin/tagllm report $(RUNS) --html report.html --markdown docs/results.md \
 		--preamble docs/results-preamble.md --title "tagllm results"
 
-# docs/cli.md from the commands' own --help (tests/test_cli.py fails when it is stale)
+# docs/cli.md from the commands' own --help and docs/tasks.md's table of sources from the
+# sources' registry (tests/test_cli.py fails when either is stale)
 docs: setup
-	.venv/bin/python -c "from tagllm.cli import cli_reference; \
-		open('docs/cli.md', 'w').write(cli_reference())"
+	.venv/bin/python -c "from tagllm.cli import write_docs; write_docs()"

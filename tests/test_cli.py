@@ -333,13 +333,21 @@ def test_train_takes_the_training_levers_as_flags(tmp_path, tiny_model_dir, data
 
 
 def test_docs_cli_md_is_the_commands_own_help():
-    """docs/cli.md is generated from every command's --help: any flag or help text changed
-    without `make docs` fails here."""
+    """docs/cli.md is generated from every command's --help, docs/tasks.md's sources from
+    the sources' registry: any flag, help text or source changed without `make docs` fails
+    here."""
     from pathlib import Path
 
-    from tagllm.cli import COMMANDS, cli_reference
+    from tagllm.cli import COMMANDS, cli_reference, tasks_page
+    from tagllm.sources import SOURCES
 
-    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "cli.md").read_text()
     assert cli_reference() == page, "docs/cli.md is stale: run `make docs`"
+    tasks = (docs / "tasks.md").read_text()
+    assert tasks_page(tasks) == tasks, "docs/tasks.md's sources are stale: run `make docs`"
+    flat = " ".join(page.split())
+    for source in SOURCES:  # --data help of train and evaluate lists every source
+        assert all(flat.count(spec) >= 2 for spec in source.specs), source.prefix
     assert all(f"## tagllm {name}\n" in page for name in COMMANDS)
     assert "--refit_rows {warm_start,seen}" in page and "usage: tagllm " in page

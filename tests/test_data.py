@@ -172,3 +172,20 @@ def test_a_csv_saved_by_excel_reads(tmp_path, gz):
     path.write_bytes(gzip.compress(raw) if gz else raw)
     table, _ = load_source(str(path), label="y")
     assert table["smiles"] == ["CCO", "c1ccccc1"] and table["y"] == [1.0, 2.0]
+
+
+def test_a_mistyped_source_name_names_the_closest_built_in_ones(tmp_path, monkeypatch):
+    from tagllm.sources import BUILTIN_PREFIXES, SOURCES, load_source, stream_source
+
+    with pytest.raises(DataError, match=r"mosse:train: no such file, and 'mosse' is not a "
+                                        r"built-in source; did you mean 'moses:'\?"):
+        load_source("mosse:train")
+    with pytest.raises(DataError, match="did you mean 'b3db:'"):
+        next(stream_source("b3bd:test", 10))
+    with pytest.raises(DataError) as e:
+        load_source("zzz:1")
+    assert "did you mean" not in str(e.value) and "solubility:train" in str(e.value)
+    (tmp_path / "runs:a.csv").write_text("smiles\nCCO\n")  # a real file named NAME:…
+    monkeypatch.chdir(tmp_path)
+    assert len(load_source("runs:a.csv")[0]) == 1
+    assert BUILTIN_PREFIXES == tuple(f"{s.prefix}:" for s in SOURCES)

