@@ -189,3 +189,28 @@ def test_a_mistyped_source_name_names_the_closest_built_in_ones(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     assert len(load_source("runs:a.csv")[0]) == 1
     assert BUILTIN_PREFIXES == tuple(f"{s.prefix}:" for s in SOURCES)
+
+
+def test_a_mistyped_column_or_tag_names_the_closest_one(tmp_path):
+    from tagllm.data import Table
+    from tagllm.errors import UnknownTagError
+
+    (tmp_path / "own.csv").write_text("smiles,logS\nCCO,1.0\n")
+    t = Table({"smiles": ["CCO"], "logS": [1.0]}, "own.csv")
+    with pytest.raises(DataError, match=r"uses column 'smile' .*did you mean 'smiles'\?"):
+        t.render("<SMILES> {smile}")
+    with pytest.raises(DataError, match=r"missing column 'logs'.*did you mean 'logS'\?"):
+        t["logs"]
+    with pytest.raises(DataError, match=r"missing column 'LogS'.*did you mean 'logS'\?"):
+        read_table(str(tmp_path / "own.csv"), ["LogS"])
+    with pytest.raises(DataError) as e:
+        t["weight"]
+    assert "did you mean" not in str(e.value)
+    from tagllm import TagConfig
+
+    from tiny import tiny_tagged
+
+    m = tiny_tagged("llama")
+    m.add_tag(TagConfig("<QED>", kind="function"))
+    with pytest.raises(UnknownTagError, match=r"unknown tag <QDE>.*did you mean '<QED>'\?"):
+        m.bank.require("<QDE>")

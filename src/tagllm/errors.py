@@ -11,6 +11,17 @@ so ``except ValueError`` in user code keeps working.
 from __future__ import annotations
 
 
+def did_you_mean(name: object, options: object) -> str:
+    """``"; did you mean 'x'?"`` for the options closest to a mistyped ``name`` (case
+    ignored), or ``""`` when none is close."""
+    import difflib
+
+    opts = [str(o) for o in options]  # type: ignore[attr-defined]
+    lower = {o.lower(): o for o in opts}
+    close = difflib.get_close_matches(str(name).lower(), list(lower), n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(lower[c]) for c in close)}?" if close else ""
+
+
 class TagllmError(Exception):
     """Base class of every user-facing error."""
 

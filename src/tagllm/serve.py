@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from tagllm.data import LengthLimit, Table
-from tagllm.errors import ConfigError, DataError, TagllmError, UnknownTagError
+from tagllm.errors import ConfigError, DataError, TagllmError, UnknownTagError, did_you_mean
 from tagllm.model import TaggedModel
 from tagllm.protocol.recipe import tags_in
 from tagllm.sources import check_table
@@ -250,7 +250,7 @@ def check_inputs(model: TaggedModel, texts: list[str], max_length: int) -> None:
         unknown = [x for x in tags_in(t) if x not in known]
         if unknown:
             raise UnknownTagError(f"input {i}: unknown tag {unknown[0]}; loaded tags: "
-                                  f"{', '.join(sorted(known))}")
+                                  f"{', '.join(sorted(known))}{did_you_mean(unknown[0], known)}")
     model.tagtok.encode_batch(texts, max_length, where="input")
 
 

@@ -23,7 +23,6 @@ validated row by row.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from tagllm.data.proteins import (
     read_fasta,
 )
 from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, nci_table, shuffled
+from tagllm.errors import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -158,10 +158,9 @@ def unknown_source_error(spec: str) -> DataError | None:
     if not sep or name in BY_PREFIX or len(name) < 2 or Path(spec).exists() \
             or not name.replace("_", "").isalnum():
         return None
-    close = difflib.get_close_matches(name, list(BY_PREFIX), n=2, cutoff=0.5)
-    hint = f"did you mean {' or '.join(repr(c + ':') for c in close)}? " if close else ""
-    return DataError(f"{spec}: no such file, and {name!r} is not a built-in source; {hint}"
-                     f"the built-in sources are {sources_summary()}")
+    return DataError(f"{spec}: no such file, and {name!r} is not a built-in source"
+                     f"{did_you_mean(name + ':', BUILTIN_PREFIXES)}; the built-in sources "
+                     f"are {sources_summary()}")
 
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa")

@@ -18,7 +18,7 @@ from torch import nn
 
 from tagllm.config import TagConfig
 from tagllm.data import LengthLimit
-from tagllm.errors import ConfigError, DataError, InputTooLongError, UnknownTagError
+from tagllm.errors import ConfigError, DataError, InputTooLongError, UnknownTagError, did_you_mean
 
 __all__ = ["InputTooLongError", "TagBank", "TagTokenizer", "UnknownTagError", "pad_batch"]
 
@@ -152,7 +152,8 @@ class TagBank(nn.Module):
     def require(self, name: str) -> str:
         if name not in self._index:
             known = ", ".join(self.names) or "(none)"
-            raise UnknownTagError(f"unknown tag {name}; known tags: {known}")
+            raise UnknownTagError(f"unknown tag {name}; known tags: {known}"
+                                  f"{did_you_mean(name, self.names)}")
         return name
 
     def virtual_ids(self, name: str) -> list[int]:

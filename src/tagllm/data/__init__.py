@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagllm.errors import DataError, InputTooLongError, MissingPackageError
+from tagllm.errors import DataError, InputTooLongError, MissingPackageError, did_you_mean
 from tagllm.fileio import atomic_write_file
 
 __all__ = ["MAX_FIELD_CHARS", "DataError", "LengthLimit", "Table", "check_number", "check_text",
@@ -50,7 +50,7 @@ class Table:
     def __getitem__(self, name: str) -> list:
         if name not in self.columns:
             raise DataError(f"{self.source}: missing column {name!r}; columns: "
-                            f"{sorted(self.columns)}")
+                            f"{sorted(self.columns)}{did_you_mean(name, self.columns)}")
         return self.columns[name]
 
     def select(self, index: Sequence[int]) -> Table:
@@ -68,7 +68,8 @@ class Table:
                     for i in range(len(self))]
         except KeyError as e:
             raise DataError(f"template {template!r} uses column {e} missing from "
-                            f"{self.source}; columns: {sorted(self.columns)}") from None
+                            f"{self.source}; columns: {sorted(self.columns)}"
+                            f"{did_you_mean(e.args[0], self.columns)}") from None
         except (ValueError, IndexError, AttributeError, TypeError) as e:
             raise DataError(f"template {template!r} for {self.source}: {e} (placeholders are "
                             "{column}; write a literal brace as {{ or }})") from None
@@ -168,7 +169,8 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
                 rows = ([row.get(n) or "" for n in names] for row in reader)
             for c in columns:
                 if c not in names:
-                    raise DataError(f"{p}: missing column {c!r}; columns: {sorted(names)}")
+                    raise DataError(f"{p}: missing column {c!r}; columns: {sorted(names)}"
+                                    f"{did_you_mean(c, names)}")
             for r in rows:
                 buf.append(r)
                 if chunk_rows and len(buf) == chunk_rows:

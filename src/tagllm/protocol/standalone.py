@@ -18,7 +18,7 @@ import torch
 
 from tagllm.backbones import DEFAULT_MODEL, load_tokenizer
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
-from tagllm.errors import ConfigError, UnknownTagError
+from tagllm.errors import ConfigError, UnknownTagError, did_you_mean
 from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
 from tagllm.hub import tag_folders
@@ -143,7 +143,8 @@ def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
     unknown = [t for t in tags_in(spec.template) if t not in configs]
     if unknown:
         raise UnknownTagError(f"unknown tag {unknown[0]} in the template {spec.template!r}; "
-                              f"known tags: {', '.join(sorted(configs)) or 'none'}")
+                              f"known tags: {', '.join(sorted(configs)) or 'none'}"
+                              f"{did_you_mean(unknown[0], configs)}")
     head: HeadConfig | None = None
     if spec.label:
         tag = _function_tag(configs, spec, tag)
