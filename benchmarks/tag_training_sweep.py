@@ -268,6 +268,14 @@ def main() -> None:
         log(f"wrote {args.out}")
 
 
+def same_tensors(a: Path, b: Path) -> bool:
+    """Whether two tag folders hold identical tensors (vectors, head, offsets)."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a / "tag.safetensors")), load_file(str(b / "tag.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[n], y[n]) for n in x)
+
+
 def combine(out: str, paths: Sequence[str]) -> None:
     """One results file from the scored files of several tasks: ``summary`` holds each
     task's best setting overall (chosen on validation), ``tasks`` every task's file."""
@@ -302,7 +310,11 @@ def score(args, done: dict, smi_tr: list[str],
             chosen[variant] = k
     preds: dict[str, np.ndarray] = {}
     for k in sorted(set(chosen.values())):
-        for which in (k, k + "-start"):  # each in a fresh model: the two share a name
+        for which in (k + "-start", k):  # each in a fresh model: the two share a name
+            if which == k and same_tensors(folder / "cells" / k,
+                                           folder / "cells" / (k + "-start")):
+                preds[k] = preds[k + "-start"]  # validation kept the untrained tag itself
+                continue
             tm = TaggedModel.from_pretrained(args.model, tags=[args.smiles_tag,
                                                                folder / "cells" / which])
             tag = tm.head_tags()[0]
