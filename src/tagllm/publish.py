@@ -392,10 +392,9 @@ def training_sweep_sections(doc: dict[str, Any]) -> list[Section]:
             f"{t.get('machine', '')}, {t.get('date', '')}."])
         base = t.get("baselines_test") or {}
         if base:
-            sub.tables.append((["baseline", *sorted({k for v in base.values() for k in v})],
-                               [[n, *(_fmt(v.get(k)) for k in sorted(
-                                   {k for v in base.values() for k in v}))]
-                                for n, v in base.items()]))
+            cols = sorted({k for v in base.values() for k in v})
+            sub.tables.append((["baseline", *cols],
+                               [[n, *(_fmt(v.get(k)) for k in cols)] for n, v in base.items()]))
         sub.tables.append((["setting", "steps run", "kept step", "validation loss at step 0",
                             "lowest validation loss", "relative change", "s/step"],
                            [[k, _fmt(c["steps_run"]), _fmt(c["kept_step"]),
