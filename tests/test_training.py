@@ -166,6 +166,19 @@ def test_classification_warm_start_when_a_class_is_absent():
     assert res.warm_start["<K>"]["absent_classes"] == [2]
 
 
+def test_classification_warm_start_chooses_its_penalty_on_held_out_folds():
+    """Labels that the features do not predict: cross-validation picks the strongest penalty
+    (a fixed C = 1 would fit the noise); labels that one feature predicts: a weak one."""
+    from tagllm.heads import build_head
+
+    rng = np.random.default_rng(0)
+    feats = torch.as_tensor(rng.normal(size=(200, 64)), dtype=torch.float32)
+    head = build_head("classification", 64, 2, "cross_entropy")
+    noise = head.warm_start(feats, rng.integers(0, 2, 200), alpha=1.0)
+    signal = head.warm_start(feats, (feats[:, 0] > 0).long().numpy(), alpha=1.0)
+    assert noise["alpha"] == pytest.approx(1e4) and signal["alpha"] <= 1.0
+
+
 def test_supervised_tag_needs_targets():
     m = tiny_tagged("llama")
     m.add_tag(TagConfig("<Q>", kind="function", head=HeadConfig("regression")))

@@ -11,6 +11,7 @@ runner (:mod:`tagllm.evaluation.runner`) scores both with the same metrics. A ne
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
@@ -186,7 +187,9 @@ def linear_fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
         model = LogisticRegressionCV(Cs=10, cv=folds, scoring="neg_log_loss", max_iter=2000) \
             if folds >= 2 else LogisticRegression(max_iter=2000)
         clf = make_pipeline(StandardScaler(), model)
-        clf.fit(train_x, y.astype(int).ravel())
+        with warnings.catch_warnings():  # sklearn 1.9's notices of 1.10's new defaults
+            warnings.simplefilter("ignore", FutureWarning)
+            clf.fit(train_x, y.astype(int).ravel())
         prob = np.zeros((len(test_x), classes))
         prob[:, clf.classes_] = clf.predict_proba(test_x)
         return prob
