@@ -228,7 +228,10 @@ class TrainConfig:
     warm_start_examples: int = field(
         default=2000, metadata={"help": "examples used for the closed-form warm start"}
     )
-    ridge_alpha: float = field(default=1.0, metadata={"help": "ridge penalty of the warm start"})
+    ridge_alpha: float = field(default=1.0, metadata={
+        "help": "the closed-form fits choose their penalty by cross-validation among "
+                "ridge_alpha x 10^-2 .. 10^4 (ridge for values, logistic regression with "
+                "C = 1 / penalty for classes)"})
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
     frozen_prefix: bool = field(
         default=True,
