@@ -33,6 +33,7 @@ from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
 from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
 from tagllm.paths import tagllm_home
+from tagllm.shipped import SHIPPED
 from tagllm.sources import sources_summary, sources_table
 
 console = Console(emoji=False)
@@ -196,7 +197,7 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
     (for at most 5 s).
 
     Args:
-        tags: tag folders (comma-separated), a folder of tag folders, or Hub repo ids.
+        tags: TAGS_HELP.
         model: base model (default: the one the tag files record).
         host: address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface).
         port: TCP port.
@@ -315,7 +316,7 @@ def train(tag: str, data: str, template: str, out: str,
             validation rows).
         pool: what the head reads there: tag, tag+mean (with the mean over the text
             tokens), or auto.
-        load: tag folders to load, frozen, comma-separated (e.g. the stage-1 domain tags).
+        load: tags to load, frozen (e.g. the stage-1 domain tags): TAGS_HELP.
         model: base model: embedded short name (smollm2, gemma3), Hugging Face id or folder.
         n_examples: use a seeded random sample of this many rows.
         skip_invalid: drop invalid rows (reported) instead of stopping at the first one.
@@ -368,7 +369,7 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
     the output appears atomically when every row is done.
 
     Args:
-        tags: tag folders to load, comma-separated, or a folder of tag folders.
+        tags: TAGS_HELP.
         input: CSV/TSV (with a header) or .smi file.
         output: CSV file to write.
         template: input text per row, with {column} placeholders.
@@ -418,7 +419,7 @@ def evaluate(tags: str, data: str, label: str | None = None,
     and source is checked before the model loads.
 
     Args:
-        tags: tag folders to load, comma-separated, or a folder of tag folders.
+        tags: TAGS_HELP.
         data: a labelled CSV/TSV or SD file, or a built-in source: SOURCES_LIST.
         label: the label column(s), comma-separated (or a source's group: descriptors).
         template: input text per row, with {column} placeholders.
@@ -486,7 +487,7 @@ def generate(prompt: str, tags: str | None = None, model: str | None = None,
 
     Args:
         prompt: the input text, which may contain loaded tags.
-        tags: tag folders to load, comma-separated, or a folder of tag folders.
+        tags: TAGS_HELP.
         model: base model the tags were trained for (default: the one their tag files
             record; smollm2 without tags).
         max_new_tokens: tokens to generate.
@@ -508,12 +509,13 @@ def inspect(tagdir: str, model: str | None = None) -> None:
     the base model is loaded and the tag's fingerprint (of every weight) is checked against it.
 
     Args:
-        tagdir: the tag folder.
+        tagdir: the tag folder, a Hub repo id or a shipped tag's name.
         model: also check that the tag fits this base model (short name, id or folder).
     """
+    from tagllm.hub import resolve_tag_dir
     from tagllm.serialization import read_tag
 
-    meta, tensors = read_tag(tagdir)
+    meta, tensors = read_tag(resolve_tag_dir(tagdir))
     console.print_json(json.dumps(meta))
     for k in sorted(tensors):
         console.print(f"tensor {k}: {tuple(tensors[k].shape)} {tensors[k].dtype}")
@@ -570,8 +572,13 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
         console.print(f"wrote {f}")
 
 
-for _fn in (train, evaluate):  # --data help lists the sources' registry, never a hand copy
-    _fn.__doc__ = (_fn.__doc__ or "").replace("SOURCES_LIST", sources_summary())
+#: what a tags argument accepts, with the shipped tags' names from their registry
+TAGS_HELP = ("tag folders (comma-separated), a folder of tag folders, Hub repo ids (ORG/NAME), "
+             f"or shipped tags by name ({', '.join(SHIPPED)})")
+# --data and --tags help list the registries, never a hand copy
+for _fn in (train, evaluate, predict, generate, serve):
+    _fn.__doc__ = (_fn.__doc__ or "").replace("SOURCES_LIST", sources_summary()).replace(
+        "TAGS_HELP", TAGS_HELP)
 
 COMMANDS = {"run": run, "list": list_tags, "gc": gc, "push": push, "train": train,
             "predict": predict, "evaluate": evaluate, "generate": generate, "inspect": inspect,

@@ -23,6 +23,7 @@ from tagllm._version import __version__
 from tagllm.backbones import EMBEDDED
 from tagllm.errors import TagFileError
 from tagllm.serialization import META, TENSORS, read_tag
+from tagllm.shipped import not_found, shipped_folders
 
 CARD = "README.md"
 #: ``org/name`` or ``org/name@revision``, as the Hub spells repo ids
@@ -37,7 +38,14 @@ def is_repo_id(spec: str | Path) -> bool:
 def resolve_tag_dir(spec: str | Path) -> Path:
     """A local folder for ``spec``: the path itself, or the Hub snapshot of the repo it
     names (downloaded into the Hugging Face cache, or read from it when offline). The
-    files are verified by whoever reads them (:func:`read_tag`)."""
+    files are verified by whoever reads them (:func:`read_tag`). The short name of one
+    shipped tag folder (``smiles``) stands for that folder."""
+    shipped = shipped_folders(spec)
+    if shipped is not None:
+        if len(shipped) > 1:
+            raise TagFileError(f"{spec}: the shipped name stands for {len(shipped)} tag "
+                               "folders; load them with --tags / tags=[...]")
+        return shipped[0]
     if not is_repo_id(spec):
         return Path(spec)
     from huggingface_hub import snapshot_download
@@ -68,8 +76,14 @@ def tag_folders_in(d: Path) -> list[Path]:
 
 
 def tag_folders(spec: str | Path) -> list[Path]:
-    """The tag folders ``spec`` stands for: a tag folder, a folder of tag folders, or a Hub
-    repository holding either."""
+    """The tag folders ``spec`` stands for: a tag folder, a folder of tag folders, a Hub
+    repository holding either, or the short name of tags that ship with tagllm (``smiles``;
+    :mod:`tagllm.shipped`)."""
+    shipped = shipped_folders(spec)
+    if shipped is not None:
+        return shipped
+    if not Path(spec).exists() and not is_repo_id(spec) and len(Path(spec).parts) == 1:
+        raise not_found(spec)  # a bare word: a mistyped short name more likely than a path
     return tag_folders_in(resolve_tag_dir(spec)) or [Path(spec)]
 
 
