@@ -35,7 +35,7 @@ def _train_two_stages(tmp_path, model, data):
     main(["train", "--tag", "<QED>", "--kind", "function", "--head", "regression",
           "--label", "y", "--data", str(data), "--template", "<SMILES> {smiles} <QED>",
           "--load", str(tmp_path / "S"), "--out", str(tmp_path / "Q"), "--num_tokens", "2",
-          *common])
+          "--test", "none", *common])
 
 
 def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
@@ -316,10 +316,11 @@ def test_train_takes_the_training_levers_as_flags(tmp_path, tiny_model_dir, data
           "--depth", "deep", "--reparam", "residual_mlp", "--readout_layer", "auto",
           "--pool", "auto", "--optimizer", "adafactor", "--schedule", "constant",
           "--lr", "0.1", "--steps", "6", "--eval_every", "1", "--patience", "2",
-          "--validation", "0.3", *common])
+          "--validation", "0.3", "--test", "none", *common])
     cfg = json.loads((tmp_path / "Q" / "tag.json").read_text())["config"]
     assert cfg["depth"] == "deep" and cfg["reparam"] == "residual_mlp"
-    assert cfg["head"]["readout_layer"] in (-1, 1) and cfg["head"]["pool"] in ("tag", "tag+mean")
+    head = {"readout_layer": -1, "pool": "tag", **cfg["head"]}  # defaults are left out
+    assert head["readout_layer"] in (-1, 1) and head["pool"] in ("tag", "tag+mean")
     out = tmp_path / "pred.csv"
     main(["predict", "--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}", "--input", str(data),
           "--output", str(out), "--model", str(tiny_model_dir), "--progress", "false"])

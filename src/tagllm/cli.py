@@ -29,7 +29,7 @@ from typing import Literal
 from rich.console import Console
 from rich.markup import escape
 
-from tagllm.config import DataConfig, HeadConfig, TagConfig, TrainConfig
+from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
 from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
 from tagllm.paths import tagllm_home
@@ -280,35 +280,45 @@ def gc(store: str | None = None, dry_run: bool = False) -> None:
 
 
 @with_fields(TrainConfig, skip=("log_every", "checkpoint_every"))
-def train(tag: str, data: str, template: str, out: str,
-          kind: Literal["domain", "function"] = "domain",
-          head: str = "none",
-          label: str | None = None, num_outputs: int = 1, num_tokens: int = 10,
+def train(tag: str, data: str, template: str | None = None, out: str | None = None,
+          label: str | None = None,
+          kind: Literal["domain", "function"] | None = None,
+          head: str = "auto", num_outputs: int | None = None, num_tokens: int = 10,
           reparam: Literal["none", "residual_mlp"] = "none",
           depth: Literal["input", "deep"] = "input",
           readout_layer: str = "-1", pool: Literal["tag", "tag+mean", "auto"] = "tag",
-          load: str | None = None, model: str = "smollm2", n_examples: int | None = None,
-          skip_invalid: bool = False, store: str | None = None, progress: bool = True,
-          **settings) -> None:
+          load: str | None = None, test: str = "auto", model: str = "smollm2",
+          n_examples: int | None = None, skip_invalid: bool = False, store: str | None = None,
+          progress: bool = True, **settings) -> None:
     """Train one tag (one stage) with every other tag and the base model frozen.
 
     A one-stage recipe run through the tag store: an identical second call trains nothing,
-    and an interrupted one resumes from its checkpoint. Stage 1, then stage 2:
+    and an interrupted one resumes from its checkpoint. On your own file of molecules (or
+    protein sequences) with a measured label, the file, the label and the tag's name are
+    enough; the defaults chosen are printed first:
+      tagllm train --data my.csv --label logS --tag '<LogS>'
+    trains <LogS> with a regression head (classification for a label of 0 and 1) on
+    "<SMILES> {smiles} <LogS>" with the shipped <SMILES> tag frozen, on 80% of the
+    molecules, and scores it once on the other 20% beside a random forest and the untrained
+    tag. Stage 1, then stage 2, on a built-in source:
       tagllm train --tag '<SMILES>' --data moses:train --n_examples 2000
         --template '<SMILES> {smiles}' --out tags/SMILES
-      tagllm train --tag '<QED>' --kind function --head regression --label qed
+      tagllm train --tag '<QED>' --label qed
         --data moses:train --template '<SMILES> {smiles} <QED>' --load tags/SMILES --out tags/QED
 
     Args:
         tag: the new tag's name, e.g. <SMILES>.
         data: a CSV/TSV/.smi, FASTA or SD file, or a built-in source: SOURCES_LIST.
-        template: the input text per row, with {column} placeholders.
-        out: the tag folder to write (atomically).
-        kind: domain or function.
-        head: head of a function tag: none (next-token loss), or a head kind (regression,
-            classification).
-        label: the label column(s), comma-separated (required with a head).
-        num_outputs: regression outputs or number of classes.
+        template: the input text per row, with {column} placeholders (default for a file:
+            <SMILES> {smiles} TAG, or <Protein> {sequence} TAG; a domain tag: TAG {column}).
+        out: the tag folder to write (atomically; default tags/NAME).
+        label: the label column(s), comma-separated: the head's targets.
+        kind: domain or function (default: function with a label, else domain).
+        head: head of a function tag: auto (with a label: classification for labels of
+            only 0 and 1, else regression; without: none), none (next-token loss),
+            regression or classification.
+        num_outputs: regression outputs or number of classes (default: the label columns,
+            or 2 classes).
         num_tokens: p, the number of vectors of the tag.
         reparam: residual_mlp trains the vectors as P + MLP(P) (saved as plain vectors).
         depth: deep also learns offsets at the tag's positions in every later layer.
@@ -316,25 +326,43 @@ def train(tag: str, data: str, template: str, out: str,
             validation rows).
         pool: what the head reads there: tag, tag+mean (with the mean over the text
             tokens), or auto.
-        load: tags to load, frozen (e.g. the stage-1 domain tags): TAGS_HELP.
+        load: tags to load, frozen (default: the shipped domain tags the template names,
+            for this model): TAGS_HELP.
+        test: where a head is scored once after training, beside a random forest, the
+            training mean and the untrained tag: auto (a file: trained on split:train:FILE,
+            scored on split:test:FILE, 80/20 by molecule; a built-in source: none), none,
+            or a source.
         model: base model: embedded short name (smollm2, gemma3), Hugging Face id or folder.
         n_examples: use a seeded random sample of this many rows.
         skip_invalid: drop invalid rows (reported) instead of stopping at the first one.
         store: the tag store folder (default $TAGLLM_STORE or $TAGLLM_HOME/store).
         progress: show progress bars.
     """
-    from tagllm.protocol.standalone import tag_dirs, train_one
+    from tagllm.protocol.standalone import OWN_DATA_BASELINES, own_data, train_one
+    from tagllm.report import stage_tables
     from tagllm.store import TagStore
 
     layer = readout_layer if readout_layer == "auto" else _int_flag("readout_layer",
                                                                     readout_layer)
-    cfg = TagConfig(tag, kind=kind, num_tokens=num_tokens, reparam=reparam, depth=depth,
-                    head=None if head == "none" else HeadConfig(
-                        head, num_outputs, readout_layer=layer, pool=pool))
-    rows = DataConfig(source=data, template=template, n=n_examples, skip_invalid=skip_invalid,
-                      label=_labels(label) if head != "none" else None)
-    path, stage = train_one(cfg, rows, TrainConfig(**settings), model, tag_dirs(load), out,
-                            TagStore(store), progress, _log)
+    labels = _labels(label)
+    own = own_data(tag, data, template, [labels] if isinstance(labels, str) else labels or [],
+                   kind, head, num_outputs, load, out, test, model)
+    for note in own.notes:
+        _log(f"default: {note}")
+    cfg = TagConfig(tag, kind=own.kind, num_tokens=num_tokens, reparam=reparam, depth=depth,
+                    head=None if own.head == "none" else HeadConfig(
+                        own.head, own.num_outputs, readout_layer=layer, pool=pool))
+    head_labels = labels if own.head != "none" else None
+    rows = DataConfig(source=own.data, template=own.template, n=n_examples,
+                      skip_invalid=skip_invalid, label=head_labels)
+    evals = [EvalConfig(source=own.test, label=head_labels, template=own.template,
+                        skip_invalid=skip_invalid, ablation=cfg.head is not None,
+                        baselines=OWN_DATA_BASELINES if head_labels else [])] \
+        if own.test else []
+    path, stage = train_one(cfg, rows, TrainConfig(**settings), model, own.load, own.out,
+                            TagStore(store), progress, _log, evals)
+    for table in stage_tables([stage]) if evals else []:
+        console.print(table)
     how = "found in the tag store" if stage["cached"] else f"{stage['steps_run']} steps"
     kept = "" if stage.get("best_step") is None else \
         f", kept step {stage['best_step']} by validation loss" \

@@ -11,6 +11,7 @@ every source before it loads a model, then evaluates through the same runner as
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from tagllm.backbones import DEFAULT_MODEL, load_tokenizer
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
+from tagllm.data import read_table
 from tagllm.errors import ConfigError, UnknownTagError, did_you_mean
 from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
@@ -69,23 +71,134 @@ def recorded_model(dirs: Sequence[Path], given: str | None = None) -> str:
 
 
 def single_stage_recipe(tag: TagConfig, data: DataConfig, train: TrainConfig, model: str,
-                        load: Sequence[Path] = ()) -> Recipe:
+                        load: Sequence[Path] = (), evals: Sequence[EvalConfig] = ()) -> Recipe:
     """The recipe of one stage that trains ``tag`` on ``data``, the tags in ``load``
-    frozen; validated like any recipe."""
+    frozen, and evaluates it on ``evals``; validated like any recipe."""
     pretrained = {read_tag(d)[0]["name"]: str(d) for d in load}  # verified, no model yet
     recipe = Recipe(name="tagllm-train", tags=[tag], model=model, seed=train.seed,
-                    stages=[StageConfig(tag.name.strip("<>"), [tag.name], [data], train)],
+                    stages=[StageConfig(tag.name.strip("<>"), [tag.name], [data], train,
+                                        eval=list(evals))],
                     pretrained=pretrained, source="tagllm train")
     check(recipe)
     return recipe
 
 
+#: the baselines ``tagllm train`` compares a head against on its test rows
+OWN_DATA_BASELINES = ["rf", "mean"]
+
+
+@dataclass
+class OwnData:
+    """What ``tagllm train`` fills in for a user's own file: each field as given, or the
+    default it chose, and one line per choice (printed before any model loads)."""
+
+    data: str
+    template: str
+    kind: str
+    head: str
+    num_outputs: int
+    load: list[Path]
+    out: Path
+    test: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def own_data(tag: str, data: str, template: str | None, label: list[str], kind: str | None,
+             head: str, num_outputs: int | None, load: str | None, out: str | None,
+             test: str | None, model: str) -> OwnData:
+    """Defaults for training a tag on a file with as few flags as possible, all decided from
+    the flags and the file's header and labels, before any model loads:
+
+    - ``kind``: function with a label, else domain; ``head`` ``auto``: classification for a
+      label of only 0 and 1, else regression (``num_outputs``: the classes, or the label
+      columns);
+    - ``template``: for a file with a SMILES column ``<SMILES> {smiles} TAG`` (a protein
+      ``sequence`` column: ``<Protein> {sequence} TAG``); a domain tag: ``TAG {column}``;
+    - ``load``: the shipped domain tags the template names (``smiles``, ``protein``) when
+      they were trained for ``model``;
+    - ``test`` ``auto``: a file's head is trained on ``split:train:FILE`` and scored once on
+      ``split:test:FILE`` (80/20 by molecule) beside the random forest and the untrained
+      tag; ``none``: no test; else a source to test on;
+    - ``out``: ``tags/NAME``.
+    """
+    from tagllm.shipped import SHIPPED
+    from tagllm.sources import BUILTIN_PREFIXES, PROTEIN_COLUMNS, SMILES_COLUMNS
+
+    notes: list[str] = []
+    is_file = not data.startswith(BUILTIN_PREFIXES)
+    kind = kind or ("function" if label else "domain")
+    if label and kind != "function":
+        raise ConfigError("--label trains a head: it needs --kind function")
+    table = read_table(data) if is_file and (template is None or head == "auto") else None
+    if template is None:
+        if table is None:
+            raise ConfigError(f"--template: {data} is a built-in source; give the input text, "
+                              "e.g. --template '<SMILES> {smiles} " + tag + "'")
+        cols = list(table.columns)
+        mol = next((c for c in cols if c.lower() in SMILES_COLUMNS), None)
+        seq = next((c for c in cols if c.lower() in PROTEIN_COLUMNS), None)
+        if kind == "domain":
+            text = mol or seq or next((c for c in cols if c not in label), None)
+            template = f"{tag} {{{text}}}"
+        elif mol or seq:
+            template = f"<SMILES> {{{mol}}} {tag}" if mol else f"<Protein> {{{seq}}} {tag}"
+        else:
+            raise ConfigError(f"--template: {data} has no SMILES or sequence column (columns: "
+                              f"{cols}); give the input text, e.g. --template "
+                              f"'<SMILES> {{{cols[0]}}} {tag}'")
+        notes.append(f"template {template!r}")
+    if head == "auto":
+        head = "none"
+        if label:
+            head = "regression"
+            if table is not None and len(label) == 1:
+                vals = {v.strip() for v in table[label[0]] if v.strip()}
+                if vals and {float(v) for v in vals if _number(v)} == {0.0, 1.0} \
+                        and all(_number(v) for v in vals):
+                    head = "classification"
+            notes.append(f"head {head} on {', '.join(label)} (--head to choose)")
+    if num_outputs is None:
+        num_outputs = 2 if head == "classification" else max(len(label), 1)
+    dirs = tag_dirs(load) if load is not None else []
+    if load is None:
+        wanted = [t for t in tags_in(template) if t != tag]
+        ours = [e for e in SHIPPED.values() if e.model == model]
+        for t in wanted:
+            entry = next((e for e in ours if any(read_tag(p)[0]["name"] == t
+                                                 for p in e.paths())), None)
+            if entry is None:
+                raise ConfigError(f"the template uses {t}: load its tag folder with --load "
+                                  f"(shipped tags for {model}: "
+                                  f"{', '.join(e.name for e in ours) or 'none'})")
+            dirs += entry.paths()
+            notes.append(f"{t}: the shipped tag {entry.name!r}, frozen")
+    if test == "auto":
+        test = None
+        if is_file and head not in ("none", "lm"):
+            data, test = f"split:train:{data}", f"split:test:{data}"
+            notes.append(f"trained on {data}, scored once on {test} (80/20 by molecule)")
+    elif test == "none":
+        test = None
+    out_dir = Path(out) if out else Path("tags") / tag.strip("<>")
+    if not out:
+        notes.append(f"out {out_dir}")
+    return OwnData(data, template, kind, head, num_outputs, dirs, out_dir, test, notes)
+
+
+def _number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
 def train_one(tag: TagConfig, data: DataConfig, train: TrainConfig, model: str,
               load: Sequence[Path], out: str | Path, store: TagStore, progress: bool = True,
-              log: Log = print) -> tuple[Path, dict[str, Any]]:
-    """Train one tag (or find it in the store) and copy it to the folder ``out``; returns
-    the folder and the stage's summary."""
-    recipe = single_stage_recipe(tag, data, train, model, load)
+              log: Log = print, evals: Sequence[EvalConfig] = ()) -> tuple[Path, dict[str, Any]]:
+    """Train one tag (or find it in the store), evaluate it on ``evals`` and copy it to the
+    folder ``out``; returns the folder and the stage's summary."""
+    recipe = single_stage_recipe(tag, data, train, model, load, evals)
     summary = run(recipe, store, log=log, progress=progress, export_to_out=False)
     stage = summary.stages[0]
     return store.export(tag_key(stage["key"], tag.name), out), stage

@@ -1,0 +1,97 @@
+"""A user's own file in one command: the defaults `tagllm train` chooses from the flags and
+the file (template, head, shipped domain tag, 80/20 test split, out folder), each printed,
+every mistake refused before a model loads; and the whole path on the tiny model, ending
+with the paired comparison against the random forest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tagllm.cli import main
+from tagllm.errors import ConfigError
+from tagllm.protocol.standalone import own_data
+from tagllm.shipped import SHIPPED
+
+from tiny import saved_tiny_tags
+
+MOLS = [*("C" * k + "O" for k in range(1, 21)), *("C" * k + "N" for k in range(1, 21))]
+
+
+def _file(tmp_path, header: str, rows: list[str], name: str = "mine.csv") -> str:
+    p = tmp_path / name
+    p.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return str(p)
+
+
+def _defaults(data, label, tag="<Y>", **kw):
+    args = dict(template=None, kind=None, head="auto", num_outputs=None, load=None, out=None,
+                test="auto", model="smollm2")
+    return own_data(tag, data, label=label, **{**args, **kw})
+
+
+def test_defaults_for_a_file_of_molecules_or_sequences(tmp_path):
+    f = _file(tmp_path, "SMILES,logS", [f"{s},{i / 7:.3f}" for i, s in enumerate(MOLS)])
+    d = _defaults(f, ["logS"], "<LogS>")
+    assert (d.template, d.kind, d.head, d.num_outputs) == \
+        ("<SMILES> {SMILES} <LogS>", "function", "regression", 1)
+    assert d.load == SHIPPED["smiles"].paths() and d.out == Path("tags/LogS")
+    assert (d.data, d.test) == (f"split:train:{f}", f"split:test:{f}")
+    assert len(d.notes) == 5  # template, head, shipped tag, split, out: each printed
+    binary = _file(tmp_path, "smiles,active", [f"{s},{i % 2}" for i, s in enumerate(MOLS)],
+                   "b.csv")
+    assert (_defaults(binary, ["active"]).head, _defaults(binary, ["active"]).num_outputs) == \
+        ("classification", 2)
+    prot = _file(tmp_path, "sequence,y", ["MKTAYIAKQR,1.5", "MSTNPKPQRK,2.5"], "p.csv")
+    d = _defaults(prot, ["y"])
+    assert d.template == "<Protein> {sequence} <Y>" and d.load == SHIPPED["protein"].paths()
+    d = _defaults(f, [], "<Mol>")  # a domain tag on the user's molecules: no head, no test
+    assert (d.template, d.kind, d.head, d.test, d.load) == \
+        ("<Mol> {SMILES}", "domain", "none", None, [])
+    given = _defaults(f, ["logS"], test="none", out="x", load="", template="{SMILES} <Y>")
+    assert (given.data, given.test, given.out, given.load) == (f, None, Path("x"), [])
+
+
+def test_mistakes_are_refused_before_a_model_loads(tmp_path):
+    f = _file(tmp_path, "name,y", ["a,1", "b,2"])
+    with pytest.raises(ConfigError, match=r"no SMILES or sequence column \(columns: \['name', "
+                                          r"'y'\]\); give the input text"):
+        _defaults(f, ["y"])
+    m = _file(tmp_path, "smiles,y", ["CCO,1"], "m.csv")
+    with pytest.raises(ConfigError, match="the template uses <SMILES>: load its tag folder "
+                                          "with --load .shipped tags for /tiny: none"):
+        _defaults(m, ["y"], model="/tiny")
+    with pytest.raises(ConfigError, match="uses <Foo>: load its tag folder.*smiles, protein"):
+        _defaults(m, ["y"], template="<Foo> {smiles} <Y>")
+    with pytest.raises(ConfigError, match="moses:train is a built-in source; give the input"):
+        _defaults("moses:train", ["qed"])
+    with pytest.raises(ConfigError, match="--label trains a head: it needs --kind function"):
+        _defaults(m, ["y"], kind="domain")
+
+
+def test_own_file_in_one_command_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch,
+                                                   capsys):
+    """Only the file, the label, the tag, and (the tiny model has no shipped tags) the
+    template and the domain tag: trained on the file's 80% split, scored on its 20% beside
+    the random forest, the training mean and the untrained tag; written to tags/Y."""
+    saved_tiny_tags(tmp_path, {})
+    monkeypatch.chdir(tmp_path)
+    f = _file(tmp_path, "smiles,y", [f"{s},{len(s) / 10:.2f}" for s in MOLS])
+    main(["train", "--data", f, "--label", "y", "--tag", "<Y>", "--template", "<S> {smiles} <Y>",
+          "--load", str(tmp_path / "tags" / "S"), "--model", str(tiny_model_dir), "--steps",
+          "3", "--batch_size", "4", "--progress", "false", "--num_tokens", "2"])
+    cap = capsys.readouterr()
+    out = cap.out + cap.err
+    meta = json.loads((tmp_path / "tags" / "Y" / "tag.json").read_text())
+    prov = meta["provenance"]
+    assert prov["data"][0]["source"] == f"split:train:{f}"
+    test = prov["eval"][0]
+    assert test["name"] == f"split:test:{f}" and 0 < test["rows"] < len(MOLS) / 2
+    assert prov["data"][0]["rows"] + test["rows"] == len(MOLS)
+    assert any("random forest" in b for b in test["baselines"]) and "training mean" in \
+        test["baselines"]
+    assert any(k.startswith("ablation") for k in test["baselines"])
+    assert "default: head regression on y" in out and "split:test:" in out
+    assert "random forest" in out and "wrote tags/Y" in out.replace("\n", " ")
