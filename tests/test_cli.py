@@ -196,7 +196,7 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     main(["train", "--tag", "<C>", "--kind", "function", "--head", "classification",
           "--num_outputs", "2", "--label", "c", "--data", str(labelled), "--template",
           "{smiles} <C>", "--out", str(tmp_path / "tags" / "C"), "--num_tokens", "2",
-          "--steps", "2", "--batch_size", "4", *common])
+          "--steps", "2", "--batch_size", "4", "--test", "none", *common])
     other = tmp_path / "c_train.csv"  # the baselines' own training molecules
     other.write_text("smiles,c\nCCCCCCO,0\nCCCCCN,1\nc1ccccc1CC,0\nCCOCCO,1\nCC(C)CC,0\n"
                      "NCCCCN,1\n")

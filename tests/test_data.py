@@ -248,3 +248,16 @@ def test_split_source_of_sequences_and_its_errors(tmp_path):
         load_source("split:train:b3db:train")
     with pytest.raises(DataError, match="no such file|not found|No such"):
         load_source(f"split:test:{tmp_path / 'missing.csv'}")
+
+
+def test_split_of_text_rows_ignores_ids_numbers_and_which_columns_are_labels(tmp_path):
+    """Rows of text are split by their text alone: a text repeated under other ids stays on
+    one side, and naming a column as a label never moves a row."""
+    p = _csv(tmp_path, "id,text,y,z\n" + "".join(f"{i},word{i % 30},{i * 0.5},{i % 2}\n"
+                                                for i in range(120)))
+    test = load_source(f"split:test:{p}")[0]
+    assert test.rows == load_source(f"split:test:{p}", label="y")[0].rows == \
+        load_source(f"split:test:{p}", label=["y", "z"])[0].rows
+    train = load_source(f"split:train:{p}", label="z")[0]
+    assert test["text"] and not set(train["text"]) & set(test["text"])
+    assert len(train) + len(test) == 120

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from tagllm.cli import main
-from tagllm.errors import ConfigError
+from tagllm.errors import ConfigError, DataError
 from tagllm.protocol.standalone import own_data
 from tagllm.shipped import SHIPPED
 
 from tiny import saved_tiny_tags
 
-MOLS = [*("C" * k + "O" for k in range(1, 21)), *("C" * k + "N" for k in range(1, 21))]
+MOLS = [f"{'C' * k}{end}" for k in range(1, 21) for end in ("O", "N", "F", "Cl", "S")]
 
 
 def _file(tmp_path, header: str, rows: list[str], name: str = "mine.csv") -> str:
@@ -40,13 +40,34 @@ def test_defaults_for_a_file_of_molecules_or_sequences(tmp_path):
     assert d.load == SHIPPED["smiles"].paths() and d.out == Path("tags/LogS")
     assert (d.data, d.test) == (f"split:train:{f}", f"split:test:{f}")
     assert len(d.notes) == 5  # template, head, shipped tag, split, out: each printed
-    binary = _file(tmp_path, "smiles,active", [f"{s},{i % 2}" for i, s in enumerate(MOLS)],
-                   "b.csv")
+    assert "split:test:" in d.notes[3] and " rows: 20% by a hash" in d.notes[3]
+    # 0/1 labels, one of them missing: classification; explicit classification of 0..2: 3
+    binary = _file(tmp_path, "smiles,active", [f"{s},{'' if i == 3 else i % 2}"
+                                                for i, s in enumerate(MOLS)], "b.csv")
     assert (_defaults(binary, ["active"]).head, _defaults(binary, ["active"]).num_outputs) == \
         ("classification", 2)
-    prot = _file(tmp_path, "sequence,y", ["MKTAYIAKQR,1.5", "MSTNPKPQRK,2.5"], "p.csv")
+    three = _file(tmp_path, "smiles,c", [f"{s},{i % 3}" for i, s in enumerate(MOLS)], "3.csv")
+    assert _defaults(three, ["c"]).head == "regression"
+    assert _defaults(three, ["c"], head="classification").num_outputs == 3
+    seqs = ["".join("ACDEFGHIKLMNPQRSTVWY"[(i * 7 + j) % 20] for j in range(20 + i))
+            for i in range(120)]
+    prot = _file(tmp_path, "sequence,y", [f"{q},{i / 3:.2f}" for i, q in enumerate(seqs)],
+                 "p.csv")
     d = _defaults(prot, ["y"])
     assert d.template == "<Protein> {sequence} <Y>" and d.load == SHIPPED["protein"].paths()
+    fasta = tmp_path / "p.fasta"  # FASTA and SD files are read by their own readers
+    fasta.write_text("".join(f">sp|P{i}|X\n{q}\n" for i, q in enumerate(seqs)))
+    assert _defaults(str(fasta), [], "<D>").template == "<D> {sequence}"
+    sdf = tmp_path / "m.sdf"
+    from rdkit import Chem
+    with Chem.SDWriter(str(sdf)) as w:
+        for i, m in enumerate(MOLS[:30]):
+            mol = Chem.MolFromSmiles(m)
+            mol.SetProp("y", str(i))
+            w.write(mol)
+    assert _defaults(str(sdf), ["y"], test="none").template == "<SMILES> {smiles} <Y>"
+    assert _defaults("b3db:train", ["bbb"], template="<SMILES> {smiles} <Y>").head == \
+        "classification"  # a built-in source's labels decide too
     d = _defaults(f, [], "<Mol>")  # a domain tag on the user's molecules: no head, no test
     assert (d.template, d.kind, d.head, d.test, d.load) == \
         ("<Mol> {SMILES}", "domain", "none", None, [])
@@ -54,7 +75,7 @@ def test_defaults_for_a_file_of_molecules_or_sequences(tmp_path):
     assert (given.data, given.test, given.out, given.load) == (f, None, Path("x"), [])
 
 
-def test_mistakes_are_refused_before_a_model_loads(tmp_path):
+def test_mistakes_are_refused_before_a_model_loads(tmp_path, monkeypatch):
     f = _file(tmp_path, "name,y", ["a,1", "b,2"])
     with pytest.raises(ConfigError, match=r"no SMILES or sequence column \(columns: \['name', "
                                           r"'y'\]\); give the input text"):
@@ -69,6 +90,21 @@ def test_mistakes_are_refused_before_a_model_loads(tmp_path):
         _defaults("moses:train", ["qed"])
     with pytest.raises(ConfigError, match="--label trains a head: it needs --kind function"):
         _defaults(m, ["y"], kind="domain")
+    few = _file(tmp_path, "smiles,y", [f"{s},{i}" for i, s in enumerate(MOLS[:12])], "few.csv")
+    with pytest.raises(ConfigError, match=r"few.csv: its test split .* holds \d valid row.*"
+                                          r"fewer than 10 to score.*--test none"):
+        _defaults(few, ["y"])
+    assert _defaults(few, ["y"], test="none").test is None
+    pair = _file(tmp_path, "drug1,drug2,y", ["CCO,CCN,1"], "pair.csv")
+    with pytest.raises(ConfigError, match=r"several input columns \(\['drug1', 'drug2'\]\)"):
+        _defaults(pair, ["y"])
+    with pytest.raises(DataError, match="did you mean 'moses:'"):
+        _defaults("mose:train", ["qed"])
+    (tmp_path / "tags" / "Y").mkdir(parents=True)  # not a tag: never replaced by default
+    big = _file(tmp_path, "smiles,y", [f"{s},{i}" for i, s in enumerate(MOLS)], "big.csv")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"tags/Y exists and is not the tag <Y>; give --out"):
+        _defaults(big, ["y"])
 
 
 def test_own_file_in_one_command_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch,
@@ -78,8 +114,8 @@ def test_own_file_in_one_command_on_the_tiny_model(tmp_path, tiny_model_dir, mon
     the random forest, the training mean and the untrained tag; written to tags/Y."""
     saved_tiny_tags(tmp_path, {})
     monkeypatch.chdir(tmp_path)
-    f = _file(tmp_path, "smiles,y", [f"{s},{len(s) / 10:.2f}" for s in MOLS])
-    main(["train", "--data", f, "--label", "y", "--tag", "<Y>", "--template", "<S> {smiles} <Y>",
+    f = _file(tmp_path, "SMILES,y", [f"{s},{len(s) / 10:.2f}" for s in MOLS])
+    main(["train", "--data", f, "--label", "y", "--tag", "<Y>", "--template", "<S> {SMILES} <Y>",
           "--load", str(tmp_path / "tags" / "S"), "--model", str(tiny_model_dir), "--steps",
           "3", "--batch_size", "4", "--progress", "false", "--num_tokens", "2"])
     cap = capsys.readouterr()
@@ -88,7 +124,7 @@ def test_own_file_in_one_command_on_the_tiny_model(tmp_path, tiny_model_dir, mon
     prov = meta["provenance"]
     assert prov["data"][0]["source"] == f"split:train:{f}"
     test = prov["eval"][0]
-    assert test["name"] == f"split:test:{f}" and 0 < test["rows"] < len(MOLS) / 2
+    assert test["name"] == f"split:test:{f}" and 10 <= test["rows"] < len(MOLS) / 2
     assert prov["data"][0]["rows"] + test["rows"] == len(MOLS)
     assert any("random forest" in b for b in test["baselines"]) and "training mean" in \
         test["baselines"]

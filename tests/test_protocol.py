@@ -521,3 +521,33 @@ def test_in_context_validation_by_groups_leaves_linked_rows_out(workdir, tmp_pat
     assert val and train and len(d.texts) < 48
     for col in ("lig", "prot"):
         assert not {d.table[col][i] for i in val} & {d.table[col][i] for i in train}
+
+
+def test_a_new_closed_form_fit_of_a_head_kind_retrains_only_its_stages(workdir, tmp_path,
+                                                                         monkeypatch):
+    """A head kind whose warm start fits differently (its ``fit_version``) changes the keys
+    of the stages that train such a head, and of no other stage."""
+    from tagllm import TaggedModel
+    from tagllm.heads import ClassificationHead
+    from tagllm.protocol.plan import plan
+
+    r = base_recipe(workdir)
+    r["tags"].append({"name": "<C>", "kind": "function", "num_tokens": 2,
+                      "head": {"kind": "classification", "num_outputs": 2}})
+    r["stages"].append({"name": "c", "tags": ["<C>"], "train": {"steps": 2}, "data": [
+        {"source": str(workdir / "mols.csv"), "template": "<SMILES> {smiles} <C>",
+         "label": "y"}]})
+    cls_csv = tmp_path / "cls.csv"
+    cls_csv.write_text("smiles,y\n" + "".join(f"{s},{i % 2}\n" for i, s in enumerate(SMILES)))
+    r["stages"][-1]["data"][0]["source"] = str(cls_csv)
+    recipe = load_recipe(write(tmp_path, r))
+    model = TaggedModel.from_pretrained(str(workdir / "tiny"))
+
+    def keys():
+        return {p.stage.name: p.key for p in plan(recipe, model, TagStore(tmp_path / "s"),
+                                                  log=lambda s: None, progress=False)}
+
+    before = keys()
+    monkeypatch.setattr(ClassificationHead, "fit_version", ClassificationHead.fit_version + 1)
+    after = keys()
+    assert {k for k in before if before[k] != after[k]} == {"c"}

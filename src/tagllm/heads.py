@@ -53,6 +53,9 @@ class Head(nn.Module):
     has_parameters: ClassVar[bool] = True  # trained on labels at the tag's position
     losses: ClassVar[tuple[str, ...]] = ()  # the first is the default
     min_outputs: ClassVar[int] = 1
+    #: bumped when the closed-form warm start fits differently; part of the store key of
+    #: the stages that train this kind (when non-zero), so their stored tags are retrained
+    fit_version: ClassVar[int] = 0
 
     def __init__(self, hidden_size: int, num_outputs: int, loss: str) -> None:
         super().__init__()
@@ -222,6 +225,7 @@ class ClassificationHead(LinearHead):
 
     losses = ("cross_entropy",)
     min_outputs = 2
+    fit_version = 1  # 1: the penalty chosen by cross-validation (was C = 1 / ridge_alpha)
 
     def __init__(self, hidden_size: int, num_outputs: int = 2, loss: str = "cross_entropy"):
         super().__init__(hidden_size, num_outputs, loss)

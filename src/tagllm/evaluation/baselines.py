@@ -286,6 +286,11 @@ def forest_baseline(train_x: Sequence[str], train_y: np.ndarray, test_x: Sequenc
     return rf.predict(features(test_x))
 
 
+def _named(table: Any, column: str) -> str | None:
+    """The column of ``table`` named ``column`` in any case (``SMILES``), or None."""
+    return next((c for c in table.columns if c.lower() == column), None)
+
+
 class FingerprintBaseline(Baseline):
     """A method on the one molecule or protein column the rows have (INPUT_FEATURES)."""
 
@@ -295,9 +300,10 @@ class FingerprintBaseline(Baseline):
 
     @staticmethod
     def _input(train: Rows | None, test: Rows) -> list[str]:
-        """The input: one molecule or protein column, or the (SMILES, protein) pair."""
+        """The input: one molecule or protein column (its name in any case, e.g. SMILES),
+        or the (SMILES, protein) pair."""
         cols = [c for c in ("smiles", "sequence") if train is not None
-                and c in train.table.columns and c in test.table.columns]
+                and _named(train.table, c) and _named(test.table, c)]
         return [PAIR] if len(cols) == 2 else cols
 
     def unavailable(self, train: Rows | None, test: Rows) -> str | None:
@@ -315,8 +321,9 @@ class FingerprintBaseline(Baseline):
     @staticmethod
     def _values(rows: Rows, col: str) -> list[Any]:
         if col == PAIR:
-            return list(zip(rows.table["smiles"], rows.table["sequence"], strict=True))
-        return rows.table[col]
+            return list(zip(rows.table[_named(rows.table, "smiles")],
+                            rows.table[_named(rows.table, "sequence")], strict=True))
+        return rows.table[_named(rows.table, col)]
 
     def predict(self, test: Rows) -> np.ndarray:
         col = self._input(self.train, test)[0]

@@ -17,6 +17,7 @@ import torch
 from tagllm.config import EvalConfig, HeadConfig, RowsConfig
 from tagllm.errors import RecipeError
 from tagllm.fileio import remove_stale
+from tagllm.heads import head_class
 from tagllm.hub import resolve_tag_dir
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import (
@@ -186,6 +187,10 @@ def _stage_plan(recipe: Recipe, s: StageConfig, data: list[LoadedData],
         "deps": deps,
         "ablation": [eval_material(*evals[i], ablation_only=True) for i in ablated(s.eval)],
     }
+    fits = {t: head_class(h.kind).fit_version for t in s.tags
+            if (h := recipe.tag[t].head) is not None and head_class(h.kind).fit_version}
+    if fits:  # keys of stages without such heads stay as they were
+        material["head_fit"] = fits
     key = digest(material)
     tag_keys = {t: tag_key(key, t) for t in s.tags}
     eval_key = digest({"stage": key, "evals": [eval_material(e, d) for e, d in evals]})

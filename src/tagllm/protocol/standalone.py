@@ -20,7 +20,7 @@ import torch
 from tagllm.backbones import DEFAULT_MODEL, load_tokenizer
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
 from tagllm.data import read_table
-from tagllm.errors import ConfigError, UnknownTagError, did_you_mean
+from tagllm.errors import ConfigError, TagllmError, UnknownTagError, did_you_mean
 from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
 from tagllm.hub import tag_folders
@@ -103,67 +103,61 @@ class OwnData:
     notes: list[str] = field(default_factory=list)
 
 
+#: the fewest test rows ``tagllm train --test auto`` scores (a smaller split is refused)
+MIN_TEST_ROWS = 10
+
+
 def own_data(tag: str, data: str, template: str | None, label: list[str], kind: str | None,
              head: str, num_outputs: int | None, load: str | None, out: str | None,
              test: str | None, model: str) -> OwnData:
     """Defaults for training a tag on a file with as few flags as possible, all decided from
-    the flags and the file's header and labels, before any model loads:
+    the flags and the data's columns and labels, before any model loads:
 
     - ``kind``: function with a label, else domain; ``head`` ``auto``: classification for a
-      label of only 0 and 1, else regression (``num_outputs``: the classes, or the label
-      columns);
-    - ``template``: for a file with a SMILES column ``<SMILES> {smiles} TAG`` (a protein
+      label of only 0 and 1 (missing values aside), else regression; ``num_outputs``: the
+      classes (the largest label + 1), or the label columns;
+    - ``template``: for a file with one SMILES column ``<SMILES> {smiles} TAG`` (one protein
       ``sequence`` column: ``<Protein> {sequence} TAG``); a domain tag: ``TAG {column}``;
+      several input columns: refused, ask for ``--template``;
     - ``load``: the shipped domain tags the template names (``smiles``, ``protein``) when
       they were trained for ``model``;
     - ``test`` ``auto``: a file's head is trained on ``split:train:FILE`` and scored once on
-      ``split:test:FILE`` (80/20 by molecule) beside the random forest and the untrained
-      tag; ``none``: no test; else a source to test on;
-    - ``out``: ``tags/NAME``.
+      ``split:test:FILE`` (80/20 by molecule or sequence) beside the random forest and the
+      untrained tag; refused when that split holds fewer than :data:`MIN_TEST_ROWS` rows
+      (or one class); ``none``: no test; else a source to test on;
+    - ``out``: ``tags/NAME`` (refused when that folder holds anything but this tag).
     """
     from tagllm.shipped import SHIPPED
-    from tagllm.sources import BUILTIN_PREFIXES, PROTEIN_COLUMNS, SMILES_COLUMNS
+    from tagllm.sources import BUILTIN_PREFIXES, label_columns, unknown_source_error
 
+    if (unknown := unknown_source_error(data)) is not None:
+        raise unknown
     notes: list[str] = []
     is_file = not data.startswith(BUILTIN_PREFIXES)
     kind = kind or ("function" if label else "domain")
     if label and kind != "function":
         raise ConfigError("--label trains a head: it needs --kind function")
-    table = read_table(data) if is_file and (template is None or head == "auto") else None
+    labels = label_columns(data, label[0] if len(label) == 1 else label)
+    table = _peek(data, labels) if template is None or (
+        labels and (head == "auto" or num_outputs is None)) else None
     if template is None:
-        if table is None:
-            raise ConfigError(f"--template: {data} is a built-in source; give the input text, "
-                              "e.g. --template '<SMILES> {smiles} " + tag + "'")
-        cols = list(table.columns)
-        mol = next((c for c in cols if c.lower() in SMILES_COLUMNS), None)
-        seq = next((c for c in cols if c.lower() in PROTEIN_COLUMNS), None)
-        if kind == "domain":
-            text = mol or seq or next((c for c in cols if c not in label), None)
-            template = f"{tag} {{{text}}}"
-        elif mol or seq:
-            template = f"<SMILES> {{{mol}}} {tag}" if mol else f"<Protein> {{{seq}}} {tag}"
-        else:
-            raise ConfigError(f"--template: {data} has no SMILES or sequence column (columns: "
-                              f"{cols}); give the input text, e.g. --template "
-                              f"'<SMILES> {{{cols[0]}}} {tag}'")
+        template = _template(tag, data, kind, table, labels, is_file)
         notes.append(f"template {template!r}")
+    values = _label_values(table, labels[0]) if table is not None and len(labels) == 1 else []
     if head == "auto":
         head = "none"
-        if label:
-            head = "regression"
-            if table is not None and len(label) == 1:
-                vals = {v.strip() for v in table[label[0]] if v.strip()}
-                if vals and {float(v) for v in vals if _number(v)} == {0.0, 1.0} \
-                        and all(_number(v) for v in vals):
-                    head = "classification"
-            notes.append(f"head {head} on {', '.join(label)} (--head to choose)")
+        if labels:
+            head = "classification" if set(values) == {0.0, 1.0} else "regression"
+            notes.append(f"head {head} on {', '.join(labels)} (--head to choose)")
     if num_outputs is None:
-        num_outputs = 2 if head == "classification" else max(len(label), 1)
+        num_outputs = max(len(labels), 1)
+        if head == "classification":
+            num_outputs = int(max(values)) + 1 if values and all(
+                v == int(v) and v >= 0 for v in values) else 2
     dirs = tag_dirs(load) if load is not None else []
     if load is None:
-        wanted = [t for t in tags_in(template) if t != tag]
         ours = [e for e in SHIPPED.values() if e.model == model]
-        for t in wanted:
+        for t in [t for t in tags_in(template) if t != tag]:
             entry = next((e for e in ours if any(read_tag(p)[0]["name"] == t
                                                  for p in e.paths())), None)
             if entry is None:
@@ -176,21 +170,99 @@ def own_data(tag: str, data: str, template: str | None, label: list[str], kind: 
         test = None
         if is_file and head not in ("none", "lm"):
             data, test = f"split:train:{data}", f"split:test:{data}"
-            notes.append(f"trained on {data}, scored once on {test} (80/20 by molecule)")
+            n = _check_test_split(test, labels, head)
+            notes.append(f"trained on {data}, scored once on {test} ({n} rows: 20% by a hash "
+                         "of each row's molecules, else sequences, else text; --test none "
+                         "trains on every row)")
     elif test == "none":
         test = None
     out_dir = Path(out) if out else Path("tags") / tag.strip("<>")
     if not out:
+        if out_dir.exists() and _tag_name(out_dir) != tag:
+            raise ConfigError(f"{out_dir} exists and is not the tag {tag}; give --out")
         notes.append(f"out {out_dir}")
     return OwnData(data, template, kind, head, num_outputs, dirs, out_dir, test, notes)
 
 
-def _number(v: str) -> bool:
+def _peek(data: str, labels: list[str]):
+    """The rows the defaults look at: a CSV/TSV/.smi file as read (no row checks: training
+    checks them), an SD or FASTA file through its reader, a built-in source's first rows."""
+    from tagllm.sources import BUILTIN_PREFIXES, load_source
+
+    if data.startswith(BUILTIN_PREFIXES):
+        return load_source(data, 1000, label=labels or None, skip_invalid=True,
+                           progress=False)[0]
+    name = data.lower().removesuffix(".gz")
+    if name.endswith((".sdf", ".fa", ".fasta", ".faa")):
+        return load_source(data, label=labels or None, skip_invalid=True, progress=False)[0]
+    return read_table(data)
+
+
+def _template(tag: str, data: str, kind: str, table, labels: list[str], is_file: bool) -> str:
+    """``<SMILES> {col} TAG`` / ``<Protein> {col} TAG`` for the one input column, ``TAG
+    {col}`` for a domain tag; several or no input columns: ask for --template."""
+    from tagllm.sources import PROTEIN_COLUMNS, SMILES_COLUMNS
+
+    if not is_file:
+        raise ConfigError(f"--template: {data} is a built-in source; give the input text, "
+                          f"e.g. --template '<SMILES> {{smiles}} {tag}'")
+    cols = list(table.columns)
+    mols = [c for c in cols if c.lower() in SMILES_COLUMNS]
+    seqs = [c for c in cols if c.lower() in PROTEIN_COLUMNS]
+    example = f"--template '<SMILES> {{{(mols or seqs or cols)[0]}}} {tag}'"
+    if len(mols) + len(seqs) > 1:
+        raise ConfigError(f"--template: {data} has several input columns ({mols + seqs}); "
+                          f"give the input text with each, e.g. {example}")
+    if kind == "domain":
+        text = (mols or seqs or [c for c in cols if c not in labels and c.lower() != "id"])
+        if len(text) != 1:
+            raise ConfigError(f"--template: which column of {data} ({cols}) is the text? "
+                              f"e.g. --template '{tag} {{{cols[0]}}}'")
+        return f"{tag} {{{text[0]}}}"
+    if not (mols or seqs):
+        raise ConfigError(f"--template: {data} has no SMILES or sequence column (columns: "
+                          f"{cols}); give the input text, e.g. {example}")
+    return f"<SMILES> {{{mols[0]}}} {tag}" if mols else f"<Protein> {{{seqs[0]}}} {tag}"
+
+
+def _label_values(table, column: str) -> list[float]:
+    """The finite numbers of a label column (empty, missing and non-numeric cells left out:
+    training names those rows)."""
+    import math
+
+    out = []
+    for v in table[column]:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(x):
+            out.append(x)
+    return out
+
+
+def _check_test_split(spec: str, labels: list[str], head: str) -> int:
+    """The rows of a ``split:test:`` file (checked as training will check them), refused
+    when too few to score, or of one class only."""
+    from tagllm.sources import load_source
+
+    rows, _ = load_source(spec, label=labels, skip_invalid=True, progress=False)
+    path = spec.split(":", 2)[2]
+    if len(rows) < MIN_TEST_ROWS:
+        raise ConfigError(f"{path}: its test split ({spec}) holds {len(rows)} valid row(s), "
+                          f"fewer than {MIN_TEST_ROWS} to score; use a larger file, "
+                          "--test SOURCE, or --test none")
+    if head == "classification" and len(set(rows[labels[0]])) < 2:
+        raise ConfigError(f"{path}: every row of its test split ({spec}) has the same class; "
+                          "use --test SOURCE or --test none")
+    return len(rows)
+
+
+def _tag_name(folder: Path) -> str | None:
     try:
-        float(v)
-    except ValueError:
-        return False
-    return True
+        return read_tag(folder)[0]["name"]
+    except TagllmError:
+        return None
 
 
 def train_one(tag: TagConfig, data: DataConfig, train: TrainConfig, model: str,
