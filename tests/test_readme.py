@@ -74,6 +74,9 @@ def workdir(tmp_path_factory):
     (d / "configs").symlink_to(ROOT / "configs")
     (d / "molecules.smi").write_text("CCO ethanol\nc1ccccc1O phenol\nCC(=O)Oc1ccccc1C(=O)O "
                                      "aspirin\n")
+    mols = [f"{'C' * k}{end}" for k in range(1, 21) for end in ("O", "N", "F", "Cl", "S")]
+    (d / "my.csv").write_text("smiles,logS\n" + "".join(f"{m},{-len(m) / 5:.2f}\n"
+                                                         for m in mols))
     return d
 
 
@@ -84,6 +87,8 @@ def with_tiny_model(words: list[str], tiny: Path) -> list[str]:
         words[words.index("--model") + 1] = str(tiny)
     elif words[1] in ("train", "predict", "evaluate", "generate"):
         words += ["--model", str(tiny)]
+    if words[1] == "train" and "--template" not in words and "--load" not in words:
+        words += ["--load", "tags/SMILES"]  # the shipped <SMILES> is SmolLM2's: the tiny one's
     return words
 
 
