@@ -458,11 +458,17 @@ def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
     is checked on each row before its molecules and sequences."""
     if (unknown := unknown_source_error(spec)) is not None:
         raise unknown
-    if spec.startswith(BUILTIN_PREFIXES) or _is_fasta(spec) or _is_sdf(spec):
+    if spec.startswith(BUILTIN_PREFIXES) or has_own_reader(spec):
         yield load_source(spec, skip_invalid=skip_invalid, progress=progress, limit=limit)
         return
     for chunk in iter_table(spec, chunk_rows=chunk_rows):
         yield _validate(chunk, (), (), skip_invalid, limit)
+
+
+def has_own_reader(spec: str) -> bool:
+    """Whether ``spec`` is an SD or FASTA file, read by its format's reader (not as a
+    table of columns)."""
+    return _is_sdf(spec) or _is_fasta(spec)
 
 
 def _is_sdf(spec: str) -> bool:

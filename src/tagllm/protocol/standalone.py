@@ -19,7 +19,7 @@ import torch
 
 from tagllm.backbones import DEFAULT_MODEL, load_tokenizer
 from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
-from tagllm.data import read_table
+from tagllm.data import check_number, read_table
 from tagllm.errors import ConfigError, TagllmError, UnknownTagError, did_you_mean
 from tagllm.evaluation.baselines import baseline_keys
 from tagllm.evaluation.runner import evaluate
@@ -187,13 +187,12 @@ def own_data(tag: str, data: str, template: str | None, label: list[str], kind: 
 def _peek(data: str, labels: list[str]):
     """The rows the defaults look at: a CSV/TSV/.smi file as read (no row checks: training
     checks them), an SD or FASTA file through its reader, a built-in source's first rows."""
-    from tagllm.sources import BUILTIN_PREFIXES, load_source
+    from tagllm.sources import BUILTIN_PREFIXES, has_own_reader, load_source
 
     if data.startswith(BUILTIN_PREFIXES):
         return load_source(data, 1000, label=labels or None, skip_invalid=True,
                            progress=False)[0]
-    name = data.lower().removesuffix(".gz")
-    if name.endswith((".sdf", ".fa", ".fasta", ".faa")):
+    if has_own_reader(data):
         return load_source(data, label=labels or None, skip_invalid=True, progress=False)[0]
     return read_table(data)
 
@@ -228,16 +227,12 @@ def _template(tag: str, data: str, kind: str, table, labels: list[str], is_file:
 def _label_values(table, column: str) -> list[float]:
     """The finite numbers of a label column (empty, missing and non-numeric cells left out:
     training names those rows)."""
-    import math
-
     out = []
     for v in table[column]:
         try:
-            x = float(v)
-        except (TypeError, ValueError):
+            out.append(check_number(v))
+        except ValueError:
             continue
-        if math.isfinite(x):
-            out.append(x)
     return out
 
 
