@@ -345,8 +345,8 @@ def train(tag: str, data: str, template: str | None = None, out: str | None = No
     layer = readout_layer if readout_layer == "auto" else _int_flag("readout_layer",
                                                                     readout_layer)
     labels = _labels(label)
-    own = own_data(tag, data, template, [labels] if isinstance(labels, str) else labels or [],
-                   kind, head, num_outputs, load, out, test, model)
+    own = own_data(tag, data, template, labels, kind, head, num_outputs, load, out, test,
+                   model)
     for note in own.notes:
         _log(f"default: {note}")
     cfg = TagConfig(tag, kind=own.kind, num_tokens=num_tokens, reparam=reparam, depth=depth,

@@ -107,7 +107,8 @@ class OwnData:
 MIN_TEST_ROWS = 10
 
 
-def own_data(tag: str, data: str, template: str | None, label: list[str], kind: str | None,
+def own_data(tag: str, data: str, template: str | None, label: str | list[str] | None,
+             kind: str | None,
              head: str, num_outputs: int | None, load: str | None, out: str | None,
              test: str | None, model: str) -> OwnData:
     """Defaults for training a tag on a file with as few flags as possible, all decided from
@@ -137,7 +138,7 @@ def own_data(tag: str, data: str, template: str | None, label: list[str], kind: 
     kind = kind or ("function" if label else "domain")
     if label and kind != "function":
         raise ConfigError("--label trains a head: it needs --kind function")
-    labels = label_columns(data, label[0] if len(label) == 1 else label)
+    labels = label_columns(data, label)
     table = _peek(data, labels) if template is None or (
         labels and (head == "auto" or num_outputs is None)) else None
     if template is None:
