@@ -90,6 +90,16 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     main(["predict", *tags, "--input", str(data), "--output", str(again), "--progress",
           "false"])
     assert again.read_text() == out.read_text()
+    # the function tag alone, no template: the <SMILES> it was trained with comes from the
+    # tag store (found by the digest its tag file records), the template from its provenance
+    capsys.readouterr()
+    alone = tmp_path / "alone.csv"
+    main(["predict", "--tags", str(tmp_path / "Q"), "--input", str(data), "--output",
+          str(alone), "--progress", "false"])
+    assert alone.read_text() == out.read_text()
+    said = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "default: <SMILES>:" in said and "the one <QED> was trained with" in said
+    assert "default: template '<SMILES> {smiles} <QED>'" in said
 
 
 def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys):

@@ -201,7 +201,8 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
         model: base model (default: the one the tag files record).
         host: address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface).
         port: TCP port.
-        template: renders rows requests that bring no template.
+        template: renders rows requests that bring no template (default: the template the
+            function tag was trained with, as its tag file records it).
         max_batch: inputs per forward pass.
         max_wait_ms: how long a batch waits for more requests.
         max_pending: requests waiting or running at once; more get 503.
@@ -215,19 +216,19 @@ def serve(tags: str, model: str | None = None, host: str = "127.0.0.1", port: in
         dtype: the base model's weights: float32, or bfloat16 (half the memory).
     """
     from tagllm.model import TaggedModel
-    from tagllm.protocol.standalone import recorded_model, tag_dirs
+    from tagllm.protocol.standalone import recorded_model
     from tagllm.serve import ServeConfig, token_from_env
     from tagllm.serve import serve as run_service
 
     for module in ("fastapi", "uvicorn"):
         if importlib.util.find_spec(module) is None:
             raise MissingPackageError(f"tagllm serve needs {module}: pip install 'tagllm[serve]'")
+    dirs, template = _tag_dirs(tags, template)  # every tag file checked before the model
     cfg = ServeConfig(host=host, port=port, template=template, max_batch=max_batch,
                       max_wait_ms=max_wait_ms, max_pending=max_pending, max_inputs=max_inputs,
                       max_body_bytes=max_body_bytes, max_length=max_length,
                       max_new_tokens=max_new_tokens, timeout_s=timeout_s,
                       token=token_from_env(token))
-    dirs = tag_dirs(tags)  # every tag file checked before the model loads
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
                                     dtype=_torch_dtype(dtype))
     console.print(f"serving {', '.join(m.bank.names)} on http://{host}:{port}"
@@ -385,7 +386,29 @@ def _labels(label: str | None) -> str | list[str] | None:
     return label.split(",") if label and "," in label else label
 
 
-def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smiles} <QED>",
+def _tag_dirs(tags: str | None, template: str | None = None, tag: str | None = None,
+              need_template: bool = False) -> tuple[list[Path], str | None]:
+    """The tag folders ``tags`` names, with the tags they were trained with that are not
+    among them (shipped or stored ones, matched by value), and the template: ``template``,
+    else the one the function tag was trained with. Each default taken is printed."""
+    from tagllm.protocol.standalone import recorded_template, tag_dirs, with_trained_with
+
+    def note(msg: str) -> None:
+        console.print(f"default: {msg}", highlight=False, markup=False)
+
+    dirs = with_trained_with(tag_dirs(tags), note)
+    if template is None:
+        template = recorded_template(dirs, tag)
+        if template is not None:
+            note(f"template {template!r}, the one the function tag was trained with")
+        elif need_template:
+            raise ConfigError("--template: the tag files record no single template for a "
+                              "function tag; give one, e.g. --template "
+                              "'<SMILES> {smiles} <QED>'")
+    return dirs, template
+
+
+def predict(tags: str, input: str, output: str, template: str | None = None,
             tag: str | None = None, model: str | None = None, batch_size: int = 32,
             max_length: int = 512, skip_invalid: bool = False, progress: bool = True,
             dtype: Dtype = "float32") -> None:
@@ -400,7 +423,8 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
         tags: TAGS_HELP.
         input: CSV/TSV (with a header) or .smi file.
         output: CSV file to write.
-        template: input text per row, with {column} placeholders.
+        template: input text per row, with {column} placeholders (default: the template
+            the function tag was trained with, as its tag file records it).
         tag: the function tag whose head predicts (default: the one in the template).
         model: base model the tags were trained for (default: the one their tag files
             record).
@@ -413,10 +437,10 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
     """
     from tagllm.inference import check_output, predict_file
     from tagllm.model import TaggedModel
-    from tagllm.protocol.standalone import recorded_model, tag_dirs
+    from tagllm.protocol.standalone import recorded_model
 
     check_output(input, output)  # before the model loads
-    dirs = tag_dirs(tags)
+    dirs, template = _tag_dirs(tags, template, tag, need_template=True)
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
                                     dtype=_torch_dtype(dtype))
     n = predict_file(m, input, output, template, tag, batch_size, max_length, skip_invalid,
@@ -425,7 +449,7 @@ def predict(tags: str, input: str, output: str, template: str = "<SMILES> {smile
 
 
 def evaluate(tags: str, data: str, label: str | None = None,
-             template: str = "<SMILES> {smiles} <QED>", tag: str | None = None,
+             template: str | None = None, tag: str | None = None,
              model: str | None = None, n_examples: int | None = None,
              baseline_train: str | None = None, baseline_examples: int = 3000,
              baselines: str | None = None,
@@ -450,7 +474,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
         tags: TAGS_HELP.
         data: a labelled CSV/TSV or SD file, or a built-in source: SOURCES_LIST.
         label: the label column(s), comma-separated (or a source's group: descriptors).
-        template: input text per row, with {column} placeholders.
+        template: input text per row, with {column} placeholders (default: the template
+            the function tag was trained with, as its tag file records it).
         tag: the function tag whose head predicts (default: the one in the template).
         model: base model the tags were trained for (default: the one their tag files
             record).
@@ -480,15 +505,14 @@ def evaluate(tags: str, data: str, label: str | None = None,
         evaluate_entries,
         evaluate_saved,
         recorded_model,
-        tag_dirs,
     )
     from tagllm.report import eval_table, interval_table
 
+    dirs, template = _tag_dirs(tags, template, tag, need_template=True)
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
                                   skip_invalid, baseline_train, baseline_examples, reference,
                                   source_column, prompt, max_new_tokens, spm_model,
                                   baselines.split(",") if baselines else None, too_long)
-    dirs = tag_dirs(tags)
     row = evaluate_saved(dirs, spec, recorded_model(dirs, model), base, tag, batch_size,
                          max_length, progress, _log, _torch_dtype(dtype))
     for table in (eval_table(row), interval_table(row)):
@@ -521,9 +545,9 @@ def generate(prompt: str, tags: str | None = None, model: str | None = None,
         max_new_tokens: tokens to generate.
     """
     from tagllm.model import TaggedModel
-    from tagllm.protocol.standalone import recorded_model, tag_dirs
+    from tagllm.protocol.standalone import recorded_model
 
-    dirs = tag_dirs(tags)
+    dirs, _ = _tag_dirs(tags)
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
     console.print(m.generate([prompt], max_new_tokens)[0], highlight=False, markup=False)
 

@@ -22,7 +22,13 @@ from tagllm.errors import ConfigError, DataError, TagFileError
 from tagllm.heads import Head, build_head
 from tagllm.hub import resolve_tag_dir, tag_folders
 from tagllm.progress import track
-from tagllm.serialization import check_base_model, read_tag, tensor_digest, write_tag
+from tagllm.serialization import (
+    check_base_model,
+    read_tag,
+    tensor_digest,
+    values_digest,
+    write_tag,
+)
 from tagllm.tags import TagBank, TagTokenizer, pad_batch
 
 
@@ -337,8 +343,7 @@ class TaggedModel(nn.Module):
             raise TagFileError(f"{directory}: deep tag {name} holds offsets for "
                                f"{None if deep is None else deep.shape[0] + 1} layers, the "
                                f"base model has {self.num_layers}")
-        digest = tensor_digest(tensors["embedding"] if deep is None else torch.cat(
-            [tensors["embedding"].flatten(), deep.flatten()]))
+        digest = values_digest(tensors)
         self._check_trained_with(directory, name, digest, meta.get("trained_with") or {})
         self.add_tag(config, init=tensors["embedding"], deep=deep)
         head = self.head(name)

@@ -49,6 +49,14 @@ def tensor_digest(t: torch.Tensor) -> str:
     return "sha256:" + hashlib.sha256(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+def values_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The digest of a tag file's vectors (``embedding``, and ``deep`` for a deep tag): what
+    the tag files of the tags trained beside it record under ``trained_with``."""
+    deep = tensors.get("deep")
+    return tensor_digest(tensors["embedding"] if deep is None else torch.cat(
+        [tensors["embedding"].flatten(), deep.flatten()]))
+
+
 def write_tag(directory: str | Path, config: TagConfig, tensors: dict[str, torch.Tensor],
               base_model: dict[str, Any], hidden_size: int, provenance: dict[str, Any],
               trained_with: dict[str, str] | None = None) -> Path:

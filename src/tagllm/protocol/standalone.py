@@ -10,7 +10,8 @@ every source before it loads a model, then evaluates through the same runner as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, length_limit, read_rows, report_skipped
 from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
 from tagllm.protocol.run import run
-from tagllm.serialization import read_tag
+from tagllm.serialization import META, read_tag, values_digest
+from tagllm.shipped import SHIPPED
 from tagllm.store import TagStore, tag_key
 from tagllm.tags import counting_tokenizer
 
@@ -40,6 +42,69 @@ def tag_dirs(spec: str | Sequence[str | Path] | None) -> list[Path]:
     them, and a Hub repository id (``ORG/NAME``) for the tags it holds."""
     parts = spec.split(",") if isinstance(spec, str) else list(spec or [])
     return [d for part in parts if str(part).strip() for d in tag_folders(str(part).strip())]
+
+
+def with_trained_with(dirs: Sequence[Path], note: Log | None = None) -> list[Path]:
+    """``dirs`` and, before them, the tags they were trained with that are not among them,
+    found by their values among the shipped tags and in the tag store (a tag file records
+    the digest of every tag it was trained beside). So ``--tags tags/LogS`` also loads the
+    shipped ``<SMILES>`` that ``<LogS>`` was trained on. A tag not found is left for the
+    template check to name; one found is reported through ``note``."""
+    out = list(dirs)
+    metas = [read_tag(d)[0] for d in out]
+    have = {m["name"] for m in metas}
+    pending = [(n, dig, m["name"]) for m in metas
+               for n, dig in (m.get("trained_with") or {}).items() if n not in have]
+    while pending:
+        name, digest, user = pending.pop(0)
+        if name in have:
+            continue
+        have.add(name)
+        found = _find_tag(name, digest)
+        if found is None:
+            continue
+        out.insert(0, found)  # a domain tag before the function tags that read it
+        if note is not None:
+            note(f"{name}: {found}, the one {user} was trained with")
+        meta = read_tag(found)[0]
+        pending += [(n, dig, name) for n, dig in (meta.get("trained_with") or {}).items()]
+    return out
+
+
+def _tag_candidates() -> Iterator[Path]:
+    """The shipped tag folders, then the tag store's."""
+    for entry in SHIPPED.values():
+        yield from entry.paths()
+    root = TagStore().root
+    if root.is_dir():
+        yield from sorted(p for p in root.iterdir() if (p / META).is_file())
+
+
+def _find_tag(name: str, digest: str) -> Path | None:
+    """The first candidate folder holding tag ``name`` with these values."""
+    for d in _tag_candidates():
+        try:
+            if json.loads((d / META).read_text()).get("name") != name:
+                continue
+            if values_digest(read_tag(d)[1]) == digest:
+                return d
+        except (OSError, ValueError, TagllmError):
+            continue  # a damaged store entry is not a candidate
+    return None
+
+
+def recorded_template(dirs: Sequence[Path], tag: str | None = None) -> str | None:
+    """The template the function tag among ``dirs`` (``tag``, else the only one with a
+    regression or classification head) was trained on, as its tag file records it; None
+    when there is no such tag, several, or no single recorded template."""
+    metas = [m for m in (read_tag(d)[0] for d in dirs)
+             if (m["config"].get("head") or {}).get("kind") in ("regression", "classification")
+             and (tag is None or m["name"] == tag)]
+    if len(metas) != 1:
+        return None
+    parts = (metas[0].get("provenance") or {}).get("stage", {}).get("data") or []
+    templates = {p.get("template") for p in parts} - {None}
+    return templates.pop() if len(templates) == 1 else None
 
 
 def read_tag_configs(dirs: Sequence[Path]) -> dict[str, TagConfig]:
