@@ -362,3 +362,22 @@ def test_docs_cli_md_is_the_commands_own_help():
         assert all(flat.count(spec) >= 2 for spec in source.specs), source.prefix
     assert all(f"## tagllm {name}\n" in page for name in COMMANDS)
     assert "--refit_rows {warm_start,seen}" in page and "usage: tagllm " in page
+
+
+def test_readme_results_table_is_generated(tmp_path):
+    """The README's results table is the newest sweep file's summary (stale: `make docs`),
+    and the generator reads the file, not a copy: a changed number shows."""
+    from pathlib import Path
+
+    from tagllm.publish import SUMMARY_BEGIN, newest_sweep, readme_page, summary_table
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert SUMMARY_BEGIN in readme
+    assert readme_page(readme, root) == readme, "README.md's results table is stale: make docs"
+    doc = json.loads(newest_sweep(root).read_text())
+    doc["summary"][0]["test"][doc["summary"][0]["trained_minus_untrained"]["metric"]] = 123.5
+    (tmp_path / "sweep.json").write_text(json.dumps(doc))
+    table = summary_table(tmp_path / "sweep.json")
+    assert f"| {doc['summary'][0]['task']} | " in table and "| 123.5 |" in table
+    assert "123.5" not in readme

@@ -131,3 +131,8 @@ def test_own_file_in_one_command_on_the_tiny_model(tmp_path, tiny_model_dir, mon
     assert any(k.startswith("ablation") for k in test["baselines"])
     assert "default: head regression on y" in out and "split:test:" in out
     assert "random forest" in out and "wrote tags/Y" in out.replace("\n", " ")
+    # a tag with a head trains with the validated setting, except what was given (--steps)
+    train = prov["stage"]["train"]
+    assert (train["steps"], train["lr"], train["head_lr"], train["refit_every"],
+            train["patience"], train["schedule"]) == (3, 1e-4, 1e-6, 50, 4, "constant")
+    assert "default: for a tag with a head, lr 0.0001, schedule constant" in " ".join(out.split())

@@ -24,7 +24,7 @@ import yaml
 from tagllm.cli import main
 from tagllm.report import method_rows
 
-from tiny import RecordingHub, save_tiny
+from tiny import RecordingHub, save_tiny, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -72,34 +72,53 @@ def workdir(tmp_path_factory):
     save_tiny(d / "tiny")
     scaled_recipe(ROOT / "recipes" / "qed.yaml", d / "recipes" / "qed.yaml", d / "tiny")
     (d / "configs").symlink_to(ROOT / "configs")
-    (d / "molecules.smi").write_text("CCO ethanol\nc1ccccc1O phenol\nCC(=O)Oc1ccccc1C(=O)O "
-                                     "aspirin\n")
+    (d / "examples").symlink_to(ROOT / "examples")
+    (d / "molecules.smi").write_text((ROOT / "examples" / "molecules.smi").read_text())
+    (d / "molecules.csv").write_text("smiles\nCCO\nc1ccccc1O\nCC(=O)Oc1ccccc1C(=O)O\n")
     mols = [f"{'C' * k}{end}" for k in range(1, 21) for end in ("O", "N", "F", "Cl", "S")]
     (d / "my.csv").write_text("smiles,logS\n" + "".join(f"{m},{-len(m) / 5:.2f}\n"
                                                          for m in mols))
     return d
 
 
+#: shipped tags are SmolLM2's: the tiny model's stand-ins are the README demo's own tags
+SHIPPED_STAND_INS = {"qed": "runs/qed/tags", "smiles": "runs/qed/tags/SMILES"}
+
+
 def with_tiny_model(words: list[str], tiny: Path) -> list[str]:
-    """``--model X`` -> the tiny model; commands that load a model get it added."""
-    words = list(words)
+    """``--model X`` -> the tiny model; commands that load a model get it added; shipped
+    tags -> the demo's tags trained on the tiny model."""
+    words = [SHIPPED_STAND_INS.get(w, w) if i and words[i - 1] == "--tags" else w
+             for i, w in enumerate(words)]
     if "--model" in words:
         words[words.index("--model") + 1] = str(tiny)
     elif words[1] in ("train", "predict", "evaluate", "generate"):
         words += ["--model", str(tiny)]
     if words[1] == "train" and "--template" not in words and "--load" not in words:
-        words += ["--load", "tags/SMILES"]  # the shipped <SMILES> is SmolLM2's: the tiny one's
+        words += ["--load", SHIPPED_STAND_INS["smiles"]]
+    if words[1] == "train" and "--steps" not in words:
+        words += ["--steps", "20"]  # a head's default budget is for real models
     return words
 
 
-def run_command(words: list[str], workdir: Path) -> None:
-    """Run one README command in ``workdir`` (see the module docstring)."""
+def run_command(words: list[str], workdir: Path, servers: dict) -> None:
+    """Run one README command in ``workdir`` (see the module docstring). ``tagllm serve``
+    starts a server process (kept in ``servers`` until the test ends) that the README's
+    ``curl`` commands then reach."""
     line = " ".join(words)
     if line in SUITE:
         return
+    if words[:2] == ["tagllm", "serve"]:
+        tags = words[words.index("--tags") + 1]
+        url, proc, log = start_server(workdir, [], tags=tags)
+        servers.update(url=url, proc=proc, log=log)
+        return
+    if words[0] == "curl":
+        servers["answer"] = curl(words, servers["url"])
+        return
     if line == "make demo":
         assert f".venv/bin/{DEMO}" in (ROOT / "Makefile").read_text()
-        return run_command(shlex.split(DEMO), workdir)
+        return run_command(shlex.split(DEMO), workdir, servers)
     if words[0] == "tagllm":
         return main(with_tiny_model(words, workdir / "tiny")[1:] + ["--progress", "false"]
                     if words[1] not in ("list", "generate", "inspect", "report", "push", "gc")
@@ -140,17 +159,52 @@ def test_every_readme_command_runs(workdir, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(workdir / "hf-cache"))
     cmds = commands()
     assert len(cmds) >= 15
-    for words in sorted(cmds, key=lambda w: w[0] in LAUNCHERS):
-        run_command(words, workdir)
+    servers: dict = {}
+    try:
+        for words in sorted(cmds, key=lambda w: w[0] in LAUNCHERS):
+            run_command(words, workdir, servers)
+    finally:
+        if servers:
+            servers["proc"].terminate()
+            servers["proc"].wait(30)
+            servers["log"].close()
+    assert servers, "the README starts no server"
     out = capsys.readouterr().out
     assert "Morgan k-NN (k=5)" in out and "training mean" in out
     assert list(csv_rows(workdir / "predictions.csv")[0]) == ["smiles", "name", "prediction"]
     assert csv_rows(workdir / "hub.csv") == csv_rows(workdir / "predictions.csv")  # by repo id
     assert [c[0] for c in RecordingHub.calls] == ["init", "create_repo", "upload_folder"]
+    assert float(csv_rows(workdir / "logS.csv")[0]["prediction"]) == pytest.approx(
+        servers["answer"]["predictions"][0][0], abs=1e-5)  # served as predicted
     for code in blocks("python"):
-        exec(compile(code.replace('"smollm2"', repr(str(workdir / "tiny"))), "README", "exec"),
-             {})
-    assert (workdir / "tags" / "SMILES" / "tag.json").is_file()
+        code = code.replace('"smollm2"', repr(str(workdir / "tiny")))
+        exec(compile(code.replace('["qed"]', repr([SHIPPED_STAND_INS["qed"]])), "README",
+                     "exec"), {})
+    assert (workdir / "tags" / "Polymer" / "tag.json").is_file()
+
+
+def curl(words: list[str], url: str) -> dict:
+    """A README ``curl -H ... -d JSON URL`` sent to the test's server (its port for the
+    README's), which must answer 200."""
+    import httpx
+
+    headers = dict(h.split(": ", 1) for i, h in enumerate(words) if words[i - 1] == "-H")
+    body = words[words.index("-d") + 1]
+    path = "/" + words[-1].split("//", 1)[1].split("/", 1)[1]
+    answer = httpx.post(url + path, content=body, headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_install_lines_are_the_setup_scripts(workdir):
+    """The README's install-by-hand lines are the set-up script's own (CI runs the script),
+    so they cannot drift from what is tested."""
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    lines = [ln.split("#")[0].strip() for b in blocks("sh") for ln in b.splitlines()]
+    installs = [ln for ln in lines if ln.startswith("python -m pip install")]
+    assert len(installs) >= 3
+    for ln in installs:
+        assert '"$VPY" -m pip install -q ' + ln.removeprefix("python -m pip install ") in setup, ln
 
 
 def csv_rows(path: Path) -> list[dict]:

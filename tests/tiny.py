@@ -162,10 +162,11 @@ def saved_tiny_tags(d: Path, q_provenance: dict | None = None):
 
 
 def start_server(d: Path, args: list[str], env: dict[str, str] | None = None,
-                 headers: dict[str, str] | None = None):
-    """A `tagllm serve` process on the tiny model ``d/tiny`` with the tags ``d/tags`` and
-    ``args``, logging to ``d/server.log``; returns (base URL, process, open log file) once
-    /health answers."""
+                 headers: dict[str, str] | None = None, tags: str | None = None,
+                 model: str | None = None):
+    """A `tagllm serve` process in ``d`` on ``model`` (default: the tiny model ``d/tiny``)
+    with the tags ``tags`` (default ``d/tags``) and ``args``, logging to ``d/server.log``;
+    returns (base URL, process, open log file) once /health answers."""
     import os
     import socket
     import subprocess
@@ -178,9 +179,9 @@ def start_server(d: Path, args: list[str], env: dict[str, str] | None = None,
         port = s.getsockname()[1]
     log = open(d / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tagllm.cli", "serve", "--tags", str(d / "tags"), "--model",
-         str(d / "tiny"), "--port", str(port), *args],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        [sys.executable, "-m", "tagllm.cli", "serve", "--tags", tags or str(d / "tags"),
+         "--model", model or str(d / "tiny"), "--port", str(port), *args],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=d)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

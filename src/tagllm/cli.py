@@ -24,12 +24,19 @@ import typing
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
 
-from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainConfig
+from tagllm.config import (
+    HEAD_TRAINING,
+    DataConfig,
+    EvalConfig,
+    HeadConfig,
+    TagConfig,
+    TrainConfig,
+)
 from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
 from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
 from tagllm.paths import tagllm_home
@@ -64,11 +71,24 @@ def _report_skipped(skipped: list[str]) -> None:
             err.print(f"  ... and {len(skipped) - 20} more")
 
 
-def with_fields(cls: type, skip: tuple[str, ...] = ()) -> Callable:
+def with_fields(cls: type, skip: tuple[str, ...] = (), head_defaults: dict | None = None
+                ) -> Callable:
     """Give a command every field of dataclass ``cls`` (but ``skip``) as a keyword flag,
-    typed, with the field's default and its ``help`` metadata: one source for both."""
+    typed, with the field's default and its ``help`` metadata: one source for both. A field
+    in ``head_defaults`` defaults to None instead (not given), its help naming both
+    defaults: the field's, and the one for a tag with a head."""
     hints = typing.get_type_hints(cls)
     extra = [f for f in fields(cls) if f.name not in skip]
+    heads = head_defaults or {}
+
+    def hint(f) -> Any:
+        return hints[f.name] | None if f.name in heads else hints[f.name]
+
+    def help_text(f) -> str:
+        text = f.metadata.get("help", "")
+        if f.name in heads:
+            text += f" (default {f.default}; a tag with a head: {heads[f.name]})"
+        return text
 
     def wrap(fn: Callable) -> Callable:
         sig = _inspect.signature(fn)
@@ -76,12 +96,13 @@ def with_fields(cls: type, skip: tuple[str, ...] = ()) -> Callable:
         params = [p.replace(annotation=own.get(p.name, p.annotation))
                   for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
         params += [_inspect.Parameter(f.name, _inspect.Parameter.KEYWORD_ONLY,
-                                      default=f.default, annotation=hints[f.name])
+                                      default=None if f.name in heads else f.default,
+                                      annotation=hint(f))
                    for f in extra]
         fn.__signature__ = sig.replace(parameters=params)
-        fn.__annotations__ = {**own, **{f.name: hints[f.name] for f in extra}}
+        fn.__annotations__ = {**own, **{f.name: hint(f) for f in extra}}
         fn.__doc__ = (fn.__doc__ or "").rstrip() + "".join(
-            f"\n        {f.name}: {f.metadata.get('help', '')}." for f in extra)
+            f"\n        {f.name}: {help_text(f)}." for f in extra)
         return fn
 
     return wrap
@@ -280,7 +301,7 @@ def gc(store: str | None = None, dry_run: bool = False) -> None:
                       "process)", highlight=False)
 
 
-@with_fields(TrainConfig, skip=("log_every", "checkpoint_every"))
+@with_fields(TrainConfig, skip=("log_every", "checkpoint_every"), head_defaults=HEAD_TRAINING)
 def train(tag: str, data: str, template: str | None = None, out: str | None = None,
           label: str | None = None,
           kind: Literal["domain", "function"] | None = None,
@@ -360,8 +381,14 @@ def train(tag: str, data: str, template: str | None = None, out: str | None = No
                         skip_invalid=skip_invalid, ablation=cfg.head is not None,
                         baselines=OWN_DATA_BASELINES if head_labels else [])] \
         if own.test else []
-    path, stage = train_one(cfg, rows, TrainConfig(**settings), model, own.load, own.out,
-                            TagStore(store), progress, _log, evals)
+    given = {k: v for k, v in settings.items() if v is not None}
+    chosen = {k: v for k, v in HEAD_TRAINING.items() if k not in given} \
+        if cfg.head is not None and cfg.head.kind != "lm" else {}
+    if chosen:
+        _log("default: for a tag with a head, " + ", ".join(f"{k} {v}" for k, v in
+                                                          chosen.items()))
+    path, stage = train_one(cfg, rows, TrainConfig(**{**chosen, **given}), model, own.load,
+                            own.out, TagStore(store), progress, _log, evals)
     for table in stage_tables([stage]) if evals else []:
         console.print(table)
     how = "found in the tag store" if stage["cached"] else f"{stage['steps_run']} steps"
@@ -682,10 +709,15 @@ def tasks_page(page: str) -> str:
 
 
 def write_docs(root: str | Path = ".") -> None:
-    """``make docs``: docs/cli.md and the sources table of docs/tasks.md, from the code."""
+    """``make docs``: docs/cli.md and the sources table of docs/tasks.md, from the code, and
+    the README's results table from the newest results file."""
+    from tagllm.publish import readme_page
+
     docs = Path(root) / "docs"
     atomic_write_text(docs / "cli.md", cli_reference())
     atomic_write_text(docs / "tasks.md", tasks_page((docs / "tasks.md").read_text()))
+    readme = Path(root) / "README.md"
+    atomic_write_text(readme, readme_page(readme.read_text(), root))
 
 
 def _normalise_args(args: list[str]) -> list[str]:
