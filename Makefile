@@ -36,7 +36,8 @@ report: setup
 	.venv/bin/tagllm report $(RUNS) --html report.html --markdown docs/results.md \
 		--preamble docs/results-preamble.md --title "tagllm results"
 
-# docs/cli.md from the commands' own --help and docs/tasks.md's table of sources from the
-# sources' registry (tests/test_cli.py fails when either is stale)
+# docs/cli.md from the commands' own --help, docs/tasks.md's table of sources from the
+# sources' registry and README.md's results table from the newest sweep file
+# (tests/test_cli.py fails when any of them is stale)
 docs: setup
 	.venv/bin/python -c "from tagllm.cli import write_docs; write_docs()"

@@ -6,6 +6,7 @@ with the paired comparison against the random forest."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,45 @@ def test_own_file_in_one_command_on_the_tiny_model(tmp_path, tiny_model_dir, mon
     assert (train["steps"], train["lr"], train["head_lr"], train["refit_every"],
             train["patience"], train["schedule"]) == (3, 1e-4, 1e-6, 50, 4, "constant")
     assert "default: for a tag with a head, lr 0.0001, schedule constant" in " ".join(out.split())
+
+
+def test_head_training_defaults_yield_to_given_flags():
+    """The validated setting fills only what the user did not give, and drops what a given
+    flag rules out (so the error never names a flag the user did not type)."""
+    from tagllm.config import HEAD_TRAINING, TrainConfig, head_training
+
+    assert head_training({}) == HEAD_TRAINING
+    assert "steps" not in head_training({"steps": 100})
+    for given in ({"warm_start_head": False}, {"validation": 0.0, "select": "last"}):
+        TrainConfig(**head_training(given), **given)  # no conflict left
+
+
+def test_dependencies_and_template_from_the_tag_files(tmp_path, monkeypatch):
+    """A function tag alone brings the tag it was trained with from the store (by value, a
+    damaged entry skipped) and its recorded template; a tag trained with in-context
+    examples, or with odd provenance, records no template that would reproduce its inputs."""
+    from tagllm.protocol.standalone import recorded_template, with_trained_with
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("TAGLLM_STORE", str(store))
+    part = {"template": "<S> {smiles} <Q>", "context": 0}
+    saved_tiny_tags(tmp_path, {"stage": {"data": [part]}})
+    (store / "bad").mkdir(parents=True)
+    (store / "bad" / "tag.json").write_text("[1]")
+    (store / "worse").mkdir()
+    (store / "worse" / "tag.json").write_text('{"name": "<S>"}')  # no tensors file
+    notes = []
+    assert with_trained_with([tmp_path / "tags" / "Q"], notes.append) == [tmp_path / "tags" / "Q"]
+    assert "neither given, shipped nor in the tag store" in notes[0]
+    shutil.copytree(tmp_path / "tags" / "S", store / "s-entry")
+    notes.clear()
+    assert with_trained_with([tmp_path / "tags" / "Q"], notes.append) == [
+        store / "s-entry", tmp_path / "tags" / "Q"]
+    assert notes == [f"<S>: {store / 's-entry'}, the one <Q> was trained with"]
+    assert recorded_template([tmp_path / "tags" / "Q"]) == "<S> {smiles} <Q>"
+    meta_path = tmp_path / "tags" / "Q" / "tag.json"
+    meta = json.loads(meta_path.read_text())
+    for provenance in ({"stage": {"data": [{**part, "context": 2}]}}, {"stage": None},
+                       {"stage": {"data": ["x"]}}, {"stage": "s"}):
+        meta_path.write_text(json.dumps({**meta, "provenance": provenance}))
+        assert recorded_template([tmp_path / "tags" / "Q"]) is None, provenance

@@ -36,6 +36,7 @@ from tagllm.config import (
     HeadConfig,
     TagConfig,
     TrainConfig,
+    head_training,
 )
 from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
 from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
@@ -382,8 +383,7 @@ def train(tag: str, data: str, template: str | None = None, out: str | None = No
                         baselines=OWN_DATA_BASELINES if head_labels else [])] \
         if own.test else []
     given = {k: v for k, v in settings.items() if v is not None}
-    chosen = {k: v for k, v in HEAD_TRAINING.items() if k not in given} \
-        if cfg.head is not None and cfg.head.kind != "lm" else {}
+    chosen = head_training(given) if cfg.head is not None and cfg.head.kind != "lm" else {}
     if chosen:
         _log("default: for a tag with a head, " + ", ".join(f"{k} {v}" for k, v in
                                                           chosen.items()))
@@ -414,17 +414,19 @@ def _labels(label: str | None) -> str | list[str] | None:
 
 
 def _tag_dirs(tags: str | None, template: str | None = None, tag: str | None = None,
-              need_template: bool = False) -> tuple[list[Path], str | None]:
+              need_template: bool = False, want_template: bool = True
+              ) -> tuple[list[Path], str | None]:
     """The tag folders ``tags`` names, with the tags they were trained with that are not
     among them (shipped or stored ones, matched by value), and the template: ``template``,
-    else the one the function tag was trained with. Each default taken is printed."""
+    else (``want_template``) the one the function tag was trained with. Each default taken
+    is logged (stderr: stdout stays the command's output)."""
     from tagllm.protocol.standalone import recorded_template, tag_dirs, with_trained_with
 
     def note(msg: str) -> None:
-        console.print(f"default: {msg}", highlight=False, markup=False)
+        _log(f"default: {msg}")
 
     dirs = with_trained_with(tag_dirs(tags), note)
-    if template is None:
+    if template is None and want_template:
         template = recorded_template(dirs, tag)
         if template is not None:
             note(f"template {template!r}, the one the function tag was trained with")
@@ -574,7 +576,7 @@ def generate(prompt: str, tags: str | None = None, model: str | None = None,
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model
 
-    dirs, _ = _tag_dirs(tags)
+    dirs, _ = _tag_dirs(tags, want_template=False)
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
     console.print(m.generate([prompt], max_new_tokens)[0], highlight=False, markup=False)
 

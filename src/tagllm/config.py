@@ -205,6 +205,18 @@ HEAD_TRAINING: dict[str, Any] = {"steps": 900, "lr": 1e-4, "schedule": "constant
                                  "head_lr": 1e-6, "refit_every": 50, "patience": 4}
 
 
+def head_training(given: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`HEAD_TRAINING` settings to add to the ``given`` ones (TrainConfig fields):
+    those not given, less what the given ones rule out (re-fits need the closed-form warm
+    start; early stopping needs validation rows)."""
+    out = {k: v for k, v in HEAD_TRAINING.items() if k not in given}
+    if given.get("warm_start_head") is False:
+        out.pop("refit_every", None)
+    if given.get("validation") == 0:
+        out.pop("patience", None)
+    return out
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one tag-training run."""

@@ -62,6 +62,10 @@ def with_trained_with(dirs: Sequence[Path], note: Log | None = None) -> list[Pat
         have.add(name)
         found = _find_tag(name, digest)
         if found is None:
+            if note is not None:
+                note(f"{user} was trained with a {name} (digest {digest}) that is neither "
+                     f"given, shipped nor in the tag store {TagStore().root}: add its tag "
+                     "folder to --tags")
             continue
         out.insert(0, found)  # a domain tag before the function tags that read it
         if note is not None:
@@ -84,11 +88,12 @@ def _find_tag(name: str, digest: str) -> Path | None:
     """The first candidate folder holding tag ``name`` with these values."""
     for d in _tag_candidates():
         try:
-            if json.loads((d / META).read_text()).get("name") != name:
+            meta = json.loads((d / META).read_text())
+            if not isinstance(meta, dict) or meta.get("name") != name:
                 continue
             if values_digest(read_tag(d)[1]) == digest:
                 return d
-        except (OSError, ValueError, TagllmError):
+        except (OSError, ValueError, KeyError, TagllmError):
             continue  # a damaged store entry is not a candidate
     return None
 
@@ -96,15 +101,21 @@ def _find_tag(name: str, digest: str) -> Path | None:
 def recorded_template(dirs: Sequence[Path], tag: str | None = None) -> str | None:
     """The template the function tag among ``dirs`` (``tag``, else the only one with a
     regression or classification head) was trained on, as its tag file records it; None
-    when there is no such tag, several, or no single recorded template."""
+    when there is no such tag, several, no single recorded template, or one trained with
+    in-context examples (which a template alone does not reproduce)."""
     metas = [m for m in (read_tag(d)[0] for d in dirs)
              if (m["config"].get("head") or {}).get("kind") in ("regression", "classification")
              and (tag is None or m["name"] == tag)]
     if len(metas) != 1:
         return None
-    parts = (metas[0].get("provenance") or {}).get("stage", {}).get("data") or []
+    stage = (metas[0].get("provenance") or {}).get("stage")
+    parts = stage.get("data") if isinstance(stage, dict) else None
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts) or any(
+            p.get("context") for p in parts):  # in-context examples: more than a template
+        return None
     templates = {p.get("template") for p in parts} - {None}
-    return templates.pop() if len(templates) == 1 else None
+    template = templates.pop() if len(templates) == 1 else None
+    return template if isinstance(template, str) else None
 
 
 def read_tag_configs(dirs: Sequence[Path]) -> dict[str, TagConfig]:
