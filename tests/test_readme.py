@@ -171,8 +171,8 @@ def test_every_readme_command_runs(workdir, monkeypatch, capsys):
     assert servers, "the README starts no server"
     out = capsys.readouterr().out
     assert "Morgan k-NN (k=5)" in out and "training mean" in out
-    assert list(csv_rows(workdir / "predictions.csv")[0]) == ["smiles", "name", "prediction"]
-    assert csv_rows(workdir / "hub.csv") == csv_rows(workdir / "predictions.csv")  # by repo id
+    assert list(csv_rows(workdir / "qed.csv")[0]) == ["smiles", "name", "prediction"]
+    assert csv_rows(workdir / "hub.csv") == csv_rows(workdir / "qed.csv")  # by repo id
     assert [c[0] for c in RecordingHub.calls] == ["init", "create_repo", "upload_folder"]
     assert float(csv_rows(workdir / "logS.csv")[0]["prediction"]) == pytest.approx(
         servers["answer"]["predictions"][0][0], abs=1e-5)  # served as predicted
