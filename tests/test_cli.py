@@ -97,7 +97,8 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     main(["predict", "--tags", str(tmp_path / "Q"), "--input", str(data), "--output",
           str(alone), "--progress", "false"])
     assert alone.read_text() == out.read_text()
-    said = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    cap = capsys.readouterr()
+    said = " ".join((cap.out + cap.err).split())  # the console wraps long lines
     assert "default: <SMILES>:" in said and "the one <QED> was trained with" in said
     assert "default: template '<SMILES> {smiles} <QED>'" in said
 
@@ -108,7 +109,8 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys
     save_tiny(other, "qwen2")
     with pytest.raises(SystemExit) as e:
         main(["predict", "--tags", str(tmp_path / "S"), "--input", str(data), "--output",
-              str(tmp_path / "p.csv"), "--model", str(other), "--progress", "false"])
+              str(tmp_path / "p.csv"), "--model", str(other), "--progress", "false",
+              "--template", "<SMILES> {smiles} <QED>"])
     assert e.value.code == 2
     assert "was trained for base model" in capsys.readouterr().err
 
@@ -118,13 +120,20 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, tiny_model_dir, data, capsys
           "--batch_size", "4", "--progress", "false"])
     with pytest.raises(SystemExit) as e:
         main(["predict", "--tags", f"{tmp_path / 'S'},{tmp_path / 'qwen'}", "--input", str(data),
-              "--output", str(tmp_path / "p.csv"), "--progress", "false"])
+              "--output", str(tmp_path / "p.csv"), "--progress", "false",
+              "--template", "<SMILES> {smiles} <QED>"])
     assert e.value.code == 2
     assert "do not agree on one base model" in capsys.readouterr().err.replace("\n", " ")
 
-    with pytest.raises(SystemExit) as e:  # template names a tag that is not loaded
+    with pytest.raises(SystemExit) as e:  # a domain tag alone records no template
         main(["predict", "--tags", str(tmp_path / "S"), "--input", str(data), "--output",
               str(tmp_path / "p.csv"), "--model", str(tiny_model_dir), "--progress", "false"])
+    assert e.value.code == 2
+    assert "record no single template" in capsys.readouterr().err.replace("\n", " ")
+    with pytest.raises(SystemExit) as e:  # template names a tag that is not loaded
+        main(["predict", "--tags", str(tmp_path / "S"), "--input", str(data), "--output",
+              str(tmp_path / "p.csv"), "--model", str(tiny_model_dir), "--progress", "false",
+              "--template", "<SMILES> {smiles} <QED>"])
     assert e.value.code == 2
     assert "unknown tag <QED>; known tags: <SMILES>" in capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "p.csv").exists()
