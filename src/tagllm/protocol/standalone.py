@@ -76,9 +76,9 @@ def with_trained_with(dirs: Sequence[Path], note: Log | None = None) -> list[Pat
 
 
 def _tag_candidates() -> Iterator[Path]:
-    """The shipped tag folders, then the tag store's."""
-    for entry in SHIPPED.values():
-        yield from entry.paths()
+    """The shipped tag folders (each once: short names share folders), then the tag
+    store's."""
+    yield from dict.fromkeys(p for entry in SHIPPED.values() for p in entry.paths())
     root = TagStore().root
     if root.is_dir():
         yield from sorted(p for p in root.iterdir() if (p / META).is_file())
