@@ -93,7 +93,13 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
     head diverged (the head's own AdamW steps, not the tag's, move the prediction most:
     576 weights moving together by head_lr each).
     S: the head held and re-fitted every 10 steps on the features training has seen
-    (``refit_rows: seen``: a ridge solve, no extra pass)."""
+    (``refit_rows: seen``: a ridge solve, no extra pass).
+    P: the function tag placed before the molecule (``{tag} <SMILES> {smiles}``), so that
+    its vectors reach every molecule token through attention (behind the molecule, as in
+    the other grids, they reach only the tag's own positions); the head reads the tag state
+    with the mean over the molecule's tokens (the tag state alone is the same for every
+    row there), at the layer chosen on validation; plain and deep (P-tuning v2) tags, the
+    head re-fitted every 50 steps."""
     cells = [{"name": f"{v}-lr{lr:g}", "train": {"lr": lr, **t}, "tag": g}
              for lr in LRS for v, (t, g) in VARIANTS.items()]
     if name == "A":
@@ -119,11 +125,18 @@ def grid(name: str, best: Sequence[str] = ()) -> list[dict]:
                  "tag": VARIANTS[v][1]}
                 for v, lr in (("plain-adamw", 1e-4), ("plain-adamw", 3e-4),
                               ("deep-adamw", 3e-4), ("plain-adamw", 1e-3))]
+    if name == "P":  # the tag before the molecule: it reaches the tokens the mean reads
+        return [{"name": f"{v}-refit50-lr{lr:g}-before",
+                 "train": {"lr": lr, **VARIANTS[v][0], "refit_every": 50, "head_lr": 1e-6},
+                 "tag": VARIANTS[v][1], "before": True,
+                 "head": {"readout_layer": "auto", "pool": "tag+mean"}}
+                for v, lr in (("deep-adamw", 1e-3), ("plain-adamw", 1e-3),
+                              ("deep-adamw", 3e-4), ("plain-adamw", 1e-2))]
     if name == "B":
         by_name = {c["name"]: c for g in ("R", "H", "S") for c in [*cells, *grid(g)]}
         return [{**by_name[b], "name": f"{b}-Lauto",
                  "head": {"readout_layer": "auto", "pool": "auto"}} for b in best]
-    raise SystemExit(f"unknown grid {name!r}; known: A, B, H, R, S")
+    raise SystemExit(f"unknown grid {name!r}; known: A, B, H, P, R, S")
 
 
 def log(msg: str) -> None:
@@ -142,6 +155,13 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"mse": m["mse"], "pearson": m["pearson"]}
 
 
+def texts(smiles: Sequence[str], tag: str, cell: dict) -> list[str]:
+    """The cell's inputs: the function tag behind the molecule, or before it (grid P)."""
+    if cell.get("before"):
+        return [f"{tag} <SMILES> {s}" for s in smiles]
+    return [f"<SMILES> {s} {tag}" for s in smiles]
+
+
 def tag_name(task: str, cell: dict) -> str:
     safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in cell["name"])
     return f"<{task}_{safe}>"
@@ -158,7 +178,8 @@ def main() -> None:
                     help="test rows (default: the task's; QED 1,000, else all)")
     ap.add_argument("--grid", default="A", help="comma-separated: A (optimisation and "
                     "capacity), R (lower rates, head re-fits), H (the head held and "
-                    "re-fitted), S (re-fitted on the rows seen) or B (readout layer and "
+                    "re-fitted), S (re-fitted on the rows seen), P (the tag before the "
+                    "molecule) or B (readout layer and "
                     "pooling for the --best cells)")
     ap.add_argument("--best", default="", help="B: comma-separated cell names")
     ap.add_argument("--only", default="", help="comma-separated cell names (default: all)")
@@ -239,7 +260,7 @@ def main() -> None:
             return {}
 
         t0 = time.perf_counter()
-        res = fit_tag(m, name, [f"<SMILES> {s} {name}" for s in smi_tr], y_tr, cfg=cfg,
+        res = fit_tag(m, name, texts(smi_tr, name, cell), y_tr, cfg=cfg,
                       progress=False, log=log, after_warm_start=save_start,
                       checkpoint_dir=folder / "work" / cell["name"], prefix=prefix)
         m.save_tag(name, folder / "cells" / cell["name"])
@@ -322,7 +343,7 @@ def score(args, done: dict, smi_tr: list[str],
             tm = TaggedModel.from_pretrained(args.model, tags=[args.smiles_tag,
                                                                folder / "cells" / which])
             tag = tm.head_tags()[0]
-            out = tm.predict([f"<SMILES> {s} {tag}" for s in smi_te], tag=tag, batch_size=64)
+            out = tm.predict(texts(smi_te, tag, cells[k]), tag=tag, batch_size=64)
             preds[which] = out if classes else out[:, 0]
     baselines = {"rf": forest_baseline(smi_tr, y_tr, smi_te, classes=classes, seed=0)}
     fit = fit_chemprop(smi_tr, y_tr, classes, seed=0, validation=0.1)

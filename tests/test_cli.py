@@ -83,8 +83,19 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     assert "files verified" in text and "fingerprint matches" in text
     assert "tensor embedding: (2, 32)" in text and "tensor head.linear.weight: (1, 32)" in text
 
-    main(["generate", "--prompt", "<SMILES> CC", "--tags", str(tmp_path / "S"), "--model",
-          str(tiny_model_dir), "--max_new_tokens", "4"])
+    gen = ["generate", "--prompt", "<SMILES> CC", "--tags", str(tmp_path / "S"), "--model",
+           str(tiny_model_dir), "--max_new_tokens", "40"]
+    capsys.readouterr()
+    main(gen)
+    text = capsys.readouterr().out[:-1]  # printed as generated: no line breaks added
+    assert len(text) > 20 and "\n" not in text
+    cut = text[len(text) // 2]  # --stop ends the text before the stop string's first use
+    main([*gen, "--stop", cut])
+    assert capsys.readouterr().out[:-1] == text.split(cut, 1)[0]
+    for bad, why in (("\\x", "not a valid escape sequence"), ("", "empty")):
+        with pytest.raises(SystemExit) as e:  # before the model loads
+            main([*gen[:-2], "--model", "/no/such/model", "--stop", bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err
     # without --model: the base model the tag files record (here the tiny model's folder)
     again = tmp_path / "again.csv"
     main(["predict", *tags, "--input", str(data), "--output", str(again), "--progress",

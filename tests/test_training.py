@@ -722,3 +722,34 @@ def test_readout_auto_is_chosen_on_validation_saved_concrete_and_resumed(tmp_pat
         fit_tag(untrained, "<Q>", texts, y, cfg=TrainConfig(steps=1, validation=0,
                                                             select="last"),
                 progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("depth", ["input", "deep"])
+def test_a_function_tag_before_its_data_trains_the_datas_states(depth):
+    """Placed before the data (``<Q> <S> CCO``), a function tag reaches every data token
+    through attention, so with ``pool: tag+mean`` training moves the token mean its head
+    reads; the tag state itself is the same for every row there. Training through the
+    frozen-prefix cache (nothing before <Q> to cache) equals full passes."""
+    from tagllm.prefix import FrozenPrefix
+
+    texts = [f"<Q> <S> {t}{s}" for t in TEXTS for s in ("", "C", "O", "N")]
+    y = np.array([len(t) for t in texts], dtype=float)
+    cfg = TrainConfig(steps=4, batch_size=8, lr=0.05, head_lr=1e-3, warmup_steps=0,
+                      validation=0, select="last")
+
+    def trained(cache: bool):
+        m = tiny_tagged("llama")
+        m.add_tag(TagConfig("<S>", num_tokens=2, init="random"), seed=1)
+        m.add_tag(TagConfig("<Q>", kind="function", num_tokens=2, init="random", depth=depth,
+                            head=HeadConfig(pool="tag+mean")), seed=2)
+        before = m.tag_features(m.encode(texts), "<Q>").detach()
+        fit_tag(m, "<Q>", texts, y, cfg=cfg, progress=False, log=lambda s: None,
+                prefix=FrozenPrefix(m, ["<Q>"]) if cache else None)
+        return m, before, m.tag_features(m.encode(texts), "<Q>").detach()
+
+    m, before, after = trained(cache=False)
+    h = m.hidden_size
+    assert torch.allclose(before[:, :h], before[:1, :h])  # the tag state: one for all rows
+    assert (after[:, h:] - before[:, h:]).abs().max() > 1e-3  # the data tokens' mean moved
+    _, _, via_cache = trained(cache=True)
+    torch.testing.assert_close(via_cache, after, rtol=1e-4, atol=1e-5)

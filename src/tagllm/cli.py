@@ -563,7 +563,7 @@ def _command(name: str, fn: Callable, values: dict) -> str:
 
 
 def generate(prompt: str, tags: str | None = None, model: str | None = None,
-             max_new_tokens: int = 64) -> None:
+             max_new_tokens: int = 64, stop: str | None = None) -> None:
     """Continue a prompt greedily with the frozen LM head (KV cache), tags spliced in.
 
     Args:
@@ -572,13 +572,32 @@ def generate(prompt: str, tags: str | None = None, model: str | None = None,
         model: base model the tags were trained for (default: the one their tag files
             record; smollm2 without tags).
         max_new_tokens: tokens to generate.
+        stop: end the text before the first occurrence of this string; backslash escapes
+            are read, so --stop '\\n' keeps the first line (what a translation tag needs).
     """
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model
 
+    if stop is not None:
+        stop = _unescape(stop, "--stop")
     dirs, _ = _tag_dirs(tags, want_template=False)
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
-    console.print(m.generate([prompt], max_new_tokens)[0], highlight=False, markup=False)
+    text = m.generate([prompt], max_new_tokens, stop=[stop] if stop else ())[0]
+    if stop:
+        text = text.split(stop, 1)[0]
+    console.print(text, highlight=False, markup=False, soft_wrap=True)  # no line breaks added
+
+
+def _unescape(text: str, flag: str) -> str:
+    """``text`` with backslash escapes read (``\\n`` → a line break); a bad escape or an
+    empty result is a usage error naming ``flag``."""
+    try:  # latin-1 + backslashreplace keeps non-ASCII text as it is
+        out = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{flag} {text!r}: not a valid escape sequence ({e.reason})") from e
+    if not out:
+        raise ConfigError(f"{flag}: empty")
+    return out
 
 
 def inspect(tagdir: str, model: str | None = None) -> None:
