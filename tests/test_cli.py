@@ -82,6 +82,9 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     text = capsys.readouterr().out
     assert "files verified" in text and "fingerprint matches" in text
     assert "tensor embedding: (2, 32)" in text and "tensor head.linear.weight: (1, 32)" in text
+    main(["inspect", str(tmp_path), "--model", str(tiny_model_dir)])  # a folder of folders
+    text = capsys.readouterr().out
+    assert text.count("files verified") == text.count("fingerprint matches") == 2
 
     gen = ["generate", "--prompt", "<SMILES> CC", "--tags", str(tmp_path / "S"), "--model",
            str(tiny_model_dir), "--max_new_tokens", "40"]

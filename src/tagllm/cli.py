@@ -601,30 +601,42 @@ def _unescape(text: str, flag: str) -> str:
 
 
 def inspect(tagdir: str, model: str | None = None) -> None:
-    """Show a tag folder: tag.json, tensor shapes, base model, and verify it.
+    """Show tag folders: tag.json, tensor shapes, base model, and verify them.
 
     Usage: tagllm inspect TAGDIR [--model MODEL]
 
     The files are always verified (schema, checksum, shapes, finite values). With --model
-    the base model is loaded and the tag's fingerprint (of every weight) is checked against it.
+    the base model is loaded and each tag's fingerprint (of every weight) is checked against
+    it.
 
     Args:
-        tagdir: the tag folder, a Hub repo id or a shipped tag's name.
-        model: also check that the tag fits this base model (short name, id or folder).
+        tagdir: a tag folder, a folder of tag folders, a Hub repo id or a shipped tag's name
+            (each of its folders is shown).
+        model: also check that the tags fit this base model (short name, id or folder).
     """
-    from tagllm.hub import resolve_tag_dir
+    from tagllm.hub import tag_folders
     from tagllm.serialization import read_tag
 
-    meta, tensors = read_tag(resolve_tag_dir(tagdir))
-    console.print_json(json.dumps(meta))
-    for k in sorted(tensors):
-        console.print(f"tensor {k}: {tuple(tensors[k].shape)} {tensors[k].dtype}")
-    console.print("[green]files verified: schema, checksum, shapes, finite values[/green]")
+    folders = tag_folders(tagdir)
+    m = None
     if model:
         from tagllm.model import TaggedModel
 
         m = TaggedModel.from_pretrained(model)
-        m.load_tag(tagdir)
+    for d in folders:
+        meta, tensors = read_tag(d)
+        if len(folders) > 1:
+            console.rule(str(d), style="bold")
+        console.print_json(json.dumps(meta))
+        for k in sorted(tensors):
+            console.print(f"tensor {k}: {tuple(tensors[k].shape)} {tensors[k].dtype}")
+        console.print("[green]files verified: schema, checksum, shapes, finite values[/green]")
+        if m is None:
+            console.print(f"base model: {meta['base_model'].get('name')} "
+                          f"(fingerprint {meta['base_model'].get('fingerprint')}); "
+                          "pass --model to check it against a loaded model")
+            continue
+        m.load_tag(d)
         if meta["base_model"].get("fingerprint_of") == "weights":
             console.print(f"[green]fingerprint matches base model {m.model_name!r} "
                           f"({m.fingerprint}, every weight)[/green]")
@@ -632,10 +644,6 @@ def inspect(tagdir: str, model: str | None = None) -> None:
             console.print(f"[yellow]input-embedding fingerprint matches base model "
                           f"{m.model_name!r} ({m.embedding_fingerprint}); a tag file of an "
                           "older tagllm: the other weights cannot be checked[/yellow]")
-    else:
-        console.print(f"base model: {meta['base_model'].get('name')} "
-                      f"(fingerprint {meta['base_model'].get('fingerprint')}); "
-                      "pass --model to check it against a loaded model")
 
 
 def report(runs: str, html: str | None = "report.html", markdown: str | None = None,
