@@ -85,7 +85,7 @@ def test_mistakes_are_refused_before_a_model_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="the template uses <SMILES>: load its tag folder "
                                           "with --load .shipped tags for /tiny: none"):
         _defaults(m, ["y"], model="/tiny")
-    with pytest.raises(ConfigError, match="uses <Foo>: load its tag folder.*smiles, qed, protein"):
+    with pytest.raises(ConfigError, match="uses <Foo>: load its tag folder.*" + ", ".join(SHIPPED)):
         _defaults(m, ["y"], template="<Foo> {smiles} <Y>")
     with pytest.raises(ConfigError, match="moses:train is a built-in source; give the input"):
         _defaults("moses:train", ["qed"])

@@ -39,6 +39,7 @@ from tagllm.config import (
     head_training,
 )
 from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
+from tagllm.evaluation.baselines import baseline_keys
 from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
 from tagllm.paths import tagllm_home
 from tagllm.shipped import SHIPPED
@@ -511,9 +512,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
         n_examples: evaluate a seeded random sample of this many rows.
         baseline_train: training rows of the baselines (test molecules left out).
         baseline_examples: rows of baseline_train to sample.
-        baselines: label baselines to run, comma-separated registry keys (knn, rf,
-            composition, probe, text_tags, lora, prompt_tuning, mean); default: every one that
-            applies and does not run the base model.
+        baselines: label baselines to run, comma-separated registry keys (LABEL_BASELINES);
+            default: every one that applies and does not run the base model.
         reference: column of reference texts: a generation evaluation.
         source_column: the column the copy-the-source baseline copies.
         prompt: plain-text prompt template (no tags) for the prompt baseline.
@@ -686,7 +686,8 @@ TAGS_HELP = ("tag folders (comma-separated), a folder of tag folders, Hub repo i
 # --data and --tags help list the registries, never a hand copy
 for _fn in (train, evaluate, predict, generate, serve):
     _fn.__doc__ = (_fn.__doc__ or "").replace("SOURCES_LIST", sources_summary()).replace(
-        "TAGS_HELP", TAGS_HELP)
+        "TAGS_HELP", TAGS_HELP).replace("LABEL_BASELINES", ", ".join(
+            baseline_keys("label")))
 
 COMMANDS = {"run": run, "list": list_tags, "gc": gc, "push": push, "train": train,
             "predict": predict, "evaluate": evaluate, "generate": generate, "inspect": inspect,
