@@ -61,7 +61,8 @@ def test_a_mistyped_short_name_names_the_closest(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,recipe,stage", [("smiles", "qed", "smiles"),
                                                ("protein", "descriptor", "protein"),
-                                               ("qed", "qed", "qed")])
+                                               ("qed", "qed", "qed"),
+                                               ("translate", "translate", "translate")])
 def test_a_shipped_tag_is_what_its_recipe_trains_today(name, recipe, stage, tmp_path):
     """The recipe's stage, planned now on the real model and data, has the shipped tag's
     store key: the same data, settings, code-relevant config and base model. When this

@@ -53,6 +53,16 @@ SHIPPED: dict[str, ShippedTags] = {t.name: t for t in (
                 "the domain tag <Protein> for amino-acid sequences: stage 1 of "
                 "recipes/descriptor.yaml (next-token prediction on 589 protein sequences, "
                 "40 steps of 8)"),
+    ShippedTags("translate", "gemma3",
+                tuple(f"gemma3/{t}" for t in ("en", "fr", "de", "it", "es", "pt", "ru",
+                                              "Translate")),
+                "the language tags <en> <fr> <de> <it> <es> <pt> <ru> and the function tag "
+                "<Translate> (the model's own LM head) for Gemma-3-270M: recipes/"
+                "translate.yaml (stage 1: next-token prediction on 300 Bible verses per "
+                "language, 70 steps of 8; stage 2: 120 steps of 8 on English<->X verse "
+                "pairs; Spanish<->Portuguese never trained). Prompt '<es> TEXT <Translate> "
+                "<pt>' and stop at the line break; the run's results: "
+                "gemma3/translate-results.json"),
 )}
 
 
