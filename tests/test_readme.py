@@ -88,6 +88,12 @@ SHIPPED_STAND_INS = {"qed": "runs/qed/tags", "smiles": "runs/qed/tags/SMILES"}
 REAL_MODEL_ONLY = {"translate"}
 
 
+def real_model_commands() -> list[list[str]]:
+    """The README commands that load :data:`REAL_MODEL_ONLY` tags."""
+    return [w for w in commands()
+            if "--tags" in w and w[w.index("--tags") + 1] in REAL_MODEL_ONLY]
+
+
 def with_tiny_model(words: list[str], tiny: Path) -> list[str]:
     """``--model X`` -> the tiny model; commands that load a model get it added; shipped
     tags -> the demo's tags trained on the tiny model."""
@@ -109,8 +115,7 @@ def run_command(words: list[str], workdir: Path, servers: dict) -> None:
     starts a server process (kept in ``servers`` until the test ends) that the README's
     ``curl`` commands then reach."""
     line = " ".join(words)
-    if line in SUITE or ("--tags" in words
-                         and words[words.index("--tags") + 1] in REAL_MODEL_ONLY):
+    if line in SUITE or words in real_model_commands():
         return
     if words[:2] == ["tagllm", "serve"]:
         tags = words[words.index("--tags") + 1]

@@ -16,6 +16,7 @@ import inspect as _inspect
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -513,7 +514,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
         baseline_train: training rows of the baselines (test molecules left out).
         baseline_examples: rows of baseline_train to sample.
         baselines: label baselines to run, comma-separated registry keys (LABEL_BASELINES);
-            default: every one that applies and does not run the base model.
+            default: those of DEFAULT_BASELINES that apply (the others run the base model
+            or train a network).
         reference: column of reference texts: a generation evaluation.
         source_column: the column the copy-the-source baseline copies.
         prompt: plain-text prompt template (no tags) for the prompt baseline.
@@ -563,7 +565,7 @@ def _command(name: str, fn: Callable, values: dict) -> str:
 
 
 def generate(prompt: str, tags: str | None = None, model: str | None = None,
-             max_new_tokens: int = 64, stop: str | None = None) -> None:
+             max_new_tokens: int = 64, stop: str = "") -> None:
     """Continue a prompt greedily with the frozen LM head (KV cache), tags spliced in.
 
     Args:
@@ -572,32 +574,31 @@ def generate(prompt: str, tags: str | None = None, model: str | None = None,
         model: base model the tags were trained for (default: the one their tag files
             record; smollm2 without tags).
         max_new_tokens: tokens to generate.
-        stop: end the text before the first occurrence of this string; backslash escapes
-            are read, so --stop '\\n' keeps the first line (what a translation tag needs).
+        stop: end the text before the first occurrence of this string (\\n, \\t, \\r,
+            \\\\ and \\uXXXX are read as escapes), so --stop '\\n' keeps the first line
+            (what a translation tag needs); default: no stop string.
     """
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model
 
-    if stop is not None:
-        stop = _unescape(stop, "--stop")
+    stop = unescape(stop)
     dirs, _ = _tag_dirs(tags, want_template=False)
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
     text = m.generate([prompt], max_new_tokens, stop=[stop] if stop else ())[0]
     if stop:
         text = text.split(stop, 1)[0]
-    console.print(text, highlight=False, markup=False, soft_wrap=True)  # no line breaks added
+    sys.stdout.write(text + "\n")  # as generated: no wrapping, no markup
 
 
-def _unescape(text: str, flag: str) -> str:
-    """``text`` with backslash escapes read (``\\n`` → a line break); a bad escape or an
-    empty result is a usage error naming ``flag``."""
-    try:  # latin-1 + backslashreplace keeps non-ASCII text as it is
-        out = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{flag} {text!r}: not a valid escape sequence ({e.reason})") from e
-    if not out:
-        raise ConfigError(f"{flag}: empty")
-    return out
+#: the backslash escapes that command-line strings may hold
+_ESCAPES = re.compile(r"\\(u[0-9a-fA-F]{4}|[nrt\\])")
+
+
+def unescape(text: str) -> str:
+    """``text`` with the escapes ``\\n``, ``\\r``, ``\\t``, ``\\\\`` and ``\\uXXXX`` read;
+    anything else, non-ASCII text included, stays as typed."""
+    simple = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
+    return _ESCAPES.sub(lambda mt: simple.get(mt[1]) or chr(int(mt[1][1:], 16)), text)
 
 
 def inspect(tagdir: str, model: str | None = None) -> None:
@@ -618,13 +619,13 @@ def inspect(tagdir: str, model: str | None = None) -> None:
     from tagllm.serialization import read_tag
 
     folders = tag_folders(tagdir)
+    read = [read_tag(d) for d in folders]  # every file verified before a model loads
     m = None
     if model:
         from tagllm.model import TaggedModel
 
         m = TaggedModel.from_pretrained(model)
-    for d in folders:
-        meta, tensors = read_tag(d)
+    for d, (meta, tensors) in zip(folders, read, strict=True):
         if len(folders) > 1:
             console.rule(str(d), style="bold")
         console.print_json(json.dumps(meta))
@@ -687,7 +688,8 @@ TAGS_HELP = ("tag folders (comma-separated), a folder of tag folders, Hub repo i
 for _fn in (train, evaluate, predict, generate, serve):
     _fn.__doc__ = (_fn.__doc__ or "").replace("SOURCES_LIST", sources_summary()).replace(
         "TAGS_HELP", TAGS_HELP).replace("LABEL_BASELINES", ", ".join(
-            baseline_keys("label")))
+            baseline_keys("label"))).replace("DEFAULT_BASELINES", ", ".join(
+                baseline_keys("label", with_model=False)))
 
 COMMANDS = {"run": run, "list": list_tags, "gc": gc, "push": push, "train": train,
             "predict": predict, "evaluate": evaluate, "generate": generate, "inspect": inspect,
