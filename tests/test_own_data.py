@@ -85,7 +85,9 @@ def test_mistakes_are_refused_before_a_model_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="the template uses <SMILES>: load its tag folder "
                                           "with --load .shipped tags for /tiny: none"):
         _defaults(m, ["y"], model="/tiny")
-    with pytest.raises(ConfigError, match="uses <Foo>: load its tag folder.*" + ", ".join(SHIPPED)):
+    smollm2 = ", ".join(n for n, e in SHIPPED.items() if e.model == "smollm2")
+    with pytest.raises(ConfigError, match=rf"uses <Foo>: load its tag folder with --load "
+                                          rf"\(shipped tags for smollm2: {smollm2}\)"):
         _defaults(m, ["y"], template="<Foo> {smiles} <Y>")
     with pytest.raises(ConfigError, match="moses:train is a built-in source; give the input"):
         _defaults("moses:train", ["qed"])
