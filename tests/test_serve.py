@@ -212,6 +212,32 @@ def test_a_request_past_its_deadline_gets_504_and_is_never_computed():
         ServeConfig(timeout_s=0)
 
 
+def test_a_requests_checks_stop_at_its_deadline(monkeypatch):
+    """The client has its 504 at the deadline; the checks' thread must not go on checking
+    the rest of its rows (slow SMILES can cost seconds each)."""
+    import tagllm.sources
+    from tagllm.serve import CHECK_CHUNK, RequestError, predict_inputs
+
+    checked = []
+
+    def slow_check(value: str) -> str:
+        checked.append(value)
+        time.sleep(0.02)
+        return value
+
+    monkeypatch.setattr(tagllm.sources, "check_smiles", slow_check)
+    m = _tagged()
+    rows = [{"smiles": "CCO"}] * 200
+    with pytest.raises(RequestError, match="past the server's timeout_s") as e:
+        predict_inputs(m, ServeConfig(max_length=64), None, rows, "<S> {smiles} <Q>", None,
+                       deadline=time.monotonic() + 0.1)
+    assert e.value.status == 504
+    assert len(checked) <= 0.1 / 0.02 + 2 * CHECK_CHUNK < len(rows)
+    checked.clear()  # no deadline: every row
+    predict_inputs(m, ServeConfig(max_length=64), None, rows, "<S> {smiles} <Q>", None)
+    assert len(checked) == len(rows)
+
+
 def _run_batcher(m, cfg, work):
     """``work(batcher)`` (a coroutine) on a started :class:`Batcher`, in a fresh loop."""
     import asyncio

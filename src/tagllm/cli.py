@@ -41,7 +41,13 @@ from tagllm.config import (
 )
 from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
 from tagllm.evaluation.baselines import baseline_keys
-from tagllm.fileio import WRITE_ERRNOS, atomic_write_text, json_text, remove_stale
+from tagllm.fileio import (
+    WRITE_ERRNOS,
+    atomic_write_text,
+    clean_stale,
+    find_stale,
+    json_text,
+)
 from tagllm.paths import tagllm_home
 from tagllm.shipped import SHIPPED
 from tagllm.sources import sources_summary, sources_table
@@ -297,11 +303,17 @@ def gc(store: str | None = None, dry_run: bool = False) -> None:
     total = sum(r["bytes"] for r in rows)
     console.print(f"{'would remove' if dry_run else 'removed'} {len(rows)} tag(s), "
                   f"{total / 1e6:.2f} MB")
-    stale = sorted(set(remove_stale(st.root, recursive=True, dry_run=dry_run)
-                       + remove_stale(tagllm_home(), recursive=True, dry_run=dry_run)))
-    for p in stale:
-        console.print(f"{'would remove' if dry_run else 'removed'} {p} (left by a killed "
-                      "process)", highlight=False)
+    roots = [st.root, tagllm_home()]
+    if st.root.resolve().is_relative_to(tagllm_home().resolve()):
+        roots = roots[1:]  # the store lies inside: one walk covers both
+    stale = sorted({x for r in roots for x in find_stale(r, recursive=True)})
+    if not dry_run:
+        clean_stale(stale)
+    for p, target, put_back in stale:
+        done = ("put back" if put_back else "removed") if not dry_run else \
+            ("would put back" if put_back else "would remove")
+        console.print(f"{done} {p}" + (f" as {target}" if put_back else "")
+                      + " (left by a killed process)", highlight=False, soft_wrap=True)
 
 
 @with_fields(TrainConfig, skip=("log_every", "checkpoint_every"), head_defaults=HEAD_TRAINING)

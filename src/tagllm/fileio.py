@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 #: ``.NAME.tmp-HOST-PID``, ``.NAME.tmp-HOST-PID-XXXX`` (folders), ``.NAME.old-HOST-PID``
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9_.]*)-(?P<pid>\d+)"
@@ -57,8 +58,22 @@ def _host() -> str:
 
 def temp_name(name: str, kind: str = "tmp") -> str:
     """The hidden name of this process's temporary copy of ``name`` (``kind`` tmp or
-    old), which :func:`remove_stale` recognises."""
+    old), which :func:`remove_stale` recognises. Writers add a unique suffix
+    (:func:`unique_temp`), so two threads of one process never share a name."""
     return f".{name}.{kind}-{_host()}-{os.getpid()}"
+
+
+def unique_temp(target: Path, kind: str = "tmp") -> Path:
+    """A new, empty, private file beside ``target`` named ``temp_name(target.name, kind)``
+    plus a unique suffix, with the permissions an ordinary new file gets (the umask's)."""
+    fd, name = tempfile.mkstemp(prefix=temp_name(target.name, kind) + "-", dir=target.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    finally:
+        os.close(fd)
+    return Path(name)
 
 
 def _alive(pid: int) -> bool:
@@ -103,17 +118,26 @@ def _unlocked(path: Path) -> bool:
         os.close(fd)
 
 
-def remove_stale(folder: str | Path, name: str | None = None, recursive: bool = False,
-                 dry_run: bool = False) -> list[Path]:
-    """Remove the temporary files and folders that writers on this host left in ``folder``
-    when they were killed (SIGKILL, a crash, a power cut). A temporary copy is stale when
-    no process holds its lock (:func:`hold`) and its process is gone (or it is older than a
+class Stale(NamedTuple):
+    """A leftover of a killed writer: ``path``, and whether it is put back as ``target``
+    (an ``.old`` copy whose target is missing) rather than removed."""
+
+    path: Path
+    target: Path
+    put_back: bool
+
+
+def find_stale(folder: str | Path, name: str | None = None, recursive: bool = False
+               ) -> list[Stale]:
+    """The temporary files and folders that writers on this host left in ``folder`` when
+    they were killed (SIGKILL, a crash, a power cut). A temporary copy is stale when no
+    process holds its lock (:func:`hold`) and its process is gone (or it is older than a
     few seconds: a process id of another container may look gone); a replaced version
-    (``.old``) when its process is gone, and it is put back if its target is missing (a kill
-    between the two renames). ``name``: only those of that target; ``recursive``: in
-    sub-folders too. Another host's are left alone (a shared file system: its process
-    cannot be checked from here). Returns what was (or with ``dry_run`` would be) removed or
-    restored."""
+    (``.old``) when its process is gone, and the newest one is put back if its target is
+    missing (a kill between the two renames). ``name``: only those of that target;
+    ``recursive``: in sub-folders too, except inside a stale folder (it goes whole).
+    Another host's are left alone (a shared file system: its process cannot be checked
+    from here)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -133,15 +157,44 @@ def remove_stale(folder: str | Path, name: str | None = None, recursive: bool = 
             continue
         if (not alive or not young) and not p.is_symlink() and _unlocked(p):
             found.append(p)
-    for p in found if not dry_run else ():
+    dirs = {p for p in found if p.is_dir() and not p.is_symlink()}
+    found = [p for p in found if not any(d in p.parents for d in dirs)]  # removed with d
+    found.sort(key=lambda p: (str(p.parent), _TEMP.match(p.name)["name"], -_mtime(p)))
+    out, back = [], set()
+    for p in found:
         target = p.with_name(_TEMP.match(p.name)["name"])
-        if p.name.startswith(f".{target.name}.old-") and not target.exists():
+        put = _TEMP.match(p.name)["kind"] == "old" and not target.exists() and target not in back
+        back |= {target} if put else set()
+        out.append(Stale(p, target, put))
+    return out
+
+
+def clean_stale(found: list[Stale]) -> None:
+    """Put back or remove what :func:`find_stale` found."""
+    for p, target, put_back in found:
+        if put_back and not target.exists():
             os.replace(p, target)
         elif p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-    return found
+
+
+def remove_stale(folder: str | Path, name: str | None = None, recursive: bool = False,
+                 dry_run: bool = False) -> list[Path]:
+    """:func:`find_stale` then (unless ``dry_run``) :func:`clean_stale`: returns the paths
+    removed or put back (or that would be)."""
+    found = find_stale(folder, name, recursive)
+    if not dry_run:
+        clean_stale(found)
+    return [x.path for x in found]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def sha256_file(path: str | Path) -> str:
@@ -183,8 +236,9 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], object]) -> Path
     try:
         fill(tmp.path)
         if target.exists():
-            old = target.with_name(temp_name(target.name, "old"))
-            os.replace(target, old)
+            old = Path(tempfile.mkdtemp(prefix=temp_name(target.name, "old") + "-",
+                                        dir=target.parent))
+            os.replace(target, old)  # replaces the empty folder: a name no one else has
             os.replace(tmp.path, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -205,7 +259,7 @@ def atomic_write_file(target: str | Path, fill: Callable[[Path], object]) -> Pat
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(target.parent, target.name)
-        tmp.touch()
+        tmp = unique_temp(target)
         fd = hold(tmp)
         fill(tmp)
         os.replace(tmp, target)

@@ -27,6 +27,7 @@ import functools
 import hmac
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -254,11 +255,17 @@ def check_inputs(model: TaggedModel, texts: list[str], max_length: int) -> None:
     model.tagtok.encode_batch(texts, max_length, where="input")
 
 
-def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | None = None
-                ) -> list[str]:
+#: rows checked between two looks at a request's deadline
+CHECK_CHUNK = 8
+
+
+def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | None = None,
+                deadline: float | None = None) -> list[str]:
     """``rows`` checked as a file's rows are (in cost order: the shape of each row, then
     ``limit``, the token length of its rendered input, then SMILES and protein columns by
-    name; errors name the row, counted from 1) and rendered with ``template``."""
+    name; errors name the row, counted from 1) and rendered with ``template``. Past
+    ``deadline`` (``time.monotonic()``), looked at every :data:`CHECK_CHUNK` rows, the
+    checks stop: the client has had its 504, and the checks' thread is free again."""
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise DataError("rows: expected a non-empty list of objects (column -> value)")
     names = list(rows[0])
@@ -271,15 +278,24 @@ def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | 
             raise DataError(f"request row {i}: column {bad[0]!r} must be a string or number")
     table = Table({n: [str(r[n]) for r in rows] for n in names}, "request",
                   list(range(1, len(rows) + 1)))
-    table, _ = check_table(table, limit)
-    return table.render(template)
+    out: list[str] = []
+    for start in range(0, len(table), CHECK_CHUNK):
+        if deadline is not None and time.monotonic() > deadline:
+            raise RequestError(504, f"checks stopped at request row {start + 1}: past the "
+                                    "server's timeout_s")
+        part, _ = check_table(table.select(range(start, min(start + CHECK_CHUNK,
+                                                             len(table)))), limit)
+        out += part.render(template)
+    return out
 
 
 def predict_inputs(model: TaggedModel, cfg: ServeConfig, inputs: list[str] | None,
                    rows: list[dict[str, Any]] | None, template: str | None,
-                   tag: str | None) -> tuple[list[str], str, list[str]]:
+                   tag: str | None, deadline: float | None = None
+                   ) -> tuple[list[str], str, list[str]]:
     """A predict request checked and rendered: (texts, function tag, output columns). Runs
-    in a worker thread; every input of the request is checked before it is queued."""
+    in a worker thread; every input of the request is checked before it is queued, until
+    ``deadline`` (``time.monotonic()``)."""
     if (inputs is None) == (rows is None):
         raise RequestError(422, "give exactly one of inputs (texts with tags) or rows (with "
                                 "a template)")
@@ -290,7 +306,7 @@ def predict_inputs(model: TaggedModel, cfg: ServeConfig, inputs: list[str] | Non
                                     "--template)")
         inputs = render_rows(rows or [], template, model.tagtok.length_limit(
             template, cfg.max_length, hint="shorten the input (max_length is the server's "
-                                           "--max_length)"))
+                                           "--max_length)"), deadline)
     if not inputs:
         raise RequestError(422, "no inputs")
     check_inputs(model, inputs, cfg.max_length)
@@ -447,9 +463,11 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
     @app.post("/v1/predict")
     async def predict(req: PredictRequest):
         too_many(len(req.inputs if req.inputs is not None else req.rows or []))
+        deadline = time.monotonic() + cfg.timeout_s
         async with admitted():
             texts, tag, columns = await batcher.check(
-                predict_inputs, model, cfg, req.inputs, req.rows, req.template, req.tag)
+                predict_inputs, model, cfg, req.inputs, req.rows, req.template, req.tag,
+                deadline)
             preds = await batcher.submit("predict", texts, tag)
         return {"tag": tag, "columns": columns,
                 "predictions": np.asarray(preds, dtype=float).round(7).tolist()}

@@ -188,14 +188,16 @@ def _sdf_smiles(Chem, block: str, out: list[str]) -> str | None:
 def _atom_count(block: str) -> int | None:
     """The atoms a mol block declares, read before RDKit sees the block: RDKit's time and
     its SMILES writer's stack grow with the atoms. A V3000 block (no limit on atoms) must
-    declare them in ``M  V30 COUNTS`` (any case, continued or not): None where it does not
-    readably. A V2000 block holds at most 999 by its three-digit counts field (0 where that
-    field is unreadable: RDKit then judges the block)."""
+    declare them in ``M  V30 COUNTS`` (any case, continued or not) after its four header
+    lines (a title may imitate one): None where it does not readably. A V2000 block holds
+    at most 999 by its three-digit counts field (0 where that field is unreadable: RDKit
+    then judges the block)."""
     head = "\n".join(block.split("\n", 6)[:6]).upper()
     if "V3000" not in head:
         counts = next((ln for ln in block.split("\n", 6)[:6] if "V2000" in ln.upper()), "")
         return int(counts[:3]) if counts[:3].strip().isdigit() else 0
-    m = re.search(r"^M {2}V30 +COUNTS +(\d+)", block.replace("-\nM  V30 ", " "),
+    ctab = block.split("\n", 4)[4] if block.count("\n") >= 4 else ""  # past the header
+    m = re.search(r"^M {2}V30 +COUNTS +(\d+)", ctab.replace("-\nM  V30 ", " "),
                   re.MULTILINE | re.IGNORECASE)
     return int(m.group(1)) if m else None
 

@@ -1,0 +1,110 @@
+"""Atomic writes under concurrency and what `tagllm gc` does with killed writers' leftovers."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tagllm.cli import main
+from tagllm.fileio import atomic_write_dir, atomic_write_file, remove_stale, temp_name
+
+
+def _dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_two_threads_writing_one_file_do_not_share_a_temporary_name(tmp_path):
+    """Both writers fill their copy before either renames it: with one temporary name per
+    process the second rename finds nothing (and the first wrote the second's bytes)."""
+    target = tmp_path / "out.csv"
+    both_filled = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        def fill(tmp: Path) -> None:
+            tmp.write_text(text * 1000)
+            both_filled.wait(timeout=10)
+        try:
+            atomic_write_file(target, fill)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert target.read_text() in ("a" * 1000, "b" * 1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_a_written_file_has_the_usual_permissions(tmp_path):
+    """The private temporary file (mkstemp's 0600) does not leak into the result."""
+    umask = os.umask(0o022)
+    try:
+        atomic_write_file(tmp_path / "x.txt", lambda tmp: tmp.write_text("x"))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
+
+
+def test_replacing_a_folder_does_not_collide_with_another_writers_old_copy(tmp_path):
+    """This process's ``.old`` copy of the same folder, still in use by another thread,
+    must not block (or be replaced by) a second replacement."""
+    target = tmp_path / "tags"
+    atomic_write_dir(target, lambda d: (d / "v").write_text("1"))
+    busy = tmp_path / temp_name("tags", "old")
+    busy.mkdir()
+    (busy / "v").write_text("in use")
+    atomic_write_dir(target, lambda d: (d / "v").write_text("2"))
+    assert (target / "v").read_text() == "2" and (busy / "v").read_text() == "in use"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tags", busy.name])
+
+
+def test_gc_removes_a_killed_folder_with_leftovers_inside_and_says_what_it_put_back(
+        tmp_path, monkeypatch, capsys):
+    """A killed writer's temporary folder can hold another killed writer's ``.old`` copy:
+    removing the folder removes both (no error from the inner one). An ``.old`` copy whose
+    target is missing is put back, and gc says so."""
+    monkeypatch.setenv("TAGLLM_HOME", str(tmp_path / "home"))
+    store = tmp_path / "home" / "store"
+    (store / ".index").mkdir(parents=True)
+    dead = _dead_pid()
+    outer = store / (temp_name("abc", "tmp").replace(str(os.getpid()), dead) + "-x1")
+    inner = outer / temp_name("tags", "old").replace(str(os.getpid()), dead)
+    inner.mkdir(parents=True)
+    (inner / "tag.json").write_text("{}")
+    assert remove_stale(store, recursive=True, dry_run=True) == [outer]
+
+    lost = store / "k1" / temp_name("ck", "old").replace(str(os.getpid()), dead)
+    lost.mkdir(parents=True)
+    (lost / "state.json").write_text("{}")
+    older = lost.with_name(lost.name + "-y2")
+    older.mkdir()
+    os.utime(older, (1, 1))
+    main(["gc", "--store", str(store), "--dry-run"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"would put back {lost} as {store / 'k1' / 'ck'}" in out
+    assert f"would remove {older}" in out and f"would remove {outer}" in out
+    assert outer.exists() and lost.exists()
+
+    main(["gc", "--store", str(store)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"put back {lost}" in out and f"removed {outer}" in out
+    assert not outer.exists() and not older.exists()
+    assert (store / "k1" / "ck" / "state.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["tmp", "old"])
+def test_a_live_writers_copy_is_left_alone(tmp_path, kind):
+    mine = tmp_path / (temp_name("f", kind) + "-z9")
+    mine.write_text("in progress")
+    assert remove_stale(tmp_path) == [] and mine.exists()
