@@ -108,3 +108,63 @@ def test_a_live_writers_copy_is_left_alone(tmp_path, kind):
     mine = tmp_path / (temp_name("f", kind) + "-z9")
     mine.write_text("in progress")
     assert remove_stale(tmp_path) == [] and mine.exists()
+
+
+def test_threads_replacing_one_folder_each_get_their_turn(tmp_path):
+    """Four writers fill their copy, then race to replace the same folder: none fails, the
+    folder is one writer's whole version, and nothing else is left."""
+    target = tmp_path / "tags"
+    atomic_write_dir(target, lambda d: (d / "v").write_text("0"))
+    for _ in range(10):
+        filled = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def write(text: str, filled=filled, errors=errors) -> None:
+            def fill(d: Path) -> None:
+                (d / "v").write_text(text)
+                (d / "w").write_text(text)
+                filled.wait(timeout=10)
+            try:
+                atomic_write_dir(target, fill)
+            except BaseException as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in "abcd"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        v, w = (target / "v").read_text(), (target / "w").read_text()
+        assert v == w and v in "abcd"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tags"]
+
+
+def test_a_killed_runs_prefix_folder_goes_with_the_next_cache_and_with_gc(
+        tmp_path, monkeypatch, capsys):
+    """The disk tier's folder of a killed run (gigabytes) is removed as soon as the next
+    cache with a disk tier starts (not only once it spills), and by ``tagllm gc`` also
+    when the store lies elsewhere."""
+    from tagllm.paths import prefix_cache_dir
+    from tagllm.prefix import FrozenPrefix
+    from tiny import tiny_tagged
+
+    monkeypatch.setenv("TAGLLM_HOME", str(tmp_path / "home"))
+    dead = _dead_pid()
+
+    def killed() -> Path:
+        d = prefix_cache_dir() / (temp_name("tagllm-prefix").replace(str(os.getpid()), dead)
+                                  + "-k1")
+        d.mkdir(parents=True)
+        (d / "0.safetensors").write_bytes(b"x" * 1000)
+        return d
+
+    left = killed()
+    FrozenPrefix(tiny_tagged(), [], disk_bytes=1e6, disk_dir=prefix_cache_dir())
+    assert not left.exists()
+    left = killed()
+    store = tmp_path / "elsewhere"
+    (store / ".index").mkdir(parents=True)
+    main(["gc", "--store", str(store)])
+    assert not left.exists()
+    assert f"removed {left}" in " ".join(capsys.readouterr().out.split())

@@ -10,6 +10,7 @@ same target, or by :func:`remove_stale` (``tagllm gc``), once no process holds i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -235,19 +236,48 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], object]) -> Path
         raise _write_failed(target, target, e) from e
     try:
         fill(tmp.path)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=temp_name(target.name, "old") + "-",
-                                        dir=target.parent))
-            os.replace(target, old)  # replaces the empty folder: a name no one else has
-            os.replace(tmp.path, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp.path, target)
+        _swap_in(tmp.path, target)
     except OSError as e:
         raise _write_failed(target, tmp.path, e) from e
     finally:
         tmp.close()
     return target
+
+
+_TAKEN = frozenset({errno.ENOTEMPTY, errno.EEXIST})
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename folder ``new`` to ``target``. An existing ``target`` is first moved to an
+    ``.old`` name of its own (put back if ``new`` cannot follow) and removed after. Writers
+    racing for one target (threads, processes) each get their turn: the last one wins and
+    none fails."""
+    for _ in range(100):
+        try:
+            os.replace(new, target)  # no target (or an empty one): done
+            return
+        except OSError as e:
+            if e.errno not in _TAKEN:
+                raise
+        old = Path(tempfile.mkdtemp(prefix=temp_name(target.name, "old") + "-",
+                                    dir=target.parent))
+        try:
+            os.replace(target, old)  # over the empty folder: a name no one else has
+        except FileNotFoundError:  # another writer moved it first
+            old.rmdir()
+            continue
+        try:
+            os.replace(new, target)
+        except OSError as e:
+            if e.errno in _TAKEN:  # another writer's version came in between: it is newer
+                shutil.rmtree(old, ignore_errors=True)
+                continue
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OSError(errno.EBUSY, f"{target}: other writers kept replacing it; gave up")
 
 
 def atomic_write_file(target: str | Path, fill: Callable[[Path], object]) -> Path:

@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tagllm.fileio import TempDir
+from tagllm.fileio import TempDir, remove_stale
 from tagllm.model import Batch, TaggedModel
 from tagllm.tags import pad_batch
 
@@ -89,6 +89,8 @@ class FrozenPrefix:
         self.disk_sizes: dict[tuple[int, ...], int] = {}
         self._dir: Path | None = None
         self._disk_parent = disk_dir
+        if disk_bytes > 0:  # what a killed run's cache left goes now, not when this spills
+            remove_stale(disk_dir or tempfile.gettempdir(), "tagllm-prefix")
         #: per prefix, (layers + 1, H) float32 sums of its text tokens' hidden states at
         #: every layer (kept in RAM, for heads with ``pool: tag+mean``)
         self.sums: dict[tuple[int, ...], torch.Tensor] = {}
