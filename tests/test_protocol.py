@@ -551,3 +551,51 @@ def test_a_new_closed_form_fit_of_a_head_kind_retrains_only_its_stages(workdir, 
     monkeypatch.setattr(ClassificationHead, "fit_version", ClassificationHead.fit_version + 1)
     after = keys()
     assert {k for k in before if before[k] != after[k]} == {"c"}
+
+
+def test_a_run_validates_on_whole_groups_and_reports_the_step_select_last_kept(
+        workdir, tmp_path, monkeypatch, capsys):
+    """Through a whole run (no in-context examples): the entry's ``groups`` reach the
+    validation split, so no training row shares a ligand or a protein with a validation
+    row; with ``select: last`` after a wrecking learning rate the run, its results file, the
+    stored tag and ``tagllm train`` all name the last step as the one kept, not the best."""
+    from tagllm.training import batching
+
+    grid = tmp_path / "grid.csv"
+    grid.write_text("smiles,lig,prot,y\n" + "".join(
+        f"{'C' * (i % 12 + 1)}O,L{i % 8},P{i // 8},{i / 48}\n" for i in range(48)))
+    splits = []
+    real = batching.validation_split
+
+    def spy(n, fraction, seed, groups=None, where="data"):
+        splits.append((groups, *real(n, fraction, seed, groups, where)))
+        return splits[-1][1:]
+
+    monkeypatch.setattr(batching, "validation_split", spy)
+    r = base_recipe(workdir)
+    r["stages"][0]["data"][0].update(source=str(grid), groups=["lig", "prot"])
+    r["stages"][0]["train"].update(steps=4, eval_every=2, validation=0.25, select="last",
+                                   lr=30.0, head_lr=30.0, max_grad_norm=0)
+    r["stages"][0]["eval"] = []
+    summary = go(write(tmp_path, r), tmp_path / "store")
+    groups, train, val = next(s for s in splits if s[0] is not None)
+    assert train and val and len(train) + len(val) < 48  # linked rows do neither
+    for col in (0, 1):
+        assert not {groups[i][col] for i in val} & {groups[i][col] for i in train}
+    q = stage(summary, "q")
+    assert q["kept_step"] == 4 and q["best_step"] == 0, q  # the wreck is kept, as asked
+    results = json.loads((workdir / "out" / "results.json").read_text())
+    assert next(s for s in results["stages"] if s["stage"] == "q")["kept_step"] == 4
+    prov = next(m["provenance"] for m in (json.loads(f.read_text()) for f in
+                                          (tmp_path / "store").glob("*/tag.json"))
+                if m["provenance"]["stage_key"] == q["key"])
+    assert prov["validation"]["kept_step"] == 4 and prov["validation"]["best_step"] == 0
+
+    main(["train", "--tag", "<W>", "--kind", "function", "--head", "regression", "--label",
+          "y", "--data", str(grid), "--template", "<W> {smiles}", "--model",
+          str(workdir / "tiny"), "--steps", "4", "--eval_every", "2", "--validation", "0.25",
+          "--select", "last", "--lr", "30", "--head_lr", "30", "--max_grad_norm", "0",
+          "--test", "none", "--out", str(tmp_path / "W"), "--store", str(tmp_path / "s2"),
+          "--progress", "false"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "kept the last step 4 (lowest validation loss at step 0)" in out, out
