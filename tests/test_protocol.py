@@ -599,3 +599,34 @@ def test_a_run_validates_on_whole_groups_and_reports_the_step_select_last_kept(
           "--progress", "false"])
     out = " ".join(capsys.readouterr().out.split())
     assert "kept the last step 4 (lowest validation loss at step 0)" in out, out
+
+
+#: What the tiny recipe trains under each store format: its stages' final losses and the
+#: summed norms of the stored tensors (vectors and heads). A change to training that moves these numbers
+#: changes what a stored tag would be: raise ``store.STORE_FORMAT`` (its comment says
+#: why) and pin the new numbers here under the new format.
+PINNED = {4: {"smiles": (4.694544, 0.030292), "q": (1.976506, 4.677263),
+              "protein": (4.653367, 0.02453)}}
+
+
+def test_what_training_does_is_pinned_to_the_store_format(workdir, tmp_path):
+    from tagllm.serialization import read_tag
+    from tagllm.store import STORE_FORMAT
+
+    summary = go(write(tmp_path, base_recipe(workdir)), tmp_path / "store")
+    got = {}
+    for f in (tmp_path / "store").glob("*/tag.json"):
+        meta = json.loads(f.read_text())
+        name = next(s["stage"] for s in summary.stages
+                    if s["key"] == meta["provenance"]["stage_key"])
+        _, tensors = read_tag(f.parent)
+        norm = float(sum(t.double().norm() for _, t in sorted(tensors.items())))
+        got[name] = (round(stage(summary, name)["final_loss"], 6), round(norm, 6))
+    assert STORE_FORMAT in PINNED, f"pin what format {STORE_FORMAT} trains: {got}"
+    want = PINNED[STORE_FORMAT]
+    assert got.keys() == want.keys(), got
+    for name, (loss, norm) in want.items():
+        assert got[name] == pytest.approx((loss, norm), rel=1e-4), (
+            f"stage {name} trains differently from what store format {STORE_FORMAT} "
+            f"pinned ({got[name]} != {(loss, norm)}): raise store.STORE_FORMAT and pin "
+            "the new numbers")
