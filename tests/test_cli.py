@@ -331,6 +331,27 @@ def test_predict_never_writes_over_its_input(tmp_path, tiny_model_dir, data, cap
         assert e.value.code == 2
         assert "is the input file" in capsys.readouterr().err
     assert data.read_bytes() == before
+    # the other commands' outputs: evaluate's --json_out (over the data or a tag file),
+    # report's pages (over a results file or the preamble), all before any work
+    meta = tmp_path / "Q" / "tag.json"
+    tag_meta = meta.read_bytes()
+    for out in (data, tmp_path / "sym.csv", meta):
+        with pytest.raises(SystemExit) as e:
+            main(["evaluate", "--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}", "--data",
+                  str(data), "--label", "y", "--json_out", str(out), "--model",
+                  str(tmp_path / "no-model"), "--progress", "false"])
+        assert e.value.code == 2
+        assert "--json_out" in capsys.readouterr().err
+    results = tmp_path / "run" / "results.json"
+    results.parent.mkdir()
+    results.write_text("{}")
+    for args in (["--html", str(results)], ["--markdown", str(results)],
+                 ["--html", str(data), "--preamble", str(data)]):
+        with pytest.raises(SystemExit) as e:
+            main(["report", str(results.parent), *args])
+        assert e.value.code == 2 and "is the input file" in capsys.readouterr().err
+    assert data.read_bytes() == before and meta.read_bytes() == tag_meta
+    assert results.read_text() == "{}"
 
 
 def test_train_takes_the_training_levers_as_flags(tmp_path, tiny_model_dir, data, capsys):

@@ -147,6 +147,7 @@ def test_a_killed_runs_prefix_folder_goes_with_the_next_cache_and_with_gc(
     when the store lies elsewhere."""
     from tagllm.paths import prefix_cache_dir
     from tagllm.prefix import FrozenPrefix
+
     from tiny import tiny_tagged
 
     monkeypatch.setenv("TAGLLM_HOME", str(tmp_path / "home"))

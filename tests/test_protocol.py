@@ -602,9 +602,9 @@ def test_a_run_validates_on_whole_groups_and_reports_the_step_select_last_kept(
 
 
 #: What the tiny recipe trains under each store format: its stages' final losses and the
-#: summed norms of the stored tensors (vectors and heads). A change to training that moves these numbers
-#: changes what a stored tag would be: raise ``store.STORE_FORMAT`` (its comment says
-#: why) and pin the new numbers here under the new format.
+#: summed norms of the stored tensors (vectors and heads). A change to training that moves
+#: these numbers changes what a stored tag would be: raise ``store.STORE_FORMAT`` (its
+#: comment says why) and pin the new numbers here under the new format.
 PINNED = {4: {"smiles": (4.694544, 0.030292), "q": (1.976506, 4.677263),
               "protein": (4.653367, 0.02453)}}
 

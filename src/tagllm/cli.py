@@ -39,6 +39,7 @@ from tagllm.config import (
     TrainConfig,
     head_training,
 )
+from tagllm.data import check_output
 from tagllm.errors import ConfigError, DataError, MissingPackageError, TagllmError
 from tagllm.evaluation.baselines import baseline_keys
 from tagllm.fileio import (
@@ -478,7 +479,7 @@ def predict(tags: str, input: str, output: str, template: str | None = None,
         dtype: the base model's weights: float32, or bfloat16 (half the memory; its effect
             on speed and on the metric: docs/performance.md).
     """
-    from tagllm.inference import check_output, predict_file
+    from tagllm.inference import predict_file
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model
 
@@ -551,6 +552,10 @@ def evaluate(tags: str, data: str, label: str | None = None,
     )
     from tagllm.report import eval_table, interval_table
 
+    if json_out:  # never over an input: the data, the baselines' rows, a tag file
+        tag_files = [f for t in tags.split(",") if Path(t.strip()).is_dir()
+                     for f in Path(t.strip()).rglob("tag.*") if f.is_file()]
+        check_output([data, baseline_train or "", *tag_files], json_out, "--json_out")
     dirs, template = _tag_dirs(tags, template, tag, need_template=True)
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
                                   skip_invalid, baseline_train, baseline_examples, reference,
@@ -684,6 +689,11 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
     from tagllm.publish import write_report
 
     paths = [p.strip() for p in runs.split(",") if p.strip()]
+    inputs = [f for p in paths for f in ([p] if not Path(p).is_dir() else
+                                          [*Path(p).glob("*.json"), *Path(p).glob("*.md")])]
+    for flag, out in (("--html", html), ("--markdown", markdown)):
+        if out:
+            check_output([*inputs, preamble or ""], out, flag)
     intro = ""
     if preamble:
         if not Path(preamble).is_file():

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+from tagllm.data import check_output
 from tagllm.errors import DataError
 from tagllm.fileio import atomic_write_file
 from tagllm.model import TaggedModel
 from tagllm.progress import bar
 from tagllm.sources import stream_source
-
-
-def check_output(input: str, output: str | Path) -> None:
-    """Refuse an ``output`` that is the ``input`` file (the same path, a hard link or a
-    symbolic link to it): writing the predictions would replace the user's data."""
-    src, out = Path(input), Path(output)
-    if not src.is_file():  # a built-in source, or checked by the reader
-        return
-    same = src.resolve() == out.resolve() or (out.exists() and os.path.samefile(src, out))
-    if same:
-        raise DataError(f"--output {output} is the input file {input}: choose another path "
-                        "(the input is never overwritten)")
 
 
 def predict_file(model: TaggedModel, input: str, output: str | Path, template: str,

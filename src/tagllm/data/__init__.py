@@ -12,6 +12,7 @@ import gzip
 import importlib.util
 import logging
 import math
+import os
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -222,6 +223,21 @@ def _first_bad_line(path: Path) -> tuple[int, int, str]:
 def _table(names: list[str], rows: list[list[str]], path: Path, start: int) -> Table:
     cols = {n: [r[j] for r in rows] for j, n in enumerate(names)}
     return Table(cols, str(path), list(range(start, start + len(rows))))
+
+
+def check_output(inputs: str | Path | Sequence[str | Path], output: str | Path,
+                 flag: str = "--output") -> None:
+    """Refuse an ``output`` that is one of the ``inputs`` files (the same path, a hard link
+    or a symbolic link to it): writing it would replace the user's data. ``flag`` names the
+    output in the error."""
+    out = Path(output)
+    for src in [inputs] if isinstance(inputs, str | Path) else inputs:
+        src = Path(src)
+        if not src.is_file():  # a built-in source, or checked by the reader
+            continue
+        if src.resolve() == out.resolve() or (out.exists() and os.path.samefile(src, out)):
+            raise DataError(f"{flag} {output} is the input file {src}: choose another path "
+                            "(an input is never overwritten)")
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
