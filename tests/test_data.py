@@ -174,6 +174,28 @@ def test_a_csv_saved_by_excel_reads(tmp_path, gz):
     assert table["smiles"] == ["CCO", "c1ccccc1"] and table["y"] == [1.0, 2.0]
 
 
+def test_every_text_format_reads_with_a_byte_order_mark_and_crlf(tmp_path):
+    """Windows tools write TSV, .smi, FASTA and SD files the same way as Excel's CSV."""
+    from rdkit import Chem
+
+    bom = "\ufeff"
+    mol = Chem.MolFromSmiles("CCO")
+    mol.SetProp("_Name", "ethanol")
+    mol.SetProp("y", "1.5")
+    sd = Chem.MolToMolBlock(mol) + ">  <y>\n1.5\n\n$$$$\n"
+    files = {"t.tsv": "smiles\ty\nCCO\t1\n", "m.smi": "CCO m1\nc1ccccc1 m2\n",
+             "p.fasta": ">p0\nMKTAYIAK\n>p1\nMKVLA\n", "m.sdf": sd}
+    want = {"t.tsv": {"smiles": ["CCO"], "y": ["1"]},
+            "m.smi": {"smiles": ["CCO", "c1ccccc1"], "name": ["m1", "m2"]},
+            "p.fasta": {"id": ["p0", "p1"], "sequence": ["MKTAYIAK", "MKVLA"]},
+            "m.sdf": {"smiles": ["CCO"], "y": ["1.5"]}}
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_bytes((bom + text.replace("\n", "\r\n")).encode())
+        table, _ = load_source(str(path))
+        assert {c: table[c] for c in table.columns} == want[name], name
+
+
 def test_a_mistyped_source_name_names_the_closest_built_in_ones(tmp_path, monkeypatch):
     from tagllm.sources import BUILTIN_PREFIXES, SOURCES, load_source, stream_source
 

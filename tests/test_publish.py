@@ -195,3 +195,23 @@ def test_report_shows_a_tag_training_sweep_with_its_curves(tmp_path):
     (tmp_path / "raw.json").write_text(json.dumps({"task": "qed", "cells": {}}))
     with pytest.raises(SystemExit, match="not scored"):
         sweep.combine(str(tmp_path / "x.json"), [str(tmp_path / "raw.json")])
+
+
+def test_a_report_the_disk_refuses_is_a_clear_error_and_keeps_the_earlier_page(run_dir,
+                                                                               tmp_path):
+    """A file-size limit (a full disk, as the writer sees it) while writing the page: one
+    line naming the page, exit 2, the earlier page unchanged, no temporary file left."""
+    import resource
+    import subprocess
+    import sys
+
+    page = tmp_path / "report.html"
+    page.write_text("earlier page\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "tagllm.cli", "report", str(run_dir / "results.json"),
+         "--html", str(page)], capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"cannot write {page}" in r.stderr.replace("\n", ""), r.stderr
+    assert page.read_text() == "earlier page\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
