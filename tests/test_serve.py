@@ -272,31 +272,37 @@ def test_max_wait_0_still_batches_requests_that_queued_meanwhile():
                                atol=1e-5)
 
 
-def test_a_long_generation_does_not_hold_up_predictions():
-    """A generation that has not finished (it waits on an event) does not stop a predict
-    submitted after it from being answered; then the generation completes too."""
+@pytest.mark.parametrize("slow", ["generate", "predict"])
+def test_a_long_job_in_one_lane_does_not_hold_up_the_other(slow):
+    """A generation (or a prediction) that has not finished (it waits on an event) does not
+    stop a job of the other kind submitted after it from being answered; then the slow
+    one completes too."""
     import asyncio
     import threading
 
     m = _tagged()
-    release, generate = threading.Event(), m.generate
+    release, real = threading.Event(), getattr(m, slow)
 
-    def slow_generate(*args, **kwargs):
-        assert release.wait(30), "the test never released the generation"
-        return generate(*args, **kwargs)
+    def held(*args, **kwargs):
+        assert release.wait(30), "the test never released the slow job"
+        return real(*args, **kwargs)
 
-    m.generate = slow_generate
+    setattr(m, slow, held)
+    jobs = {"generate": (["<S> CC"], None, 2), "predict": (["<S> CCO <Q>"], "<Q>")}
+    fast = "predict" if slow == "generate" else "generate"
 
     async def work(b):
-        gen = asyncio.ensure_future(b.submit("generate", ["<S> CC"], None, 2))
-        await asyncio.sleep(0.05)  # the generation is running in its lane
-        pred = await asyncio.wait_for(b.submit("predict", ["<S> CCO <Q>"], "<Q>"), 20)
-        assert not gen.done()
+        first = asyncio.ensure_future(b.submit(slow, *jobs[slow]))
+        await asyncio.sleep(0.05)  # the slow job is running in its lane
+        second = await asyncio.wait_for(b.submit(fast, *jobs[fast]), 20)
+        assert not first.done()
         release.set()
-        return pred, await gen
+        return second, await first
 
-    (pred, gen), _ = _run_batcher(m, ServeConfig(max_length=64, max_wait_ms=0), work)
-    np.testing.assert_allclose(pred, m.predict(["<S> CCO <Q>"]), rtol=1e-5, atol=1e-6)
+    (second, first), _ = _run_batcher(m, ServeConfig(max_length=64, max_wait_ms=0), work)
+    pred, gen = (second, first) if slow == "generate" else (first, second)
+    np.testing.assert_allclose(pred, real(["<S> CCO <Q>"]) if slow == "predict" else
+                               m.predict(["<S> CCO <Q>"]), rtol=1e-5, atol=1e-6)
     assert len(gen) == 1
 
 
