@@ -16,7 +16,10 @@ from tagllm.errors import ConfigError
 from tagllm.evaluation.baselines import BASELINES
 from tagllm.heads import HEADS, head_class
 
-TAG_NAME_RE = re.compile(r"^<[A-Za-z][A-Za-z0-9_.\-]*>$")
+#: a tag in a text: ``<`` a letter, then letters, digits, ``_ . -``, then ``>`` (the one
+#: definition: the tag tokenizer, recipes' templates and tag names all use it)
+TAG_RE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
+TAG_NAME_RE = re.compile(f"^{TAG_RE.pattern}$")
 
 TooLong = Literal["error", "skip"]
 TagKind = Literal["domain", "function"]

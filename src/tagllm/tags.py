@@ -9,20 +9,18 @@ frozen embedding layer, virtual ids index the concatenated tag table.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from tagllm.config import TagConfig
+from tagllm.config import TAG_RE, TagConfig
 from tagllm.data import LengthLimit
 from tagllm.errors import ConfigError, DataError, InputTooLongError, UnknownTagError, did_you_mean
 
 __all__ = ["InputTooLongError", "TagBank", "TagTokenizer", "UnknownTagError", "pad_batch"]
 
-TAG_RE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
 
 
 def tag_as_words(config: TagConfig) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tagllm.config import (
+    TAG_RE,
     DataConfig,
     EvalConfig,
     HeadConfig,
@@ -56,12 +57,9 @@ def check_folder_name(what: str, name: object) -> None:
                          "at most 100)")
 
 
-TAG_IN_TEMPLATE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
-
-
 def tags_in(template: str) -> list[str]:
     """Tag names written in a template, in order of appearance."""
-    return TAG_IN_TEMPLATE.findall(template)
+    return TAG_RE.findall(template)
 
 
 def build(cls: type, data: Any, where: str) -> Any:
