@@ -15,7 +15,7 @@ demo: setup
 # Lint, then every test, the slow ones on the real default model included.
 test: setup
 	.venv/bin/ruff check src tests benchmarks
-	.venv/bin/python -m pytest -m "slow or not slow"
+	.venv/bin/python -m pytest -m "slow or not slow" --durations=40
 
 # Tiny-model tests only (seconds).
 test-fast: setup
