@@ -43,9 +43,9 @@ import torch
 from tagllm import HeadConfig, TagConfig, TrainConfig
 from tagllm.evaluation.baselines import TagsAsText, Task, linear_fit_predict
 from tagllm.evaluation.metrics import paired_bootstrap, regression_metrics
-from tagllm.evaluation.runner import frozen_features
 from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix
+from tagllm.scoring import frozen_features
 from tagllm.sources import load_source
 from tagllm.tags import tag_as_words
 from tagllm.training import fit_tag

@@ -20,9 +20,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tagllm.evaluation.runner import lm_metrics
 from tagllm.model import TaggedModel
 from tagllm.protocol import load_recipe, plan, run
+from tagllm.scoring import lm_metrics
 from tagllm.store import TagStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,10 +52,10 @@ from tagllm.evaluation.metrics import (
     paired_bootstrap,
     regression_metrics,
 )
-from tagllm.evaluation.runner import frozen_features
 from tagllm.model import TaggedModel
 from tagllm.paths import prefix_cache_dir
 from tagllm.prefix import FrozenPrefix
+from tagllm.scoring import frozen_features
 from tagllm.sources import load_source
 from tagllm.training import fit_tag
 

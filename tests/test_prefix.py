@@ -180,7 +180,7 @@ def test_evaluation_through_the_cache_equals_full_passes_and_reuses_the_test_pre
     """The head's test predictions through a frozen-prefix cache equal full-sequence
     predictions; a second evaluation of the same rows (the trained tag after its ablation)
     computes no prefix again, and the kept prefixes can then enter training's graph."""
-    from tagllm.evaluation.runner import predictions
+    from tagllm.scoring import predictions
 
     m = _model("llama")
     want = predictions(m, TEXTS, "<Q>")

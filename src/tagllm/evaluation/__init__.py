@@ -1,7 +1,5 @@
-"""Evaluation: metrics, the registry of baselines, and the one runner that both
-``tagllm run`` and ``tagllm evaluate`` use.
-
-The modules sit in different import layers (docs/architecture.md): ``metrics`` and
-``baselines`` are low (numpy, scikit-learn), ``runner`` is above the model. This file
-imports none of them, so importing one never imports the others.
+"""Evaluation's low half: the metrics and the registry of baselines (numpy, scikit-learn;
+nothing above the data layer). The one runner that scores tags beside these baselines,
+for ``tagllm run`` and ``tagllm evaluate``, sits above training in :mod:`tagllm.scoring`,
+so the packages' imports run one way. This file imports none of its modules.
 """

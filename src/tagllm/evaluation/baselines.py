@@ -4,7 +4,7 @@ A baseline is a class with a registry ``key`` (the name recipes and flags use), 
 evaluation it serves (``needs``: ``"label"`` for a head's targets, ``"reference"`` for
 generated text), whether it learns from training rows, and ``fit`` / ``predict``. Its
 predictions have the form of the tags' own (values, class probabilities, or texts), so the
-runner (:mod:`tagllm.evaluation.runner`) scores both with the same metrics. A new method
+runner (:mod:`tagllm.scoring`) scores both with the same metrics. A new method
 (a linear probe, LoRA, a random forest) is one more class with :func:`register_baseline`.
 """
 

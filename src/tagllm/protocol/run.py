@@ -2,7 +2,7 @@
 
 ``run`` plans (:mod:`tagllm.protocol.plan`), then trains the missing stages — each on a
 fresh tag bank over the same frozen base, with its dependencies loaded frozen from the
-store — resuming any checkpoint, evaluates them (:mod:`tagllm.evaluation.runner`), stores
+store — resuming any checkpoint, evaluates them (:mod:`tagllm.scoring`), stores
 every tag with its provenance, and exports the recipe's tags and results to its ``out``
 folder.
 """
@@ -24,7 +24,6 @@ from tagllm.config import EvalConfig
 from tagllm.costs import ACCOUNT, phase
 from tagllm.distributed import fsdp_requested, local_parameters, shard_model, world
 from tagllm.evaluation.metrics import paired_bootstrap, translation_bootstrap
-from tagllm.evaluation.runner import evaluate
 from tagllm.fileio import atomic_write_text, json_text
 from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix, split_point
@@ -32,6 +31,7 @@ from tagllm.protocol.inputs import LoadedData, report_skipped
 from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
 from tagllm.protocol.plan import ablated as ablated_evals
 from tagllm.protocol.recipe import Recipe, tags_in
+from tagllm.scoring import evaluate
 from tagllm.serialization import META
 from tagllm.store import TagStore
 from tagllm.tracking import Track, Tracker, check_tracker, log_evaluations

@@ -23,12 +23,12 @@ from tagllm.config import DataConfig, EvalConfig, HeadConfig, TagConfig, TrainCo
 from tagllm.data import check_number, read_table
 from tagllm.errors import ConfigError, TagllmError, UnknownTagError, did_you_mean
 from tagllm.evaluation.baselines import baseline_keys
-from tagllm.evaluation.runner import evaluate
 from tagllm.hub import tag_folders
 from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, length_limit, read_rows, report_skipped
 from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
 from tagllm.protocol.run import run
+from tagllm.scoring import evaluate
 from tagllm.serialization import META, read_tag, values_digest
 from tagllm.shipped import SHIPPED
 from tagllm.store import TagStore, tag_key
@@ -394,7 +394,7 @@ def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
                    batch_size: int = 32, max_length: int = 512, progress: bool = True,
                    log: Log = print, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Evaluate saved tags on ``spec``'s rows (the result row of
-    :func:`~tagllm.evaluation.runner.evaluate`), every file and source checked first;
+    :func:`~tagllm.scoring.evaluate`), every file and source checked first;
     the base model loads in ``dtype``."""
     configs = read_tag_configs(tags)
     unknown = [t for t in tags_in(spec.template) if t not in configs]
