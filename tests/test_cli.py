@@ -335,10 +335,11 @@ def test_predict_never_writes_over_its_input(tmp_path, tiny_model_dir, data, cap
     # report's pages (over a results file or the preamble), all before any work
     meta = tmp_path / "Q" / "tag.json"
     tag_meta = meta.read_bytes()
-    for out in (data, tmp_path / "sym.csv", meta):
+    for source, out in ((data, data), (data, tmp_path / "sym.csv"), (data, meta),
+                        (f"split:test:{data}", data)):
         with pytest.raises(SystemExit) as e:
             main(["evaluate", "--tags", f"{tmp_path / 'S'},{tmp_path / 'Q'}", "--data",
-                  str(data), "--label", "y", "--json_out", str(out), "--model",
+                  str(source), "--label", "y", "--json_out", str(out), "--model",
                   str(tmp_path / "no-model"), "--progress", "false"])
         assert e.value.code == 2
         assert "--json_out" in capsys.readouterr().err

@@ -169,3 +169,95 @@ def test_a_killed_runs_prefix_folder_goes_with_the_next_cache_and_with_gc(
     main(["gc", "--store", str(store)])
     assert not left.exists()
     assert f"removed {left}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_replaced_folder_is_deleted_under_a_name_that_is_never_put_back(tmp_path,
+                                                                          monkeypatch):
+    """A kill during the deletion of a replaced version leaves a partial copy: it must not
+    look like a version to restore. It is renamed ``del`` first; of the copies a killed
+    writer left, the complete ``.old`` is put back and the partial ``del`` removed."""
+    import tagllm.fileio as fileio
+
+    target = tmp_path / "tags"
+    atomic_write_dir(target, lambda d: (d / "v").write_text("1"))
+    deleted = []
+    real = fileio.shutil.rmtree
+    monkeypatch.setattr(fileio.shutil, "rmtree",
+                        lambda p, *a, **k: (deleted.append(Path(p).name), real(p, *a, **k)))
+    atomic_write_dir(target, lambda d: (d / "v").write_text("2"))
+    assert any(".del-" in n for n in deleted) and not any(".old-" in n for n in deleted)
+
+    dead = _dead_pid()
+    whole = tmp_path / (temp_name("tags", "old").replace(str(os.getpid()), dead) + "-a1")
+    whole.mkdir()
+    (whole / "tag.json").write_text("{}")
+    (whole / "tag.safetensors").write_text("x")
+    partial = tmp_path / (temp_name("tags", "del").replace(str(os.getpid()), dead) + "-b2")
+    partial.mkdir()
+    (partial / "tag.json").write_text("{}")  # newer mtime, half gone
+    real(target)
+    remove_stale(tmp_path)
+    assert sorted(p.name for p in target.iterdir()) == ["tag.json", "tag.safetensors"]
+    assert not whole.exists() and not partial.exists()
+
+
+def test_cleaning_twice_or_late_never_fails_and_says_what_it_did(tmp_path):
+    """Two cleaners of the same leftovers (two writers starting at once): the second finds
+    them gone and neither fails; a target that appeared meanwhile is kept and the copy
+    removed, reported as removed; leftovers inside a folder that is put back go first."""
+    from tagllm.fileio import clean_stale, find_stale
+
+    dead = _dead_pid()
+    old = tmp_path / (temp_name("tags", "old").replace(str(os.getpid()), dead) + "-a1")
+    old.mkdir()
+    (old / "tag.json").write_text("{}")
+    inner = old / (temp_name("tag.json", "tmp").replace(str(os.getpid()), dead) + "-c3")
+    inner.write_text("half")
+    found = find_stale(tmp_path, recursive=True)
+    assert [(x.path, x.put_back) for x in found] == [(inner, False), (old, True)]
+    done = clean_stale(found)
+    assert [(x.path, x.put_back) for x in done] == [(inner, False), (old, True)]
+    assert sorted(p.name for p in (tmp_path / "tags").iterdir()) == ["tag.json"]
+    assert clean_stale(found) == []  # a second cleaner finds nothing left to do
+    late = tmp_path / (temp_name("x", "old").replace(str(os.getpid()), dead) + "-d4")
+    late.mkdir()
+    found = find_stale(tmp_path)
+    assert [x.put_back for x in found] == [True]
+    (tmp_path / "x").mkdir()  # another process wrote the target meanwhile
+    assert [x.put_back for x in clean_stale(found)] == [False]
+    assert not late.exists() and (tmp_path / "x").is_dir()
+
+
+def test_a_write_that_cannot_even_start_is_a_clear_error_naming_the_target(tmp_path,
+                                                                         monkeypatch):
+    """The file system refusing the temporary copy itself (read-only, full) names the
+    target, not the temporary name."""
+    import errno
+
+    import tagllm.fileio as fileio
+    from tagllm.fileio import WriteFailed
+
+    def refuse(prefix="", dir=None, **_):
+        raise OSError(errno.EROFS, "Read-only file system", str(Path(dir) / (prefix + "zz")))
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(fileio.tempfile, "mkdtemp", refuse)
+    for write in (lambda t: atomic_write_file(t, lambda p: p.write_text("x")),
+                  lambda t: atomic_write_dir(t, lambda d: None)):
+        with pytest.raises(WriteFailed, match=f"cannot write {tmp_path / 'r.json'}: Read-only"):
+            write(tmp_path / "r.json")
+
+
+def test_a_folder_write_over_a_symbolic_link_or_a_file_is_refused(tmp_path):
+    from tagllm.fileio import WriteFailed
+
+    real = tmp_path / "real"
+    atomic_write_dir(real, lambda d: (d / "v").write_text("1"))
+    (tmp_path / "link").symlink_to(real)
+    (tmp_path / "file").write_text("data")
+    for name, what in (("link", "a symbolic link"), ("file", "a file")):
+        with pytest.raises(WriteFailed, match=f"{tmp_path / name}: it is {what}, not a folder"):
+            atomic_write_dir(tmp_path / name, lambda d: (d / "v").write_text("2"))
+    assert (real / "v").read_text() == "1" and (tmp_path / "file").read_text() == "data"
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link", "real"]

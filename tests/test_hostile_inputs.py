@@ -447,9 +447,11 @@ def test_sd_records_without_a_readable_atom_count_never_reach_rdkit(tmp_path):
     cases = {"lower": record.replace("M  V30 COUNTS", "M  V30 counts"),
              "continued": record.replace("M  V30 COUNTS 25000", "M  V30 COUNTS -\nM  V30 25000"),
              "unreadable": record.replace("M  V30 COUNTS 25000", "M  V30 COUNTS x"),
-             "title": record.replace("chain", "M  V30 COUNTS 1 0 0 0 0", 1)}
+             "title": record.replace("chain", "M  V30 COUNTS 1 0 0 0 0", 1),
+             "split": record.replace("M  V30 COUNTS 25000", "M  V30 COUNTS 2-\nM  V30 5000")}
     from tagllm.data.measured import _atom_count
     assert _atom_count(cases["title"].split("M  END")[0]) == 25_000  # not the title's 1
+    assert _atom_count(cases["split"].split("M  END")[0]) == 25_000  # RDKit's join, not 2
     for name, text in cases.items():
         path = tmp_path / f"{name}.sdf"
         path.write_text(text)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tagllm.errors import ConfigError
+from tagllm.errors import ConfigError, DataError
 from tagllm.serve import ServeConfig
 
 from tiny import saved_tiny_tags, start_server
@@ -216,7 +216,7 @@ def test_a_requests_checks_stop_at_its_deadline(monkeypatch):
     """The client has its 504 at the deadline; the checks' thread must not go on checking
     the rest of its rows (slow SMILES can cost seconds each)."""
     import tagllm.sources
-    from tagllm.serve import CHECK_CHUNK, RequestError, predict_inputs
+    from tagllm.serve import RequestError, predict_inputs
 
     checked = []
 
@@ -232,10 +232,15 @@ def test_a_requests_checks_stop_at_its_deadline(monkeypatch):
         predict_inputs(m, ServeConfig(max_length=64), None, rows, "<S> {smiles} <Q>", None,
                        deadline=time.monotonic() + 0.1)
     assert e.value.status == 504
-    assert len(checked) <= 0.1 / 0.02 + 2 * CHECK_CHUNK < len(rows)
+    assert len(checked) <= 0.1 / 0.02 + 2 < len(rows)
     checked.clear()  # no deadline: every row
     predict_inputs(m, ServeConfig(max_length=64), None, rows, "<S> {smiles} <Q>", None)
     assert len(checked) == len(rows)
+    # checks across rows still see the whole request (a repeated id far apart)
+    ids = [{"id": f"m{i % 12}", "smiles": "CCO"} for i in range(20)]
+    with pytest.raises(DataError, match="duplicate id 'm0'"):
+        predict_inputs(m, ServeConfig(max_length=64), None, ids, "<S> {smiles} <Q>", None,
+                       deadline=time.monotonic() + 60)
 
 
 def _run_batcher(m, cfg, work):

@@ -307,10 +307,10 @@ def gc(store: str | None = None, dry_run: bool = False) -> None:
     roots = [st.root, tagllm_home()]
     if st.root.resolve().is_relative_to(tagllm_home().resolve()):
         roots = roots[1:]  # the store lies inside: one walk covers both
-    stale = sorted({x for r in roots for x in find_stale(r, recursive=True)})
+    stale = [x for r in roots for x in find_stale(r, recursive=True)]  # deepest first
     if not dry_run:
-        clean_stale(stale)
-    for p, target, put_back in stale:
+        stale = clean_stale(stale)  # what was done (another process may be quicker)
+    for p, target, put_back in sorted(stale):
         done = ("put back" if put_back else "removed") if not dry_run else \
             ("would put back" if put_back else "would remove")
         console.print(f"{done} {p}" + (f" as {target}" if put_back else "")
@@ -555,7 +555,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
     if json_out:  # never over an input: the data, the baselines' rows, a tag file
         tag_files = [f for t in tags.split(",") if Path(t.strip()).is_dir()
                      for f in Path(t.strip()).rglob("tag.*") if f.is_file()]
-        check_output([data, baseline_train or "", *tag_files], json_out, "--json_out")
+        check_output([data, baseline_train or "", spm_model or "", *tag_files], json_out,
+                     "--json_out")
     dirs, template = _tag_dirs(tags, template, tag, need_template=True)
     spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
                                   skip_invalid, baseline_train, baseline_examples, reference,

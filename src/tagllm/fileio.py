@@ -20,15 +20,18 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-#: ``.NAME.tmp-HOST-PID``, ``.NAME.tmp-HOST-PID-XXXX`` (folders), ``.NAME.old-HOST-PID``
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9_.]*)-(?P<pid>\d+)"
-                   r"(?:-[A-Za-z0-9_]+)?$")
+#: ``.NAME.KIND-HOST-PID-XXXX``: ``tmp`` a new version being written, ``old`` a replaced
+#: (complete) version kept until the new one is in place, ``del`` a replaced version being
+#: deleted (never put back); older writers left no ``-XXXX``
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<host>[A-Za-z0-9_.]*)-"
+                   r"(?P<pid>\d+)(?:-[A-Za-z0-9_]+)?$")
 #: A temporary file or folder this young, unlocked, with a live process of its pid, may be
 #: one that its writer has created but not locked yet.
 _YOUNG_S = 10.0
@@ -46,7 +49,10 @@ class WriteFailed(OSError):
 def _write_failed(target: Path, tmp: Path, e: OSError) -> OSError:
     """``e`` as a :class:`WriteFailed` naming ``target`` when it is the file system refusing
     the write (not, say, ``fill`` failing to read its input)."""
-    ours = e.filename is None or Path(str(e.filename)).name in (tmp.name, target.name)
+    named = Path(str(e.filename)).name if e.filename is not None else None
+    m = _TEMP.match(named or "")
+    ours = named is None or named in (tmp.name, target.name) or (
+        m is not None and m["name"] == target.name)  # any temporary copy of the target
     if isinstance(e, WriteFailed) or not (e.errno in WRITE_ERRNOS and ours):
         return e
     return WriteFailed(e.errno, f"cannot write {target}: {e.strerror or e}; nothing was "
@@ -64,17 +70,41 @@ def temp_name(name: str, kind: str = "tmp") -> str:
     return f".{name}.{kind}-{_host()}-{os.getpid()}"
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would change it for
+    every thread for a moment): from /proc on Linux, else as it was at import."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _IMPORT_UMASK
+
+
+_IMPORT_UMASK = os.umask(0o022)
+os.umask(_IMPORT_UMASK)
+
+
 def unique_temp(target: Path, kind: str = "tmp") -> Path:
     """A new, empty, private file beside ``target`` named ``temp_name(target.name, kind)``
     plus a unique suffix, with the permissions an ordinary new file gets (the umask's)."""
     fd, name = tempfile.mkstemp(prefix=temp_name(target.name, kind) + "-", dir=target.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_umask())
     finally:
         os.close(fd)
     return Path(name)
+
+
+def discard(path: Path) -> None:
+    """Delete a replaced folder: renamed to a ``del`` name first, so that a kill during the
+    deletion never leaves a partial copy that looks like a version to put back."""
+    m = _TEMP.match(path.name)
+    gone = path.with_name(f".{m['name']}.del-{path.name[len(m['name']) + 6:]}") if m else path
+    with contextlib.suppress(OSError):
+        os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -148,7 +178,7 @@ def find_stale(folder: str | Path, name: str | None = None, recursive: bool = Fa
         if m is None or m["host"] != _host() or (name is not None and m["name"] != name):
             continue
         alive = _alive(int(m["pid"]))
-        if m["kind"] == "old":
+        if m["kind"] in ("old", "del"):
             if not alive:
                 found.append(p)
             continue
@@ -158,27 +188,48 @@ def find_stale(folder: str | Path, name: str | None = None, recursive: bool = Fa
             continue
         if (not alive or not young) and not p.is_symlink() and _unlocked(p):
             found.append(p)
-    dirs = {p for p in found if p.is_dir() and not p.is_symlink()}
-    found = [p for p in found if not any(d in p.parents for d in dirs)]  # removed with d
+    # the newest complete copy of a target is put back (an .old is always complete: one
+    # being deleted is renamed del first)
     found.sort(key=lambda p: (str(p.parent), _TEMP.match(p.name)["name"], -_mtime(p)))
-    out, back = [], set()
+    out: list[Stale] = []
+    back: set[Path] = set()
     for p in found:
         target = p.with_name(_TEMP.match(p.name)["name"])
         put = _TEMP.match(p.name)["kind"] == "old" and not target.exists() and target not in back
         back |= {target} if put else set()
         out.append(Stale(p, target, put))
-    return out
+    gone = {x.path for x in out if not x.put_back and x.path.is_dir() and not x.path.is_symlink()}
+    out = [x for x in out if not any(d in x.path.parents for d in gone)]  # removed with d
+    # deepest first: what lies inside a folder that is put back is cleaned before it moves
+    return sorted(out, key=lambda x: -len(x.path.parts))
 
 
-def clean_stale(found: list[Stale]) -> None:
-    """Put back or remove what :func:`find_stale` found."""
+def clean_stale(found: list[Stale]) -> list[Stale]:
+    """Put back or remove what :func:`find_stale` found; returns what was done (a copy
+    whose target has appeared meanwhile, or that another process moved, is removed or
+    skipped rather than put back)."""
+    done = []
     for p, target, put_back in found:
+        if not os.path.lexists(p):  # another cleaner was quicker
+            continue
         if put_back and not target.exists():
-            os.replace(p, target)
-        elif p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
+            try:
+                os.replace(p, target)
+            except OSError as e:  # another cleaner put it (or another copy) back first
+                if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if p.exists():
+                    discard(p)
+                    done.append(Stale(p, target, False))
+                continue
+            done.append(Stale(p, target, True))
+            continue
+        if p.is_dir() and not p.is_symlink():
+            discard(p)
         else:
             p.unlink(missing_ok=True)
+        done.append(Stale(p, target, False))
+    return done
 
 
 def remove_stale(folder: str | Path, name: str | None = None, recursive: bool = False,
@@ -186,9 +237,7 @@ def remove_stale(folder: str | Path, name: str | None = None, recursive: bool = 
     """:func:`find_stale` then (unless ``dry_run``) :func:`clean_stale`: returns the paths
     removed or put back (or that would be)."""
     found = find_stale(folder, name, recursive)
-    if not dry_run:
-        clean_stale(found)
-    return [x.path for x in found]
+    return [x.path for x in (found if dry_run else clean_stale(found))]
 
 
 def _mtime(path: Path) -> float:
@@ -251,7 +300,15 @@ def _swap_in(new: Path, target: Path) -> None:
     """Rename folder ``new`` to ``target``. An existing ``target`` is first moved to an
     ``.old`` name of its own (put back if ``new`` cannot follow) and removed after. Writers
     racing for one target (threads, processes) each get their turn: the last one wins and
-    none fails."""
+    none fails. A ``target`` that is a symbolic link or a file is refused, not replaced."""
+    try:
+        mode = os.lstat(target).st_mode  # one look: another writer may move it meanwhile
+    except FileNotFoundError:
+        mode = stat.S_IFDIR
+    if not stat.S_ISDIR(mode):
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "a file"
+        raise WriteFailed(errno.ENOTDIR, f"cannot write {target}: it is {what}, not a folder; "
+                          "remove it or choose another path (nothing was written)")
     for _ in range(100):
         try:
             os.replace(new, target)  # no target (or an empty one): done
@@ -270,12 +327,12 @@ def _swap_in(new: Path, target: Path) -> None:
             os.replace(new, target)
         except OSError as e:
             if e.errno in _TAKEN:  # another writer's version came in between: it is newer
-                shutil.rmtree(old, ignore_errors=True)
+                discard(old)
                 continue
             with contextlib.suppress(OSError):
                 os.replace(old, target)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
         return
     raise OSError(errno.EBUSY, f"{target}: other writers kept replacing it; gave up")
 
@@ -284,7 +341,7 @@ def atomic_write_file(target: str | Path, fill: Callable[[Path], object]) -> Pat
     """Create file ``target`` by letting ``fill`` write a temporary sibling file, then
     renaming it into place; on any error the temporary file is removed."""
     target = Path(target)
-    tmp = target.with_name(temp_name(target.name))
+    tmp: Path | None = None
     fd = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -294,9 +351,10 @@ def atomic_write_file(target: str | Path, fill: Callable[[Path], object]) -> Pat
         fill(tmp)
         os.replace(tmp, target)
     except OSError as e:
-        raise _write_failed(target, tmp, e) from e
+        raise _write_failed(target, tmp or target, e) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if fd is not None:
             os.close(fd)
     return target

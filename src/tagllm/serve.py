@@ -255,17 +255,13 @@ def check_inputs(model: TaggedModel, texts: list[str], max_length: int) -> None:
     model.tagtok.encode_batch(texts, max_length, where="input")
 
 
-#: rows checked between two looks at a request's deadline
-CHECK_CHUNK = 8
-
-
 def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | None = None,
                 deadline: float | None = None) -> list[str]:
     """``rows`` checked as a file's rows are (in cost order: the shape of each row, then
     ``limit``, the token length of its rendered input, then SMILES and protein columns by
     name; errors name the row, counted from 1) and rendered with ``template``. Past
-    ``deadline`` (``time.monotonic()``), looked at every :data:`CHECK_CHUNK` rows, the
-    checks stop: the client has had its 504, and the checks' thread is free again."""
+    ``deadline`` (``time.monotonic()``), looked at before each row's chemistry, the checks
+    stop: the client has had its 504, and the checks' thread is free again."""
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise DataError("rows: expected a non-empty list of objects (column -> value)")
     names = list(rows[0])
@@ -278,15 +274,14 @@ def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | 
             raise DataError(f"request row {i}: column {bad[0]!r} must be a string or number")
     table = Table({n: [str(r[n]) for r in rows] for n in names}, "request",
                   list(range(1, len(rows) + 1)))
-    out: list[str] = []
-    for start in range(0, len(table), CHECK_CHUNK):
+
+    def tick(i: int) -> None:
         if deadline is not None and time.monotonic() > deadline:
-            raise RequestError(504, f"checks stopped at request row {start + 1}: past the "
+            raise RequestError(504, f"checks stopped at request row {i + 1}: past the "
                                     "server's timeout_s")
-        part, _ = check_table(table.select(range(start, min(start + CHECK_CHUNK,
-                                                             len(table)))), limit)
-        out += part.render(template)
-    return out
+
+    table, _ = check_table(table, limit, tick)
+    return table.render(template)
 
 
 def predict_inputs(model: TaggedModel, cfg: ServeConfig, inputs: list[str] | None,

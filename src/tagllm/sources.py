@@ -24,7 +24,7 @@ validated row by row; ``split:train:FILE`` / ``split:test:FILE`` are its rows in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -373,11 +373,12 @@ def _measured(spec: str, labels: list[str], skip_invalid: bool) -> tuple[Table, 
     return table, skipped + problems
 
 
-def check_table(table: Table, limit: LengthLimit | None = None) -> tuple[Table, list[str]]:
+def check_table(table: Table, limit: LengthLimit | None = None,
+                tick: Callable[[int], None] | None = None) -> tuple[Table, list[str]]:
     """Check rows that did not come from a file (e.g. a service request) as a file's rows
     are checked: the length ``limit``, then SMILES and protein columns by name; the first
-    bad row is an error."""
-    return _validate(table, [], [], skip_invalid=False, limit=limit)
+    bad row is an error. ``tick(i)`` runs before row ``i``'s checks."""
+    return _validate(table, [], [], skip_invalid=False, limit=limit, tick=tick)
 
 
 def split_rows(table: Table, part: str) -> Table:
@@ -412,7 +413,8 @@ def _is_number(value: object) -> bool:
 
 def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
               skip_invalid: bool, limit: LengthLimit | None = None,
-              proteins: Sequence[str] = ()) -> tuple[Table, list[str]]:
+              proteins: Sequence[str] = (), tick: Callable[[int], None] | None = None
+              ) -> tuple[Table, list[str]]:
     """Check every row of a file's table: the length ``limit`` of its rendered input
     first, then SMILES and protein columns by name, the labels as finite numbers, text
     columns non-empty."""
@@ -423,7 +425,7 @@ def _validate(table: Table, labels: Sequence[str], text_columns: Iterable[str],
     for c in labels:
         checks[c] = check_number
     table, problems = validate_rows(table, checks, skip_invalid=skip_invalid, limit=limit,
-                                    numeric=labels)
+                                    numeric=labels, tick=tick)
     return _unique_ids(table, problems, skip_invalid)
 
 

@@ -232,6 +232,9 @@ def check_output(inputs: str | Path | Sequence[str | Path], output: str | Path,
     output in the error."""
     out = Path(output)
     for src in [inputs] if isinstance(inputs, str | Path) else inputs:
+        part, sep, rest = str(src).removeprefix("split:").partition(":")
+        if str(src).startswith("split:") and sep and part in ("train", "test"):
+            src = rest  # split:train:FILE reads FILE
         src = Path(src)
         if not src.is_file():  # a built-in source, or checked by the reader
             continue
@@ -336,6 +339,7 @@ def validate_rows(
     skip_invalid: bool = False,
     limit: LengthLimit | None = None,
     numeric: Sequence[str] = (),
+    tick: Callable[[int], None] | None = None,
 ) -> tuple[Table, list[str]]:
     """Apply per-column checks that return a normalised value or raise ValueError (the
     validators' contract: :func:`check_number`, ``check_smiles``, ``check_protein``).
@@ -345,6 +349,7 @@ def validate_rows(
     the model could not take, then the checks column by column.
     Default: the first bad row stops with a :class:`DataError` naming file, row and reason.
     With ``skip_invalid`` the bad rows are dropped and returned as messages (never silently).
+    ``tick(i)`` runs before row ``i``'s checks (a caller's deadline may stop them there).
     """
     problems: list[str] = []
     if limit is not None:  # the columns checked by name are bounded too
@@ -353,6 +358,8 @@ def validate_rows(
     new_cols = {k: list(v) for k, v in table.columns.items()}
     invalid = 0
     for i in range(len(table)):
+        if tick is not None:
+            tick(i)
         ok = True
         for col, check in checks.items():
             try:

@@ -197,7 +197,7 @@ def _atom_count(block: str) -> int | None:
         counts = next((ln for ln in block.split("\n", 6)[:6] if "V2000" in ln.upper()), "")
         return int(counts[:3]) if counts[:3].strip().isdigit() else 0
     ctab = block.split("\n", 4)[4] if block.count("\n") >= 4 else ""  # past the header
-    m = re.search(r"^M {2}V30 +COUNTS +(\d+)", ctab.replace("-\nM  V30 ", " "),
+    m = re.search(r"^M {2}V30 +COUNTS +(\d+)", ctab.replace("-\nM  V30 ", ""),  # as RDKit joins
                   re.MULTILINE | re.IGNORECASE)
     return int(m.group(1)) if m else None
 
