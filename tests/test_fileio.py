@@ -46,14 +46,17 @@ def test_two_threads_writing_one_file_do_not_share_a_temporary_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
 
-def test_a_written_file_has_the_usual_permissions(tmp_path):
-    """The private temporary file (mkstemp's 0600) does not leak into the result."""
+def test_a_written_file_or_folder_has_the_usual_permissions(tmp_path):
+    """The private temporary copy (mkstemp's 0600, mkdtemp's 0700) does not leak into the
+    result: a tag folder in a store shared by a group stays readable."""
     umask = os.umask(0o022)
     try:
         atomic_write_file(tmp_path / "x.txt", lambda tmp: tmp.write_text("x"))
+        atomic_write_dir(tmp_path / "d", lambda d: (d / "v").write_text("1"))
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
 
 
 def test_replacing_a_folder_does_not_collide_with_another_writers_old_copy(tmp_path):

@@ -285,6 +285,7 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], object]) -> Path
         raise _write_failed(target, target, e) from e
     try:
         fill(tmp.path)
+        os.chmod(tmp.path, 0o777 & ~_umask())  # an ordinary folder's mode, not mkdtemp's 0700
         _swap_in(tmp.path, target)
     except OSError as e:
         raise _write_failed(target, tmp.path, e) from e
