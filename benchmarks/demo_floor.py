@@ -39,7 +39,7 @@ from transformers import DynamicCache
 
 from tagllm.config import TagConfig
 from tagllm.model import Batch, TaggedModel
-from tagllm.prefix import _cache_arg, _out_cache
+from tagllm.prefix import cache_arg, out_cache
 from tagllm.sources import load_source
 from tagllm.tags import pad_batch
 
@@ -62,7 +62,7 @@ def main() -> None:
     m.add_tag(TagConfig(name="<QED>", kind="function", num_tokens=10,
                         head={"kind": "regression"}))
     body = m.base.base_model
-    arg = _cache_arg(body)  # the name this transformers version gives the cache
+    arg = cache_arg(body)  # the name this transformers version gives the cache
     table, _ = load_source("moses:train", n=32 * args.batches, seed=7, progress=False)
     prefixes = sorted((e.ids for e in m.tagtok.encode_batch(table.render("<SMILES> {smiles}"))),
                       key=len)  # batches of similar lengths, as a run builds them
@@ -81,7 +81,7 @@ def main() -> None:
                            position_ids=pos, use_cache=True)
                 if keep:
                     caches.append(([(lay.keys.clone(), lay.values.clone())
-                                    for lay in _out_cache(out).layers], mask))
+                                    for lay in out_cache(out).layers], mask))
         return caches
 
     caches = prefix_pass(keep=True)

@@ -37,7 +37,7 @@ from rich.table import Table
 from tagllm import HeadConfig, TagConfig, TaggedModel
 from tagllm.model import Batch
 from tagllm.prefix import FrozenPrefix
-from tagllm.training.loop import _activation_checkpointing
+from tagllm.training.loop import activation_checkpointing
 
 KINDS = ("limit", "stage1", "stage1_bf16", "stage1_ckpt", "stage2_full", "stage2_prefix",
          "stage2_cached", "peft")
@@ -96,7 +96,7 @@ class Bench:
 
     def stage1_ckpt(self) -> None:
         """Stage 1 with activation checkpointing (TrainConfig.activation_checkpointing)."""
-        with _activation_checkpointing(self.m, True):
+        with activation_checkpointing(self.m, True):
             self.m.set_trainable(["<D>"])
             loss = self.m.lm_loss(self.s1)
         self._step(loss)

@@ -160,3 +160,14 @@ def test_function_level_and_type_checking_imports_count(tmp_path):
                  "def g():\n    import tagllm.protocol.run\n    from tagllm import cli\n")
     known = {"tagllm", "tagllm.model", "tagllm.protocol", "tagllm.protocol.run", "tagllm.cli"}
     assert imports(f, known) == {"tagllm.model", "tagllm.protocol.run", "tagllm.cli"}
+
+
+def test_benchmarks_use_public_names_only():
+    """A benchmark is a user of the library: it imports no underscore name from tagllm."""
+    bad = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tagllm"):
+                bad += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_")]
+    assert bad == []

@@ -233,7 +233,7 @@ def test_bf16_autocast_trains_the_tag_and_leaves_the_base_alone():
 @pytest.mark.parametrize("depth", ["input", "deep"])
 def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch, depth):
     """Also for a deep tag, whose offsets the recomputed layers must add again."""
-    from tagllm.training.loop import _activation_checkpointing
+    from tagllm.training.loop import activation_checkpointing
 
     m = tiny_tagged(arch)
     m.add_tag(TagConfig("<S>", num_tokens=2, depth=depth))
@@ -250,7 +250,7 @@ def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(arch, 
             packed.append(t.numel())
             return t
 
-        with _activation_checkpointing(m, enabled), \
+        with activation_checkpointing(m, enabled), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = m.lm_loss(batch)
         saved.append(sum(packed))

@@ -35,12 +35,15 @@ from tagllm.tags import pad_batch
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (kv_heads, T, head_dim) each
 
 
-def _cache_arg(module: torch.nn.Module) -> str:
+def cache_arg(module: torch.nn.Module) -> str:
+    """The name this transformers version gives a decoder body's key/value cache argument
+    (``cache`` or ``past_key_values``)."""
     params = inspect.signature(module.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _out_cache(out):
+def out_cache(out):
+    """The key/value cache a decoder body's forward returned, whatever its field name."""
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
@@ -97,7 +100,7 @@ class FrozenPrefix:
         self.disk_sums: set[tuple[int, ...]] = set()  # prefixes whose file holds their sums
         self.hits = 0
         self.misses = 0
-        self._arg = _cache_arg(model.base.base_model)
+        self._arg = cache_arg(model.base.base_model)
         self._frozen: dict[str, tuple[list[int], torch.Tensor]] = {}
         self.retarget(trainable_tags)
 
@@ -149,7 +152,7 @@ class FrozenPrefix:
         out = m.base.base_model(inputs_embeds=m.embed(input_ids.to(dev)),
                                 attention_mask=mask.to(dev), position_ids=pos.to(dev),
                                 use_cache=True, output_hidden_states=sums)
-        cache = _out_cache(out)
+        cache = out_cache(out)
         if sums:
             text = m.text_mask(input_ids.to(dev), mask.to(dev)).unsqueeze(-1)  # (B, T, 1)
             total = torch.stack([(h.float() * text).sum(1) for h in out.hidden_states])

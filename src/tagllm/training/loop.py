@@ -150,7 +150,7 @@ class State:
 
 
 @contextlib.contextmanager
-def _activation_checkpointing(model: TaggedModel, enabled: bool):
+def activation_checkpointing(model: TaggedModel, enabled: bool):
     """Recompute layer activations in the backward pass of full-sequence steps.
 
     Hugging Face checkpoints a decoder layer only while it is in training mode; the layers
@@ -738,14 +738,14 @@ def _part_loss(job: Job, k: int, idx: list[int], lm_targets: float, n_global: in
     ids = [d.ids[k][i] for i in idx]
     tag = d.head_of[k]
     if tag is None:
-        with _activation_checkpointing(m, job.cfg.activation_checkpointing):
+        with activation_checkpointing(m, job.cfg.activation_checkpointing):
             return m.lm_loss(collate(m, ids), reduction="sum",
                              after=job.after_tensor) / max(lm_targets, 1.0), None
     head = m.head(tag)
     if job.prefix is not None:
         feats = job.prefix.tag_features(ids, tag)
     else:
-        with _activation_checkpointing(m, job.cfg.activation_checkpointing):
+        with activation_checkpointing(m, job.cfg.activation_checkpointing):
             feats = m.tag_features(collate(m, ids), tag)
     mean = head.loss(head(feats), d.targets[k][idx].to(m.device))
     return mean * (len(idx) / n_global), feats
