@@ -28,9 +28,9 @@ lint: setup
 # first); RUNS lists what goes in.
 RUNS ?= $(wildcard $(addsuffix /results.json,runs/qed runs/solubility runs/bbb \
 	runs/lipinski runs/descriptor runs/binding-affinity runs/drug-combination \
-	runs/translate)) $(wildcard benchmarks/results/*-qed-lora.json \
-	benchmarks/results/*-qed-prompt-tuning.json benchmarks/results/*-nci-ood.json \
-	benchmarks/results/*-text-tags.json benchmarks/results/*-qed-ablations.json \
+	runs/translate)) $(wildcard results/*-qed-lora.json \
+	results/*-qed-prompt-tuning.json results/*-nci-ood.json \
+	results/*-text-tags.json benchmarks/results/*-qed-ablations.json \
 	benchmarks/results/*-tag-training-sweep.json)
 report: setup
 	.venv/bin/tagllm report $(RUNS) --html report.html --markdown docs/results.md \
