@@ -79,9 +79,14 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
 
     capsys.readouterr()
     main(["inspect", str(tmp_path / "Q"), "--model", str(tiny_model_dir)])
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     assert "files verified" in text and "fingerprint matches" in text
-    assert "tensor embedding: (2, 32)" in text and "tensor head.linear.weight: (1, 32)" in text
+    assert "tensor embedding (2, 32)" in text and "tensor head.linear.weight (1, 32)" in text
+    assert "<QED> (function), 2 vectors x 32" in text and "regression, 1 output(s)" in text
+    assert "trained with <SMILES>" in text and "3 steps" in text
+    assert "key_material" not in text  # the whole tag.json only with --full
+    main(["inspect", str(tmp_path / "Q"), "--full", "true"])
+    assert "key_material" in capsys.readouterr().out
     main(["inspect", str(tmp_path), "--model", str(tiny_model_dir)])  # a folder of folders
     text = capsys.readouterr().out
     assert text.count("files verified") == text.count("fingerprint matches") == 2

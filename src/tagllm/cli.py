@@ -619,10 +619,11 @@ def unescape(text: str) -> str:
     return _ESCAPES.sub(lambda mt: simple.get(mt[1]) or chr(int(mt[1][1:], 16)), text)
 
 
-def inspect(tagdir: str, model: str | None = None) -> None:
-    """Show tag folders: tag.json, tensor shapes, base model, and verify them.
+def inspect(tagdir: str, model: str | None = None, full: bool = False) -> None:
+    """Show tag folders (what the tag is, its head, base model, training and test scores,
+    tensor shapes) and verify them.
 
-    Usage: tagllm inspect TAGDIR [--model MODEL]
+    Usage: tagllm inspect TAGDIR [--model MODEL] [--full true]
 
     The files are always verified (schema, checksum, shapes, finite values). With --model
     the base model is loaded and each tag's fingerprint (of every weight) is checked against
@@ -632,8 +633,10 @@ def inspect(tagdir: str, model: str | None = None) -> None:
         tagdir: a tag folder, a folder of tag folders, a Hub repo id or a shipped tag's name
             (each of its folders is shown).
         model: also check that the tags fit this base model (short name, id or folder).
+        full: print the whole tag.json (provenance, validation curve, test predictions).
     """
     from tagllm.hub import tag_folders
+    from tagllm.report import tag_summary
     from tagllm.serialization import read_tag
 
     folders = tag_folders(tagdir)
@@ -646,9 +649,9 @@ def inspect(tagdir: str, model: str | None = None) -> None:
     for d, (meta, tensors) in zip(folders, read, strict=True):
         if len(folders) > 1:
             console.rule(str(d), style="bold")
-        console.print_json(json.dumps(meta))
-        for k in sorted(tensors):
-            console.print(f"tensor {k}: {tuple(tensors[k].shape)} {tensors[k].dtype}")
+        if full:
+            console.print_json(json.dumps(meta))
+        console.print(tag_summary(meta, tensors))
         console.print("[green]files verified: schema, checksum, shapes, finite values[/green]")
         if m is None:
             console.print(f"base model: {meta['base_model'].get('name')} "

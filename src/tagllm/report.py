@@ -129,3 +129,52 @@ def _fmt(x: float | None) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "n/a"
     return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def tag_summary(meta: dict[str, Any], tensors: dict[str, Any]):
+    """A tag folder at a glance (``tagllm inspect``): what the tag is, its head, the base
+    model and tags it needs, how it was trained and what its test said; the whole tag.json
+    is ``inspect --full``."""
+    from rich.table import Table as RichTable
+
+    cfg, base = meta.get("config", {}), meta.get("base_model", {})
+    prov, head = meta.get("provenance") or {}, cfg.get("head") or {}
+    rows = [("tag", f"{meta.get('name')} ({meta.get('kind')}), {meta.get('num_tokens')} "
+                    f"vectors x {meta.get('hidden_size')}"
+                    + "".join(f", {k} {cfg[k]}" for k in ("depth", "reparam") if cfg.get(k)))]
+    if head:
+        read = ", ".join(f"{k} {head[k]}" for k in ("readout_layer", "pool") if k in head)
+        rows.append(("head", f"{head.get('kind')}, {head.get('num_outputs')} output(s)"
+                             + (f", loss {head['loss']}" if head.get("loss") else "")
+                             + (f", reads {read}" if read else "")))
+    rows.append(("base model", f"{base.get('name')} ({base.get('architecture')}), "
+                               f"fingerprint {base.get('fingerprint')} of its "
+                               f"{base.get('fingerprint_of', 'input embeddings')}"))
+    if meta.get("trained_with"):
+        rows.append(("trained with", ", ".join(meta["trained_with"])))
+    val = prov.get("validation") or {}
+    if prov.get("recipe"):
+        kept = f", kept step {val['kept_step']}" if val.get("kept_step") is not None else ""
+        rows.append(("trained by", f"recipe {prov['recipe']} ({prov.get('recipe_file')}), "
+                                   f"stage {(prov.get('stage') or {}).get('name')}: "
+                                   f"{prov.get('steps')} steps{kept}, "
+                                   f"{prov.get('seconds') or 0:,.0f} s, {meta.get('created')}"))
+    for d in prov.get("data") or []:
+        rows.append(("data", f"{d.get('source')}: {d.get('rows', '?'):,} rows"))
+    for ev in prov.get("eval") or []:
+        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(
+            ev.get("metrics", {}).items(), key=lambda kv: _rank(kv[0])))
+        rows.append(("test", f"{ev.get('name')} ({_fmt(ev.get('rows'))} rows): {metrics}"))
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in
+                                       (meta.get("versions") or {}).items())))
+    rows += [(f"tensor {k}", f"{tuple(t.shape)} {t.dtype}") for k, t in sorted(tensors.items())]
+    table = RichTable(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def _rank(metric: str) -> int:
+    return ORDER.index(metric) if metric in ORDER else len(ORDER)
