@@ -20,28 +20,32 @@ def _dead_pid() -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_two_threads_writing_one_file_do_not_share_a_temporary_name(tmp_path):
-    """Both writers fill their copy before either renames it: with one temporary name per
-    process the second rename finds nothing (and the first wrote the second's bytes)."""
-    target = tmp_path / "out.csv"
-    both_filled = threading.Barrier(2)
+def _race(write, texts: str) -> None:
+    """``write(text, barrier)`` in one thread per text at once (each fill waits at the
+    barrier until all have filled, then all rename); fails on any thread's error."""
+    filled = threading.Barrier(len(texts))
     errors: list[BaseException] = []
 
-    def write(text: str) -> None:
-        def fill(tmp: Path) -> None:
-            tmp.write_text(text * 1000)
-            both_filled.wait(timeout=10)
+    def one(text: str) -> None:
         try:
-            atomic_write_file(target, fill)
+            write(text, filled)
         except BaseException as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
-    threads = [threading.Thread(target=write, args=(t,)) for t in "ab"]
+    threads = [threading.Thread(target=one, args=(t,)) for t in texts]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_two_threads_writing_one_file_do_not_share_a_temporary_name(tmp_path):
+    """Both writers fill their copy before either renames it: with one temporary name per
+    process the second rename finds nothing (and the first wrote the second's bytes)."""
+    target = tmp_path / "out.csv"
+    _race(lambda text, filled: atomic_write_file(
+        target, lambda tmp: (tmp.write_text(text * 1000), filled.wait(timeout=10))), "ab")
     assert target.read_text() in ("a" * 1000, "b" * 1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
@@ -119,25 +123,9 @@ def test_threads_replacing_one_folder_each_get_their_turn(tmp_path):
     target = tmp_path / "tags"
     atomic_write_dir(target, lambda d: (d / "v").write_text("0"))
     for _ in range(10):
-        filled = threading.Barrier(4)
-        errors: list[BaseException] = []
-
-        def write(text: str, filled=filled, errors=errors) -> None:
-            def fill(d: Path) -> None:
-                (d / "v").write_text(text)
-                (d / "w").write_text(text)
-                filled.wait(timeout=10)
-            try:
-                atomic_write_dir(target, fill)
-            except BaseException as e:  # noqa: BLE001 (reported below)
-                errors.append(e)
-
-        threads = [threading.Thread(target=write, args=(t,)) for t in "abcd"]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        _race(lambda text, filled: atomic_write_dir(target, lambda d: (
+            (d / "v").write_text(text), (d / "w").write_text(text),
+            filled.wait(timeout=10))), "abcd")
         v, w = (target / "v").read_text(), (target / "w").read_text()
         assert v == w and v in "abcd"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["tags"]
