@@ -50,3 +50,18 @@ def test_store_key_fields_leave_out_defaults_and_non_result_settings():
     assert TrainConfig().result_dict() == {}
     cfg = TrainConfig(lr=5e-4, log_every=3, activation_checkpointing=True, checkpoint_every=7)
     assert cfg.result_dict() == {"lr": 5e-4}
+
+
+def test_an_evaluation_says_what_it_scores_and_old_rows_are_read_by_what_they_hold():
+    from tagllm.config import EvalConfig
+    from tagllm.report import method_rows, row_kind
+
+    assert EvalConfig(source="x.csv", label="y").kind == "head"
+    assert EvalConfig(source="x.csv", reference="ref").kind == "generation"
+    assert EvalConfig(source="x.csv").kind == "loss"
+    old = [{"name": "a", "tag": "<Q>", "metrics": {"mse": 1.0}},
+           {"name": "b", "metrics": {"bleu": 3.0, "chrf": 20.0}},
+           {"name": "c", "metrics": {"loss": 2.0}}]
+    assert [row_kind(r) for r in old] == ["head", "generation", "loss"]
+    assert list(method_rows({**old[1], "kind": "generation"})) == ["tags (generation)"]
+    assert list(method_rows(old[0])) == ["tags (<Q>)"]

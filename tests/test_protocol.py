@@ -293,6 +293,7 @@ def test_joint_stage_mixes_domains_by_weight_and_trains_both(workdir, tmp_path):
     s = go(write(tmp_path, r), tmp_path / "store")
     assert trained(s) == {"domains": 3}
     assert set(s.stages[0]["eval"][0]["metrics"]) == {"loss", "perplexity", "tokens"}
+    assert s.stages[0]["eval"][0]["kind"] == "loss"
     names = {e["name"] for e in TagStore(tmp_path / "store").entries()}
     assert names == {"<SMILES>", "<Protein>"}
 

@@ -55,6 +55,7 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     last = summary.stages[-1]["eval"][0]
     assert set(last["metrics"]) == metrics
     assert all(v == v for v in last["metrics"].values())  # no NaN
+    assert last["kind"] == ("generation" if name == "translate" else "head")
     if name == "translate":  # generation, scored beside both text baselines
         assert set(last["baselines"]) == {"copy the source", "plain-text prompt (no tags)",
                                           "ablation: <Translate> untrained"}

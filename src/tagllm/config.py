@@ -22,6 +22,8 @@ TAG_RE = re.compile(r"<[A-Za-z][A-Za-z0-9_.\-]*>")
 TAG_NAME_RE = re.compile(f"^{TAG_RE.pattern}$")
 
 TooLong = Literal["error", "skip"]
+#: what an evaluation scores (:attr:`EvalConfig.kind`); every evaluation row records it
+EvalKind = Literal["head", "generation", "loss"]
 TagKind = Literal["domain", "function"]
 InitKind = Literal["vocab_mean", "text", "random"]
 
@@ -516,6 +518,12 @@ class EvalConfig(RowsConfig):
     max_new_tokens: int = field(default=128, metadata={"help": "generation length limit"})
     spm_model: str | None = field(default=None, metadata={
         "help": "local SentencePiece model file: also report spBLEU"})
+
+    @property
+    def kind(self) -> EvalKind:
+        """What the entry scores: a function tag's ``head`` on ``label``, the model's
+        ``generation`` against ``reference``, or else the next-token ``loss``."""
+        return "head" if self.label else "generation" if self.reference else "loss"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -26,10 +26,18 @@ def results_table(results: dict[str, dict[str, float]], title: str):
     return table
 
 
+def row_kind(ev: dict[str, Any]) -> str:
+    """An evaluation row's kind (head, generation or loss): recorded in the row; rows
+    written before it was are read by what they hold."""
+    if "kind" in ev:
+        return ev["kind"]
+    return "head" if ev.get("tag") else "generation" if "bleu" in ev["metrics"] else "loss"
+
+
 def method_rows(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
     """An evaluation row as methods -> metrics: the tags first, then baselines/ablation."""
-    label = (f"tags ({ev['tag']})" if ev.get("tag") else "tags (generation)"
-             if "bleu" in ev["metrics"] else "tags (validation loss)")
+    label = {"head": f"tags ({ev.get('tag')})", "generation": "tags (generation)",
+             "loss": "tags (validation loss)"}[row_kind(ev)]
     return {label: ev["metrics"], **ev.get("baselines", {})}
 
 

@@ -67,7 +67,7 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
         return generation(model, spec, test, name, batch_size, baselines, progress, log)
     with phase("evaluation"):
         metrics = lm_metrics(model, test.texts, max_length=max_length, progress=progress)
-    return {"name": name, "rows": len(test.texts), "metrics": metrics}
+    return {"kind": "loss", "name": name, "rows": len(test.texts), "metrics": metrics}
 
 
 def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None, tag: str,
@@ -78,7 +78,7 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
     head = model.head(tag)
     with phase("evaluation"):
         preds = predictions(model, test.texts, tag, batch_size, progress, prefix)
-    row: dict[str, Any] = {"name": name, "tag": tag, "rows": len(test.texts),
+    row: dict[str, Any] = {"kind": "head", "name": name, "tag": tag, "rows": len(test.texts),
                            "metrics": head.metrics(test.targets, preds),
                            "predictions": preds.tolist(),
                            "targets": np.asarray(test.targets).tolist(),
@@ -127,7 +127,8 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
     # generates is the frozen model's own)
     fitted = [t for t in dict.fromkeys(model.tagtok.encode(test.texts[0]).tags)
               if model.bank.configs[t].kind == "function"]
-    row: dict[str, Any] = {"name": name, "rows": len(test.texts), "metrics": score(hyps),
+    row: dict[str, Any] = {"kind": "generation", "name": name, "rows": len(test.texts),
+                           "metrics": score(hyps),
                            "trainable_parameters": sum(model.bank.configs[t].num_tokens
                                                        for t in fitted) * model.hidden_size,
                            "examples": [{"input": test.texts[i], "output": hyps[i],

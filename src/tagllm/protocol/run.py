@@ -294,16 +294,16 @@ def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[dict[str, Any]],
     """The rows measured before training join the trained tags' rows as baselines, with
     the paired bootstrap interval of the difference on the same rows."""
     for i, row in zip(ablated, before, strict=True):
-        what = (f"{row['tag']} untrained, head fitted" if row.get("tag")
+        e, d = p.evals[i]
+        what = (f"{row['tag']} untrained, head fitted" if e.kind == "head"
                 else f"{', '.join(p.stage.tags)} untrained")  # generation: starting tags
         name = f"ablation: {what}"
         evals[i].setdefault("baselines", {})[name] = row["metrics"]
-        e, d = p.evals[i]
-        if "predictions" in row and "predictions" in evals[i]:
+        if e.kind == "head":
             evals[i].setdefault("intervals", {})[name] = paired_bootstrap(
                 d.targets, evals[i]["predictions"], row["predictions"],
                 m.head(row["tag"]).metrics)
-        elif "outputs" in row and "outputs" in evals[i]:
+        elif e.kind == "generation":
             evals[i].setdefault("intervals", {})[name] = translation_bootstrap(
                 d.table[e.reference], evals[i]["outputs"], row["outputs"])
 
