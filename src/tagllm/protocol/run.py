@@ -59,6 +59,20 @@ def _quiet(msg: Any) -> None:
     pass
 
 
+@dataclass
+class RunContext:
+    """What every step of a run shares: the recipe, the frozen base model, the tag store,
+    where messages go (``log``), whether bars are shown, and where stages are tracked.
+    The device is the base model's (each process's own under a multi-process launch)."""
+
+    recipe: Recipe
+    base: TaggedModel
+    store: TagStore
+    log: Log = print
+    progress: bool = True
+    track: Track = "none"
+
+
 def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
         log: Log = print, progress: bool = True, show: Callable[[Any], None] | None = None,
         fsdp: bool | None = None, export_to_out: bool = True,
@@ -91,9 +105,8 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
                           [{"stage": p.stage.name, "cached": p.cached, "steps_run": 0,
                             "reason": p.reason, "key": p.key} for p in plans],
                           time.perf_counter() - t0)
-    stages = [_cached_stage(recipe, base, p, store, log, progress) if p.cached
-              else _train_or_reuse(recipe, base, p, store, log, progress, track)
-              for p in plans]
+    ctx = RunContext(recipe, base, store, log, progress, track)
+    stages = [_cached_stage(ctx, p) if p.cached else _train_or_reuse(ctx, p) for p in plans]
     summary = RunSummary(recipe.name, recipe.out, stages, time.perf_counter() - t0)
     if w.is_main and export_to_out:
         export(recipe, plans, store, summary)
@@ -116,15 +129,14 @@ def load_base(model: str, fsdp: bool, log: Log) -> TaggedModel:
     return base
 
 
-def _cached_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore, log: Log,
-                  progress: bool) -> dict[str, Any]:
+def _cached_stage(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
     """A stored stage: what the run that trained it measured (its evaluations measured
     again with the stored tags when they changed since)."""
-    meta = json.loads((store.path(p.tag_keys[p.stage.tags[0]]) / META).read_text())
+    meta = json.loads((ctx.store.path(p.tag_keys[p.stage.tags[0]]) / META).read_text())
     prov = meta["provenance"]
     if world().is_main:
-        store.remember(recipe.name, p.stage.name, p.material)
-    evals = _stored_evals(recipe, base, p, store, prov, log, progress)
+        ctx.store.remember(ctx.recipe.name, p.stage.name, p.material)
+    evals = _stored_evals(ctx, p, prov)
     return {"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
             "trained": meta.get("created"), "seconds": prov.get("seconds"),
             "final_loss": prov.get("final_loss"),
@@ -133,21 +145,22 @@ def _cached_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSto
             "curve": prov.get("validation", {}).get("curve", []), "eval": evals}
 
 
-def _stored_evals(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore,
-                  prov: dict[str, Any], log: Log, progress: bool) -> list[dict[str, Any]]:
+def _stored_evals(ctx: RunContext, p: StagePlan, prov: dict[str, Any]
+                  ) -> list[dict[str, Any]]:
     """The evaluations of a stored stage under the recipe's evaluation settings: those of
     the training run, or of an earlier re-evaluation, or measured now with the stored tags
     (and then stored). The ablation rows come from the training run: the key of the tags
     covers everything they depend on."""
     if prov.get("eval_key") == p.eval_key:
         return prov.get("eval", [])
+    store = ctx.store
     rows = world().gather_object(store.read_evals(p.eval_key) if world().is_main else None)[0]
     if rows is not None:  # the main process's reading, so that all processes agree
         return rows
-    log(f"stage {p.stage.name}: its evaluations changed since it was trained; evaluating "
-        "the stored tags")
+    ctx.log(f"stage {p.stage.name}: its evaluations changed since it was trained; "
+            "evaluating the stored tags")
     with phase(f"stage {p.stage.name}"):
-        rows = _evaluate(_stage_model(base, p, recipe, store, stored=True), p, progress, log)
+        rows = _evaluate(ctx, _stage_model(ctx, p, stored=True), p)
     old = prov.get("eval", [])
     for i, j in zip(p.ablated, ablated_evals(prov["stage"]["eval"]), strict=True):
         for part in ("baselines", "intervals"):
@@ -160,23 +173,23 @@ def _stored_evals(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSto
     return rows
 
 
-def _stage_model(base_model: TaggedModel, p: StagePlan, recipe: Recipe,
-                 store: TagStore, stored: bool = False) -> TaggedModel:
+def _stage_model(ctx: RunContext, p: StagePlan, stored: bool = False) -> TaggedModel:
     """A fresh tag bank on the shared frozen base: dependencies frozen, new tags trainable
     (with ``stored``, the stage's own tags as the store holds them)."""
-    m = TaggedModel(base_model.base, base_model.tokenizer, base_model.model_name)
+    m = TaggedModel(ctx.base.base, ctx.base.tokenizer, ctx.base.model_name)
     for t, k in p.deps.items():
-        m.load_tag(recipe.pretrained[t] if k.startswith("pretrained:") else store.path(k))
+        m.load_tag(ctx.recipe.pretrained[t] if k.startswith("pretrained:")
+                   else ctx.store.path(k))
     torch.manual_seed(p.stage.train.seed)
     for t in p.stage.tags:
         if stored:
-            m.load_tag(store.path(p.tag_keys[t]))
+            m.load_tag(ctx.store.path(p.tag_keys[t]))
         else:
-            m.add_tag(recipe.tag[t], seed=p.stage.train.seed)
+            m.add_tag(ctx.recipe.tag[t], seed=p.stage.train.seed)
     return m
 
 
-def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines: bool = True,
+def _evaluate(ctx: RunContext, m: TaggedModel, p: StagePlan, baselines: bool = True,
               evals: list[tuple[EvalConfig, LoadedData]] | None = None,
               prefix: FrozenPrefix | None = None) -> list[dict[str, Any]]:
     """One result row per eval entry of the stage (or of ``evals``, a subset of them)."""
@@ -189,36 +202,34 @@ def _evaluate(m: TaggedModel, p: StagePlan, progress: bool, log: Log, baselines:
                       and tag in tags_in(x.config.template)), None)
         rows.append(evaluate(m, e, d, train, name=name, tag=tag,
                              max_length=p.stage.train.max_length, batch_size=16 if e.reference
-                             else 32, baselines=baselines, progress=progress, log=log,
+                             else 32, baselines=baselines, progress=ctx.progress, log=ctx.log,
                              budget=p.stage.train, prefix=prefix))
     return rows
 
 
-def _train_or_reuse(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore,
-                    log: Log, progress: bool, track: Track) -> dict[str, Any]:
+def _train_or_reuse(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
     """Train a stage under the store's lock for its key; when another process stored it
     while this one waited, reuse that. (Under a multi-process launch the main process holds
     the lock and tells the others.)"""
     w = world()
-    with store.lock(p.key, log) if w.is_main else contextlib.nullcontext():
-        stored = all(store.has(k) for k in p.tag_keys.values()) if w.is_main else None
+    with ctx.store.lock(p.key, ctx.log) if w.is_main else contextlib.nullcontext():
+        stored = all(ctx.store.has(k) for k in p.tag_keys.values()) if w.is_main else None
         if w.gather_object(stored)[0]:
-            log(f"stage {p.stage.name}: stored by another process meanwhile; reused")
-            return _cached_stage(recipe, base, p, store, log, progress)
-        return _train_stage(recipe, base, p, store, log, progress, track)
+            ctx.log(f"stage {p.stage.name}: stored by another process meanwhile; reused")
+            return _cached_stage(ctx, p)
+        return _train_stage(ctx, p)
 
 
-def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore, log: Log,
-                 progress: bool, track: Track = "none") -> dict[str, Any]:
+def _train_stage(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
     """Train one stage, evaluate it (and its ablation), store its tags."""
-    s = p.stage
-    tracker = Tracker(track if recipe.out else "none", Path(recipe.out) / "tensorboard", s.name,
-                      {"recipe": recipe.name, "stage": s.name, "tags": ",".join(s.tags),
-                       "key": p.key, **asdict(s.train)})
+    s, recipe = p.stage, ctx.recipe
+    tracker = Tracker(ctx.track if recipe.out else "none", Path(recipe.out) / "tensorboard",
+                      s.name, {"recipe": recipe.name, "stage": s.name,
+                               "tags": ",".join(s.tags), "key": p.key, **asdict(s.train)})
     before = ACCOUNT.snapshot()
     try:
         with phase(f"stage {s.name}"):
-            out = _train_tracked(recipe, base, p, store, log, progress, tracker)
+            out = _train_tracked(ctx, p, tracker)
     finally:
         tracker.close()
     out["costs"] = stage_costs(ACCOUNT.since(before), out.pop("unavoidable"),
@@ -226,11 +237,10 @@ def _train_stage(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStor
     return out
 
 
-def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagStore,
-                   log: Log, progress: bool, tracker: Tracker) -> dict[str, Any]:
-    s = p.stage
+def _train_tracked(ctx: RunContext, p: StagePlan, tracker: Tracker) -> dict[str, Any]:
+    s, log = p.stage, ctx.log
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
-    m = _stage_model(base, p, recipe, store)
+    m = _stage_model(ctx, p)
     ablated = p.ablated
     # frozen prefixes, each computed once: the training rows' (filled by the warm start,
     # in the stage's prefix_cache_dtype) and the test rows' (filled by the ablation, reused
@@ -246,16 +256,16 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
         if not ablated:
             return None
         with phase("ablation"):
-            return {"eval": _evaluate(m, p, progress, log, baselines=False,
+            return {"eval": _evaluate(ctx, m, p, baselines=False,
                                       evals=[p.evals[i] for i in ablated],
                                       prefix=test_prefix)}
 
     parts = [_part(d, f"stage {s.name} data[{j}] ({d.config.source})")
              for j, d in enumerate(p.data)]
-    res = fit_tags(m, s.tags, parts, s.train, progress, log, before_training,
-                   store.work_dir(p.key), prefix=prefix,
+    res = fit_tags(m, s.tags, parts, s.train, ctx.progress, log, before_training,
+                   ctx.store.work_dir(p.key), prefix=prefix,
                    tracker=tracker if tracker.active else None)
-    evals = _evaluate(m, p, progress, log, prefix=test_prefix)
+    evals = _evaluate(ctx, m, p, prefix=test_prefix)
     if res.after_warm_start:
         _add_ablation(m, p, evals, ablated, res.after_warm_start["eval"])
     log_evaluations(tracker, evals, s.train.steps)
@@ -263,7 +273,7 @@ def _train_tracked(recipe: Recipe, base: TaggedModel, p: StagePlan, store: TagSt
         log(f"stage {s.name} eval {row['name']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row["metrics"].items()))
     if world().is_main:  # the tags are equal on every process: one writes them
-        _store_stage(recipe, p, m, store, _provenance(recipe, p, m, res, evals))
+        _store_stage(ctx, p, m, _provenance(ctx.recipe, p, m, res, evals))
     world().barrier()
     return {"unavoidable": unavoidable_work(m, p, res, prefix is not None),
             "stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
@@ -332,14 +342,15 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
     }
 
 
-def _store_stage(recipe: Recipe, p: StagePlan, m: TaggedModel, store: TagStore,
+def _store_stage(ctx: RunContext, p: StagePlan, m: TaggedModel,
                  provenance: dict[str, Any]) -> None:
     """Each tag of a stage under its own key; then the checkpoint goes."""
+    store = ctx.store
     for t in p.stage.tags:
         m.save_tag(t, store.path(p.tag_keys[t]), provenance={**provenance, "key": p.tag_keys[t]},
                    trained_with=[x for x in m.bank.names if x != t])
     store.clear_work(p.key)
-    store.remember(recipe.name, p.stage.name, p.material)
+    store.remember(ctx.recipe.name, p.stage.name, p.material)
 
 
 def export(recipe: Recipe, plans: list[StagePlan], store: TagStore, summary: RunSummary) -> None:
