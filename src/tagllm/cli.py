@@ -654,9 +654,8 @@ def inspect(tagdir: str, model: str | None = None, full: bool = False) -> None:
         console.print(tag_summary(meta, tensors))
         console.print("[green]files verified: schema, checksum, shapes, finite values[/green]")
         if m is None:
-            console.print(f"base model: {meta['base_model'].get('name')} "
-                          f"(fingerprint {meta['base_model'].get('fingerprint')}); "
-                          "pass --model to check it against a loaded model")
+            console.print("pass --model to check the base-model fingerprint against a "
+                          "loaded model")
             continue
         m.load_tag(d)
         if meta["base_model"].get("fingerprint_of") == "weights":
