@@ -12,12 +12,13 @@ setup:
 demo: setup
 	.venv/bin/tagllm run recipes/qed.yaml
 
-# Lint, then every test, the slow ones on the real default model included.
+# Lint, then every test, the slow ones (the real embedded models, whole recipes, several
+# processes, PEFT, Chemprop) included.
 test: setup
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/python -m pytest -m "slow or not slow" --durations=40
 
-# Tiny-model tests only (seconds).
+# The tests under ~10 s each on 2 cores (tiny random-weight models), without the slow ones.
 test-fast: setup
 	.venv/bin/python -m pytest
 

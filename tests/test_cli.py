@@ -224,6 +224,7 @@ def test_predict_streams_chunks_and_keeps_rows_and_atomicity(tmp_path, tiny_mode
     assert chunks[2].where(1) == f"{big} row 130"
 
 
+@pytest.mark.slow
 def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     common = ["--model", str(tiny_model_dir), "--progress", "false"]
     labelled = tmp_path / "c.csv"

@@ -23,6 +23,7 @@ PROTEINS = ["MKVLAAGIVGLLLAQ", "MSTNPKPQRKTKRNT", "MAHHHHHHVDDDDKM", "MGSSHHHHHH
             "MKKLLPTAAAGLLLL", "MDPVVVLGLCLSCLL", "MRLLLLLALLGGAAA", "MEEPQSDPSVEPPLS"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fsdp):
     """DDP-style (every process holds the whole base) and FSDP (the base's blocks sharded

@@ -213,6 +213,7 @@ def test_tags_as_text_reads_the_tag_words_at_the_last_token():
     np.testing.assert_allclose(pred, y[50:], atol=0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["lora", "prompt_tuning"])
 def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alone(key):
     """A target that is linear in the frozen model's last-token features is fitted almost
@@ -278,6 +279,7 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
     assert prob.shape == (20, 2) and np.allclose(prob.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_chemprop_learns_a_graph_property_seeded_and_predicts_both_head_forms(monkeypatch):
     """Chemprop (a few epochs) learns the heavy-atom count of unseen molecules far better
     than the training mean, keeps its best validation epoch, repeats itself with the same

@@ -94,6 +94,7 @@ def snapshot(store):
     return {p.relative_to(store): p.read_bytes() for p in store.glob("*/tag.*")}
 
 
+@pytest.mark.slow
 def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     store = tmp_path / "store"
     r = base_recipe(workdir)
@@ -198,6 +199,7 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
         st.unreferenced()
 
 
+@pytest.mark.slow
 def test_extending_a_recipe_trains_only_the_new_tag(workdir, tmp_path):
     store = tmp_path / "store"
     r = base_recipe(workdir)
@@ -228,6 +230,7 @@ def test_extending_a_recipe_trains_only_the_new_tag(workdir, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(workdir, tmp_path):
     path = write(tmp_path, base_recipe(workdir))
     killed = subprocess.run([sys.executable, "-c", KILLER, str(path), str(tmp_path / "a")],
@@ -312,6 +315,7 @@ def test_mixed_batches_follow_the_weights_and_replay_exactly():
     assert [next(again) for _ in range(400)] == batches
 
 
+@pytest.mark.slow
 def test_pretrained_tags_and_the_too_long_policy(workdir, tmp_path):
     r = base_recipe(workdir)
     go(write(tmp_path, r), tmp_path / "s1")
@@ -336,6 +340,7 @@ def test_pretrained_tags_and_the_too_long_policy(workdir, tmp_path):
     assert meta["provenance"]["key_material"]["deps"]["<SMILES>"].startswith("pretrained:")
 
 
+@pytest.mark.slow
 def test_runs_are_tracked_in_tensorboard_and_results_are_strict_json(workdir, tmp_path):
     """Each trained stage writes TensorBoard scalars under out/tensorboard/STAGE: the step
     losses and learning rates, the validation losses (step 0 included) and every method's
@@ -380,6 +385,7 @@ def test_runs_are_tracked_in_tensorboard_and_results_are_strict_json(workdir, tm
         go(write(tmp_path, r), tmp_path / "store3", track="wandb")
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_store_train_a_stage_once(workdir, tmp_path):
     """Two `tagllm run`s of one recipe on one store: the stage's lock makes the second wait
     while the first trains, then reuse what the first stored. The test holds the lock until
@@ -414,6 +420,7 @@ def test_two_processes_on_one_store_train_a_stage_once(workdir, tmp_path):
     assert len(list(store.glob("*/tag.json"))) == 1 and not list(store.glob(".work/*/*"))
 
 
+@pytest.mark.slow
 def test_a_changed_evaluation_is_re_evaluated_with_the_stored_tags(workdir, tmp_path):
     """Adding a baseline or pointing an evaluation elsewhere re-evaluates the stored tags
     (no training; the ablation measured by the training run is kept while its test rows are
@@ -464,6 +471,7 @@ def stage_rows(results, name):
     return [e["rows"] for e in next(s for s in results["stages"] if s["stage"] == name)["eval"]]
 
 
+@pytest.mark.slow
 def test_validation_rows_of_their_own_and_by_groups(workdir, tmp_path):
     """validation_source: the stage validates on that file's rows (never trained on) and
     they are part of the key; groups: the validation rows share no group with training."""

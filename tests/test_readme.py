@@ -155,6 +155,7 @@ def run_command(words: list[str], workdir: Path, servers: dict) -> None:
                          "tests/test_readme.py")
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs(workdir, monkeypatch, capsys):
     """The bash blocks in order (the launchers last, over the stored tags), then the
     Python block."""

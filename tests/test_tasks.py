@@ -38,6 +38,7 @@ def shrunk(name: str, tmp_path: Path) -> dict:
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, metrics", [
     ("descriptor", {"mse", "mae", "pearson", "spearman", "ci"}),
     ("lipinski", {"accuracy", "auroc"}),

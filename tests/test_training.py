@@ -545,6 +545,7 @@ def test_seen_window_keeps_each_rows_latest_features_and_round_trips():
         w.add(torch.zeros(2, 2), [1])
 
 
+@pytest.mark.slow
 def test_refit_rows_seen_refits_on_the_features_the_steps_computed_and_resumes_exactly(
         tmp_path, monkeypatch):
     """refit_rows 'seen': the re-fit gets, for every row, the features its latest step
