@@ -29,7 +29,7 @@ lint: setup
 # first); RUNS lists what goes in.
 RUNS ?= $(wildcard $(addsuffix /results.json,runs/qed runs/solubility runs/bbb \
 	runs/lipinski runs/descriptor runs/binding-affinity runs/drug-combination \
-	runs/translate)) $(wildcard results/*-qed-lora.json \
+	runs/translate runs/qed-in-context)) $(wildcard results/*-qed-lora.json \
 	results/*-qed-prompt-tuning.json results/*-nci-ood.json \
 	results/*-text-tags.json benchmarks/results/*-qed-ablations.json \
 	benchmarks/results/*-tag-training-sweep.json)
