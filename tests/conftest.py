@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -25,9 +26,21 @@ def tiny_model_dir(tmp_path):
     return d
 
 
+@pytest.fixture(scope="session")
+def _test_home(tmp_path_factory) -> Path:
+    """One $TAGLLM_HOME for the test run (its own store, data and prefix caches), whose
+    models/ is the user's: the embedded models are converted once, not once per run."""
+    home = tmp_path_factory.getbasetemp() / "home"
+    home.mkdir(exist_ok=True)
+    user = Path(os.environ.get("TAGLLM_HOME", Path.home() / ".cache" / "tagllm")) / "models"
+    user.mkdir(parents=True, exist_ok=True)
+    if not (home / "models").exists():
+        (home / "models").symlink_to(user, target_is_directory=True)
+    return home
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(request, tmp_path_factory, monkeypatch):
-    """Fast tests cache into a per-run folder; slow tests keep the user's cache so the
-    default model is converted once, not once per run."""
-    if request.node.get_closest_marker("slow") is None:
-        monkeypatch.setenv("TAGLLM_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+def _isolated_home(_test_home, monkeypatch):
+    """Every test (slow or not) writes only into the run's own home: the user's store,
+    caches and fingerprints are never touched."""
+    monkeypatch.setenv("TAGLLM_HOME", str(_test_home))

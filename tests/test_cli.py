@@ -438,3 +438,23 @@ def test_command_line_escapes_are_read_and_other_text_kept():
     assert unescape("\\\\n") == "\\n" and unescape("\\u00e9") == "é"
     for typed in ("#", "~", "é\u20ac", "\\x", "\\€", "C#N"):  # as typed
         assert unescape(typed) == typed
+
+
+@pytest.mark.parametrize("provenance", [
+    None, "demo tags", {}, {"data": "moses:train"}, {"data": [{"source": "my.csv"}]},
+    {"data": [{"source": "my.csv", "rows": None}], "recipe": "r", "stage": "s",
+     "validation": [], "seconds": None, "eval": [{"name": "t", "metrics": None}]},
+])
+def test_inspect_shows_any_provenance_a_tag_file_may_hold(tmp_path, provenance, capsys):
+    """Provenance is free-form (a tag saved outside a recipe, an older tagllm): inspect
+    shows what there is and never fails on what is missing or shaped otherwise."""
+    from tagllm import TagConfig
+
+    from tiny import tiny_tagged
+
+    m = tiny_tagged()
+    m.add_tag(TagConfig("<S>", num_tokens=2))
+    m.save_tag("<S>", tmp_path / "S", provenance=provenance)
+    main(["inspect", str(tmp_path / "S")])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "<S> (domain), 2 vectors x 32" in out and "files verified" in out

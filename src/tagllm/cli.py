@@ -620,8 +620,7 @@ def unescape(text: str) -> str:
 
 
 def inspect(tagdir: str, model: str | None = None, full: bool = False) -> None:
-    """Show tag folders (what the tag is, its head, base model, training and test scores,
-    tensor shapes) and verify them.
+    """Show and verify tag folders: each tag, its head, base model, training and test scores.
 
     Usage: tagllm inspect TAGDIR [--model MODEL] [--full true]
 

@@ -285,7 +285,8 @@ def atomic_write_dir(target: str | Path, fill: Callable[[Path], object]) -> Path
         raise _write_failed(target, target, e) from e
     try:
         fill(tmp.path)
-        os.chmod(tmp.path, 0o777 & ~_umask())  # an ordinary folder's mode, not mkdtemp's 0700
+        # an ordinary folder's mode, not mkdtemp's 0700 (a setgid bit it inherited stays)
+        os.chmod(tmp.path, (0o777 & ~_umask()) | (os.stat(tmp.path).st_mode & stat.S_ISGID))
         _swap_in(tmp.path, target)
     except OSError as e:
         raise _write_failed(target, tmp.path, e) from e

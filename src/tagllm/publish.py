@@ -27,7 +27,7 @@ import numpy as np
 
 from tagllm.errors import DataError
 from tagllm.fileio import atomic_write_text
-from tagllm.report import ORDER
+from tagllm.report import ORDER, row_kind
 
 #: metrics where lower is better (every other one: higher is better)
 LOWER_BETTER = {"mse", "mae", "loss", "perplexity"}
@@ -270,7 +270,7 @@ def eval_section(ev: dict[str, Any], where: str, command: str | None,
     costs, intervals = ev.get("costs") or {}, ev.get("intervals") or {}
     header = ["method", *metrics, f"tags − method, {key} (95% CI)", "trainable parameters",
               "seconds"]
-    label = f"tags ({ev['tag']})" if ev.get("tag") else "tags"
+    label = f"tags ({ev.get('tag')})" if row_kind(ev) == "head" else "tags"
     rows = [[label, *(_fmt(ev["metrics"].get(m)) for m in metrics), "—",
              _fmt(ev.get("trainable_parameters")), _fmt(seconds)]]
     for method, m in (ev.get("baselines") or {}).items():

@@ -37,7 +37,7 @@ def row_kind(ev: dict[str, Any]) -> str:
 def method_rows(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
     """An evaluation row as methods -> metrics: the tags first, then baselines/ablation."""
     label = {"head": f"tags ({ev.get('tag')})", "generation": "tags (generation)",
-             "loss": "tags (validation loss)"}[row_kind(ev)]
+             "loss": "tags (validation loss)"}.get(row_kind(ev), "tags")
     return {label: ev["metrics"], **ev.get("baselines", {})}
 
 
@@ -142,39 +142,57 @@ def _fmt(x: float | None) -> str:
 def tag_summary(meta: dict[str, Any], tensors: dict[str, Any]):
     """A tag folder at a glance (``tagllm inspect``): what the tag is, its head, the base
     model and tags it needs, how it was trained and what its test said; the whole tag.json
-    is ``inspect --full``."""
+    is ``inspect --full``. Provenance is free-form (a tag saved outside a recipe, an older
+    tagllm): what it lacks is left out."""
     from rich.table import Table as RichTable
 
-    cfg, base = meta.get("config", {}), meta.get("base_model", {})
-    prov, head = meta.get("provenance") or {}, cfg.get("head") or {}
+    def part(d: Any, key: str) -> dict[str, Any]:
+        v = d.get(key) if isinstance(d, dict) else None
+        return v if isinstance(v, dict) else {}
+
+    def count(n: Any) -> str:
+        return f"{n:,}" if isinstance(n, int) else "?"
+
+    cfg, base, prov = part(meta, "config"), part(meta, "base_model"), part(meta, "provenance")
+    head = part(cfg, "head")
     rows = [("tag", f"{meta.get('name')} ({meta.get('kind')}), {meta.get('num_tokens')} "
                     f"vectors x {meta.get('hidden_size')}"
                     + "".join(f", {k} {cfg[k]}" for k in ("depth", "reparam") if cfg.get(k)))]
     if head:
         read = ", ".join(f"{k} {head[k]}" for k in ("readout_layer", "pool") if k in head)
-        rows.append(("head", f"{head.get('kind')}, {head.get('num_outputs')} output(s)"
+        outputs = "the model's LM head" if head.get("kind") == "lm" else \
+            f"{head.get('num_outputs')} output(s)"
+        rows.append(("head", f"{head.get('kind')}, {outputs}"
                              + (f", loss {head['loss']}" if head.get("loss") else "")
                              + (f", reads {read}" if read else "")))
     rows.append(("base model", f"{base.get('name')} ({base.get('architecture')}), "
                                f"fingerprint {base.get('fingerprint')} of its "
                                f"{base.get('fingerprint_of', 'input embeddings')}"))
-    if meta.get("trained_with"):
+    if isinstance(meta.get("trained_with"), dict) and meta["trained_with"]:
         rows.append(("trained with", ", ".join(meta["trained_with"])))
-    val = prov.get("validation") or {}
     if prov.get("recipe"):
+        val = part(prov, "validation")
         kept = f", kept step {val['kept_step']}" if val.get("kept_step") is not None else ""
+        secs = prov.get("seconds")
         rows.append(("trained by", f"recipe {prov['recipe']} ({prov.get('recipe_file')}), "
-                                   f"stage {(prov.get('stage') or {}).get('name')}: "
+                                   f"stage {part(prov, 'stage').get('name')}: "
                                    f"{prov.get('steps')} steps{kept}, "
-                                   f"{prov.get('seconds') or 0:,.0f} s, {meta.get('created')}"))
-    for d in prov.get("data") or []:
-        rows.append(("data", f"{d.get('source')}: {d.get('rows', '?'):,} rows"))
-    for ev in prov.get("eval") or []:
-        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(
-            ev.get("metrics", {}).items(), key=lambda kv: _rank(kv[0])))
-        rows.append(("test", f"{ev.get('name')} ({_fmt(ev.get('rows'))} rows): {metrics}"))
-    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in
-                                       (meta.get("versions") or {}).items())))
+                                   + (f"{secs:,.0f} s, " if isinstance(secs, int | float)
+                                      else "") + f"{meta.get('created')}"))
+    data = prov.get("data")
+    for d in data if isinstance(data, list) else []:
+        if isinstance(d, dict):
+            rows.append(("data", f"{d.get('source')}: {count(d.get('rows'))} rows"))
+    evals = prov.get("eval")
+    for ev in evals if isinstance(evals, list) else []:
+        metrics = part(ev, "metrics")
+        if metrics:
+            text = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(
+                metrics.items(), key=lambda kv: _rank(kv[0])))
+            rows.append(("test", f"{ev.get('name')} ({count(ev.get('rows'))} rows): {text}"))
+    versions = part(meta, "versions")
+    if versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     rows += [(f"tensor {k}", f"{tuple(t.shape)} {t.dtype}") for k, t in sorted(tensors.items())]
     table = RichTable(show_header=False, box=None)
     table.add_column(style="bold")
