@@ -331,6 +331,7 @@ def test_a_smiles_over_the_parse_limit_never_reaches_rdkit(tmp_path):
     assert check_smiles(" " + "C" * SMILES_MAX_CHARS + " ") == "C" * SMILES_MAX_CHARS
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_no_temporary_file_and_stale_ones_are_removed(hostile, tmp_path):
     """`tagllm predict` stopped by SIGTERM mid-file removes its temporary output; one that
     a killed process left (old or new name) goes with the next write, or `tagllm gc`."""

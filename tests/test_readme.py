@@ -224,6 +224,7 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_evaluate_prints_what_run_printed(workdir, monkeypatch):
     """`tagllm evaluate` on the recipe's own test sample, with the baselines fitted on the
     recipe's training sample, gives the rows `tagllm run` stored: the same methods under

@@ -227,7 +227,7 @@ def test_a_requests_checks_stop_at_its_deadline(monkeypatch):
 
     monkeypatch.setattr(tagllm.sources, "check_smiles", slow_check)
     m = _tagged()
-    rows = [{"smiles": "CCO"}] * 200
+    rows = [{"smiles": "CCO"}] * 60
     with pytest.raises(RequestError, match="past the server's timeout_s") as e:
         predict_inputs(m, ServeConfig(max_length=64), None, rows, "<S> {smiles} <Q>", None,
                        deadline=time.monotonic() + 0.1)
