@@ -162,12 +162,39 @@ def test_function_level_and_type_checking_imports_count(tmp_path):
     assert imports(f, known) == {"tagllm.model", "tagllm.protocol.run", "tagllm.cli"}
 
 
+def private_uses(tree: ast.AST) -> list[str]:
+    """The underscore names of tagllm a module uses: imported by name, or reached as an
+    attribute of a tagllm module it imported (``import tagllm.prefix as p; p._x``)."""
+    bad, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tagllm"):
+            bad += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            modules |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names
+                        if a.name.startswith("tagllm")}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in modules:
+                bad.append(f"{ast.unparse(node)}")
+    return bad
+
+
 def test_benchmarks_use_public_names_only():
-    """A benchmark is a user of the library: it imports no underscore name from tagllm."""
-    bad = []
-    for path in sorted((ROOT / "benchmarks").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tagllm"):
-                bad += [f"{path.name}: {node.module}.{a.name}" for a in node.names
-                        if a.name.startswith("_")]
+    """A benchmark is a user of the library: it uses no underscore name from tagllm."""
+    bad = [f"{path.name}: {name}" for path in sorted((ROOT / "benchmarks").glob("*.py"))
+           for name in private_uses(ast.parse(path.read_text(), str(path)))]
     assert bad == []
+
+
+def test_the_private_name_check_sees_imports_and_attributes():
+    tree = ast.parse("from tagllm.prefix import _cache_arg, FrozenPrefix\n"
+                     "import tagllm.training.loop as loop\nfrom tagllm import prefix\n"
+                     "loop._activation_checkpointing(m)\nprefix._out_cache(x)\n"
+                     "other._private\n")
+    assert private_uses(tree) == ["tagllm.prefix._cache_arg",
+                                  "loop._activation_checkpointing", "prefix._out_cache"]
