@@ -101,7 +101,7 @@ def discard(path: Path) -> None:
     """Delete a replaced folder: renamed to a ``del`` name first, so that a kill during the
     deletion never leaves a partial copy that looks like a version to put back."""
     m = _TEMP.match(path.name)
-    gone = path.with_name(f".{m['name']}.del-{path.name[len(m['name']) + 6:]}") if m else path
+    gone = path.with_name(f".{m['name']}.del-{path.name[m.start('host'):]}") if m else path
     with contextlib.suppress(OSError):
         os.replace(path, gone)
     shutil.rmtree(gone, ignore_errors=True)
@@ -190,12 +190,13 @@ def find_stale(folder: str | Path, name: str | None = None, recursive: bool = Fa
             found.append(p)
     # the newest complete copy of a target is put back (an .old is always complete: one
     # being deleted is renamed del first)
-    found.sort(key=lambda p: (str(p.parent), _TEMP.match(p.name)["name"], -_mtime(p)))
+    matched = sorted(((p, _TEMP.match(p.name)) for p in found),
+                     key=lambda pm: (str(pm[0].parent), pm[1]["name"], -_mtime(pm[0])))
     out: list[Stale] = []
     back: set[Path] = set()
-    for p in found:
-        target = p.with_name(_TEMP.match(p.name)["name"])
-        put = _TEMP.match(p.name)["kind"] == "old" and not target.exists() and target not in back
+    for p, m in matched:
+        target = p.with_name(m["name"])
+        put = m["kind"] == "old" and not target.exists() and target not in back
         back |= {target} if put else set()
         out.append(Stale(p, target, put))
     gone = {x.path for x in out if not x.put_back and x.path.is_dir() and not x.path.is_symlink()}
