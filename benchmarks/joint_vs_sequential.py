@@ -58,10 +58,10 @@ def measure(recipe_file: Path, seed: int, store: Path, progress: bool) -> dict:
     t0 = time.perf_counter()
     summary = run(recipe, TagStore(store), log=lambda m: None, progress=progress)
     wall = time.perf_counter() - t0
-    losses = {ev["name"]: ev["metrics"]["loss"] for s in summary.stages for ev in s["eval"]}
+    losses = {ev.name: ev.metrics["loss"] for s in summary.stages for ev in s.eval}
     return {"recipe": str(recipe_file.relative_to(ROOT)), "seed": seed,
             "steps": summary.steps_run,
-            "train_seconds": round(sum(s["seconds"] for s in summary.stages), 1),
+            "train_seconds": round(sum(s.seconds or 0 for s in summary.stages), 1),
             "wall_seconds": round(wall, 1), "validation_loss": losses}
 
 

@@ -185,6 +185,10 @@ def main() -> None:
                     "pooling for the --best cells)")
     ap.add_argument("--best", default="", help="B: comma-separated cell names")
     ap.add_argument("--only", default="", help="comma-separated cell names (default: all)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the cells' seed: the tag's start, the validation split and the "
+                    "batch order (the training and test rows stay the same); a cell run "
+                    "with a seed other than 0 is named NAME-seedN")
     ap.add_argument("--cap", type=int, default=2000, help="most steps of a cell")
     ap.add_argument("--eval_every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=4)
@@ -208,6 +212,9 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         cells = [c for c in cells if c["name"] in keep]
+    if args.seed:
+        cells = [{**c, "name": f"{c['name']}-seed{args.seed}", "seed": args.seed}
+                 for c in cells]
     folder = Path(args.out + ".d")
     partial = Path(args.out + ".partial")
     done: dict = json.loads(partial.read_text()) if partial.exists() else {"cells": {},
@@ -247,12 +254,13 @@ def main() -> None:
         name = tag_name(args.task, cell)
         m.add_tag(TagConfig(name, kind="function", num_tokens=10,
                             head=HeadConfig(**head, **cell.get("head", {})),
-                            **cell.get("tag", {})), seed=0)
+                            **cell.get("tag", {})), seed=cell.get("seed", 0))
         cfg = TrainConfig(**{"steps": args.cap, "batch_size": args.batch_size,
                              "warmup_steps": 20, "schedule": "constant",
                              "head_lr": 1e-4, "warm_start_examples": len(smi_tr),
                              "eval_every": args.eval_every, "patience": args.patience,
                              "log_every": 100, "prefix_cache_gb": args.prefix_cache_gb,
+                             "seed": cell.get("seed", 0),
                              **cell.get("train", {})})
         start = folder / "cells" / (cell["name"] + "-start")
 

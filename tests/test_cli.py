@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tagllm.cli import main
+from tagllm.records import EvalResult
 from tagllm.report import method_rows
 
 from tiny import save_tiny
@@ -64,7 +65,8 @@ def test_train_predict_evaluate_inspect(tmp_path, tiny_model_dir, data, capsys):
     main(["evaluate", "--tags", str(tmp_path), "--data", str(data), "--label", "y", "--model",
           str(tiny_model_dir), "--json_out", str(js), "--progress", "false"])
     row = json.loads(js.read_text())
-    metrics = method_rows(row)["tags (<QED>)"]
+    assert row["format"] == "tagllm.eval/2"
+    metrics = method_rows(EvalResult.from_json(row))["tags (<QED>)"]
     assert set(metrics) == {"mse", "mae", "pearson", "spearman", "ci"}
     assert row["command"].startswith("tagllm evaluate --tags ")  # what regenerates it
     # too long: an error naming the row, or skipped and counted with --too_long skip
@@ -240,7 +242,7 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
     main(["evaluate", "--tags", str(tmp_path / "tags"), "--data", str(labelled), "--label", "c",
           "--template", "{smiles} <C>", "--baseline_train", str(other),
           "--json_out", str(js), *common])
-    res = method_rows(json.loads(js.read_text()))
+    res = method_rows(EvalResult.from_json(json.loads(js.read_text())))
     assert set(res["tags (<C>)"]) == {"accuracy", "auroc"}
     assert set(res) == {"tags (<C>)", "Morgan k-NN (k=5)", "Morgan random forest (200 trees)",
                         "training class frequencies"}
@@ -248,8 +250,8 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
           "--template", "{smiles} <C>", "--baseline_train", str(other), "--baselines",
           "rf,mean", "--json_out", str(js), *common])
     picked = json.loads(js.read_text())  # the evaluation row, as results.json holds it
-    assert set(method_rows(picked)) == {"tags (<C>)", "Morgan random forest (200 trees)",
-                                        "training class frequencies"}
+    assert set(method_rows(EvalResult.from_json(picked))) == {
+        "tags (<C>)", "Morgan random forest (200 trees)", "training class frequencies"}
     assert set(picked["intervals"]) == set(picked["baselines"])
     assert len(picked["predictions"]) == picked["rows"] == len(SMILES)
 
@@ -259,7 +261,7 @@ def test_evaluate_classification_and_generation(tmp_path, tiny_model_dir, data):
           "--reference", "target", "--template", "{source} <C> =", "--prompt",
           "English: {source}\nSpanish:", "--max_new_tokens", "4", "--json_out", str(js),
           *common])
-    res = method_rows(json.loads(js.read_text()))
+    res = method_rows(EvalResult.from_json(json.loads(js.read_text())))
     assert set(res) == {"tags (generation)", "copy the source", "plain-text prompt (no tags)"}
     assert set(res["tags (generation)"]) == {"bleu", "chrf"}
     hidden = json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"]

@@ -54,14 +54,16 @@ def test_store_key_fields_leave_out_defaults_and_non_result_settings():
 
 def test_an_evaluation_says_what_it_scores_and_old_rows_are_read_by_what_they_hold():
     from tagllm.config import EvalConfig
-    from tagllm.report import method_rows, row_kind
+    from tagllm.records import EvalResult
+    from tagllm.report import method_rows
 
     assert EvalConfig(source="x.csv", label="y").kind == "head"
     assert EvalConfig(source="x.csv", reference="ref").kind == "generation"
     assert EvalConfig(source="x.csv").kind == "loss"
-    old = [{"name": "a", "tag": "<Q>", "metrics": {"mse": 1.0}},
-           {"name": "b", "metrics": {"bleu": 3.0, "chrf": 20.0}},
-           {"name": "c", "metrics": {"loss": 2.0}}]
-    assert [row_kind(r) for r in old] == ["head", "generation", "loss"]
-    assert list(method_rows({**old[1], "kind": "generation"})) == ["tags (generation)"]
-    assert list(method_rows(old[0])) == ["tags (<Q>)"]
+    old = [{"name": "a", "rows": 3, "tag": "<Q>", "metrics": {"mse": 1.0}},
+           {"name": "b", "rows": 3, "metrics": {"bleu": 3.0, "chrf": 20.0}},
+           {"name": "c", "rows": 3, "metrics": {"loss": 2.0}}]
+    read = [EvalResult.from_json(r) for r in old]
+    assert [r.kind for r in read] == ["head", "generation", "loss"]
+    assert list(method_rows(read[1])) == ["tags (generation)"]
+    assert list(method_rows(read[0])) == ["tags (<Q>)"]

@@ -85,10 +85,10 @@ def test_resume_after_sigkill_on_the_real_model(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     quiet = {"log": lambda s: None, "progress": False}
     resumed = run(load_recipe(recipe), TagStore(tmp_path / "a"), **quiet)
-    assert resumed.stages[0]["resumed_from"] == 2 and resumed.steps_run == 2
+    assert resumed.stages[0].resumed_from == 2 and resumed.steps_run == 2
     straight = run(load_recipe(recipe), TagStore(tmp_path / "b"), **quiet)
-    key = straight.stages[0]["key"]
-    assert resumed.stages[0]["key"] == key
+    key = straight.stages[0].key
+    assert resumed.stages[0].key == key
     a = load_file(next((tmp_path / "a").glob("*/tag.safetensors")))["embedding"]
     b = load_file(next((tmp_path / "b").glob("*/tag.safetensors")))["embedding"]
     assert (a - b).abs().max().item() <= 1e-6

@@ -92,7 +92,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, fsdp):
         for k in a:
             assert (a[k] - b[k]).abs().max().item() < 1e-4, (meta2["name"], k)
     # evaluation, split across the processes (7 and 5 rows: uneven shares), matches
-    rows1 = [r for s in one.stages for r in s["eval"]]
+    rows1 = [r.to_json() for s in one.stages for r in s.eval]
     assert [r["rows"] for r in rows1] == [r["rows"] for r in rows2] == [5, 7]
     for r1, r2 in zip(rows1, rows2, strict=True):
         for k, v in r1["metrics"].items():

@@ -83,11 +83,12 @@ def go(path, store, **kw):
 
 
 def trained(summary):
-    return {s["stage"]: s["steps_run"] for s in summary.stages if not s["cached"]}
+    return {s.stage: s.steps_run for s in summary.stages if not s.cached}
 
 
 def stage(summary, name):
-    return next(s for s in summary.stages if s["stage"] == name)
+    """A stage of a run as results.json holds it."""
+    return next(s for s in summary.stages if s.stage == name).to_json()
 
 
 def snapshot(store):
@@ -99,7 +100,7 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     store = tmp_path / "store"
     r = base_recipe(workdir)
     s1 = go(write(tmp_path, r), store)
-    assert [s["stage"] for s in s1.stages] == ["smiles", "q", "protein"]  # q after smiles
+    assert [s.stage for s in s1.stages] == ["smiles", "q", "protein"]  # q after smiles
     assert trained(s1) == {"smiles": 4, "protein": 3, "q": 6}
     q_eval = stage(s1, "q")["eval"][0]
     assert set(q_eval["baselines"]) == {"Morgan k-NN (k=5)", "training mean",
@@ -153,12 +154,12 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     assert same == json_text(q_eval, sort_keys=True)
 
     dry = go(write(tmp_path, r), store, dry_run=True)
-    assert all(s["cached"] for s in dry.stages)
+    assert all(s.cached for s in dry.stages)
 
     r2 = copy.deepcopy(r)  # the domain tag's lr: it and its dependant retrain, protein not
     r2["stages"][1]["train"]["lr"] = 5e-4
     plan = go(write(tmp_path, r2), store, dry_run=True)
-    reasons = {s["stage"]: s["reason"] for s in plan.stages}
+    reasons = {s.stage: s.reason for s in plan.stages}
     assert reasons["smiles"] == "changed since the last run: train.lr"
     assert reasons["q"] == "changed since the last run: deps.<SMILES>"
     assert reasons["protein"] == "cached"
@@ -178,20 +179,20 @@ def test_order_cache_and_exactly_the_changed_stages_retrain(workdir, tmp_path):
     # gc: the entries of earlier configurations go; what the index references stays
     st = TagStore(store)
     keep = st.referenced()
-    assert {s["key"] for s in go(write(tmp_path, r4), store, dry_run=True).stages} <= {
+    assert {s.key for s in go(write(tmp_path, r4), store, dry_run=True).stages} <= {
         json.loads((store / k / "tag.json").read_text())["provenance"]["stage_key"]
         for k in keep}
-    stale = {e["key"] for e in st.unreferenced()}
+    stale = {e.key for e in st.unreferenced()}
     assert len(stale) == 4 and not stale & keep  # smiles, q (r and r2), protein (r)
     assert len(st.entries()) == 7
     main(["gc", "--store", str(store), "--dry-run"])
     assert len(st.entries()) == 7  # a dry run removes nothing
-    busy = next(e for e in st.entries() if e["key"] in stale)
-    with FileLock(store / ".locks" / f"{busy['stage_key']}.lock"):  # being trained: left
+    busy = next(e for e in st.entries() if e.key in stale)
+    with FileLock(store / ".locks" / f"{busy.stage_key}.lock"):  # being trained: left
         main(["gc", "--store", str(store)])
-        assert {e["key"] for e in st.entries()} == keep | {busy["key"]}
+        assert {e.key for e in st.entries()} == keep | {busy.key}
     main(["gc", "--store", str(store)])
-    assert {e["key"] for e in st.entries()} == keep
+    assert {e.key for e in st.entries()} == keep
     assert trained(go(write(tmp_path, r4), store)) == {}  # nothing the recipe needs went
     index = next((store / ".index").glob("*/*.json"))
     index.write_text("{")
@@ -220,12 +221,12 @@ def test_extending_a_recipe_trains_only_the_new_tag(workdir, tmp_path):
     assert trained(s) == {"k": 2}
     after = snapshot(store)
     assert {k: after[k] for k in before} == before  # old tags byte-identical
-    assert set(s.stages[-1]["eval"][0]["metrics"]) == {"accuracy", "auroc"}
+    assert set(s.stages[-1].eval[0].metrics) == {"accuracy", "auroc"}
     rows = TagStore(store).entries()
-    assert sorted(r["name"] for r in rows) == ["<K>", "<Protein>", "<Q>", "<SMILES>"]
-    k_meta = next(r for r in rows if r["name"] == "<K>")
-    assert k_meta["metric"].endswith(str(round(s.stages[-1]["eval"][0]["metrics"]["accuracy"],
-                                               4)).rstrip("0").rstrip("."))
+    assert sorted(r.name for r in rows) == ["<K>", "<Protein>", "<Q>", "<SMILES>"]
+    k_meta = next(r for r in rows if r.name == "<K>")
+    assert k_meta.metric.endswith(str(round(s.stages[-1].eval[0].metrics["accuracy"],
+                                            4)).rstrip("0").rstrip("."))
 
 
 
@@ -295,9 +296,9 @@ def test_joint_stage_mixes_domains_by_weight_and_trains_both(workdir, tmp_path):
     r["tags"] = r["tags"][:2]
     s = go(write(tmp_path, r), tmp_path / "store")
     assert trained(s) == {"domains": 3}
-    assert set(s.stages[0]["eval"][0]["metrics"]) == {"loss", "perplexity", "tokens"}
-    assert s.stages[0]["eval"][0]["kind"] == "loss"
-    names = {e["name"] for e in TagStore(tmp_path / "store").entries()}
+    assert set(s.stages[0].eval[0].metrics) == {"loss", "perplexity", "tokens"}
+    assert s.stages[0].eval[0].kind == "loss"
+    names = {e.name for e in TagStore(tmp_path / "store").entries()}
     assert names == {"<SMILES>", "<Protein>"}
 
 
@@ -626,8 +627,8 @@ def test_what_training_does_is_pinned_to_the_store_format(workdir, tmp_path):
     got = {}
     for f in (tmp_path / "store").glob("*/tag.json"):
         meta = json.loads(f.read_text())
-        name = next(s["stage"] for s in summary.stages
-                    if s["key"] == meta["provenance"]["stage_key"])
+        name = next(s.stage for s in summary.stages
+                    if s.key == meta["provenance"]["stage_key"])
         _, tensors = read_tag(f.parent)
         norm = float(sum(t.double().norm() for _, t in sorted(tensors.items())))
         got[name] = (round(stage(summary, name)["final_loss"], 6), round(norm, 6))

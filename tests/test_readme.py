@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tagllm.cli import main
+from tagllm.records import EvalResult
 from tagllm.report import method_rows
 
 from tiny import RecordingHub, save_tiny, start_server
@@ -240,7 +241,7 @@ def test_evaluate_prints_what_run_printed(workdir, monkeypatch):
           "--label", "qed", "--baseline_train", "moses:train", "--baseline_examples", "24",
           "--baselines", ",".join(baselines), "--model", str(workdir / "tiny"),
           "--json_out", "ev.json", "--progress", "false"])
-    got = method_rows(json.loads((workdir / "ev.json").read_text()))
+    got = method_rows(EvalResult.from_json(json.loads((workdir / "ev.json").read_text())))
     want = {"tags (<QED>)": ev["metrics"], **{k: v for k, v in ev["baselines"].items()
                                               if not k.startswith("ablation")}}
     assert list(got) == list(want) == ["tags (<QED>)", "Morgan k-NN (k=5)",

@@ -53,7 +53,8 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
     r = recipe_from_dict(shrunk(name, tmp_path), f"{name}.yaml")
     summary = run(r, TagStore(tmp_path / "store"), log=lambda m: None, progress=False)
     assert summary.steps_run == 2 * len(r.stages)
-    last = summary.stages[-1]["eval"][0]
+    stages = [s.to_json() for s in summary.stages]  # as results.json holds them
+    last = stages[-1]["eval"][0]
     assert set(last["metrics"]) == metrics
     assert all(v == v for v in last["metrics"].values())  # no NaN
     assert last["kind"] == ("generation" if name == "translate" else "head")
@@ -64,10 +65,10 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
         assert len(last["outputs"]) == last["rows"]  # every generated output is kept
         assert set(last["intervals"]) == set(last["baselines"])  # BLEU/chrF, paired
         assert all(set(ci) == {"bleu", "chrf"} for ci in last["intervals"].values())
-        assert summary.stages[-1]["eval"][1]["name"] == "pt->es (zero-shot)"
-        costs = summary.stages[-1]["costs"]  # generated lengths are unknown beforehand
+        assert stages[-1]["eval"][1]["name"] == "pt->es (zero-shot)"
+        costs = stages[-1]["costs"]  # generated lengths are unknown beforehand
         assert costs["ratio"] is None and "generation" not in costs["unavoidable"]
-        assert summary.stages[0]["costs"]["ratio"] is not None  # stage 1 has one
+        assert stages[0]["costs"]["ratio"] is not None  # stage 1 has one
         return
     assert {"training mean", "training class frequencies"} & set(last["baselines"])
     if name == "qed-in-context":  # k labelled examples before each query, never itself
@@ -91,7 +92,7 @@ def test_task_recipe_trains_end_to_end(tmp_path, name, metrics):
                     shown = [ln.split(" <QED")[0].removeprefix("<SMILES> ")
                              for ln in t.split("\n")[:-1]]
                     assert not held & set(shown), t
-        assert [s["eval"][0]["name"] for s in summary.stages[1:]] == [
+        assert [s["eval"][0]["name"] for s in stages[1:]] == [
             "QED, k=0", "QED, k=1", "QED, k=4"]
     if name in ("descriptor", "lipinski", "solubility", "bbb"):  # one input: k-NN too
         assert any(k.startswith(("3-mer k-NN", "Morgan k-NN")) for k in last["baselines"])

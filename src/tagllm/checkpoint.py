@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tagllm.errors import CheckpointError
 from tagllm.fileio import atomic_write_dir, remove_stale, sha256_file
 from tagllm.model import TaggedModel
+from tagllm.records import JSONObject, JSONValue
 
 __all__ = ["CheckpointError", "CheckpointState", "StopRequest", "load_checkpoint",
            "put_tag_tensors", "save_checkpoint", "tag_tensors"]
@@ -31,14 +32,14 @@ META = "state.json"
 
 
 def save_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
-                    opt: torch.optim.Optimizer, sched: Any, meta: dict[str, Any],
+                    opt: torch.optim.Optimizer, sched: Any, meta: JSONObject,
                     extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the full training state of ``tags`` (and any ``extra`` tensors, e.g. the best
     step's tags) to ``directory`` (atomically)."""
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state(), **(extra or {}),
                                         **tag_tensors(model, tags)}
     osd = opt.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
+    scalars: dict[str, JSONObject] = {}
     for pid, st in osd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
@@ -69,13 +70,13 @@ class CheckpointState:
     """A verified checkpoint whose tag and head values are already in the model."""
 
     directory: Path
-    meta: dict[str, Any]
+    meta: JSONObject
     tensors: dict[str, torch.Tensor]
 
-    def restore(self, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+    def restore(self, opt: torch.optim.Optimizer, sched: Any) -> JSONObject:
         """Load optimizer, scheduler and RNG state; returns the checkpoint's metadata."""
         saved = self.meta["optimizer"]
-        state: dict[int, dict[str, Any]] = {}
+        state: dict[int, dict[str, torch.Tensor | JSONValue]] = {}
         for key, v in self.tensors.items():
             if key.startswith("opt."):
                 _, pid, name = key.split(".", 2)
@@ -94,7 +95,7 @@ class CheckpointState:
 
 
 def load_checkpoint(directory: Path, model: TaggedModel, tags: list[str],
-                    prepare: Callable[[dict[str, Any]], None] | None = None
+                    prepare: Callable[[JSONObject], None] | None = None
                     ) -> CheckpointState | None:
     """Verify the checkpoint in ``directory`` (None if there is none) and copy its tag and
     head values into ``model``; ``prepare`` gets the verified metadata first (to set up what

@@ -50,6 +50,7 @@ from tagllm.fileio import (
     json_text,
 )
 from tagllm.paths import tagllm_home
+from tagllm.records import EVAL_FORMAT
 from tagllm.shipped import SHIPPED
 from tagllm.sources import sources_summary, sources_table
 
@@ -161,7 +162,7 @@ def run(recipe: str, dry_run: bool = False, store: str | None = None, progress: 
     costs = cost_table(summary.stages)
     if costs is not None:
         console.print(costs)
-    trained = [s["stage"] for s in summary.stages if not s["cached"]]
+    trained = [s.stage for s in summary.stages if not s.cached]
     console.print(f"trained {len(trained)} stage(s) ({summary.steps_run} steps), reused "
                   f"{len(summary.stages) - len(trained)}; tags in {Path(r.out) / 'tags'}, "
                   f"results in {Path(r.out) / 'results.json'}; {summary.seconds:.0f} s")
@@ -296,12 +297,12 @@ def gc(store: str | None = None, dry_run: bool = False) -> None:
     for col in ("name", "recipe/stage", "key", "created", "bytes"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r.get("name")), f"{r.get('recipe')}/{r.get('stage')}", r["key"],
-                      str(r.get("created", "")), f"{r['bytes']:,}")
+        table.add_row(str(r.name), f"{r.recipe}/{r.stage}", r.key, str(r.created or ""),
+                      f"{r.bytes or 0:,}")
         if not dry_run:
-            st.remove(r["key"])
+            st.remove(r.key)
     console.print(table)
-    total = sum(r["bytes"] for r in rows)
+    total = sum(r.bytes or 0 for r in rows)
     console.print(f"{'would remove' if dry_run else 'removed'} {len(rows)} tag(s), "
                   f"{total / 1e6:.2f} MB")
     roots = [st.root, tagllm_home()]
@@ -406,14 +407,14 @@ def train(tag: str, data: str, template: str | None = None, out: str | None = No
                             own.out, TagStore(store), progress, _log, evals)
     for table in stage_tables([stage]) if evals else []:
         console.print(table)
-    how = "found in the tag store" if stage["cached"] else f"{stage['steps_run']} steps"
-    kept = "" if stage.get("best_step") is None else \
-        f", kept step {stage['best_step']} by validation loss" \
-        if stage.get("kept_step", stage["best_step"]) == stage["best_step"] else \
-        f", kept the last step {stage['kept_step']} (lowest validation loss at step " \
-        f"{stage['best_step']})"
-    console.print(f"wrote {path} ({how}; final loss {stage['final_loss']:.4f}{kept}, "
-                  f"{stage['seconds'] or 0:.0f} s)")
+    how = "found in the tag store" if stage.cached else f"{stage.steps_run} steps"
+    kept = "" if stage.best_step is None else \
+        f", kept step {stage.best_step} by validation loss" \
+        if stage.kept_step in (None, stage.best_step) else \
+        f", kept the last step {stage.kept_step} (lowest validation loss at step " \
+        f"{stage.best_step})"
+    console.print(f"wrote {path} ({how}; final loss {stage.final_loss:.4f}{kept}, "
+                  f"{stage.seconds or 0:.0f} s)")
 
 
 def _int_flag(name: str, value: str) -> int:
@@ -568,8 +569,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
         if table is not None:
             console.print(table)
     if json_out:  # with the command that regenerates it (tagllm report shows it)
-        row["command"] = _command("evaluate", evaluate, locals())
-        atomic_write_text(Path(json_out), json_text(row))
+        row.command = _command("evaluate", evaluate, locals())
+        atomic_write_text(Path(json_out), json_text({"format": EVAL_FORMAT, **row.to_json()}))
 
 
 def _command(name: str, fn: Callable, values: dict) -> str:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from tagllm.errors import ConfigError
 from tagllm.evaluation.baselines import BASELINES
 from tagllm.heads import HEADS, head_class
+from tagllm.records import JSONObject
 
 #: a tag in a text: ``<`` a letter, then letters, digits, ``_ . -``, then ``>`` (the one
 #: definition: the tag tokenizer, recipes' templates and tag names all use it)
@@ -33,7 +34,7 @@ def _check(cond: bool, owner: str, name: str, msg: str) -> None:
         raise ConfigError(f"{owner}.{name}: {msg}")
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+def from_dict(cls: type, data: JSONObject, where: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
@@ -45,7 +46,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**data)
 
 
-def _without_later_defaults(config: Any) -> dict[str, Any]:
+def _without_later_defaults(config: Any) -> JSONObject:
     """``asdict(config)`` without the fields of ``LATER_FIELDS`` that hold their default."""
     return {k: v for k, v in asdict(config).items()
             if k not in config.LATER_FIELDS or v != config.LATER_FIELDS[k]}
@@ -80,7 +81,7 @@ class HeadConfig:
                           "chosen on the validation rows with the layer"},
     )
 
-    LATER_FIELDS: ClassVar[dict[str, Any]] = {"readout_layer": -1, "pool": "tag"}
+    LATER_FIELDS: ClassVar[JSONObject] = {"readout_layer": -1, "pool": "tag"}
 
     def __post_init__(self) -> None:
         _check(self.kind in HEADS, "HeadConfig", "kind",
@@ -119,7 +120,7 @@ class HeadConfig:
         """Whether its readout is still to be chosen on validation rows."""
         return self.readout_layer == "auto" or self.pool == "auto"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return _without_later_defaults(self)
 
 
@@ -158,7 +159,7 @@ class TagConfig:
 
     #: fields added after tag files existed: left out of to_dict at their defaults, so the
     #: files and store keys of tags that do not use them stay as they were
-    LATER_FIELDS: ClassVar[dict[str, Any]] = {"reparam": "none", "reparam_size": 64,
+    LATER_FIELDS: ClassVar[JSONObject] = {"reparam": "none", "reparam_size": 64,
                                               "depth": "input"}
 
     def __post_init__(self) -> None:
@@ -191,13 +192,13 @@ class TagConfig:
             _check(self.kind == "function", "TagConfig", "head",
                    f"only function tags own heads; {self.name} is a {self.kind} tag")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d = _without_later_defaults(self)
         d["head"] = self.head.to_dict() if self.head else None
         return d
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TagConfig:
+    def from_json(cls, data: JSONObject) -> TagConfig:
         return from_dict(cls, dict(data))
 
 
@@ -206,11 +207,11 @@ class TagConfig:
 #: only one whose trained tag beat its untrained start on a test set): a low constant tag
 #: rate for many steps, the head held and re-fitted in closed form every 50 steps, and
 #: early stopping. Where training does not help, validation keeps the untrained tag.
-HEAD_TRAINING: dict[str, Any] = {"steps": 900, "lr": 1e-4, "schedule": "constant",
+HEAD_TRAINING: dict[str, int | float | str] = {"steps": 900, "lr": 1e-4, "schedule": "constant",
                                  "head_lr": 1e-6, "refit_every": 50, "patience": 4}
 
 
-def head_training(given: dict[str, Any]) -> dict[str, Any]:
+def head_training(given: JSONObject) -> JSONObject:
     """The :data:`HEAD_TRAINING` settings to add to the ``given`` ones (TrainConfig fields):
     those not given, less what the given ones rule out (re-fits need the closed-form warm
     start; early stopping needs validation rows)."""
@@ -390,7 +391,7 @@ class TrainConfig:
         _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
                "TrainConfig", "checkpoint_every", "must be an int >= 0")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     #: Fields that change how a run is logged, cached, checkpointed or how much memory it
@@ -398,7 +399,7 @@ class TrainConfig:
     NOT_RESULT = ("log_every", "prefix_cache_gb", "prefix_cache_disk_gb", "checkpoint_every",
                   "activation_checkpointing")
 
-    def result_dict(self) -> dict[str, Any]:
+    def result_dict(self) -> JSONObject:
         """The fields that determine the trained tags and differ from their defaults (the tag
         store's key uses these). Leaving defaults out keeps keys stable when a new field with
         a neutral default is added; changing a default must bump ``store.STORE_FORMAT``."""

@@ -22,6 +22,7 @@ from typing import Any
 from tagllm._version import __version__
 from tagllm.backbones import EMBEDDED
 from tagllm.errors import TagFileError
+from tagllm.records import JSONObject
 from tagllm.serialization import META, TENSORS, read_tag
 from tagllm.shipped import not_found, shipped_folders
 
@@ -92,7 +93,7 @@ def base_model_id(name: str) -> str:
     return EMBEDDED[name].hub_id if name in EMBEDDED else name
 
 
-def model_card(metas: list[dict[str, Any]], repo_id: str) -> str:
+def model_card(metas: list[JSONObject], repo_id: str) -> str:
     """README.md for a repository of tags: YAML metadata (built with huggingface_hub's own
     ``ModelCardData``), then per tag what it is, what it was trained on and its scores, and
     how to load it."""
@@ -135,12 +136,12 @@ def model_card(metas: list[dict[str, Any]], repo_id: str) -> str:
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
 
 
-def _evals(meta: dict[str, Any]) -> list[dict[str, Any]]:
+def _evals(meta: JSONObject) -> list[JSONObject]:
     prov = meta.get("provenance") or {}
     return [e for e in prov.get("eval", []) or [] if isinstance(e, dict)]
 
 
-def _tag_section(meta: dict[str, Any]) -> list[str]:
+def _tag_section(meta: JSONObject) -> list[str]:
     """One tag's part of the card."""
     prov = meta.get("provenance") or {}
     head = (meta["config"].get("head") or {}).get("kind")

@@ -27,7 +27,16 @@ import numpy as np
 
 from tagllm.errors import DataError
 from tagllm.fileio import atomic_write_text
-from tagllm.report import ORDER, row_kind
+from tagllm.records import (
+    EVAL_FORMAT,
+    RUN_FORMAT,
+    EvalResult,
+    JSONObject,
+    Metrics,
+    RunResults,
+    StageResult,
+)
+from tagllm.report import ORDER
 
 #: metrics where lower is better (every other one: higher is better)
 LOWER_BETTER = {"mse", "mae", "loss", "perplexity"}
@@ -51,9 +60,15 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
 
 
-def load(path: str | Path) -> tuple[str, dict[str, Any]]:
-    """(kind, document) of a results file or a run folder; kind is ``run``, ``eval`` or
-    ``ablations`` or ``training-sweep``."""
+#: the benchmark files the report reads, by their declared ``benchmark``
+BENCHMARKS = {"qed-ablations": "ablations", "tag-training-sweep": "training-sweep"}
+
+
+def load(path: str | Path) -> tuple[str, RunResults | EvalResult | JSONObject]:
+    """(kind, document) of a results file or a run folder, read by the format it declares:
+    ``run`` (a :class:`RunResults`), ``eval`` (an :class:`EvalResult`), or a benchmark's
+    file (``ablations``, ``training-sweep``: its JSON). Files written before formats were
+    declared are recognised by their keys."""
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
@@ -63,14 +78,18 @@ def load(path: str | Path) -> tuple[str, dict[str, Any]]:
         doc = json.loads(p.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{p}: not a JSON results file ({e})") from None
-    if isinstance(doc, dict) and "stages" in doc and "recipe" in doc:
-        return "run", doc
-    if isinstance(doc, dict) and doc.get("benchmark") == "qed-ablations":
-        return "ablations", doc
-    if isinstance(doc, dict) and doc.get("benchmark") == "tag-training-sweep":
-        return "training-sweep", doc
-    if isinstance(doc, dict) and "metrics" in doc and "name" in doc:
-        return "eval", doc
+    if not isinstance(doc, dict):
+        doc = {}
+    declared = doc.get("format")
+    if declared not in (None, RUN_FORMAT, EVAL_FORMAT):
+        raise DataError(f"{p}: results format {declared!r} is not one this tagllm reads "
+                        f"({RUN_FORMAT}, {EVAL_FORMAT}); a newer tagllm wrote it")
+    if declared == RUN_FORMAT or (declared is None and "stages" in doc and "recipe" in doc):
+        return "run", RunResults.from_json(doc, str(p))
+    if doc.get("benchmark") in BENCHMARKS:
+        return BENCHMARKS[doc["benchmark"]], doc
+    if declared == EVAL_FORMAT or (declared is None and "metrics" in doc and "name" in doc):
+        return "eval", EvalResult.from_json(doc, str(p))
     raise DataError(f"{p}: neither a run's results.json, an evaluation row (tagllm evaluate "
                     "--json_out) nor an ablations or tag-training-sweep benchmark file")
 
@@ -85,11 +104,6 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _kept_step(stage: dict[str, Any]) -> int | None:
-    """The step whose tags a stage kept (results written before kept_step: the best one)."""
-    return stage.get("kept_step", stage.get("best_step"))
-
-
 def _plt():
     import matplotlib
 
@@ -99,9 +113,9 @@ def _plt():
     return plt
 
 
-def curve_figure(stage: dict[str, Any], slug: str) -> Figure | None:
+def curve_figure(stage: StageResult, slug: str) -> Figure | None:
     """Train and validation loss against the step, the kept step marked."""
-    curve = stage.get("curve") or []
+    curve = stage.curve
     if not curve:
         return None
     plt = _plt()
@@ -113,36 +127,36 @@ def curve_figure(stage: dict[str, Any], slug: str) -> Figure | None:
         ax.plot(*zip(*tr, strict=True), "o-", label="train (mean since last point)")
     if va:
         ax.plot(*zip(*va, strict=True), "s-", label="validation")
-    kept = _kept_step(stage)
+    kept = stage.kept_step
     if kept is not None:
         ax.axvline(kept, color="grey", ls=":", label="kept step")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"stage {stage['stage']}: learning curve")
+    ax.set_title(f"stage {stage.stage}: learning curve")
     ax.legend(fontsize=8)
-    return Figure(slug, f"stage {stage['stage']}: learning curve", _png(fig))
+    return Figure(slug, f"stage {stage.stage}: learning curve", _png(fig))
 
 
-def truth_figure(ev: dict[str, Any], slug: str) -> Figure | None:
+def truth_figure(ev: EvalResult, slug: str) -> Figure | None:
     """Predicted against true (regression; one panel per output, at most 6) or the ROC
     curve (two classes)."""
-    if "predictions" not in ev or "targets" not in ev:
+    if ev.predictions is None or ev.targets is None:
         return None
-    y, p = np.asarray(ev["targets"], dtype=float), np.asarray(ev["predictions"], dtype=float)
+    y, p = np.asarray(ev.targets, dtype=float), np.asarray(ev.predictions, dtype=float)
     plt = _plt()
-    if "auroc" in ev["metrics"]:
+    if "auroc" in ev.metrics:
         if p.ndim != 2 or p.shape[1] != 2 or len(np.unique(y)) < 2:
             return None
         from sklearn.metrics import roc_curve
 
         fpr, tpr, _ = roc_curve(y.astype(int), p[:, 1])
         fig, ax = plt.subplots(figsize=(3.8, 3.6))
-        ax.plot(fpr, tpr, label=f"tags (AUROC {ev['metrics']['auroc']:.3f})")
+        ax.plot(fpr, tpr, label=f"tags (AUROC {ev.metrics['auroc']:.3f})")
         ax.plot([0, 1], [0, 1], color="grey", ls=":")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.legend(fontsize=8, loc="lower right")
-        title = f"{ev['name']}: ROC of the tags"
+        title = f"{ev.name}: ROC of the tags"
     else:
         y, p = y.reshape(len(y), -1), p.reshape(len(p), -1)
         k = min(y.shape[1], 6)
@@ -153,16 +167,16 @@ def truth_figure(ev: dict[str, Any], slug: str) -> Figure | None:
             ax.plot([lo, hi], [lo, hi], color="grey", ls=":")
             ax.set_xlabel("true" + (f" (output {j})" if k > 1 else ""))
             ax.set_ylabel("predicted")
-        title = f"{ev['name']}: predicted vs true (tags)"
+        title = f"{ev.name}: predicted vs true (tags)"
     fig.suptitle(title, fontsize=10)
     return Figure(slug, title, _png(fig))
 
 
-def interval_figure(ev: dict[str, Any], metric: str, slug: str) -> Figure | None:
+def interval_figure(ev: EvalResult, metric: str, slug: str) -> Figure | None:
     """Tags minus each method on ``metric``: the observed difference and its interval."""
-    rows = [(m, ev["metrics"][metric] - b[metric], (ev.get("intervals") or {}).get(m, {})
-             .get(metric)) for m, b in (ev.get("baselines") or {}).items()
-            if b.get(metric) is not None and b[metric] == b[metric]]
+    rows = [(m, ev.metrics[metric] - b.metrics[metric], (b.interval or {}).get(metric))
+            for m, b in ev.methods.items()
+            if b.metrics.get(metric) is not None and b.metrics[metric] == b.metrics[metric]]
     if not rows:
         return None
     plt = _plt()
@@ -177,12 +191,12 @@ def interval_figure(ev: dict[str, Any], metric: str, slug: str) -> Figure | None
     ax.set_xlabel(f"tags minus method, {metric} (95% paired bootstrap; tags better to the "
                   f"{better})")
     ax.invert_yaxis()
-    title = f"{ev['name']}: tags against every method ({metric})"
+    title = f"{ev.name}: tags against every method ({metric})"
     ax.set_title(title, fontsize=10)
     return Figure(slug, title, _png(fig))
 
 
-def sweep_figure(doc: dict[str, Any], slug: str) -> Figure | None:
+def sweep_figure(doc: JSONObject, slug: str) -> Figure | None:
     """Test MSE against the tag length p: mean and spread over seeds, trained and step 0."""
     by_p: dict[int, dict[str, list[float]]] = {}
     for r in doc.get("rows", []):
@@ -212,7 +226,7 @@ def sweep_figure(doc: dict[str, Any], slug: str) -> Figure | None:
     return Figure(slug, title, _png(fig))
 
 
-def training_curves_figure(task: str, doc: dict[str, Any], slug: str) -> Figure | None:
+def training_curves_figure(task: str, doc: JSONObject, slug: str) -> Figure | None:
     """Validation loss of every cell of a tag-training sweep against the step, relative to
     its step 0 (the untrained tag with its closed-form head): below 1 the training helps."""
     cells = {k: c for k, c in (doc.get("cells") or {}).items() if c.get("curve")}
@@ -254,82 +268,75 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")[:80]
 
 
-def primary_metric(metrics: dict[str, Any]) -> str:
+def primary_metric(metrics: Metrics) -> str:
     for m in ("mse", "auroc", "chrf", "loss"):
         if m in metrics:
             return m
     return next(iter(metrics))
 
 
-def eval_section(ev: dict[str, Any], where: str, command: str | None,
+def eval_section(ev: EvalResult, where: str, command: str | None,
                  seconds: float | None = None) -> Section:
     """One evaluation: the method table and its figures."""
-    metrics = [m for m in ORDER if m in ev["metrics"]] + [
-        m for m in ev["metrics"] if m not in ORDER]
-    key = primary_metric(ev["metrics"])
-    costs, intervals = ev.get("costs") or {}, ev.get("intervals") or {}
+    metrics = [m for m in ORDER if m in ev.metrics] + [m for m in ev.metrics if m not in ORDER]
+    key = primary_metric(ev.metrics)
     header = ["method", *metrics, f"tags − method, {key} (95% CI)", "trainable parameters",
               "seconds"]
-    label = f"tags ({ev.get('tag')})" if row_kind(ev) == "head" else "tags"
-    rows = [[label, *(_fmt(ev["metrics"].get(m)) for m in metrics), "—",
-             _fmt(ev.get("trainable_parameters")), _fmt(seconds)]]
-    for method, m in (ev.get("baselines") or {}).items():
-        ci = intervals.get(method, {}).get(key)
-        c = costs.get(method, {})
-        rows.append([method, *(_fmt(m.get(x)) for x in metrics),
+    rows = [[ev.label, *(_fmt(ev.metrics.get(m)) for m in metrics), "—",
+             _fmt(ev.trainable_parameters), _fmt(seconds)]]
+    for method, m in ev.methods.items():
+        ci, c = (m.interval or {}).get(key), m.cost
+        rows.append([method, *(_fmt(m.metrics.get(x)) for x in metrics),
                      f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "n/a",
-                     _fmt(c.get("trainable_parameters")) if c else
+                     _fmt(c.trainable_parameters) if c else
                      ("0 (the tags' own)" if method.startswith("ablation") else "n/a"),
-                     _fmt(c.get("seconds"))])
-    s = Section(f"{where}: {ev['name']} ({ev['rows']:,} rows)", level=3)
+                     _fmt(c.seconds if c else None)])
+    s = Section(f"{where}: {ev.name} ({ev.rows:,} rows)", level=3)
     better = "below 0" if key in LOWER_BETTER else "above 0"
-    s.text.append(f"Every method on the same {ev['rows']:,} test rows. The interval is the "
+    s.text.append(f"Every method on the same {ev.rows:,} test rows. The interval is the "
                   f"paired bootstrap 95% interval of the tags' {key} minus the method's "
                   f"({better}: the tags are better; an interval that holds 0 is no "
                   "difference).")
     if command:
         s.text.append(f"Regenerate: `{command}`")
     s.tables.append((header, rows))
-    base = _slug(where, ev["name"])
+    base = _slug(where, ev.name)
     s.figures += [f for f in (truth_figure(ev, base + "-truth"),
                               interval_figure(ev, key, base + "-methods")) if f]
     return s
 
 
-def run_sections(doc: dict[str, Any], path: str, seen: set[str] | None = None
+def run_sections(doc: RunResults, path: str, seen: set[str] | None = None
                  ) -> list[Section]:
     """A run's sections; a stage whose key is in ``seen`` (shown for an earlier run: a
     shared stored stage) is not shown again."""
     seen = set() if seen is None else seen
-    recipe = doc["recipe"]
-    command = f"tagllm run {doc.get('recipe_file', recipe)}"
+    recipe = doc.recipe
+    command = f"tagllm run {doc.recipe_file or recipe}"
     top = Section(f"Recipe {recipe}", text=[
-        f"Base model `{doc.get('model')}`; {len(doc['stages'])} stage(s); "
-        f"{_fmt(doc.get('seconds'))} s for the run that wrote `{path}` (stored stages are "
+        f"Base model `{doc.model}`; {len(doc.stages)} stage(s); "
+        f"{_fmt(doc.seconds)} s for the run that wrote `{path}` (stored stages are "
         f"reused, their own training time is listed below). Command: `{command}`."])
     top.tables.append((["stage", "trained here", "steps", "kept step", "seconds"],
-                       [[s["stage"], "no (stored)" if s.get("cached") else "yes",
-                         _fmt(s.get("steps_run")), _fmt(_kept_step(s)),
-                         _fmt(s.get("seconds"))] for s in doc["stages"]]))
+                       [[s.stage, "no (stored)" if s.cached else "yes", _fmt(s.steps_run),
+                         _fmt(s.kept_step), _fmt(s.seconds)] for s in doc.stages]))
     out = [top]
-    for s in doc["stages"]:
-        if s.get("key") in seen:
+    for s in doc.stages:
+        if s.key in seen:
             continue
-        seen.add(s.get("key"))
-        fig = curve_figure(s, _slug(recipe, s["stage"], "curve"))
-        evals = [e for e in s.get("eval", []) if "metrics" in e]
-        if fig is None and not evals:
+        seen.add(s.key)
+        fig = curve_figure(s, _slug(recipe, s.stage, "curve"))
+        if fig is None and not s.eval:
             continue
-        sec = Section(f"{recipe} / stage {s['stage']}", level=3)
+        sec = Section(f"{recipe} / stage {s.stage}", level=3)
         if fig:
             sec.figures.append(fig)
         out.append(sec)
-        out += [eval_section(e, f"{recipe} / {s['stage']}", command, s.get("seconds"))
-                for e in evals]
+        out += [eval_section(e, f"{recipe} / {s.stage}", command, s.seconds) for e in s.eval]
     return out
 
 
-def ablation_sections(doc: dict[str, Any]) -> list[Section]:
+def ablation_sections(doc: JSONObject) -> list[Section]:
     s = Section("QED ablations and the tag-length sweep", text=[
         f"{doc.get('train_rows', '?')} training and {doc.get('test_rows', '?')} test "
         f"molecules, base model `{doc.get('model')}`, {doc.get('machine', '')}, "
@@ -355,12 +362,12 @@ def ablation_sections(doc: dict[str, Any]) -> list[Section]:
     return [s]
 
 
-def _interval(d: dict[str, Any] | None, metric: str) -> str:
+def _interval(d: JSONObject | None, metric: str) -> str:
     ci = (d or {}).get(metric)
     return f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "n/a"
 
 
-def training_sweep_sections(doc: dict[str, Any]) -> list[Section]:
+def training_sweep_sections(doc: JSONObject) -> list[Section]:
     """A tag-training sweep: per task, the settings chosen on validation scored once on the
     test set against the same tag untrained and the baselines; every cell's validation
     curve."""
@@ -424,7 +431,7 @@ def sections(paths: list[str | Path]) -> list[Section]:
         elif kind == "training-sweep":
             out += training_sweep_sections(doc)
         else:
-            out.append(eval_section(doc, "tagllm evaluate", doc.get("command")))
+            out.append(eval_section(doc, "tagllm evaluate", doc.command))
     used: dict[str, int] = {}  # figure names are file names: two files' same title must
     for f in (f for s in out for f in s.figures):  # not overwrite each other's plots
         used[f.slug] = used.get(f.slug, 0) + 1
@@ -552,7 +559,7 @@ def summary_table(path: str | Path) -> str:
                       f"{doc.get('machine', '')}); every row in docs/results.md."])
 
 
-def _difference(d: dict[str, Any]) -> str:
+def _difference(d: JSONObject) -> str:
     if d["low"] == d["high"] == 0:
         return "0: validation kept the untrained tag"
     return f"[{d['low']:+.2g}, {d['high']:+.2g}]" + (", trained better" if d["better"] else "")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tagllm.records import EvalResult, StageResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from tagllm.records import JSONObject, JSONValue
+    from tagllm.store import StoreEntry
 
 #: Column order of metrics (stored results have sorted keys).
 ORDER = ("mse", "mae", "pearson", "spearman", "ci", "accuracy", "auroc", "bleu", "chrf",
@@ -26,37 +34,27 @@ def results_table(results: dict[str, dict[str, float]], title: str):
     return table
 
 
-def row_kind(ev: dict[str, Any]) -> str:
-    """An evaluation row's kind (head, generation or loss): recorded in the row; rows
-    written before it was are read by what they hold."""
-    if "kind" in ev:
-        return ev["kind"]
-    return "head" if ev.get("tag") else "generation" if "bleu" in ev["metrics"] else "loss"
+def method_rows(ev: EvalResult) -> dict[str, dict[str, float | None]]:
+    """An evaluation as methods -> metrics: the tags first, then baselines/ablation."""
+    return {ev.label: ev.metrics, **{n: s.metrics for n, s in ev.methods.items()}}
 
 
-def method_rows(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """An evaluation row as methods -> metrics: the tags first, then baselines/ablation."""
-    label = {"head": f"tags ({ev.get('tag')})", "generation": "tags (generation)",
-             "loss": "tags (validation loss)"}.get(row_kind(ev), "tags")
-    return {label: ev["metrics"], **ev.get("baselines", {})}
+def eval_table(ev: EvalResult, prefix: str = ""):
+    """One evaluation of ``tagllm run`` or ``tagllm evaluate`` as a table."""
+    return results_table(method_rows(ev), f"{prefix}{ev.name} ({ev.rows} examples)")
 
 
-def eval_table(ev: dict[str, Any], prefix: str = ""):
-    """One evaluation row of ``tagllm run`` or ``tagllm evaluate`` as a table."""
-    return results_table(method_rows(ev), f"{prefix}{ev['name']} ({ev['rows']} examples)")
-
-
-def interval_table(ev: dict[str, Any]):
-    """The paired bootstrap intervals of an evaluation row: tags minus each method, per
-    metric (None when the row has none)."""
+def interval_table(ev: EvalResult):
+    """The paired bootstrap intervals of an evaluation: tags minus each method, per
+    metric (None when it has none)."""
     from rich.table import Table as RichTable
 
-    intervals = ev.get("intervals") or {}
+    intervals = {n: s.interval for n, s in ev.methods.items() if s.interval}
     if not intervals:
         return None
     first = next(iter(intervals.values()))
     names = [n for n in ORDER if n in first] + [n for n in first if n not in ORDER]
-    table = RichTable(title=f"tags minus method on the same {ev['rows']} rows: 95% paired "
+    table = RichTable(title=f"tags minus method on the same {ev.rows} rows: 95% paired "
                       "bootstrap interval (MSE, MAE: below 0 = tags better; others: above 0)")
     table.add_column("method")
     for n in names:
@@ -67,26 +65,25 @@ def interval_table(ev: dict[str, Any]):
     return table
 
 
-def stage_tables(stages: list[dict[str, Any]]) -> list:
+def stage_tables(stages: list[StageResult]) -> list:
     """Per evaluation of each stage: the tags' row, then baselines/ablation; then the
     intervals of the differences, if any."""
     out = []
     for s in stages:
-        for ev in s.get("eval", []):
-            out.append(eval_table(ev, f"stage {s['stage']}"
-                                  f"{' (cached)' if s.get('cached') else ''}: "))
+        for ev in s.eval:
+            out.append(eval_table(ev, f"stage {s.stage}{' (cached)' if s.cached else ''}: "))
             out += [t for t in [interval_table(ev)] if t is not None]
     return out
 
 
-def cost_table(stages: list[dict[str, Any]]):
+def cost_table(stages: list[StageResult]):
     """The cost account of the stages trained in this run (None if none was): each phase's
     seconds, forward tokens and the process's peak memory by its end, then per stage the
     tokens it could not avoid and the ratio (measured / unavoidable, the baselines
     apart)."""
     from rich.table import Table as RichTable
 
-    trained = [s for s in stages if s.get("costs")]
+    trained = [s for s in stages if s.costs]
     if not trained:
         return None
     table = RichTable(title="cost account: seconds, forward tokens and peak memory per phase")
@@ -94,18 +91,18 @@ def cost_table(stages: list[dict[str, Any]]):
                          ("peak GB by its end", "right")):
         table.add_column(col, justify=justify)
     for s in trained:
-        c = s["costs"]
-        for name, v in c["phases"].items():
-            peak = f"{v['peak_gb']:.2f}" if "peak_gb" in v else ""
-            table.add_row(name, f"{v['seconds']:.1f}", f"{v['tokens']:,}", peak)
-        need = sum(c["unavoidable"].values())
-        ratio = "n/a (generation)" if c["ratio"] is None else f"{c['ratio']:.3f}"
-        table.add_row(f"[bold]stage {s['stage']}: measured / unavoidable[/bold]", "",
-                      f"{c['forward_tokens']:,} / {need:,} = {ratio}", "", end_section=True)
+        c = s.costs
+        for name, v in c.phases.items():
+            peak = f"{v.peak_gb:.2f}" if v.peak_gb is not None else ""
+            table.add_row(name, f"{v.seconds:.1f}", f"{v.tokens:,}", peak)
+        need = sum(c.unavoidable.values())
+        ratio = "n/a (generation)" if c.ratio is None else f"{c.ratio:.3f}"
+        table.add_row(f"[bold]stage {s.stage}: measured / unavoidable[/bold]", "",
+                      f"{c.forward_tokens:,} / {need:,} = {ratio}", "", end_section=True)
     return table
 
 
-def store_table(root: Any, rows: list[dict[str, Any]],
+def store_table(root: Any, rows: list[StoreEntry],
                 problems: dict[str, str | None] | None = None):
     """The tag store as a table; ``problems`` (key -> error or None) adds "ok" or the error
     after each verified key."""
@@ -115,10 +112,9 @@ def store_table(root: Any, rows: list[dict[str, Any]],
     for col in ("name", "kind", "p", "base model", "metric", "recipe/stage", "key", "created"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r.get("name")), str(r.get("kind")), str(r.get("num_tokens")),
-                      str(r.get("base_model")), str(r.get("metric", "")),
-                      f"{r.get('recipe')}/{r.get('stage')}",
-                      r["key"] + _verified(problems, r["key"]), str(r.get("created", "")))
+        table.add_row(str(r.name), str(r.kind), str(r.num_tokens), str(r.base_model),
+                      r.metric or r.error or "", f"{r.recipe}/{r.stage}",
+                      r.key + _verified(problems, r.key), str(r.created or ""))
     return table
 
 
@@ -139,14 +135,14 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
-def tag_summary(meta: dict[str, Any], tensors: dict[str, Any]):
+def tag_summary(meta: JSONObject, tensors: dict[str, torch.Tensor]):
     """A tag folder at a glance (``tagllm inspect``): what the tag is, its head, the base
     model and tags it needs, how it was trained and what its test said; the whole tag.json
     is ``inspect --full``. Provenance is free-form (a tag saved outside a recipe, an older
     tagllm): what it lacks is left out."""
     from rich.table import Table as RichTable
 
-    def part(d: Any, key: str) -> dict[str, Any]:
+    def part(d: JSONValue, key: str) -> JSONObject:
         v = d.get(key) if isinstance(d, dict) else None
         return v if isinstance(v, dict) else {}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from tagllm.heads import build_head
 from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix
 from tagllm.progress import track
+from tagllm.records import EvalResult, MethodCost, MethodScore
 from tagllm.tags import tag_as_words
 from tagllm.training.warm_start import tag_features
 
@@ -47,12 +47,12 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
              name: str, tag: str | None = None, max_length: int | None = None,
              batch_size: int = 32, baselines: bool = True, progress: bool = False,
              log: Log = print, budget: TrainConfig | None = None,
-             prefix: FrozenPrefix | None = None) -> dict[str, Any]:
-    """One result row for ``spec`` on ``test``: ``name``, ``rows``, ``metrics`` (the
-    tags'), ``baselines`` (method name -> metrics) and, for a head, its ``tag`` (default:
-    the function tag of the first input), ``predictions`` and ``intervals`` (method name ->
-    metric -> [low, high] of tags minus method); generation rows keep every output
-    (``outputs``) and the first three with their inputs and references (``examples``).
+             prefix: FrozenPrefix | None = None) -> EvalResult:
+    """One result for ``spec`` on ``test``: the tags' ``metrics`` and every baseline's
+    scores (``methods``: its metrics, the interval of tags minus it, its cost); for a head,
+    its ``tag`` (default: the function tag of the first input), ``predictions`` and
+    ``targets``; for generation every output (``outputs``) and the first three with their
+    inputs and references (``examples``).
     ``train`` rows feed the baselines that learn; the fine-tuning ones (PEFT) get the steps,
     batch size and seed of ``budget`` (the stage's training; default 200 steps of 32).
     ``prefix``: a frozen-prefix cache whose prefixes end before ``tag`` (the stage's):
@@ -67,25 +67,22 @@ def evaluate(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
         return generation(model, spec, test, name, batch_size, baselines, progress, log)
     with phase("evaluation"):
         metrics = lm_metrics(model, test.texts, max_length=max_length, progress=progress)
-    return {"kind": "loss", "name": name, "rows": len(test.texts), "metrics": metrics}
+    return EvalResult("loss", name, len(test.texts), metrics)
 
 
 def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | None, tag: str,
              name: str, batch_size: int, baselines: bool, progress: bool, log: Log,
              budget: TrainConfig | None = None, prefix: FrozenPrefix | None = None
-             ) -> dict[str, Any]:
+             ) -> EvalResult:
     """The head of ``tag`` scored by its own metrics, beside the label baselines."""
     head = model.head(tag)
     with phase("evaluation"):
         preds = predictions(model, test.texts, tag, batch_size, progress, prefix)
-    row: dict[str, Any] = {"kind": "head", "name": name, "tag": tag, "rows": len(test.texts),
-                           "metrics": head.metrics(test.targets, preds),
-                           "predictions": preds.tolist(),
-                           "targets": np.asarray(test.targets).tolist(),
-                           # the tag's vectors and its head: what training fits
-                           "trainable_parameters": sum(
-                               p.numel() for p in [*model.bank.tag_parameters(tag),
-                                                   *head.parameters()])}
+    row = EvalResult("head", name, len(test.texts), head.metrics(test.targets, preds), tag,
+                     predictions=preds.tolist(), targets=np.asarray(test.targets).tolist(),
+                     # the tag's vectors and its head: what training fits
+                     trainable_parameters=sum(p.numel() for p in [
+                         *model.bank.tag_parameters(tag), *head.parameters()]))
     if baselines and spec.baselines:
         b = budget or TrainConfig(steps=200, batch_size=32)
         def new_head():  # the PEFT methods get the tags' own kind of head
@@ -100,15 +97,14 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
             tag_words={n: tag_as_words(model.bank.configs[n]) for n in model.bank.names},
             finetune=tune)
         with phase("baselines"):
-            found, row["costs"] = compare(spec.baselines, task, train, test, log)
-        row["baselines"] = {k: head.metrics(test.targets, p) for k, p in found.items()}
-        row["intervals"] = {k: paired_bootstrap(test.targets, preds, p, head.metrics)
-                            for k, p in found.items()}
+            found, costs = compare(spec.baselines, task, train, test, log)
+        row.methods = {k: MethodScore(head.metrics(test.targets, p), paired_bootstrap(
+            test.targets, preds, p, head.metrics), costs[k]) for k, p in found.items()}
     return row
 
 
 def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batch_size: int,
-               baselines: bool, progress: bool, log: Log) -> dict[str, Any]:
+               baselines: bool, progress: bool, log: Log) -> EvalResult:
     """Greedy generation from each input, cut at its first line break, scored against the
     reference column with sacrebleu, beside the text baselines."""
     refs = test.table[spec.reference]
@@ -127,30 +123,29 @@ def generation(model: TaggedModel, spec: EvalConfig, test: Rows, name: str, batc
     # generates is the frozen model's own)
     fitted = [t for t in dict.fromkeys(model.tagtok.encode(test.texts[0]).tags)
               if model.bank.configs[t].kind == "function"]
-    row: dict[str, Any] = {"kind": "generation", "name": name, "rows": len(test.texts),
-                           "metrics": score(hyps),
-                           "trainable_parameters": sum(model.bank.configs[t].num_tokens
-                                                       for t in fitted) * model.hidden_size,
-                           "examples": [{"input": test.texts[i], "output": hyps[i],
-                                         "reference": refs[i]} for i in range(min(3, len(hyps)))],
-                           "outputs": hyps}
+    row = EvalResult("generation", name, len(test.texts), score(hyps),
+                     trainable_parameters=sum(model.bank.configs[t].num_tokens
+                                              for t in fitted) * model.hidden_size,
+                     outputs=hyps, examples=[{"input": test.texts[i], "output": hyps[i],
+                                              "reference": refs[i]}
+                                             for i in range(min(3, len(hyps)))])
     if baselines and spec.baselines:
         task = Task(source_column=spec.source_column, prompt=spec.prompt, generate=generate)
         with phase("baselines"):
-            found, row["costs"] = compare(spec.baselines, task, None, test, log)
-        row["baselines"] = {k: score(p) for k, p in found.items()}
-        row["intervals"] = {k: translation_bootstrap(refs, hyps, p) for k, p in found.items()}
+            found, costs = compare(spec.baselines, task, None, test, log)
+        row.methods = {k: MethodScore(score(p), translation_bootstrap(refs, hyps, p), costs[k])
+                       for k, p in found.items()}
     return row
 
 
 def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows,
-            log: Log = print) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+            log: Log = print) -> tuple[dict[str, np.ndarray | list[str]], dict[str, MethodCost]]:
     """Each requested baseline (in registry order) fitted on ``train``: its name -> its
-    predictions for ``test``, and its name -> its cost (``seconds`` to fit and predict,
-    ``trainable_parameters``, None for non-parametric methods) and what it chose while
+    predictions for ``test``, and its name -> its cost (seconds to fit and predict,
+    trainable parameters, None for non-parametric methods) and what it chose while
     fitting; those that cannot run are skipped with the reason logged."""
-    out: dict[str, Any] = {}
-    costs: dict[str, dict[str, Any]] = {}
+    out: dict[str, np.ndarray | list[str]] = {}
+    costs: dict[str, MethodCost] = {}
     for key in [k for k in BASELINES if k in keys]:
         method = BASELINES[key](task)
         why = ("needs training rows" if method.needs_train and train is None
@@ -163,8 +158,8 @@ def compare(keys: Sequence[str], task: Task, train: Rows | None, test: Rows,
         pred = method.predict(test)
         name = method.name(train, test)
         out[name] = pred
-        costs[name] = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
-                       "trainable_parameters": method.parameters, **method.details()}
+        costs[name] = MethodCost(key, round(time.perf_counter() - t0, 2), method.parameters,
+                                 method.details())
     return out, costs
 
 

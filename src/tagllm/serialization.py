@@ -13,7 +13,6 @@ import datetime as _dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +22,7 @@ from tagllm._version import __version__
 from tagllm.config import TagConfig
 from tagllm.errors import ConfigError, TagFileError
 from tagllm.fileio import atomic_write_dir, json_text, sha256_file
+from tagllm.records import JSONObject
 
 __all__ = ["META", "TENSORS", "TagFileError", "check_base_model", "read_tag", "tensor_digest",
            "write_tag"]
@@ -58,7 +58,7 @@ def values_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def write_tag(directory: str | Path, config: TagConfig, tensors: dict[str, torch.Tensor],
-              base_model: dict[str, Any], hidden_size: int, provenance: dict[str, Any],
+              base_model: JSONObject, hidden_size: int, provenance: JSONObject,
               trained_with: dict[str, str] | None = None) -> Path:
     """Write a tag folder atomically: ``tensors`` (``embedding`` and ``head.*``) and the
     metadata. ``base_model`` names the model it belongs to (name, architecture, fingerprint,
@@ -92,7 +92,7 @@ def write_tag(directory: str | Path, config: TagConfig, tensors: dict[str, torch
     return atomic_write_dir(Path(directory), fill)
 
 
-def read_tag(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_tag(directory: str | Path) -> tuple[JSONObject, dict[str, torch.Tensor]]:
     """Read and verify a tag folder on its own (schema, checksum, shapes, finite values).
 
     Does not check the base model: :func:`check_base_model` does that.
@@ -157,7 +157,7 @@ def read_tag(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     return meta, tensors
 
 
-def check_base_model(directory: str | Path, meta: dict[str, Any], base: dict[str, Any]) -> None:
+def check_base_model(directory: str | Path, meta: JSONObject, base: JSONObject) -> None:
     """Refuse a tag (``meta`` from :func:`read_tag`) made for another base model than
     ``base`` (name, architecture, fingerprint, hidden_size), naming both models."""
     made = meta["base_model"]

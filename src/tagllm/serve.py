@@ -38,6 +38,7 @@ from tagllm.data import LengthLimit, Table
 from tagllm.errors import ConfigError, DataError, TagllmError, UnknownTagError, did_you_mean
 from tagllm.model import TaggedModel
 from tagllm.protocol.recipe import tags_in
+from tagllm.records import JSONObject
 from tagllm.sources import check_table
 
 TOKEN_ENV = "TAGLLM_SERVE_TOKEN"
@@ -77,7 +78,7 @@ class ServeConfig:
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("serve: a token must have at least 8 characters")
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> JSONObject:
         """The settings /health shows (never the token)."""
         return {k: v for k, v in asdict(self).items() if k != "token"} | {
             "auth": self.token is not None}
@@ -255,7 +256,7 @@ def check_inputs(model: TaggedModel, texts: list[str], max_length: int) -> None:
     model.tagtok.encode_batch(texts, max_length, where="input")
 
 
-def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | None = None,
+def render_rows(rows: list[JSONObject], template: str, limit: LengthLimit | None = None,
                 deadline: float | None = None) -> list[str]:
     """``rows`` checked as a file's rows are (in cost order: the shape of each row, then
     ``limit``, the token length of its rendered input, then SMILES and protein columns by
@@ -285,7 +286,7 @@ def render_rows(rows: list[dict[str, Any]], template: str, limit: LengthLimit | 
 
 
 def predict_inputs(model: TaggedModel, cfg: ServeConfig, inputs: list[str] | None,
-                   rows: list[dict[str, Any]] | None, template: str | None,
+                   rows: list[JSONObject] | None, template: str | None,
                    tag: str | None, deadline: float | None = None
                    ) -> tuple[list[str], str, list[str]]:
     """A predict request checked and rendered: (texts, function tag, output columns). Runs
@@ -411,6 +412,7 @@ def create_app(model: TaggedModel, cfg: ServeConfig):
 
     class PredictRequest(BaseModel):
         inputs: list[str] | None = Field(None, description="texts with their tags")
+        # any JSON here: render_rows checks each value and names the row it refuses
         rows: list[dict[str, Any]] | None = Field(None, description="column -> value")
         template: str | None = Field(None, description="renders rows")
         tag: str | None = Field(None, description="the function tag whose head predicts")

@@ -20,14 +20,16 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from tagllm.errors import TagFileError
+from tagllm.errors import TagFileError, TagllmError
 from tagllm.fileio import atomic_write_dir, atomic_write_text, json_text
 from tagllm.paths import store_dir
+from tagllm.records import EvalResult
 from tagllm.serialization import META, TENSORS, read_tag
 
 #: Part of every key. Bumped whenever the same recipe would train differently:
@@ -61,6 +63,27 @@ def flat_diff(old: Any, new: Any, path: str = "") -> list[str]:
 def tag_key(stage_key: str, tag: str) -> str:
     """The store key of one tag of a stage."""
     return digest({"stage": stage_key, "tag": tag})
+
+
+@dataclass
+class StoreEntry:
+    """One stored tag as ``tagllm store`` lists it: its key and folder, what its tag.json
+    says (name, kind, length, base model, headline metric, when and by which recipe stage
+    it was trained), and for ``gc`` its size in bytes."""
+
+    key: str
+    path: str
+    name: str | None = None
+    kind: str | None = None
+    num_tokens: int | None = None
+    base_model: str | None = None
+    metric: str | None = None
+    created: str | None = None
+    recipe: str | None = None
+    stage: str | None = None
+    stage_key: str | None = None
+    error: str | None = None  # tag.json could not be read
+    bytes: int | None = None
 
 
 class TagStore:
@@ -104,15 +127,17 @@ class TagStore:
     def _evals_file(self, eval_key: str) -> Path:
         return self.root / ".evals" / f"{eval_key}.json"
 
-    def read_evals(self, eval_key: str) -> list[dict[str, Any]] | None:
-        """The evaluation rows stored under ``eval_key`` (None when there are none)."""
+    def read_evals(self, eval_key: str) -> list[EvalResult] | None:
+        """The evaluations stored under ``eval_key`` (None when there are none or the file
+        cannot be read: they are measured again)."""
         try:
-            return json.loads(self._evals_file(eval_key).read_text())
-        except (OSError, json.JSONDecodeError):
+            rows = json.loads(self._evals_file(eval_key).read_text())
+            return [EvalResult.from_json(r, f"{self._evals_file(eval_key)}") for r in rows]
+        except (OSError, json.JSONDecodeError, TypeError, TagllmError):
             return None
 
-    def write_evals(self, eval_key: str, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self._evals_file(eval_key), json_text(rows))
+    def write_evals(self, eval_key: str, rows: list[EvalResult]) -> None:
+        atomic_write_text(self._evals_file(eval_key), json_text([r.to_json() for r in rows]))
 
     # ------------------------------------------------------------- index
     def _index_file(self, recipe: str, stage: str) -> Path:
@@ -145,16 +170,16 @@ class TagStore:
                 raise TagFileError(f"{f}: unreadable store index ({e}); not collecting") from e
         return keys
 
-    def unreferenced(self) -> list[dict[str, Any]]:
-        """The entries (as :meth:`entries` rows, with their size in bytes) that no recipe
-        index references and no process is training right now: what ``gc`` removes."""
+    def unreferenced(self) -> list[StoreEntry]:
+        """The entries (with their size in bytes) that no recipe index references and no
+        process is training right now: what ``gc`` removes."""
         keep = self.referenced()
         rows = []
         for r in self.entries():
-            if r["key"] in keep or self._busy(r.get("stage_key")):
+            if r.key in keep or self._busy(r.stage_key):
                 continue
-            d = self.path(r["key"])
-            rows.append({**r, "bytes": sum(f.stat().st_size for f in d.rglob("*") if f.is_file())})
+            r.bytes = sum(f.stat().st_size for f in self.path(r.key).rglob("*") if f.is_file())
+            rows.append(r)
         return rows
 
     def remove(self, key: str) -> None:
@@ -176,9 +201,9 @@ class TagStore:
             return True
 
     # ------------------------------------------------------------- listing
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[StoreEntry]:
         """One row per stored tag (read from tag.json; ``verify`` checks files)."""
-        rows = []
+        rows: list[StoreEntry] = []
         if not self.root.is_dir():
             return rows
         for d in sorted(self.root.iterdir()):
@@ -187,17 +212,14 @@ class TagStore:
                 continue
             try:
                 meta = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
-                rows.append({"key": d.name, "name": "?", "error": "unreadable tag.json"})
-                continue
-            prov = meta.get("provenance", {})
-            rows.append({
-                "key": d.name, "name": meta.get("name"), "kind": meta.get("kind"),
-                "num_tokens": meta.get("num_tokens"),
-                "base_model": meta.get("base_model", {}).get("name"),
-                "metric": headline(prov), "created": meta.get("created"),
-                "recipe": prov.get("recipe"), "stage": prov.get("stage", {}).get("name"),
-                "stage_key": prov.get("stage_key"), "path": str(d)})
+                prov = meta.get("provenance", {})
+                rows.append(StoreEntry(
+                    d.name, str(d), meta.get("name"), meta.get("kind"), meta.get("num_tokens"),
+                    meta.get("base_model", {}).get("name"), headline(prov),
+                    meta.get("created"), prov.get("recipe"), prov.get("stage", {}).get("name"),
+                    prov.get("stage_key")))
+            except (OSError, json.JSONDecodeError, AttributeError):
+                rows.append(StoreEntry(d.name, str(d), "?", error="unreadable tag.json"))
         return rows
 
     def export(self, key: str, target: str | Path) -> Path:
@@ -214,15 +236,15 @@ class TagStore:
 
         return atomic_write_dir(target, fill)
 
-    def problems(self, rows: list[dict[str, Any]]) -> dict[str, str | None]:
+    def problems(self, rows: list[StoreEntry]) -> dict[str, str | None]:
         """Each listed entry's verification error (None: its files are sound)."""
         out: dict[str, str | None] = {}
         for r in rows:
             try:
-                self.verify(r["key"])
-                out[r["key"]] = None
+                self.verify(r.key)
+                out[r.key] = None
             except TagFileError as e:
-                out[r["key"]] = str(e)
+                out[r.key] = str(e)
         return out
 
     def verify(self, key: str) -> dict:

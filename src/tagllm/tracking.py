@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tagllm.errors import ConfigError, MissingPackageError
+from tagllm.records import EvalResult, JSONObject
 
 Track = Literal["tensorboard", "none"]
 TRACKERS: tuple[str, ...] = ("tensorboard", "none")
@@ -41,7 +42,7 @@ class Tracker:
     """One stage's run: ``log(values, step)`` of named scalars, ``close()`` at the end."""
 
     def __init__(self, track: str, directory: str | Path, name: str,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: JSONObject | None = None) -> None:
         from tagllm.distributed import world
 
         self._t = None
@@ -81,10 +82,10 @@ def _hparams(config: Any) -> dict[str, bool | int | float | str]:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in d.items()}
 
 
-def log_evaluations(tracker: Tracker, rows: list[dict[str, Any]], step: int) -> None:
-    """Every evaluation row's metrics (the tags' and each baseline's) at ``step``."""
+def log_evaluations(tracker: Tracker, rows: list[EvalResult], step: int) -> None:
+    """Every evaluation's metrics (the tags' and each other method's) at ``step``."""
     for row in rows:
-        methods = {"tags": row.get("metrics", {}), **row.get("baselines", {})}
+        methods = {"tags": row.metrics, **{n: s.metrics for n, s in row.methods.items()}}
         for method, metrics in methods.items():
-            tracker.log({scalar_name("eval", row["name"], method, k): v
+            tracker.log({scalar_name("eval", row.name, method, k): v
                          for k, v in metrics.items() if isinstance(v, (int, float))}, step)

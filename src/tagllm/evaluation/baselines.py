@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 
 from tagllm.errors import DataError
+from tagllm.records import JSONObject
 
 
 class Rows(Protocol):
@@ -99,7 +100,7 @@ class Baseline:
     def predict(self, test: Rows) -> np.ndarray | list[str]:
         raise NotImplementedError
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> JSONObject:
         """What the method chose while fitting (for results files): e.g. a learning curve."""
         return {}
 
@@ -406,7 +407,7 @@ class Chemprop(Baseline):
 
         return predict_chemprop(self.fitted, list(test.table["smiles"]))
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> JSONObject:
         f = self.fitted
         return {"best_epoch": f.best_epoch, "epochs_run": f.epochs_run,
                 "validation_rows": f.validation_rows, "validation_curve": f.curve}
@@ -578,7 +579,7 @@ class PeftBaseline(Baseline):
                                  {"params": list(self.head.parameters()),
                                   "lr": self.head_lr}], weight_decay=0.0)
         sched = get_cosine_schedule_with_warmup(opt, max(1, ft.steps // 10), ft.steps)
-        self.curve: list[dict[str, Any]] = []
+        self.curve: list[JSONObject] = []
         self.best_step, best, kept = 0, float("inf"), None
 
         def score(step: int, train_loss: float | None) -> None:
@@ -615,7 +616,7 @@ class PeftBaseline(Baseline):
                 for p, v in zip(trained, kept, strict=True):
                     p.copy_(v)
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> JSONObject:
         return {"best_step": self.best_step, "curve": self.curve}
 
     def predict(self, test: Rows) -> np.ndarray:

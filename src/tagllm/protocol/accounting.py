@@ -4,29 +4,28 @@ ratio. ``tagllm run`` stores it with each trained stage."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from tagllm.model import TaggedModel
 from tagllm.prefix import split_point
 from tagllm.protocol.plan import StagePlan
+from tagllm.records import PhaseCost, StageCosts
 from tagllm.training import TrainResult
 
 
 def stage_costs(phases: dict[str, dict[str, float]], unavoidable: dict[str, int],
-                generates: bool = False) -> dict[str, Any]:
+                generates: bool = False) -> StageCosts:
     """A stage's cost account: each phase's seconds and forward tokens, beside the
     unavoidable forward tokens, and their ratio over the tags' own work (training and
     evaluation; the baselines are other methods, counted apart). A stage that ``generates``
     (evaluates by generation, whose lengths are not known beforehand) gets no ratio."""
     own = sum(v["tokens"] for k, v in phases.items() if not k.endswith("/baselines"))
     need = sum(unavoidable.values())
-    return {"phases": phases, "forward_tokens": own,
-            "baseline_tokens": sum(v["tokens"] for k, v in phases.items()
-                                   if k.endswith("/baselines")),
-            "unavoidable": unavoidable,
-            "ratio": round(own / need, 3) if need and not generates else None}
+    return StageCosts({k: PhaseCost(v["seconds"], int(v["tokens"]), v.get("peak_gb"))
+                       for k, v in phases.items()}, int(own),
+                      int(sum(v["tokens"] for k, v in phases.items()
+                              if k.endswith("/baselines"))),
+                      unavoidable, round(own / need, 3) if need and not generates else None)
 
 
 def unavoidable_work(m: TaggedModel, p: StagePlan, res: TrainResult, cached: bool

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from tagllm.data import LengthLimit, Table, parse_labels
 from tagllm.errors import DataError, InputTooLongError
 from tagllm.heads import head_class
 from tagllm.model import TaggedModel
+from tagllm.records import JSONObject
 from tagllm.sources import (
     HELD_OUT_COLUMNS,
     SMILES_COLUMNS,
@@ -66,10 +66,10 @@ class LoadedData:
                             f"does not have; columns: {sorted(self.table.columns)}")
         return list(zip(*(self.table[c] for c in cols), strict=True))
 
-    def validation_material(self) -> dict[str, Any]:
+    def validation_material(self) -> JSONObject:
         """What decides this entry's validation rows (part of the stage's key)."""
         groups = self.groups()
-        out: dict[str, Any] = {"groups": self.group_columns(),
+        out: JSONObject = {"groups": self.group_columns(),
                                "group_values": None if groups is None else
                                hashlib.sha256(repr(groups).encode()).hexdigest()}
         if self.val is not None:

@@ -28,6 +28,7 @@ from tagllm.protocol.inputs import (
     read_rows,
 )
 from tagllm.protocol.recipe import Recipe, StageConfig, tags_in
+from tagllm.records import JSONObject
 from tagllm.serialization import META, TENSORS, read_tag
 from tagllm.store import STORE_FORMAT, TagStore, digest, flat_diff, tag_key
 from tagllm.training.batching import validation_split
@@ -43,7 +44,7 @@ class StagePlan:
     key: str
     tag_keys: dict[str, str]
     deps: dict[str, str]  # dependency tag -> store key (or pretrained folder)
-    material: dict[str, Any]
+    material: JSONObject
     data: list[LoadedData]
     evals: list[tuple[EvalConfig, LoadedData]]
     cached: bool
@@ -59,7 +60,7 @@ class StagePlan:
         return ablated(self.stage.eval)
 
 
-def ablated(evals: list[EvalConfig] | list[dict[str, Any]]) -> list[int]:
+def ablated(evals: list[EvalConfig] | list[JSONObject]) -> list[int]:
     """Indices of the evaluation entries (configs, or their stored dicts) with an ablation
     that applies (a label or a reference to score)."""
     def get(e, k):
@@ -68,7 +69,7 @@ def ablated(evals: list[EvalConfig] | list[dict[str, Any]]) -> list[int]:
             if get(e, "ablation") and (get(e, "label") or get(e, "reference"))]
 
 
-def eval_material(e: EvalConfig, d: LoadedData, ablation_only: bool = False) -> dict[str, Any]:
+def eval_material(e: EvalConfig, d: LoadedData, ablation_only: bool = False) -> JSONObject:
     """What one evaluation's results depend on besides the tags: its settings and rows. With
     ``ablation_only`` what its ablation (measured while training) depends on: all but the
     baselines and the row's name."""
@@ -212,7 +213,7 @@ def _stored_eval_key(store: TagStore, key: str) -> str | None:
 
 
 def _why_train(recipe: Recipe, s: StageConfig, store: TagStore, key: str,
-               material: dict[str, Any]) -> str:
+               material: JSONObject) -> str:
     ck = store.work_dir(key) / "state.json"
     if not ck.is_file():  # a checkpoint a kill left as .old (the run puts it back)
         old = [x for x in remove_stale(ck.parent.parent, ck.parent.name, dry_run=True)

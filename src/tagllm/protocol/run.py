@@ -32,6 +32,7 @@ from tagllm.protocol.inputs import LoadedData, report_skipped
 from tagllm.protocol.plan import StagePlan, as_text, plan, plan_table
 from tagllm.protocol.plan import ablated as ablated_evals
 from tagllm.protocol.recipe import Recipe, tags_in
+from tagllm.records import EvalResult, JSONObject, RunResults, StageResult
 from tagllm.scoring import evaluate
 from tagllm.serialization import META
 from tagllm.store import TagStore
@@ -47,12 +48,12 @@ class RunSummary:
 
     recipe: str
     out: str
-    stages: list[dict[str, Any]]
+    stages: list[StageResult]
     seconds: float
 
     @property
     def steps_run(self) -> int:
-        return sum(s["steps_run"] for s in self.stages)
+        return sum(s.steps_run for s in self.stages)
 
 
 def _quiet(msg: Any) -> None:
@@ -102,8 +103,8 @@ def run(recipe: Recipe, store: TagStore | None = None, dry_run: bool = False,
         report_skipped(f"stage {p.stage.name}", p.data, log)
     if dry_run:
         return RunSummary(recipe.name, recipe.out,
-                          [{"stage": p.stage.name, "cached": p.cached, "steps_run": 0,
-                            "reason": p.reason, "key": p.key} for p in plans],
+                          [StageResult(p.stage.name, p.cached, p.key, reason=p.reason)
+                           for p in plans],
                           time.perf_counter() - t0)
     ctx = RunContext(recipe, base, store, log, progress, track)
     stages = [_cached_stage(ctx, p) if p.cached else _train_or_reuse(ctx, p) for p in plans]
@@ -129,7 +130,7 @@ def load_base(model: str, fsdp: bool, log: Log) -> TaggedModel:
     return base
 
 
-def _cached_stage(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
+def _cached_stage(ctx: RunContext, p: StagePlan) -> StageResult:
     """A stored stage: what the run that trained it measured (its evaluations measured
     again with the stored tags when they changed since)."""
     meta = json.loads((ctx.store.path(p.tag_keys[p.stage.tags[0]]) / META).read_text())
@@ -137,22 +138,22 @@ def _cached_stage(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
     if world().is_main:
         ctx.store.remember(ctx.recipe.name, p.stage.name, p.material)
     evals = _stored_evals(ctx, p, prov)
-    return {"stage": p.stage.name, "cached": True, "steps_run": 0, "key": p.key,
-            "trained": meta.get("created"), "seconds": prov.get("seconds"),
-            "final_loss": prov.get("final_loss"),
-            "best_step": prov.get("validation", {}).get("best_step"),
-            "kept_step": prov.get("validation", {}).get("kept_step"),
-            "curve": prov.get("validation", {}).get("curve", []), "eval": evals}
+    val = prov.get("validation", {})
+    return StageResult(p.stage.name, True, p.key, eval=evals, trained=meta.get("created"),
+                       seconds=prov.get("seconds"), final_loss=prov.get("final_loss"),
+                       best_step=val.get("best_step"),
+                       kept_step=val.get("kept_step", val.get("best_step")),
+                       curve=val.get("curve", []))
 
 
-def _stored_evals(ctx: RunContext, p: StagePlan, prov: dict[str, Any]
-                  ) -> list[dict[str, Any]]:
+def _stored_evals(ctx: RunContext, p: StagePlan, prov: JSONObject) -> list[EvalResult]:
     """The evaluations of a stored stage under the recipe's evaluation settings: those of
     the training run, or of an earlier re-evaluation, or measured now with the stored tags
     (and then stored). The ablation rows come from the training run: the key of the tags
     covers everything they depend on."""
     if prov.get("eval_key") == p.eval_key:
-        return prov.get("eval", [])
+        return [EvalResult.from_json(e, f"stored stage {p.stage.name} eval[{i}]")
+                for i, e in enumerate(prov.get("eval", []))]
     store = ctx.store
     rows = world().gather_object(store.read_evals(p.eval_key) if world().is_main else None)[0]
     if rows is not None:  # the main process's reading, so that all processes agree
@@ -161,12 +162,10 @@ def _stored_evals(ctx: RunContext, p: StagePlan, prov: dict[str, Any]
             "evaluating the stored tags")
     with phase(f"stage {p.stage.name}"):
         rows = _evaluate(ctx, _stage_model(ctx, p, stored=True), p)
-    old = prov.get("eval", [])
+    old = [EvalResult.from_json(e) for e in prov.get("eval", [])]
     for i, j in zip(p.ablated, ablated_evals(prov["stage"]["eval"]), strict=True):
-        for part in ("baselines", "intervals"):
-            for name, value in (old[j].get(part) or {}).items():
-                if name.startswith("ablation: "):
-                    rows[i].setdefault(part, {})[name] = value
+        rows[i].methods.update({name: score for name, score in old[j].methods.items()
+                                if name.startswith("ablation: ")})
     if world().is_main:
         store.write_evals(p.eval_key, rows)
     world().barrier()
@@ -191,7 +190,7 @@ def _stage_model(ctx: RunContext, p: StagePlan, stored: bool = False) -> TaggedM
 
 def _evaluate(ctx: RunContext, m: TaggedModel, p: StagePlan, baselines: bool = True,
               evals: list[tuple[EvalConfig, LoadedData]] | None = None,
-              prefix: FrozenPrefix | None = None) -> list[dict[str, Any]]:
+              prefix: FrozenPrefix | None = None) -> list[EvalResult]:
     """One result row per eval entry of the stage (or of ``evals``, a subset of them)."""
     rows = []
     for e, d in p.evals if evals is None else evals:
@@ -207,7 +206,7 @@ def _evaluate(ctx: RunContext, m: TaggedModel, p: StagePlan, baselines: bool = T
     return rows
 
 
-def _train_or_reuse(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
+def _train_or_reuse(ctx: RunContext, p: StagePlan) -> StageResult:
     """Train a stage under the store's lock for its key; when another process stored it
     while this one waited, reuse that. (Under a multi-process launch the main process holds
     the lock and tells the others.)"""
@@ -220,7 +219,7 @@ def _train_or_reuse(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
         return _train_stage(ctx, p)
 
 
-def _train_stage(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
+def _train_stage(ctx: RunContext, p: StagePlan) -> StageResult:
     """Train one stage, evaluate it (and its ablation), store its tags."""
     s, recipe = p.stage, ctx.recipe
     tracker = Tracker(ctx.track if recipe.out else "none", Path(recipe.out) / "tensorboard",
@@ -229,15 +228,18 @@ def _train_stage(ctx: RunContext, p: StagePlan) -> dict[str, Any]:
     before = ACCOUNT.snapshot()
     try:
         with phase(f"stage {s.name}"):
-            out = _train_tracked(ctx, p, tracker)
+            out, unavoidable = _train_tracked(ctx, p, tracker)
     finally:
         tracker.close()
-    out["costs"] = stage_costs(ACCOUNT.since(before), out.pop("unavoidable"),
-                               generates=any(e.reference for e, _ in p.evals))
+    out.costs = stage_costs(ACCOUNT.since(before), unavoidable,
+                            generates=any(e.reference for e, _ in p.evals))
     return out
 
 
-def _train_tracked(ctx: RunContext, p: StagePlan, tracker: Tracker) -> dict[str, Any]:
+def _train_tracked(ctx: RunContext, p: StagePlan, tracker: Tracker
+                   ) -> tuple[StageResult, dict[str, int]]:
+    """Train, evaluate and store one stage: what it did, and the forward tokens it could
+    not avoid."""
     s, log = p.stage, ctx.log
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(ctx, p)
@@ -252,13 +254,13 @@ def _train_tracked(ctx: RunContext, p: StagePlan, tracker: Tracker) -> dict[str,
     test_prefix = prefix if exact else frozen_prefix(m, s.tags, s.train, log,
                                                      dtype=torch.float32)
 
-    def before_training() -> dict | None:  # the honest ablation: what do trained tags add?
-        if not ablated:
+    def before_training() -> JSONObject | None:  # the honest ablation: what do trained
+        if not ablated:                             # tags add? (JSON: a checkpoint keeps it)
             return None
         with phase("ablation"):
-            return {"eval": _evaluate(ctx, m, p, baselines=False,
-                                      evals=[p.evals[i] for i in ablated],
-                                      prefix=test_prefix)}
+            return {"eval": [e.to_json() for e in _evaluate(
+                ctx, m, p, baselines=False, evals=[p.evals[i] for i in ablated],
+                prefix=test_prefix)]}
 
     parts = [_part(d, f"stage {s.name} data[{j}] ({d.config.source})")
              for j, d in enumerate(p.data)]
@@ -267,21 +269,20 @@ def _train_tracked(ctx: RunContext, p: StagePlan, tracker: Tracker) -> dict[str,
                    tracker=tracker if tracker.active else None)
     evals = _evaluate(ctx, m, p, prefix=test_prefix)
     if res.after_warm_start:
-        _add_ablation(m, p, evals, ablated, res.after_warm_start["eval"])
+        _add_ablation(m, p, evals, ablated, [EvalResult.from_json(e, "the ablation")
+                                             for e in res.after_warm_start["eval"]])
     log_evaluations(tracker, evals, s.train.steps)
     for row in evals:
-        log(f"stage {s.name} eval {row['name']}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in row["metrics"].items()))
+        log(f"stage {s.name} eval {row.name}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row.metrics.items()))
     if world().is_main:  # the tags are equal on every process: one writes them
         _store_stage(ctx, p, m, _provenance(ctx.recipe, p, m, res, evals))
     world().barrier()
-    return {"unavoidable": unavoidable_work(m, p, res, prefix is not None),
-            "stage": s.name, "cached": False, "steps_run": res.steps_run, "key": p.key,
-            "examples_per_process": res.examples_per_process,
-            "resumed_from": res.resumed_from, "seconds": round(res.seconds, 1),
-            "final_loss": res.final_loss, "best_step": res.best_step,
-            "kept_step": res.kept_step, "curve": res.curve,
-            "refit": res.refit, "eval": evals}
+    return StageResult(s.name, False, p.key, res.steps_run, evals, round(res.seconds, 1),
+                       res.final_loss, res.best_step, res.kept_step, res.curve,
+                       examples_per_process=res.examples_per_process,
+                       resumed_from=res.resumed_from, refit=res.refit
+                       ), unavoidable_work(m, p, res, prefix is not None)
 
 
 def _part(d: LoadedData, name: str) -> Part:
@@ -299,27 +300,24 @@ def _part(d: LoadedData, name: str) -> Part:
     return Part(d.texts, d.targets, d.config.weight, name, groups=d.groups())
 
 
-def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[dict[str, Any]],
-                  ablated: list[int], before: list[dict[str, Any]]) -> None:
+def _add_ablation(m: TaggedModel, p: StagePlan, evals: list[EvalResult],
+                  ablated: list[int], before: list[EvalResult]) -> None:
     """The rows measured before training join the trained tags' rows as baselines, with
     the paired bootstrap interval of the difference on the same rows."""
     for i, row in zip(ablated, before, strict=True):
         e, d = p.evals[i]
-        what = (f"{row['tag']} untrained, head fitted" if e.kind == "head"
+        what = (f"{row.tag} untrained, head fitted" if e.kind == "head"
                 else f"{', '.join(p.stage.tags)} untrained")  # generation: starting tags
-        name = f"ablation: {what}"
-        evals[i].setdefault("baselines", {})[name] = row["metrics"]
-        if e.kind == "head":
-            evals[i].setdefault("intervals", {})[name] = paired_bootstrap(
-                d.targets, evals[i]["predictions"], row["predictions"],
-                m.head(row["tag"]).metrics)
-        elif e.kind == "generation":
-            evals[i].setdefault("intervals", {})[name] = translation_bootstrap(
-                d.table[e.reference], evals[i]["outputs"], row["outputs"])
+        interval = (paired_bootstrap(d.targets, evals[i].predictions, row.predictions,
+                                     m.head(row.tag).metrics) if e.kind == "head"
+                    else translation_bootstrap(d.table[e.reference], evals[i].outputs,
+                                               row.outputs) if e.kind == "generation"
+                    else None)
+        evals[i].add(f"ablation: {what}", row.metrics, interval)
 
 
 def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
-                evals: list[dict[str, Any]]) -> dict[str, Any]:
+                evals: list[EvalResult]) -> JSONObject:
     """What a stored tag records of the run that trained it."""
     s = p.stage
     return {
@@ -333,7 +331,7 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
         "processes": len(res.examples_per_process), "sharded_base": m.sharded,
         "examples_per_process": res.examples_per_process,
         "seconds": round(res.seconds, 1), "final_loss": res.final_loss,
-        "warm_start": res.warm_start, "eval": evals,
+        "warm_start": res.warm_start, "eval": [e.to_json() for e in evals],
         "validation": {"fraction": s.train.validation, "seed": s.train.seed,
                        "rows": res.validation_rows, "select": s.train.select,
                        "best_step": res.best_step, "kept_step": res.kept_step,
@@ -343,7 +341,7 @@ def _provenance(recipe: Recipe, p: StagePlan, m: TaggedModel, res: TrainResult,
 
 
 def _store_stage(ctx: RunContext, p: StagePlan, m: TaggedModel,
-                 provenance: dict[str, Any]) -> None:
+                 provenance: JSONObject) -> None:
     """Each tag of a stage under its own key; then the checkpoint goes."""
     store = ctx.store
     for t in p.stage.tags:
@@ -360,7 +358,6 @@ def export(recipe: Recipe, plans: list[StagePlan], store: TagStore, summary: Run
     for p in plans:
         for t, k in p.tag_keys.items():
             store.export(k, tags[t])
-    doc = {"recipe": recipe.name, "recipe_file": recipe.source, "model": recipe.model,
-           "stages": summary.stages, "seconds": round(summary.seconds, 1),
-           "tags": {t: str(path) for t, path in tags.items()}}
-    atomic_write_text(out / "results.json", json_text(doc))  # strict: null, not NaN
+    doc = RunResults(recipe.name, summary.stages, recipe.model, recipe.source,
+                     round(summary.seconds, 1), {t: str(path) for t, path in tags.items()})
+    atomic_write_text(out / "results.json", json_text(doc.to_json()))  # strict: null, not NaN

@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -28,6 +27,7 @@ from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, length_limit, read_rows, report_skipped
 from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
 from tagllm.protocol.run import run
+from tagllm.records import EvalResult, StageResult
 from tagllm.scoring import evaluate
 from tagllm.serialization import META, read_tag, values_digest
 from tagllm.shipped import SHIPPED
@@ -339,13 +339,13 @@ def _tag_name(folder: Path) -> str | None:
 
 def train_one(tag: TagConfig, data: DataConfig, train: TrainConfig, model: str,
               load: Sequence[Path], out: str | Path, store: TagStore, progress: bool = True,
-              log: Log = print, evals: Sequence[EvalConfig] = ()) -> tuple[Path, dict[str, Any]]:
+              log: Log = print, evals: Sequence[EvalConfig] = ()) -> tuple[Path, StageResult]:
     """Train one tag (or find it in the store), evaluate it on ``evals`` and copy it to the
     folder ``out``; returns the folder and the stage's summary."""
     recipe = single_stage_recipe(tag, data, train, model, load, evals)
     summary = run(recipe, store, log=log, progress=progress, export_to_out=False)
     stage = summary.stages[0]
-    return store.export(tag_key(stage["key"], tag.name), out), stage
+    return store.export(tag_key(stage.key, tag.name), out), stage
 
 
 def _function_tag(configs: dict[str, TagConfig], spec: EvalConfig, tag: str | None) -> str:
@@ -392,7 +392,7 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
 def evaluate_saved(tags: Sequence[Path], spec: EvalConfig, model: str,
                    baseline_rows: DataConfig | None = None, tag: str | None = None,
                    batch_size: int = 32, max_length: int = 512, progress: bool = True,
-                   log: Log = print, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                   log: Log = print, dtype: torch.dtype = torch.float32) -> EvalResult:
     """Evaluate saved tags on ``spec``'s rows (the result row of
     :func:`~tagllm.scoring.evaluate`), every file and source checked first;
     the base model loads in ``dtype``."""
