@@ -493,17 +493,15 @@ def predict(tags: str, input: str, output: str, template: str | None = None,
     console.print(f"wrote {n} predictions to {output}")
 
 
+@with_fields(EvalConfig, skip=("source", "label", "n", "template", "baselines", "ablation",
+                               "name", "context"))
 def evaluate(tags: str, data: str, label: str | None = None,
              template: str | None = None, tag: str | None = None,
              model: str | None = None, n_examples: int | None = None,
              baseline_train: str | None = None, baseline_examples: int = 3000,
-             baselines: str | None = None,
-             reference: str | None = None, source_column: str = "source",
-             prompt: str | None = None, max_new_tokens: int = 128, spm_model: str | None = None,
-             batch_size: int = 32, max_length: int = 512,
-             too_long: Literal["error", "skip"] = "error", seed: int = 0,
-             skip_invalid: bool = False, json_out: str | None = None,
-             progress: bool = True, dtype: Dtype = "float32") -> None:
+             baselines: str | None = None, batch_size: int = 32, max_length: int = 512,
+             json_out: str | None = None, progress: bool = True, dtype: Dtype = "float32",
+             **settings) -> None:
     """Evaluate saved tags on a data source, as `tagllm run` evaluates a stage (the same
     metrics, baselines and names): a function tag's head on a label (regression: MSE, MAE,
     Pearson, Spearman; classification: accuracy, AUROC), beside every label baseline of the
@@ -513,7 +511,8 @@ def evaluate(tags: str, data: str, label: str | None = None,
     states, the tags written as plain text and PEFT LoRA / prompt tuning, when --baselines
     names them); or generation up to a line break against --reference (BLEU, chrF), beside
     copying --source_column and, with --prompt, the plain-text prompt. Every file
-    and source is checked before the model loads.
+    and source is checked before the model loads. The flags after the first ones are the
+    fields of an evaluation entry of a recipe (eval: in a stage), with the same meaning.
 
     Args:
         tags: TAGS_HELP.
@@ -530,17 +529,9 @@ def evaluate(tags: str, data: str, label: str | None = None,
         baselines: label baselines to run, comma-separated registry keys (LABEL_BASELINES);
             default: those of DEFAULT_BASELINES that apply (the others run the base model
             or train a network).
-        reference: column of reference texts: a generation evaluation.
-        source_column: the column the copy-the-source baseline copies.
-        prompt: plain-text prompt template (no tags) for the prompt baseline.
-        max_new_tokens: generation length limit.
-        spm_model: local SentencePiece model file: also report spBLEU.
         batch_size: inputs per forward pass.
-        max_length: longest input in tokens.
-        too_long: test inputs over max_length: an error naming the row, or skip them
-            (counted and logged; nothing is ever truncated).
-        seed: random seed of the samples.
-        skip_invalid: drop invalid rows (reported) instead of stopping.
+        max_length: longest input in tokens (too_long says what happens to a longer one;
+            nothing is ever truncated).
         json_out: also write the evaluation row to this JSON file, as results.json holds it
             (metrics, baselines, intervals, predictions or outputs).
         progress: show progress bars.
@@ -556,20 +547,19 @@ def evaluate(tags: str, data: str, label: str | None = None,
     if json_out:  # never over an input: the data, the baselines' rows, a tag file
         tag_files = [f for t in tags.split(",") if Path(t.strip()).is_dir()
                      for f in Path(t.strip()).rglob("tag.*") if f.is_file()]
-        check_output([data, baseline_train or "", spm_model or "", *tag_files], json_out,
-                     "--json_out")
+        check_output([data, baseline_train or "", settings.get("spm_model") or "",
+                      *tag_files], json_out, "--json_out")
     dirs, template = _tag_dirs(tags, template, tag, need_template=True)
-    spec, base = evaluate_entries(data, _labels(label), template, n_examples, seed,
-                                  skip_invalid, baseline_train, baseline_examples, reference,
-                                  source_column, prompt, max_new_tokens, spm_model,
-                                  baselines.split(",") if baselines else None, too_long)
+    spec, base = evaluate_entries(data, _labels(label), template, n_examples, settings,
+                                  baseline_train, baseline_examples,
+                                  baselines.split(",") if baselines else None)
     row = evaluate_saved(dirs, spec, recorded_model(dirs, model), base, tag, batch_size,
                          max_length, progress, _log, _torch_dtype(dtype))
     for table in (eval_table(row), interval_table(row)):
         if table is not None:
             console.print(table)
     if json_out:  # with the command that regenerates it (tagllm report shows it)
-        row.command = _command("evaluate", evaluate, locals())
+        row.command = _command("evaluate", evaluate, {**locals(), **settings})
         atomic_write_text(Path(json_out), json_text({"format": EVAL_FORMAT, **row.to_json()}))
 
 

@@ -427,11 +427,13 @@ class RowsConfig:
         "help": "target column(s) of the head: one, a list (multi-output regression), or a "
                 "source's group name (proteins:*: descriptors)"})
     n: int | None = field(default=None, metadata={"help": "seeded random sample size"})
-    seed: int | None = field(default=None, metadata={"help": "sample seed (recipe seed)"})
+    seed: int | None = field(default=None, metadata={
+        "help": "seed of the sample (default: the recipe's seed; tagllm evaluate: 0)"})
     skip_invalid: bool = field(default=False,
                                metadata={"help": "drop invalid rows (listed) instead of failing"})
     too_long: TooLong = field(default="error", metadata={
-        "help": "inputs longer than the stage's max_length: error, or skip (counted, logged)"})
+        "help": "inputs longer than max_length (a stage's, or evaluate's flag): error, "
+                "naming the row, or skip (counted, logged); never truncated"})
     context: int = field(default=0, metadata={
         "help": "in-context examples before each input: k labelled rows of the training "
                 "data, each written as the template followed by its label"})

@@ -27,7 +27,7 @@ from tagllm.model import TaggedModel
 from tagllm.protocol.inputs import HeldOut, length_limit, read_rows, report_skipped
 from tagllm.protocol.recipe import Recipe, StageConfig, check, tags_in
 from tagllm.protocol.run import run
-from tagllm.records import EvalResult, StageResult
+from tagllm.records import EvalResult, JSONObject, StageResult
 from tagllm.scoring import evaluate
 from tagllm.serialization import META, read_tag, values_digest
 from tagllm.shipped import SHIPPED
@@ -362,13 +362,14 @@ def _function_tag(configs: dict[str, TagConfig], spec: EvalConfig, tag: str | No
 
 
 def evaluate_entries(data: str, label: str | list[str] | None, template: str, n: int | None,
-                     seed: int, skip_invalid: bool, baseline_train: str | None,
-                     baseline_examples: int, reference: str | None, source_column: str,
-                     prompt: str | None, max_new_tokens: int, spm_model: str | None,
-                     label_baselines: list[str] | None = None, too_long: str = "error"
+                     settings: JSONObject, baseline_train: str | None = None,
+                     baseline_examples: int = 3000, label_baselines: list[str] | None = None
                      ) -> tuple[EvalConfig, DataConfig | None]:
-    """``tagllm evaluate``'s flags as the entries a recipe would hold: the evaluation (with
-    every baseline that its kind and flags allow) and the baselines' training rows."""
+    """``tagllm evaluate``'s flags as the entries a recipe would hold: the evaluation (the
+    other fields of an :class:`EvalConfig` in ``settings``, with every baseline that its
+    kind and flags allow) and the baselines' training rows (seed 0 unless given)."""
+    settings = {**settings, "seed": settings.get("seed") or 0}
+    reference, prompt = settings.get("reference"), settings.get("prompt")
     if (label is None) == (reference is None):
         raise ConfigError("give --label (a head's target) or --reference (generated text)")
     if baseline_train and not label:
@@ -379,12 +380,10 @@ def evaluate_entries(data: str, label: str | list[str] | None, template: str, n:
     cheap = baseline_keys("label", with_model=False)  # the model-based ones when named
     baselines = ((label_baselines or cheap if baseline_train else []) if label
                  else ["copy", *(["prompt"] if prompt else [])])
-    spec = EvalConfig(source=data, label=label, template=template, n=n, seed=seed,
-                      skip_invalid=skip_invalid, reference=reference, baselines=baselines,
-                      source_column=source_column, prompt=prompt,
-                      max_new_tokens=max_new_tokens, spm_model=spm_model, too_long=too_long)
+    spec = EvalConfig(source=data, label=label, template=template, n=n, baselines=baselines,
+                      **settings)
     base = DataConfig(source=baseline_train, template=template, label=label,
-                      n=baseline_examples, seed=seed, skip_invalid=skip_invalid) \
+                      n=baseline_examples, seed=spec.seed, skip_invalid=spec.skip_invalid) \
         if baseline_train else None
     return spec, base
 
