@@ -1,20 +1,22 @@
-"""Why does QED stage-2 training not beat its own starting point? A transparent loop.
+"""Why does QED stage-2 training not beat its own starting point? The library's loop, watched.
 
-Loads SmolLM2 and the trained <SMILES> tag, carves a seeded 10% validation split from the
-QED recipe's 4,000 MOSES training molecules (test molecules excluded), warm-starts a fresh
-<QED> head in closed form (ridge, as tagllm does) and then trains the tag (and head) with
-AdamW + cosine schedule, as ``tagllm.training`` does, but in a few visible lines. Every
-``every`` steps it records the mean training loss (standardised MSE), the validation MSE
-with the current head, how far the tag moved (relative norm), and the validation MSE of a
-ridge head *re-fitted* on the current tag's features of ``--refit_rows`` training rows.
-The last separates "the tag's features got worse" from "the head no longer fits them".
+Loads SmolLM2 and the trained <SMILES> tag, holds out a seeded 10% of the QED recipe's 4,000
+MOSES training molecules (test molecules excluded) and trains a fresh function tag per
+config with :func:`tagllm.training.fit_tags` (closed-form warm start, then the tag and head
+with AdamW, as every tag trains), on the held-out rows as its validation rows. At each
+validation point it records, beside the loop's own numbers (mean standardised training
+loss, validation loss), the validation MSE in QED units with the current head, how far the
+tag moved (relative norm) and the validation MSE of a ridge head *re-fitted* on the current
+tag's features of ``--refit_rows`` training rows. The last separates "the tag's features
+got worse" from "the head no longer fits them".
 
-    .venv/bin/python benchmarks/tag_training.py --tag runs/qed/tags/SMILES \\
+    .venv/bin/python benchmarks/tag_training.py --tag src/tagllm/shipped_tags/smollm2/SMILES \\
         --configs '[{"lr": 1e-3, "head_lr": 1e-4, "steps": 200, "every": 25}]' \\
-        --out benchmarks/results/qed-training.json
+        --out benchmarks/results/DATE-qed-training.json
 
 A config: lr, head_lr, steps, every, warmup (20), bs (32), seed (0), refit_every (0: never;
-else re-fit the head in closed form every N steps, alternating with the tag's steps).
+else the loop re-fits the head in closed form every N steps, on the warm-start rows).
+Every run keeps its last step (``select: last``): the curve is the point here.
 """
 
 from __future__ import annotations
@@ -22,18 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from datetime import date
 
 import numpy as np
 import torch
 from sklearn.linear_model import RidgeCV
-from transformers import get_cosine_schedule_with_warmup
 
-from tagllm.config import HeadConfig, TagConfig
+from tagllm import HeadConfig, TagConfig, TrainConfig
 from tagllm.model import TaggedModel
 from tagllm.prefix import FrozenPrefix
 from tagllm.sources import load_source
+from tagllm.training import Part, fit_tags
 
 
 def ridge_val(Ft: torch.Tensor, yt: np.ndarray, Fv: torch.Tensor, yv: np.ndarray
@@ -46,7 +47,8 @@ def ridge_val(Ft: torch.Tensor, yt: np.ndarray, Fv: torch.Tensor, yv: np.ndarray
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tag", default="runs/qed/tags/SMILES", help="the frozen <SMILES> tag")
+    ap.add_argument("--tag", default="src/tagllm/shipped_tags/smollm2/SMILES",
+                    help="the frozen <SMILES> tag")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--rows", type=int, default=4000, help="MOSES training rows")
     ap.add_argument("--refit_rows", type=int, default=1500,
@@ -60,75 +62,50 @@ def main() -> None:
     test, _ = load_source("moses:test", 1000, 0, label="qed", progress=False)
     tr, _ = load_source("moses:train", args.rows, 0, label="qed",
                         exclude_smiles=test.columns["smiles"], progress=False)
-    texts = tr.render("<SMILES> {smiles} <QED>")
     y = np.asarray(tr.columns["qed"], float)
-    perm = np.random.default_rng(0).permutation(len(texts))
-    nv = len(texts) // 10
+    perm = np.random.default_rng(0).permutation(len(y))
+    nv = len(y) // 10
     vi, ti = perm[:nv], perm[nv:]  # validation, training rows
     sub = ti[:args.refit_rows]
-    m.add_tag(TagConfig(name="<QED>", kind="function", num_tokens=10, head=HeadConfig()))
-    head, tagp = m.head("<QED>"), m.bank.parameter("<QED>")
-    ids = [m.tagtok.encode(t).ids for t in texts]
-    prefix = FrozenPrefix(m, ["<QED>"], budget_bytes=12e9)  # shared by every config
-    init_tag = tagp.detach().clone()
-
-    def feats(rows: np.ndarray, bs: int = 64) -> torch.Tensor:  # (N, H) at <QED>'s last vector
-        out = torch.zeros(len(rows), m.hidden_size)
-        with torch.no_grad():
-            for s in range(0, len(rows), bs):
-                r = [int(i) for i in rows[s:s + bs]]
-                out[s:s + len(r)] = prefix.tag_features([ids[i] for i in r], "<QED>")
-        return out
-
-    def val() -> tuple[float, torch.Tensor]:
-        Fv = feats(vi)
-        with torch.no_grad():
-            p = head.postprocess(head(Fv)).view(-1).numpy()
-        return float(np.mean((p - y[vi]) ** 2)), Fv
+    prefix = FrozenPrefix(m, [], budget_bytes=12e9)  # shared by every config
 
     results = []
-    for c in configs:
-        torch.manual_seed(c.get("seed", 0))
-        with torch.no_grad():
-            tagp.copy_(init_tag)
-        m.set_trainable(["<QED>"])
-        head.prepare(torch.tensor(y[ti], dtype=torch.float32))
-        t0 = time.time()
-        head.warm_start(feats(ti), y[ti], 1.0)
-        v0, Fv = val()
-        r0 = ridge_val(feats(sub), y[sub], Fv, y[vi])
-        print(c, f"warm start val {v0:.5f} refit {r0}", f"{time.time() - t0:.0f}s", flush=True)
-        hp = list(head.parameters())
-        opt = torch.optim.AdamW([{"params": [tagp], "lr": c["lr"]},
-                                 {"params": hp, "lr": c["head_lr"]}], weight_decay=0.0)
-        sched = get_cosine_schedule_with_warmup(opt, c.get("warmup", 20), c["steps"])
-        curve = [{"step": 0, "val": v0, "refit": r0[0]}]
-        g = np.random.default_rng(c.get("seed", 0))
-        order: list[int] = []
-        losses = []
-        bs, every = c.get("bs", 32), c.get("every", 50)
-        for step in range(1, c["steps"] + 1):
-            if len(order) < bs:
-                order += g.permutation(ti).tolist()
-            b, order = order[:bs], order[bs:]
-            f = prefix.tag_features([ids[i] for i in b], "<QED>")
-            loss = head.loss(head(f), torch.tensor(y[b], dtype=torch.float32))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(hp + [tagp], 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-            if c.get("refit_every") and step % c["refit_every"] == 0:
-                head.warm_start(feats(sub), y[sub], 1.0)
-            if step % every == 0 or step == c["steps"]:
-                v, Fv = val()
-                row = {"step": step, "train": float(np.mean(losses[-every:])), "val": v,
-                       "tag_move": float((tagp.detach() - init_tag).norm() / init_tag.norm())}
-                row["refit"], row["alpha"] = ridge_val(feats(sub), y[sub], Fv, y[vi])
-                curve.append(row)
-                print(row, f"{time.time() - t0:.0f}s", flush=True)
-        results.append({"config": c, "curve": curve})
+    for i, c in enumerate(configs):
+        tag = f"<QED{i}>"
+        m.add_tag(TagConfig(name=tag, kind="function", num_tokens=10, head=HeadConfig()),
+                  seed=c.get("seed", 0))
+        texts = tr.render(f"<SMILES> {{smiles}} {tag}")
+        ids = [m.tagtok.encode(t).ids for t in texts]
+        start = m.bank.parameter(tag).detach().clone()
+
+        def feats(rows: np.ndarray, tag: str = tag, ids: list = ids, bs: int = 64
+                  ) -> torch.Tensor:  # (N, H) at the tag's last vector
+            out = torch.zeros(len(rows), m.hidden_size)
+            with torch.no_grad():
+                for s in range(0, len(rows), bs):
+                    r = [int(j) for j in rows[s:s + bs]]
+                    out[s:s + len(r)] = prefix.tag_features([ids[j] for j in r], tag)
+            return out
+
+        def diagnose(step: int, tag: str = tag, feats=feats, start: torch.Tensor = start
+                     ) -> dict:
+            head, Fv = m.head(tag), feats(vi)
+            with torch.no_grad():
+                p = head.postprocess(head(Fv)).view(-1).numpy()
+            refit, alpha = ridge_val(feats(sub), y[sub], Fv, y[vi])
+            moved = (m.bank.parameter(tag).detach() - start).norm() / start.norm()
+            return {"val": float(np.mean((p - y[vi]) ** 2)), "refit": refit, "alpha": alpha,
+                    "tag_move": float(moved)}
+
+        cfg = TrainConfig(lr=c["lr"], head_lr=c["head_lr"], steps=c["steps"],
+                          eval_every=c.get("every", 50), warmup_steps=c.get("warmup", 20),
+                          batch_size=c.get("bs", 32), seed=c.get("seed", 0),
+                          refit_every=c.get("refit_every", 0), schedule="cosine",
+                          warm_start_examples=len(ti), select="last")
+        res = fit_tags(m, [tag], [Part(texts, y, name=tag, val_rows=vi.tolist())], cfg,
+                       progress=False, prefix=prefix, on_validation=diagnose)
+        results.append({"config": c, "seconds": round(res.seconds, 1), "curve": res.curve})
+        print(c, res.curve[-1], flush=True)
     doc = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
            "rows": {"train": len(ti), "validation": len(vi), "refit": len(sub)},

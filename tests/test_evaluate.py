@@ -241,9 +241,10 @@ def test_peft_baselines_start_from_the_closed_form_head_and_leave_the_model_alon
     train = SimpleNamespace(table=None, texts=[f"<X> {t}" for t in texts[:100]], targets=y[:100])
     test = SimpleNamespace(table=None, texts=[f"<X> {t}" for t in texts[100:]], targets=y[100:])
     from tagllm.heads import build_head
+    from tagllm.training.steps import train_module
 
     tune = FineTune(m.base, m.tokenizer, lambda: build_head("regression", 32, 1, "mse"),
-                    steps=3, batch_size=16, eval_every=2)
+                    train_module, steps=3, batch_size=16, eval_every=2)
     method = BASELINES[key](Task(finetune=tune, tag_names=("<X>",)))
     assert method.unavailable(train, test) is None
     assert BASELINES[key](Task()).unavailable(train, test) == "needs the frozen base model"

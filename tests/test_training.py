@@ -405,9 +405,17 @@ def test_fixed_validation_rows_are_the_ones_validated_on():
     from tagllm.training import fit_tags
     from tagllm.training.batching import Part
 
+    seen = []
+
+    def diagnose(step: int) -> dict:  # a research script's own numbers per point
+        seen.append(step)
+        return {"tag_norm": float(m.bank.parameter("<Q>").detach().norm())}
+
     res = fit_tags(m, ["<Q>"], [Part(texts, np.arange(12.0), val_rows=[9, 10, 11])], cfg,
-                   False, lambda s: None)
+                   False, lambda s: None, on_validation=diagnose)
     assert res.validation_rows == [3]
+    assert seen == [0, 1, 2] == [c["step"] for c in res.curve]
+    assert all(c["tag_norm"] > 0 and "validation_loss" in c for c in res.curve)
 
 
 def test_a_checkpoint_killed_between_its_two_renames_still_resumes(tmp_path):

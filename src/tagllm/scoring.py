@@ -38,6 +38,7 @@ from tagllm.prefix import FrozenPrefix
 from tagllm.progress import track
 from tagllm.records import EvalResult, MethodCost, MethodScore
 from tagllm.tags import tag_as_words
+from tagllm.training.steps import train_module
 from tagllm.training.warm_start import tag_features
 
 Log = Callable[[str], None]
@@ -89,8 +90,8 @@ def labelled(model: TaggedModel, spec: EvalConfig, test: Rows, train: Rows | Non
             return build_head(head.kind, model.hidden_size, head.num_outputs, head.loss_name)
 
         tune = None if model.sharded else FineTune(
-            model.base, model.tokenizer, new_head, b.steps, b.batch_size, b.seed,
-            validation=b.validation, eval_every=b.eval_every)
+            model.base, model.tokenizer, new_head, train_module, b.steps, b.batch_size,
+            b.seed, validation=b.validation, eval_every=b.eval_every)
         layer = model.readout(tag)[0]  # the probe reads the layer the head reads
         task = Task(classes=head.classes, features=lambda texts: frozen_features(
             model, texts, batch_size, progress, layer), tag_names=tuple(model.bank.names),

@@ -54,13 +54,16 @@ class Task:
 class FineTune:
     """What a fine-tuning baseline (PEFT) gets: the frozen Hugging Face model (never
     modified: adapters go on a copy), its tokenizer, a maker of fresh heads of the tags'
-    own kind (a :mod:`tagllm.heads` class, built by the caller), the tags' step budget and
-    their selection protocol: ``validation`` of the training rows (seeded) held out, scored
-    at step 0 and every ``eval_every`` steps, the best state kept."""
+    own kind (a :mod:`tagllm.heads` class, built by the caller), the training loop the tags
+    run in (``train``: :func:`tagllm.training.steps.train_module`, given by the caller, which
+    sits above this module), the tags' step budget and their selection protocol:
+    ``validation`` of the training rows (seeded) held out, scored at step 0 and every
+    ``eval_every`` steps, the best state kept."""
 
     model: Any
     tokenizer: Any
     new_head: Callable[[], Any]
+    train: Callable[..., Any]
     steps: int = 200
     batch_size: int = 32
     seed: int = 0
@@ -553,7 +556,6 @@ class PeftBaseline(Baseline):
 
         import torch
         from peft import get_peft_model
-        from transformers import get_cosine_schedule_with_warmup
 
         ft = self.task.finetune
         torch.manual_seed(ft.seed)
@@ -575,46 +577,29 @@ class PeftBaseline(Baseline):
         adapter = [p for p in self.model.parameters() if p.requires_grad]
         trained = adapter + list(self.head.parameters())
         self.parameters = sum(p.numel() for p in trained)
-        opt = torch.optim.AdamW([{"params": adapter, "lr": self.lr},
-                                 {"params": list(self.head.parameters()),
-                                  "lr": self.head_lr}], weight_decay=0.0)
-        sched = get_cosine_schedule_with_warmup(opt, max(1, ft.steps // 10), ft.steps)
-        self.curve: list[JSONObject] = []
-        self.best_step, best, kept = 0, float("inf"), None
-
-        def score(step: int, train_loss: float | None) -> None:
-            nonlocal best, kept
-            loss = self._validation_loss(val_texts, y_val) if n_val else None
-            self.curve.append({"step": step, "train_loss": train_loss,
-                               "validation_loss": loss})
-            if loss is not None and loss < best:  # keep the best state, step 0 included
-                best, self.best_step = loss, step
-                kept = [p.detach().clone() for p in trained]
-
-        score(0, None)
         order: list[int] = []
-        running: list[float] = []
-        for step in range(1, ft.steps + 1):
+
+        def batch_loss(step: int) -> torch.Tensor:
+            nonlocal order
             if len(order) < min(ft.batch_size, len(texts)):
                 order += rng.permutation(len(texts)).tolist()
             idx, order = order[:ft.batch_size], order[ft.batch_size:]
             out = self.head(self._features(self.model, [texts[i] for i in idx]))
-            loss = self.head.loss(out, y[idx].to(out.device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            running.append(loss.item())
-            if step % ft.eval_every == 0 or step == ft.steps:
-                score(step, float(np.mean(running)))
-                running = []
-        if kept is None:  # nothing held out: the last state
-            self.best_step = ft.steps
-        else:
+            return self.head.loss(out, y[idx].to(out.device))
+
+        def restore(values: dict[str, torch.Tensor]) -> None:
             with torch.no_grad():
-                for p, v in zip(trained, kept, strict=True):
-                    p.copy_(v)
+                for k, p in enumerate(trained):
+                    p.copy_(values[str(k)])
+
+        state = ft.train(
+            [(adapter, self.lr), (list(self.head.parameters()), self.head_lr)], batch_loss,
+            ft.steps, ft.eval_every,
+            (lambda: self._validation_loss(val_texts, y_val)) if n_val else None,
+            lambda: {str(k): p.detach().clone() for k, p in enumerate(trained)}, restore,
+            warmup_steps=max(1, ft.steps // 10))
+        self.curve: list[JSONObject] = state.curve
+        self.best_step = state.best["step"] if state.best else ft.steps
 
     def details(self) -> JSONObject:
         return {"best_step": self.best_step, "curve": self.curve}

@@ -2,8 +2,10 @@
 
 ``fit_tags`` reads top to bottom as litgpt's fine-tuning scripts do: :func:`setup` checks and
 encodes the data and fixes everything the run needs (a :class:`Job`); :func:`start` resumes
-a checkpoint or warm-starts the heads in closed form; :func:`fit` is the flat loop of
-:func:`train_step` s with checkpoints and a clean stop on Ctrl-C / SIGTERM. Parts without
+a checkpoint or warm-starts the heads in closed form; :func:`fit` runs
+:func:`train_step` s in the step loop every trainer shares
+(:func:`tagllm.training.steps.run_steps`: validation, early stopping, the best step kept),
+with checkpoints and a clean stop on Ctrl-C / SIGTERM. Parts without
 targets train by next-token prediction, parts with targets train a function tag's head;
 several parts are mixed within each batch by their weights (joint training). A resumed run
 ends with the same tags as an uninterrupted one.
@@ -21,11 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (
-    get_constant_schedule_with_warmup,
-    get_cosine_schedule_with_warmup,
-    get_linear_schedule_with_warmup,
-)
 
 from tagllm.checkpoint import (
     CheckpointError,
@@ -44,6 +41,7 @@ from tagllm.model import TaggedModel
 from tagllm.paths import prefix_cache_dir
 from tagllm.prefix import FrozenPrefix, supports_frozen_prefix
 from tagllm.progress import bar
+from tagllm.records import JSONObject
 from tagllm.tracking import Tracker
 from tagllm.training.batching import (
     Encoded,
@@ -56,6 +54,16 @@ from tagllm.training.batching import (
 )
 from tagllm.training.readout import choose_readout
 from tagllm.training.seen import SeenWindow
+from tagllm.training.steps import (
+    LoopConfig,
+    LoopState,
+    Trainee,
+    apply_step,
+    build_optimizer,
+    keep_best,
+    run_steps,
+)
+from tagllm.training.steps import kept_step as _kept_step
 from tagllm.training.warm_start import autocast as _autocast
 from tagllm.training.warm_start import (
     warm_start,
@@ -118,6 +126,8 @@ class Job:
     log: Log
     progress: bool
     tracker: Tracker | None = None  # TensorBoard scalars (tagllm.tracking)
+    #: what a caller adds to each validation point (a diagnostic), given the step
+    on_validation: Callable[[int], JSONObject] | None = None
 
     @cached_property
     def after_ids(self) -> set[int]:
@@ -132,20 +142,15 @@ class Job:
 
 
 @dataclass
-class State:
-    """What changes from step to step, and what a checkpoint keeps of it."""
+class State(LoopState):
+    """What changes from step to step (the loop's :class:`LoopState`: step, losses, curve,
+    best step and its tags and heads), and what a checkpoint keeps of it."""
 
-    step: int = 0
-    losses: list[float] = field(default_factory=list)
     warm: dict | None = None
     after: dict | None = None
     resumed_from: int = 0
     examples: int = 0  # seen by this process in this call
-    curve: list[dict] = field(default_factory=list)
-    best: dict | None = None  # {"step", "loss"} of the lowest validation loss so far
-    best_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # its tags and heads
     saved: int = 0  # the step of the last checkpoint this call wrote or resumed (0: none)
-    stopped_early: bool = False
     seen: dict[int, SeenWindow] = field(default_factory=dict)  # refit_rows: seen, by part
 
 
@@ -303,10 +308,6 @@ def start(job: Job, after_warm_start: Callable[[], dict | None] | None
     return state, None
 
 
-SCHEDULES = {"cosine": get_cosine_schedule_with_warmup,
-             "linear": get_linear_schedule_with_warmup}
-
-
 def _restore_readouts(job: Job, meta: dict) -> None:
     """Before a checkpoint's head tensors load: the readouts they were chosen with."""
     for tag, w in (meta.get("warm_start") or {}).items():
@@ -342,17 +343,9 @@ def make_optimizer(job: Job) -> tuple[torch.optim.Optimizer, object, list]:
     params = job.model.trainable_parameters()
     tag_params = [p for t in job.tags for p in job.model.bank.tag_parameters(t)]
     head_params = [p for p in params if all(p is not q for q in tag_params)]
-    groups = [{"params": tag_params, "lr": cfg.lr}]
-    if head_params:
-        groups.append({"params": head_params, "lr": cfg.head_lr})
-    if cfg.optimizer == "adafactor":
-        opt = torch.optim.Adafactor(groups, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "constant":
-        sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
-    else:
-        sched = SCHEDULES[cfg.schedule](opt, cfg.warmup_steps, cfg.steps)
+    opt, sched = build_optimizer([(tag_params, cfg.lr), (head_params, cfg.head_lr)],
+                                 cfg.steps, cfg.optimizer, cfg.schedule, cfg.warmup_steps,
+                                 cfg.weight_decay)
     return opt, sched, params
 
 
@@ -413,6 +406,7 @@ def fit_tags(
     checkpoint_dir: str | Path | None = None,
     prefix: FrozenPrefix | None = None,
     tracker: Tracker | None = None,
+    on_validation: Callable[[int], JSONObject] | None = None,
 ) -> TrainResult:
     """Train ``tags`` (and their heads) jointly on ``parts``; every other parameter is frozen.
 
@@ -423,9 +417,12 @@ def fit_tags(
     ``prefix``: a frozen-prefix cache from an earlier call on the same model, reused (a sweep
     over tags, seeds or learning rates on the same inputs computes each prefix once).
     ``tracker``: where the step losses, learning rates and validation losses also go.
+    ``on_validation(step)``: entries added to each validation point of the curve (what a
+    research script measures beside the loss, e.g. how far the tag moved).
     """
     job = setup(model, tags, parts, cfg or TrainConfig(), progress, log, checkpoint_dir,
                 prefix, tracker)
+    job.on_validation = on_validation
     state, saved = start(job, after_warm_start)
     opt, sched, params = make_optimizer(job)
     if saved is not None:
@@ -433,7 +430,12 @@ def fit_tags(
     t0 = time.perf_counter()
     with phase("training"):
         fit(job, state, opt, sched, params)
-        keep_selected(job, state)
+        if keep_best(loop_config(job.cfg), state,
+                     lambda values: put_tag_tensors(model, job.tags, values)):
+            job.log(f"kept {', '.join(job.tags)} of step {state.best['step']}/{job.cfg.steps}, "
+                    f"the lowest validation loss ({state.best['loss']:.4f}"
+                    + ("; step 0 is before any gradient step)" if state.best["step"] == 0
+                       else ")"))
         refit = refit_heads(job)
     model.set_trainable([])
     if job.prefix is not None:
@@ -444,8 +446,13 @@ def fit_tags(
     return TrainResult(state.step, time.perf_counter() - t0, state.losses, state.warm,
                        state.resumed_from, state.after, job.world.gather_object(state.examples),
                        state.curve, state.best["step"] if state.best else None, job.val_rows,
-                       refit, kept_step(job, state), state.stopped_early,
+                       refit, _kept_step(loop_config(job.cfg), state, job.val is not None),
+                       state.stopped_early,
                        state.step // job.cfg.refit_every if job.cfg.refit_every else 0)
+
+
+def loop_config(cfg: TrainConfig) -> LoopConfig:
+    return LoopConfig(cfg.steps, cfg.eval_every, cfg.patience, cfg.select)
 
 
 def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list) -> None:
@@ -460,54 +467,67 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
     t0 = time.perf_counter()
     pbar = bar(cfg.steps, f"training {', '.join(job.tags)}", job.progress, unit="step")
     pbar.update(state.step)
-    if state.step == 0:
-        record_validation(job, state)
+    tags = ", ".join(job.tags)
     with StopRequest() as stop:
+        stops = 0
+
+        def step(n: int) -> float:
+            nonlocal stops
+            loss, stops = train_step(job, state, next(batches), params, opt, sched,
+                                     stop.requested is not None)
+            return loss
+
+        def after_step(n: int, loss: float) -> None:
+            if job.tracker is not None:  # lr after this step's scheduler update
+                lrs = [g["lr"] for g in opt.param_groups]
+                job.tracker.log({"train/loss": loss, "train/lr": lrs[0],
+                                 **({"train/head_lr": lrs[1]} if len(lrs) > 1 else {})}, n)
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{loss:.4f}")
+            if cfg.refit_every and n % cfg.refit_every == 0:
+                refit_during_training(job, state)
+
+        def on_validation(point: dict) -> None:
+            if job.on_validation is not None:
+                point.update(job.on_validation(point["step"]))
+            if job.tracker is not None:
+                job.tracker.log({"validation/loss": point["validation_loss"]}, point["step"])
+            best = f"best {state.best['loss']:.4f} at step {state.best['step']}" \
+                if state.best else "none finite yet"
+            job.log(f"{tags} step {point['step']}/{cfg.steps} validation loss "
+                    f"{point['validation_loss']:.4f} ({best})")
+
+        def end_of_step(n: int) -> None:
+            if n % cfg.log_every == 0 or n == cfg.steps:
+                job.log(f"{tags} step {n}/{cfg.steps} loss "
+                        f"{np.mean(state.losses[-cfg.log_every:]):.4f} "
+                        f"({time.perf_counter() - t0:.0f} s)")
+            if n < cfg.steps:
+                # alone, a process needs no collective to see its own stop request
+                stopping = stops > 0 or (stop.requested is not None
+                                         and not job.world.distributed)
+                checkpoint_or_stop(job, state, opt, sched, stopping, stop.requested)
+
+        def stopped(state: LoopState) -> None:  # the curve is in the checkpoint, so a
+            since = sum(1 for c in state.curve  # resumed run stops where an unbroken one does
+                        if c["step"] > state.best["step"])
+            job.log(f"{tags}: no lower validation loss in {since} validation points since "
+                    f"step {state.best['step']}; stopped early at step {state.step}/"
+                    f"{cfg.steps} (patience {cfg.patience})")
+
+        def validate() -> float:
+            with phase("validation"):
+                return validation_loss(job)
+
+        t = Trainee(step, validate if job.val is not None else None,
+                    snapshot=lambda: tag_tensors(job.model, job.tags),
+                    restore=lambda values: put_tag_tensors(job.model, job.tags, values),
+                    after_step=after_step, on_validation=on_validation,
+                    end_of_step=end_of_step)
         try:
-            for step in range(state.step + 1, cfg.steps + 1):
-                loss, stops = train_step(job, state, next(batches), params, opt, sched,
-                                         stop.requested is not None)
-                state.step = step
-                state.losses.append(loss)
-                if job.tracker is not None:  # lr after this step's scheduler update
-                    lrs = [g["lr"] for g in opt.param_groups]
-                    job.tracker.log({"train/loss": loss, "train/lr": lrs[0],
-                                     **({"train/head_lr": lrs[1]} if len(lrs) > 1 else {})},
-                                    step)
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{loss:.4f}")
-                if cfg.refit_every and step % cfg.refit_every == 0:
-                    refit_during_training(job, state)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    record_validation(job, state)
-                    if out_of_patience(job, state):
-                        break
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    job.log(f"{', '.join(job.tags)} step {step}/{cfg.steps} loss "
-                            f"{np.mean(state.losses[-cfg.log_every:]):.4f} "
-                            f"({time.perf_counter() - t0:.0f} s)")
-                if step < cfg.steps:
-                    # alone, a process needs no collective to see its own stop request
-                    stopping = stops > 0 or (stop.requested is not None
-                                             and not job.world.distributed)
-                    checkpoint_or_stop(job, state, opt, sched, stopping, stop.requested)
+            run_steps(loop_config(cfg), t, state, stopped)
         finally:
             pbar.close()
-
-
-def out_of_patience(job: Job, state: State) -> bool:
-    """Whether ``patience`` validation points have passed without a new lowest loss (the
-    curve is in the checkpoint, so a resumed run stops where an uninterrupted one does)."""
-    if not job.cfg.patience or state.best is None:
-        return False
-    since = sum(1 for c in state.curve if c["step"] > state.best["step"])
-    if since < job.cfg.patience:
-        return False
-    state.stopped_early = True
-    job.log(f"{', '.join(job.tags)}: no lower validation loss in {since} validation points "
-            f"since step {state.best['step']}; stopped early at step {state.step}/"
-            f"{job.cfg.steps} (patience {job.cfg.patience})")
-    return True
 
 
 def refit_during_training(job: Job, state: State) -> None:
@@ -555,47 +575,6 @@ def checkpoint_or_stop(job: Job, state: State, opt: torch.optim.Optimizer, sched
         job.log(f"stopped by {why or 'a stop request on another process'} at step "
                 f"{state.step}/{job.cfg.steps}{where}")
         raise KeyboardInterrupt
-
-
-def record_validation(job: Job, state: State) -> None:
-    """Append the validation loss at ``state.step`` to the curve and remember the tags of
-    the lowest one."""
-    if job.val is None:
-        return
-    with phase("validation"):
-        loss = validation_loss(job)
-    since = state.curve[-1]["step"] if state.curve else 0
-    recent = state.losses[since:]
-    state.curve.append({"step": state.step,
-                        "train_loss": float(np.mean(recent)) if recent else None,
-                        "validation_loss": loss})
-    if job.tracker is not None:
-        job.tracker.log({"validation/loss": loss}, state.step)
-    if math.isfinite(loss) and (state.best is None or loss < state.best["loss"]):
-        state.best = {"step": state.step, "loss": loss}
-        if job.cfg.select == "best":
-            state.best_tensors = tag_tensors(job.model, job.tags)
-    best = f"best {state.best['loss']:.4f} at step {state.best['step']}" if state.best \
-        else "none finite yet"
-    job.log(f"{', '.join(job.tags)} step {state.step}/{job.cfg.steps} validation loss "
-            f"{loss:.4f} ({best})")
-
-
-def kept_step(job: Job, state: State) -> int | None:
-    """The step whose tags the result holds (None when no validation ran)."""
-    if job.val is None:
-        return None
-    return state.best["step"] if job.cfg.select == "best" and state.best_tensors else state.step
-
-
-def keep_selected(job: Job, state: State) -> None:
-    """With ``select="best"``, put back the tags and heads of the best validation step."""
-    if job.cfg.select != "best" or not state.best_tensors:
-        return
-    put_tag_tensors(job.model, job.tags, state.best_tensors)
-    job.log(f"kept {', '.join(job.tags)} of step {state.best['step']}/{job.cfg.steps}, the "
-            f"lowest validation loss ({state.best['loss']:.4f}"
-            + ("; step 0 is before any gradient step)" if state.best["step"] == 0 else ")"))
 
 
 def refit_heads(job: Job) -> dict | None:
@@ -674,11 +653,7 @@ def train_step(job: Job, state: State, batch: list[tuple[int, list[int]]], param
     value, stops = _sum_gradients(job.world, params, loss, stop)
     if not math.isfinite(value):
         raise TrainingError(_non_finite(job, state, value, mine, parts))
-    if job.cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, job.cfg.max_grad_norm)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
+    apply_step(params, opt, sched, job.cfg.max_grad_norm)
     return value, stops
 
 
