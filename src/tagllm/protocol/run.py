@@ -37,7 +37,7 @@ from tagllm.scoring import evaluate
 from tagllm.serialization import META
 from tagllm.store import TagStore
 from tagllm.tracking import Track, Tracker, check_tracker, log_evaluations
-from tagllm.training import Part, TrainResult, fit_tags, frozen_prefix
+from tagllm.training import Part, TrainResult, fit_tags, stage_prefixes
 
 Log = Callable[[str], None]
 
@@ -137,13 +137,24 @@ def _cached_stage(ctx: RunContext, p: StagePlan) -> StageResult:
     prov = meta["provenance"]
     if world().is_main:
         ctx.store.remember(ctx.recipe.name, p.stage.name, p.material)
-    evals = _stored_evals(ctx, p, prov)
+    return _summary(p, prov, _stored_evals(ctx, p, prov), meta.get("created"))
+
+
+def _summary(p: StagePlan, prov: JSONObject, evals: list[EvalResult],
+             created: str | None = None) -> StageResult:
+    """A stage's summary, from the provenance its tags are stored with: the one place it is
+    built, for a stage trained now and for one found in the store (``created``: when it was
+    trained; this run took no step of it). Provenance written before ``kept_step`` was
+    recorded: the best step was kept."""
     val = prov.get("validation", {})
-    return StageResult(p.stage.name, True, p.key, eval=evals, trained=meta.get("created"),
-                       seconds=prov.get("seconds"), final_loss=prov.get("final_loss"),
-                       best_step=val.get("best_step"),
-                       kept_step=val.get("kept_step", val.get("best_step")),
-                       curve=val.get("curve", []))
+    fresh = created is None
+    return StageResult(
+        p.stage.name, not fresh, p.key, prov["steps"] - prov["resumed_from"] if fresh else 0,
+        evals, prov.get("seconds"), prov.get("final_loss"), val.get("best_step"),
+        val.get("kept_step", val.get("best_step")), val.get("curve", []), trained=created,
+        examples_per_process=prov["examples_per_process"] if fresh else None,
+        resumed_from=prov["resumed_from"] if fresh else None,
+        refit=val.get("refit") if fresh else None)
 
 
 def _stored_evals(ctx: RunContext, p: StagePlan, prov: JSONObject) -> list[EvalResult]:
@@ -244,15 +255,8 @@ def _train_tracked(ctx: RunContext, p: StagePlan, tracker: Tracker
     log(f"stage {s.name}: training {', '.join(s.tags)} ({p.reason})")
     m = _stage_model(ctx, p)
     ablated = p.ablated
-    # frozen prefixes, each computed once: the training rows' (filled by the warm start,
-    # in the stage's prefix_cache_dtype) and the test rows' (filled by the ablation, reused
-    # by the final evaluation; always float32 and outside autocast, so a stage scores its
-    # test rows exactly as `tagllm evaluate` does)
-    supervised = any(d.targets is not None for d in p.data)
-    prefix = frozen_prefix(m, s.tags, s.train, log) if supervised else None
-    exact = prefix is None or (prefix.dtype == torch.float32 and s.train.autocast == "no")
-    test_prefix = prefix if exact else frozen_prefix(m, s.tags, s.train, log,
-                                                     dtype=torch.float32)
+    prefix, test_prefix = stage_prefixes(m, s.tags, s.train,
+                                         any(d.targets is not None for d in p.data), log)
 
     def before_training() -> JSONObject | None:  # the honest ablation: what do trained
         if not ablated:                             # tags add? (JSON: a checkpoint keeps it)
@@ -275,14 +279,11 @@ def _train_tracked(ctx: RunContext, p: StagePlan, tracker: Tracker
     for row in evals:
         log(f"stage {s.name} eval {row.name}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row.metrics.items()))
+    prov = _provenance(ctx.recipe, p, m, res, evals)
     if world().is_main:  # the tags are equal on every process: one writes them
-        _store_stage(ctx, p, m, _provenance(ctx.recipe, p, m, res, evals))
+        _store_stage(ctx, p, m, prov)
     world().barrier()
-    return StageResult(s.name, False, p.key, res.steps_run, evals, round(res.seconds, 1),
-                       res.final_loss, res.best_step, res.kept_step, res.curve,
-                       examples_per_process=res.examples_per_process,
-                       resumed_from=res.resumed_from, refit=res.refit
-                       ), unavoidable_work(m, p, res, prefix is not None)
+    return _summary(p, prov, evals), unavoidable_work(m, p, res, prefix is not None)
 
 
 def _part(d: LoadedData, name: str) -> Part:

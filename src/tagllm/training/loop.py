@@ -282,6 +282,19 @@ def frozen_prefix(model: TaggedModel, tags: list[str], cfg: TrainConfig, log: Lo
                         disk_bytes=cfg.prefix_cache_disk_gb * 1e9, disk_dir=prefix_cache_dir())
 
 
+def stage_prefixes(model: TaggedModel, tags: list[str], cfg: TrainConfig, supervised: bool,
+                   log: Log = print) -> tuple[FrozenPrefix | None, FrozenPrefix | None]:
+    """The frozen-prefix caches of a stage that trains ``tags``: the training rows' (filled
+    by the warm start, in ``cfg.prefix_cache_dtype``; None without a head to train, or where
+    :func:`frozen_prefix` rules it out) and the test rows' (filled by the ablation, reused
+    by the final evaluation). The test rows' is always float32 and used outside autocast,
+    so a stage scores its test rows exactly as ``tagllm evaluate`` does: it is the training
+    one when that one is exact already, else its own."""
+    train = frozen_prefix(model, tags, cfg, log) if supervised else None
+    exact = train is None or (train.dtype == torch.float32 and cfg.autocast == "no")
+    return train, train if exact else frozen_prefix(model, tags, cfg, log, dtype=torch.float32)
+
+
 def start(job: Job, after_warm_start: Callable[[], dict | None] | None
           ) -> tuple[State, CheckpointState | None]:
     """A checkpoint to resume (its tag values already in the model), or a fresh state whose
