@@ -25,6 +25,10 @@ their tag folders under ``OUT.d/``, and a cell cut short resumes from its checkp
     .venv/bin/python benchmarks/tag_training_sweep.py --combine QED.json SOL.json BBB.json \
         --out benchmarks/results/DATE-tag-training-sweep.json
 
+Other seeds of a chosen setting (``--seed N --only NAME --score``, each its own file) join
+the combined file with ``--add_seeds SEED.json ... --out COMBINED.json``: per task and
+setting, every seed's test scores against the same seed's untrained start.
+
 ``tagllm report`` (``make report``) shows the combined file: the test scores with their
 intervals and every cell's validation curve.
 """
@@ -199,12 +203,16 @@ def main() -> None:
                     "20,000 molecules: about 18 GB in bfloat16)")
     ap.add_argument("--score", action="store_true",
                     help="score the test set once for the cells chosen on validation")
+    ap.add_argument("--add_seeds", nargs="+", default=None, metavar="SEED_RESULTS",
+                    help="add the scored files of --seed runs to the combined file --out")
     ap.add_argument("--combine", nargs="+", default=None, metavar="TASK_RESULTS",
                     help="write --out from the scored results files of several tasks")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.combine:
         return combine(args.out, args.combine)
+    if args.add_seeds:
+        return add_seeds(args.out, args.add_seeds)
     if not args.smiles_tag:
         ap.error("--smiles_tag is required (except with --combine)")
     cells = [c for g in args.grid.split(",")
@@ -309,6 +317,46 @@ def same_tensors(a: Path, b: Path) -> bool:
 
     x, y = load_file(str(a / "tag.safetensors")), load_file(str(b / "tag.safetensors"))
     return x.keys() == y.keys() and all(torch.equal(x[n], y[n]) for n in x)
+
+
+def seed_entry(doc: dict, name: str, seed: int) -> dict:
+    """One seed of a setting as the combined file lists it: its training (steps run, kept
+    step, validation loss against step 0) and its test scores against its own untrained
+    start, the random forest and Chemprop."""
+    cell = doc["cells"][name]
+    s = next(e for e in doc["summary"] if e["setting"] == name)
+    return {"seed": seed, "cell": name, "steps_run": cell["steps_run"],
+            "kept_step": cell["kept_step"], "validation_loss": cell["validation_loss"],
+            "validation_loss_step0": cell["validation_loss_step0"], "test": s["test"],
+            "untrained_test": s["untrained_test"],
+            "trained_minus_untrained": s["trained_minus_untrained"],
+            **{k: s[k] for k in ("trained_minus_rf", "trained_minus_chemprop") if k in s}}
+
+
+def add_seeds(out: str, paths: Sequence[str]) -> None:
+    """Add the scored files of other seeds (``--seed N``) to the combined file ``out``: under
+    each task's ``seeds``, per setting, seed 0 (the sweep's own cell) and each added seed;
+    the task's summary entry gets the seeds' intervals of trained minus untrained."""
+    doc = json.loads(Path(out).read_text())
+    for p in paths:
+        extra = json.loads(Path(p).read_text())
+        task = doc["tasks"][extra["task"]]
+        for name, cell in extra["cells"].items():
+            seed = cell.get("seed")
+            base = name.removesuffix(f"-seed{seed}")
+            if not seed or base not in task["cells"]:
+                raise SystemExit(f"{p}: {name} is not another seed of a cell of {out}")
+            seeds = task.setdefault("seeds", {}).setdefault(base, [seed_entry(task, base, 0)])
+            seeds[:] = [e for e in seeds if e["seed"] != seed] + [seed_entry(extra, name, seed)]
+            seeds.sort(key=lambda e: e["seed"])
+            task["cells"][name] = cell
+            task["runs"] += extra["runs"]
+        for e in doc["summary"]:
+            if e["task"] == extra["task"] and e["setting"] in task.get("seeds", {}):
+                e["seeds"] = [{"seed": x["seed"], **x["trained_minus_untrained"]}
+                              for x in task["seeds"][e["setting"]]]
+    Path(out).write_text(json.dumps(doc, indent=1))
+    log(f"wrote {out}: seeds {', '.join(paths)}")
 
 
 def combine(out: str, paths: Sequence[str]) -> None:

@@ -196,6 +196,31 @@ def test_report_shows_a_tag_training_sweep_with_its_curves(tmp_path):
     with pytest.raises(SystemExit, match="not scored"):
         sweep.combine(str(tmp_path / "x.json"), [str(tmp_path / "raw.json")])
 
+    # another seed of the chosen setting joins the combined file, against its own start
+    seed = _scored_task("qed", "mse", False)
+    cell = {**seed["cells"]["plain-lr0.001"], "seed": 1, "name": "plain-lr0.001-seed1",
+            "kept_step": 0, "validation_loss": 0.5}
+    seed["cells"] = {"plain-lr0.001-seed1": cell}
+    for e in seed["summary"]:
+        e.update(setting="plain-lr0.001-seed1", trained_minus_untrained={
+            "metric": "mse", "low": -0.01, "high": 0.03, "better": False})
+    (tmp_path / "seed1.json").write_text(json.dumps(seed))
+    for _ in range(2):  # twice: the seed is replaced, not repeated
+        sweep.add_seeds(str(out), [str(tmp_path / "seed1.json")])
+    doc = json.loads(out.read_text())
+    assert [x["seed"] for x in doc["tasks"]["qed"]["seeds"]["plain-lr0.001"]] == [0, 1]
+    assert [(x["seed"], x["better"]) for x in doc["summary"][0]["seeds"]] == [(0, True),
+                                                                               (1, False)]
+    from tagllm.publish import summary_table
+
+    assert "qed, the same setting with other seeds (trained − untrained, mse): seed 0: " \
+           "[-0.02, -0.001], trained better; seed 1: [-0.01, +0.03]." in summary_table(out)
+    main(["report", str(out), "--html", "", "--markdown", str(md)])
+    assert "| 1 | 50 | 0 | 0.5 → 0.5 | 0.7 | 0.71 | [-0.01, +0.03] | no |" in md.read_text()
+    (tmp_path / "stray.json").write_text(json.dumps(_scored_task("qed", "mse", True)))
+    with pytest.raises(SystemExit, match="not another seed"):
+        sweep.add_seeds(str(out), [str(tmp_path / "stray.json")])
+
 
 def test_a_report_the_disk_refuses_is_a_clear_error_and_keeps_the_earlier_page(run_dir,
                                                                                tmp_path):

@@ -409,6 +409,11 @@ def training_sweep_sections(doc: JSONObject) -> list[Section]:
                              f"{c['validation_loss'] / c['validation_loss_step0'] - 1:+.2%}",
                              _fmt(c.get("seconds_per_step"))]
                             for k, c in (t.get("cells") or {}).items()]))
+        for setting, seeds in (t.get("seeds") or {}).items():
+            sub.tables.append(([f"seed ({setting})", "steps run", "kept step",
+                                "validation loss: step 0 → kept", "test metric", "untrained",
+                                "trained − untrained (95% CI)", "better"],
+                               [_seed_row(e) for e in seeds]))
         fig = training_curves_figure(task, t, _slug("training-sweep", task))
         if fig:
             sub.figures.append(fig)
@@ -417,6 +422,16 @@ def training_sweep_sections(doc: JSONObject) -> list[Section]:
                             f"{_fmt(run.get('peak_rss_gb'))} GB)")
         out.append(sub)
     return out
+
+
+def _seed_row(e: JSONObject) -> list[str]:
+    """One seed of a tag-training setting: its training and its test against its start."""
+    d = e["trained_minus_untrained"]
+    m = d["metric"]
+    return [str(e["seed"]), _fmt(e["steps_run"]), _fmt(e["kept_step"]),
+            f"{_fmt(e['validation_loss_step0'])} → {_fmt(e['validation_loss'])}",
+            _fmt(e["test"][m]), _fmt(e["untrained_test"][m]), _difference(d),
+            "yes" if d["better"] else "no"]
 
 
 def sections(paths: list[str | Path]) -> list[Section]:
@@ -553,10 +568,15 @@ def summary_table(path: str | Path) -> str:
                     f"{_fmt(e['untrained_test'][m])} | "
                     + " | ".join(_fmt((base.get(k) or {}).get(m)) for _, k in SUMMARY_BASELINES)
                     + " | " + _difference(d) + " |")
+    seeds = [f"{e['task']}, the same setting with other seeds (trained − untrained, "
+             f"{e['trained_minus_untrained']['metric']}): " + "; ".join(
+                 f"seed {x['seed']}: {_difference(x)}" for x in e["seeds"]) + "."
+             for e in doc["summary"] if len(e.get("seeds") or []) > 1]
     where = Path(path).as_posix()
     where = where[where.index("benchmarks/"):] if "benchmarks/" in where else where
-    return "\n".join([*rows, "", f"From `{where}` ({doc.get('date', '')}, "
-                      f"{doc.get('machine', '')}); every row in docs/results.md."])
+    return "\n".join([*rows, "", *seeds, *([""] if seeds else []),
+                      f"From `{where}` ({doc.get('date', '')}, {doc.get('machine', '')}); "
+                      "every row in docs/results.md."])
 
 
 def _difference(d: JSONObject) -> str:
