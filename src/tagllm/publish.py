@@ -36,7 +36,7 @@ from tagllm.records import (
     RunResults,
     StageResult,
 )
-from tagllm.report import ORDER
+from tagllm.report import in_order
 
 #: metrics where lower is better (every other one: higher is better)
 LOWER_BETTER = {"mse", "mae", "loss", "perplexity"}
@@ -278,7 +278,7 @@ def primary_metric(metrics: Metrics) -> str:
 def eval_section(ev: EvalResult, where: str, command: str | None,
                  seconds: float | None = None) -> Section:
     """One evaluation: the method table and its figures."""
-    metrics = [m for m in ORDER if m in ev.metrics] + [m for m in ev.metrics if m not in ORDER]
+    metrics = in_order(ev.metrics)
     key = primary_metric(ev.metrics)
     header = ["method", *metrics, f"tags − method, {key} (95% CI)", "trainable parameters",
               "seconds"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,8 +26,7 @@ def results_table(results: dict[str, dict[str, float]], title: str):
 
     table = RichTable(title=title)
     table.add_column("method")
-    first = list(next(iter(results.values())))
-    names = [n for n in ORDER if n in first] + [n for n in first if n not in ORDER]
+    names = in_order(next(iter(results.values())))
     for n in names:
         table.add_column(_header(n), justify="right")
     for method, m in results.items():
@@ -52,8 +52,7 @@ def interval_table(ev: EvalResult):
     intervals = {n: s.interval for n, s in ev.methods.items() if s.interval}
     if not intervals:
         return None
-    first = next(iter(intervals.values()))
-    names = [n for n in ORDER if n in first] + [n for n in first if n not in ORDER]
+    names = in_order(next(iter(intervals.values())))
     table = RichTable(title=f"tags minus method on the same {ev.rows} rows: 95% paired "
                       "bootstrap interval (MSE, MAE: below 0 = tags better; others: above 0)")
     table.add_column("method")
@@ -183,8 +182,7 @@ def tag_summary(meta: JSONObject, tensors: dict[str, torch.Tensor]):
     for ev in evals if isinstance(evals, list) else []:
         metrics = part(ev, "metrics")
         if metrics:
-            text = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(
-                metrics.items(), key=lambda kv: _rank(kv[0])))
+            text = ", ".join(f"{k} {_fmt(metrics[k])}" for k in in_order(metrics))
             rows.append(("test", f"{ev.get('name')} ({count(ev.get('rows'))} rows): {text}"))
     versions = part(meta, "versions")
     if versions:
@@ -198,5 +196,8 @@ def tag_summary(meta: JSONObject, tensors: dict[str, torch.Tensor]):
     return table
 
 
-def _rank(metric: str) -> int:
-    return ORDER.index(metric) if metric in ORDER else len(ORDER)
+def in_order(metrics: Iterable[str]) -> list[str]:
+    """Metric names in the order tables show them (:data:`ORDER`, then the others as
+    given)."""
+    given = list(metrics)
+    return [n for n in ORDER if n in given] + [n for n in given if n not in ORDER]
