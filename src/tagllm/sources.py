@@ -37,6 +37,7 @@ from tagllm.data import (
     iter_table,
     measured,
     read_table,
+    split_spec,
     validate_rows,
 )
 from tagllm.data.proteins import (
@@ -328,8 +329,8 @@ def _read(spec: str, labels: list[str], text_columns: list[str], skip_invalid: b
         return validate_rows(_text(spec), {}, limit=limit)
     if spec.startswith(("bindingdb:", "drugcomb:")):
         return _tdc(spec, labels, skip_invalid, limit)
-    if spec.startswith("split:"):
-        part, _, path = spec.removeprefix("split:").partition(":")
+    if (split := split_spec(spec)) is not None:
+        part, path = split
         if part not in ("train", "test") or not path:
             raise DataError(f"{spec}: write split:train:FILE or split:test:FILE (80/20 by a "
                             "hash of each row's molecules, sequences or text)")

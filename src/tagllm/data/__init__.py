@@ -225,6 +225,15 @@ def _table(names: list[str], rows: list[list[str]], path: Path, start: int) -> T
     return Table(cols, str(path), list(range(start, start + len(rows))))
 
 
+def split_spec(spec: str) -> tuple[str, str] | None:
+    """(part, file) of a ``split:PART:FILE`` source (checked by its reader), or None for any
+    other source."""
+    if not spec.startswith("split:"):
+        return None
+    part, _, path = spec.removeprefix("split:").partition(":")
+    return part, path
+
+
 def check_output(inputs: str | Path | Sequence[str | Path], output: str | Path,
                  flag: str = "--output") -> None:
     """Refuse an ``output`` that is one of the ``inputs`` files (the same path, a hard link
@@ -232,9 +241,9 @@ def check_output(inputs: str | Path | Sequence[str | Path], output: str | Path,
     output in the error."""
     out = Path(output)
     for src in [inputs] if isinstance(inputs, str | Path) else inputs:
-        part, sep, rest = str(src).removeprefix("split:").partition(":")
-        if str(src).startswith("split:") and sep and part in ("train", "test"):
-            src = rest  # split:train:FILE reads FILE
+        split = split_spec(str(src))
+        if split is not None and split[0] in ("train", "test") and split[1]:
+            src = split[1]  # split:train:FILE reads FILE
         src = Path(src)
         if not src.is_file():  # a built-in source, or checked by the reader
             continue
