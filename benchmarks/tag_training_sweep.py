@@ -324,7 +324,9 @@ def seed_entry(doc: dict, name: str, seed: int) -> dict:
     step, validation loss against step 0) and its test scores against its own untrained
     start, the random forest and Chemprop."""
     cell = doc["cells"][name]
-    s = next(e for e in doc["summary"] if e["setting"] == name)
+    s = next((e for e in doc.get("summary", []) if e["setting"] == name), None)
+    if s is None:
+        raise SystemExit(f"{name}: not scored yet (run the sweep with --score first)")
     return {"seed": seed, "cell": name, "steps_run": cell["steps_run"],
             "kept_step": cell["kept_step"], "validation_loss": cell["validation_loss"],
             "validation_loss_step0": cell["validation_loss_step0"], "test": s["test"],
@@ -350,12 +352,14 @@ def add_seeds(out: str, paths: Sequence[str]) -> None:
             seeds[:] = [e for e in seeds if e["seed"] != seed] + [seed_entry(extra, name, seed)]
             seeds.sort(key=lambda e: e["seed"])
             task["cells"][name] = cell
-            task["runs"] += extra["runs"]
+        task["runs"] += [r for r in extra["runs"] if r not in task["runs"]]
         for e in doc["summary"]:
             if e["task"] == extra["task"] and e["setting"] in task.get("seeds", {}):
                 e["seeds"] = [{"seed": x["seed"], **x["trained_minus_untrained"]}
                               for x in task["seeds"][e["setting"]]]
-    Path(out).write_text(json.dumps(doc, indent=1))
+    tmp = Path(out).with_suffix(".tmp")  # the combined file is replaced whole, never cut
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(out)
     log(f"wrote {out}: seeds {', '.join(paths)}")
 
 

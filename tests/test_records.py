@@ -92,10 +92,44 @@ def test_format_1_rows_read_by_what_they_hold():
     ({"name": "a", "rows": "2", "metrics": {}}, "'rows' is str, not int"),
     ({"name": "a", "rows": 2, "metrics": {}, "kind": "vibes"}, "kind 'vibes' is not head"),
     ({"name": "a", "rows": 2, "metrics": {}, "baselines": [1]}, "are JSON objects"),
+    ({"name": "a", "rows": 2, "metrics": {}, "baselines": {"m": [1]}}, "metrics are a JSON"),
+    ({"name": "a", "rows": 2, "metrics": {"mse": "x"}}, "metrics are a JSON"),
+    ({"name": "a", "rows": 2, "metrics": {}, "baselines": {"m": {}},
+      "intervals": {"m": "x"}}, "an interval is"),
+    ({"name": "a", "rows": 2, "metrics": {}, "baselines": {"m": {}}, "costs": {"m": [1]}},
+     "a cost is a JSON object"),
+    ({"name": "a", "rows": 2, "metrics": {}, "baselines": {"m": {}},
+      "costs": {"m": {"seconds": "x"}}}, "not a results record"),
+    ({"name": "a", "rows": 2, "metrics": {}, "predictions": 3}, "'predictions' is a list"),
 ])
 def test_a_damaged_row_is_a_clear_error(bad, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
         EvalResult.from_json(bad)
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"stage": "q", "cached": False, "curve": "abc"}, "'curve' is a list"),
+    ({"stage": "q", "cached": False, "costs": {"phases": {"p": {"tokens": 1}}}},
+     "not a results record"),
+    ({"stage": 3, "cached": False}, "'stage' is int, not str"),
+])
+def test_a_damaged_stage_is_a_clear_error(stage, message):
+    with pytest.raises(DataError, match=message):
+        StageResult.from_json(stage)
+    with pytest.raises(DataError, match="'tags' is a JSON object"):
+        RunResults.from_json({"recipe": "r", "stages": [], "tags": [1, 2]})
+
+
+def test_a_damaged_stored_evaluation_is_measured_again(tmp_path):
+    from tagllm.store import TagStore
+
+    store = TagStore(tmp_path)
+    store.write_evals("k", [head_result()])
+    assert store.read_evals("k") == [head_result()]
+    for damage in ('[{"name": "a", "rows": 2, "metrics": {}, "baselines": {"m": {}}, '
+                   '"costs": {"m": [1]}}]', '{"a": 1}', "[1]", "{"):
+        (tmp_path / ".evals" / "k.json").write_text(damage)
+        assert store.read_evals("k") is None, damage
 
 
 def test_the_report_reads_files_by_their_declared_format(tmp_path):

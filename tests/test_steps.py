@@ -65,6 +65,17 @@ def test_select_last_keeps_the_last_step_and_a_resumed_state_goes_on():
     assert [c["step"] for c in state.curve] == [2, 4] and state.best["step"] == 4
 
 
+def test_a_trainer_without_validation_rows_records_its_training_loss_and_chooses_nothing():
+    value, t = toy([None, None, None])
+    cfg = LoopConfig(steps=4, eval_every=2)
+    state = run_steps(cfg, t)
+    assert [(c["step"], c["validation_loss"]) for c in state.curve] == [(0, None), (2, None),
+                                                                         (4, None)]
+    assert state.best is None and not keep_best(cfg, state, t.restore) and value.item() == 4
+    t.validate = None  # no validation at all: no points
+    assert run_steps(cfg, t).curve == []
+
+
 def test_train_module_fits_and_puts_back_its_best_values():
     torch.manual_seed(0)
     x = torch.randn(64, 3)

@@ -567,7 +567,7 @@ def _command(name: str, fn: Callable, values: dict) -> str:
     """The command line that calls ``fn`` with ``values``: the non-default arguments."""
     args = ["tagllm", name]
     for p in _inspect.signature(fn).parameters.values():
-        v = values[p.name]
+        v = values.get(p.name, p.default)
         if v != p.default and p.name not in ("json_out", "progress"):
             args += [f"--{p.name}", str(v).lower() if isinstance(v, bool) else str(v)]
     return shlex.join(args)

@@ -12,6 +12,8 @@ the same layout without the ``kind`` of each evaluation (read by what the row ho
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Literal, Union
 
@@ -26,6 +28,37 @@ Interval = dict[str, "list[float] | None"]  # metric name -> [low, high], 95%
 RUN_FORMAT = "tagllm.run/2"
 EVAL_FORMAT = "tagllm.eval/2"
 Kind = Literal["head", "generation", "loss"]
+
+
+@contextlib.contextmanager
+def _reading(where: str) -> Iterator[None]:
+    """A value of the wrong shape deep in a results file: one clear error naming where."""
+    try:
+        yield
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise DataError(f"{where}: not a results record this tagllm reads "
+                        f"({type(e).__name__}: {e})") from None
+
+
+def _metrics(value: JSONValue, where: str) -> Metrics:
+    """Metric name -> number or None, checked."""
+    if not isinstance(value, dict) or not all(
+            isinstance(v, int | float | None) and not isinstance(v, bool)
+            for v in value.values()):
+        raise DataError(f"{where}: metrics are a JSON object of numbers (or null)")
+    return value
+
+
+def _interval(value: JSONValue, where: str) -> Interval | None:
+    """Metric name -> [low, high] or None, checked."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            v is None or (isinstance(v, list) and len(v) == 2
+                          and all(isinstance(x, int | float) for x in v))
+            for v in value.values()):
+        raise DataError(f"{where}: an interval is a JSON object of [low, high] pairs")
+    return value
 
 
 def _get(data: JSONObject, key: str, where: str, types: type | tuple[type, ...]
@@ -55,11 +88,14 @@ class MethodCost:
                 "trainable_parameters": self.trainable_parameters, **self.details}
 
     @classmethod
-    def from_json(cls, data: JSONObject) -> MethodCost:
+    def from_json(cls, data: JSONValue, where: str = "cost") -> MethodCost:
+        if not isinstance(data, dict):
+            raise DataError(f"{where}: a cost is a JSON object")
         rest = {k: v for k, v in data.items()
                 if k not in ("key", "seconds", "trainable_parameters")}
-        return cls(str(data.get("key", "")), float(data.get("seconds") or 0.0),
-                   data.get("trainable_parameters"), rest)
+        with _reading(where):
+            return cls(str(data.get("key", "")), float(data.get("seconds") or 0.0),
+                       data.get("trainable_parameters"), rest)
 
 
 @dataclass
@@ -132,7 +168,7 @@ class EvalResult:
         ``kind``: a row with a ``tag`` is a head's, one with BLEU a generation's)."""
         if not isinstance(data, dict):
             raise DataError(f"{where}: an evaluation row is a JSON object")
-        metrics = _get(data, "metrics", where, dict)
+        metrics = _metrics(_get(data, "metrics", where, dict), where)
         kind = data.get("kind") or ("head" if data.get("tag") else "generation"
                                     if "bleu" in metrics else "loss")
         if kind not in ("head", "generation", "loss"):
@@ -142,15 +178,20 @@ class EvalResult:
         costs = data.get("costs") or {}
         if not all(isinstance(x, dict) for x in (baselines, intervals, costs)):
             raise DataError(f"{where}: baselines, intervals and costs are JSON objects")
-        methods = {n: MethodScore(m, intervals.get(n),
-                                  MethodCost.from_json(costs[n]) if n in costs else None)
+        methods = {n: MethodScore(_metrics(m, f"{where} {n}"),
+                                  _interval(intervals.get(n), f"{where} {n}"),
+                                  MethodCost.from_json(costs[n], f"{where} {n}")
+                                  if n in costs else None)
                    for n, m in baselines.items()}
-        return cls(kind, str(_get(data, "name", where, str)),
-                   int(_get(data, "rows", where, int)),
-                   metrics, data.get("tag"), methods,
-                   data.get("trainable_parameters"), data.get("predictions"),
-                   data.get("targets"), data.get("outputs"),
-                   data.get("examples"), data.get("command"))
+        for key in ("predictions", "targets", "outputs", "examples"):
+            if not isinstance(data.get(key), list | None):
+                raise DataError(f"{where}: {key!r} is a list")
+        with _reading(where):
+            return cls(kind, str(_get(data, "name", where, str)),
+                       int(_get(data, "rows", where, int)), metrics, data.get("tag"), methods,
+                       data.get("trainable_parameters"), data.get("predictions"),
+                       data.get("targets"), data.get("outputs"), data.get("examples"),
+                       data.get("command"))
 
 
 @dataclass
@@ -187,11 +228,14 @@ class StageCosts:
                 "unavoidable": dict(self.unavoidable), "ratio": self.ratio}
 
     @classmethod
-    def from_json(cls, data: JSONObject) -> StageCosts:
-        phases = {k: PhaseCost(v["seconds"], v["tokens"], v.get("peak_gb"))
-                  for k, v in (data.get("phases") or {}).items()}
-        return cls(phases, data.get("forward_tokens", 0), data.get("baseline_tokens", 0),
-                   dict(data.get("unavoidable") or {}), data.get("ratio"))
+    def from_json(cls, data: JSONObject, where: str = "costs") -> StageCosts:
+        with _reading(where):
+            phases = {k: PhaseCost(float(v["seconds"]), int(v["tokens"]), v.get("peak_gb"))
+                      for k, v in (data.get("phases") or {}).items()}
+            return cls(phases, int(data.get("forward_tokens", 0)),
+                       int(data.get("baseline_tokens", 0)),
+                       {k: int(v) for k, v in (data.get("unavoidable") or {}).items()},
+                       data.get("ratio"))
 
 
 @dataclass
@@ -237,13 +281,21 @@ class StageResult:
         evals = data.get("eval") or []
         if not isinstance(evals, list):
             raise DataError(f"{where}: 'eval' is not a list")
-        known = {f.name for f in fields(cls)} - {"stage", "eval", "costs", "kept_step"}
+        curve = data.get("curve") or []
+        if not (isinstance(curve, list) and all(isinstance(c, dict) for c in curve)):
+            raise DataError(f"{where}: 'curve' is a list of JSON objects")
+        known = {f.name for f in fields(cls)} - {"stage", "eval", "costs", "kept_step", "key",
+                                                 "curve", "cached"}
         costs = data.get("costs")
-        return cls(stage=name, eval=[EvalResult.from_json(e, f"{where} {name} eval[{i}]")
-                                     for i, e in enumerate(evals)],
-                   kept_step=data.get("kept_step", data.get("best_step")),
-                   costs=StageCosts.from_json(costs) if isinstance(costs, dict) else None,
-                   **{k: data[k] for k in known if k in data})
+        with _reading(where):
+            return cls(stage=name, key=str(data.get("key") or ""), curve=curve,
+                       cached=bool(data.get("cached", False)),
+                       eval=[EvalResult.from_json(e, f"{where} {name} eval[{i}]")
+                             for i, e in enumerate(evals)],
+                       kept_step=data.get("kept_step", data.get("best_step")),
+                       costs=StageCosts.from_json(costs, f"{where} {name} costs")
+                       if isinstance(costs, dict) else None,
+                       **{k: data[k] for k in known if k in data})
 
 
 @dataclass
@@ -266,9 +318,12 @@ class RunResults:
     @classmethod
     def from_json(cls, data: JSONObject, where: str = "results.json") -> RunResults:
         stages = _get(data, "stages", where, list)
+        tags = data.get("tags") or {}
+        if not isinstance(tags, dict):
+            raise DataError(f"{where}: 'tags' is a JSON object (tag -> folder)")
         return cls(str(_get(data, "recipe", where, str)),
                    [StageResult.from_json(s, f"{where}: stages[{i}]")
                     for i, s in enumerate(stages)],
                    data.get("model"), data.get("recipe_file"),
-                   data.get("seconds"), dict(data.get("tags") or {}))
+                   data.get("seconds"), dict(tags))
 

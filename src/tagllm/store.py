@@ -134,7 +134,7 @@ class TagStore:
             rows = json.loads(self._evals_file(eval_key).read_text())
             return [EvalResult.from_json(r, f"{self._evals_file(eval_key)}") for r in rows]
         except (OSError, json.JSONDecodeError, TypeError, TagllmError):
-            return None
+            return None  # damaged (e.g. a disk error, an edit): measured again
 
     def write_evals(self, eval_key: str, rows: list[EvalResult]) -> None:
         atomic_write_text(self._evals_file(eval_key), json_text([r.to_json() for r in rows]))

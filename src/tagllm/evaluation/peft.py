@@ -133,7 +133,7 @@ class PeftBaseline(Baseline):
         state = ft.train(
             [(adapter, self.lr), (list(self.head.parameters()), self.head_lr)], batch_loss,
             ft.steps, ft.eval_every,
-            (lambda: self._validation_loss(val_texts, y_val)) if n_val else None,
+            lambda: self._validation_loss(val_texts, y_val) if n_val else None,
             lambda: {str(k): p.detach().clone() for k, p in enumerate(trained)}, restore,
             warmup_steps=max(1, ft.steps // 10))
         self.curve: list[JSONObject] = state.curve

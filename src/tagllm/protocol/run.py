@@ -145,13 +145,15 @@ def _summary(p: StagePlan, prov: JSONObject, evals: list[EvalResult],
     """A stage's summary, from the provenance its tags are stored with: the one place it is
     built, for a stage trained now and for one found in the store (``created``: when it was
     trained; this run took no step of it). Provenance written before ``kept_step`` was
-    recorded: the best step was kept."""
+    recorded: the best step was kept, or with ``select: last`` the last."""
     val = prov.get("validation", {})
     fresh = created is None
+    kept = val["kept_step"] if "kept_step" in val else (
+        prov.get("steps") if val.get("select") == "last" else val.get("best_step"))
     return StageResult(
         p.stage.name, not fresh, p.key, prov["steps"] - prov["resumed_from"] if fresh else 0,
-        evals, prov.get("seconds"), prov.get("final_loss"), val.get("best_step"),
-        val.get("kept_step", val.get("best_step")), val.get("curve", []), trained=created,
+        evals, prov.get("seconds"), prov.get("final_loss"), val.get("best_step"), kept,
+        val.get("curve", []), trained=created,
         examples_per_process=prov["examples_per_process"] if fresh else None,
         resumed_from=prov["resumed_from"] if fresh else None,
         refit=val.get("refit") if fresh else None)

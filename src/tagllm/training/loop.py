@@ -61,6 +61,7 @@ from tagllm.training.steps import (
     apply_step,
     build_optimizer,
     keep_best,
+    record_validation,
     run_steps,
 )
 from tagllm.training.steps import kept_step as _kept_step
@@ -481,66 +482,69 @@ def fit(job: Job, state: State, opt: torch.optim.Optimizer, sched, params: list)
     pbar = bar(cfg.steps, f"training {', '.join(job.tags)}", job.progress, unit="step")
     pbar.update(state.step)
     tags = ", ".join(job.tags)
-    with StopRequest() as stop:
-        stops = 0
+    stop = StopRequest()
+    stops = 0
 
-        def step(n: int) -> float:
-            nonlocal stops
-            loss, stops = train_step(job, state, next(batches), params, opt, sched,
-                                     stop.requested is not None)
-            return loss
+    def step(n: int) -> float:
+        nonlocal stops
+        loss, stops = train_step(job, state, next(batches), params, opt, sched,
+                                 stop.requested is not None)
+        return loss
 
-        def after_step(n: int, loss: float) -> None:
-            if job.tracker is not None:  # lr after this step's scheduler update
-                lrs = [g["lr"] for g in opt.param_groups]
-                job.tracker.log({"train/loss": loss, "train/lr": lrs[0],
-                                 **({"train/head_lr": lrs[1]} if len(lrs) > 1 else {})}, n)
-            pbar.update(1)
-            pbar.set_postfix(loss=f"{loss:.4f}")
-            if cfg.refit_every and n % cfg.refit_every == 0:
-                refit_during_training(job, state)
+    def after_step(n: int, loss: float) -> None:
+        if job.tracker is not None:  # lr after this step's scheduler update
+            lrs = [g["lr"] for g in opt.param_groups]
+            job.tracker.log({"train/loss": loss, "train/lr": lrs[0],
+                             **({"train/head_lr": lrs[1]} if len(lrs) > 1 else {})}, n)
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss:.4f}")
+        if cfg.refit_every and n % cfg.refit_every == 0:
+            refit_during_training(job, state)
 
-        def on_validation(point: dict) -> None:
-            if job.on_validation is not None:
-                point.update(job.on_validation(point["step"]))
-            if job.tracker is not None:
-                job.tracker.log({"validation/loss": point["validation_loss"]}, point["step"])
-            best = f"best {state.best['loss']:.4f} at step {state.best['step']}" \
-                if state.best else "none finite yet"
-            job.log(f"{tags} step {point['step']}/{cfg.steps} validation loss "
-                    f"{point['validation_loss']:.4f} ({best})")
+    def on_validation(point: dict) -> None:
+        if job.on_validation is not None:
+            point.update(job.on_validation(point["step"]))
+        if job.tracker is not None:
+            job.tracker.log({"validation/loss": point["validation_loss"]}, point["step"])
+        best = f"best {state.best['loss']:.4f} at step {state.best['step']}" \
+            if state.best else "none finite yet"
+        job.log(f"{tags} step {point['step']}/{cfg.steps} validation loss "
+                f"{point['validation_loss']:.4f} ({best})")
 
-        def end_of_step(n: int) -> None:
-            if n % cfg.log_every == 0 or n == cfg.steps:
-                job.log(f"{tags} step {n}/{cfg.steps} loss "
-                        f"{np.mean(state.losses[-cfg.log_every:]):.4f} "
-                        f"({time.perf_counter() - t0:.0f} s)")
-            if n < cfg.steps:
-                # alone, a process needs no collective to see its own stop request
-                stopping = stops > 0 or (stop.requested is not None
-                                         and not job.world.distributed)
-                checkpoint_or_stop(job, state, opt, sched, stopping, stop.requested)
+    def end_of_step(n: int) -> None:
+        if n % cfg.log_every == 0 or n == cfg.steps:
+            job.log(f"{tags} step {n}/{cfg.steps} loss "
+                    f"{np.mean(state.losses[-cfg.log_every:]):.4f} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+        if n < cfg.steps:
+            # alone, a process needs no collective to see its own stop request
+            stopping = stops > 0 or (stop.requested is not None
+                                     and not job.world.distributed)
+            checkpoint_or_stop(job, state, opt, sched, stopping, stop.requested)
 
-        def stopped(state: LoopState) -> None:  # the curve is in the checkpoint, so a
-            since = sum(1 for c in state.curve  # resumed run stops where an unbroken one does
-                        if c["step"] > state.best["step"])
-            job.log(f"{tags}: no lower validation loss in {since} validation points since "
-                    f"step {state.best['step']}; stopped early at step {state.step}/"
-                    f"{cfg.steps} (patience {cfg.patience})")
+    def stopped(state: LoopState) -> None:  # the curve is in the checkpoint, so a
+        since = sum(1 for c in state.curve  # resumed run stops where an unbroken one does
+                    if c["step"] > state.best["step"])
+        job.log(f"{tags}: no lower validation loss in {since} validation points since "
+                f"step {state.best['step']}; stopped early at step {state.step}/"
+                f"{cfg.steps} (patience {cfg.patience})")
 
-        def validate() -> float:
-            with phase("validation"):
-                return validation_loss(job)
+    def validate() -> float:
+        with phase("validation"):
+            return validation_loss(job)
 
-        t = Trainee(step, validate if job.val is not None else None,
-                    snapshot=lambda: tag_tensors(job.model, job.tags),
-                    restore=lambda values: put_tag_tensors(job.model, job.tags, values),
-                    after_step=after_step, on_validation=on_validation,
-                    end_of_step=end_of_step)
-        try:
+    t = Trainee(step, validate if job.val is not None else None,
+                snapshot=lambda: tag_tensors(job.model, job.tags),
+                restore=lambda values: put_tag_tensors(job.model, job.tags, values),
+                after_step=after_step, on_validation=on_validation,
+                end_of_step=end_of_step)
+    try:
+        if state.step == 0:  # step 0 (the untrained start) before Ctrl-C is a request
+            record_validation(loop_config(cfg), t, state)
+        with stop:
             run_steps(loop_config(cfg), t, state, stopped)
-        finally:
-            pbar.close()
+    finally:
+        pbar.close()
 
 
 def refit_during_training(job: Job, state: State) -> None:

@@ -76,7 +76,8 @@ class LoopState:
 @dataclass
 class Trainee:
     """What a trainer gives the loop. ``step(n)``: one optimizer step (the n-th), its loss.
-    ``validate()``: the loss on the validation rows now (None: no validation rows).
+    ``validate()``: the loss on the validation rows now (``validate`` None: no validation
+    points; returning None: points with the training loss only, nothing chosen).
     ``snapshot()`` / ``restore(values)``: copy and put back what is trained.
     Hooks: ``after_step(n, loss)`` before the step's validation (a head re-fit, a tracker);
     ``on_validation(point)`` may add entries to a new validation point (and log it);
@@ -84,7 +85,7 @@ class Trainee:
     stop request)."""
 
     step: Callable[[int], float]
-    validate: Callable[[], float] | None
+    validate: Callable[[], float | None] | None
     snapshot: Callable[[], dict[str, torch.Tensor]]
     restore: Callable[[dict[str, torch.Tensor]], None]
     after_step: Callable[[int, float], None] | None = None
@@ -106,12 +107,13 @@ class LoopConfig:
 
 def run_steps(cfg: LoopConfig, t: Trainee, state: LoopState | None = None,
               on_stop: Callable[[LoopState], None] | None = None) -> LoopState:
-    """Steps ``state.step + 1`` … ``cfg.steps`` (a fresh state: validation at step 0 first),
+    """Steps ``state.step + 1`` … ``cfg.steps`` (a fresh state: validation at step 0 first,
+    unless the caller recorded it),
     a validation point every ``eval_every`` steps and at the last; stops early when
     ``patience`` points passed without a new lowest loss (``on_stop`` hears of it). Puts
     nothing back: :func:`keep_best` does, once the caller is done."""
     state = state or LoopState()
-    if state.step == 0:
+    if state.step == 0 and not state.curve:
         record_validation(cfg, t, state)
     for n in range(state.step + 1, cfg.steps + 1):
         loss = t.step(n)
@@ -142,7 +144,8 @@ def record_validation(cfg: LoopConfig, t: Trainee, state: LoopState) -> None:
     point: JSONObject = {"step": state.step,
                          "train_loss": float(np.mean(recent)) if recent else None,
                          "validation_loss": loss}
-    if math.isfinite(loss) and (state.best is None or loss < state.best["loss"]):
+    if loss is not None and math.isfinite(loss) and (state.best is None
+                                                     or loss < state.best["loss"]):
         state.best = {"step": state.step, "loss": loss}
         if cfg.select == "best":
             state.best_tensors = t.snapshot()
@@ -177,7 +180,7 @@ def keep_best(cfg: LoopConfig, state: LoopState,
 
 def train_module(groups: Sequence[tuple[list[torch.nn.Parameter], float]],
                  batch_loss: Callable[[int], torch.Tensor], steps: int, eval_every: int,
-                 validate: Callable[[], float] | None,
+                 validate: Callable[[], float | None] | None,
                  snapshot: Callable[[], dict[str, torch.Tensor]],
                  restore: Callable[[dict[str, torch.Tensor]], None], *,
                  schedule: Literal["cosine", "linear", "constant"] = "cosine",
