@@ -520,4 +520,13 @@ def test_a_write_the_file_system_refuses_is_a_clear_error_and_leaves_nothing(hos
     assert "Traceback" not in r.stderr and "File too large" in r.stderr, r.stderr
     assert f"cannot write {out}" in r.stderr.replace("\n", ""), r.stderr
     assert out.read_text() == "earlier predictions\n"
+    # the finished chunks are kept, whole, for the rerun; nothing temporary is left
+    assert sorted(p.name for p in folder.iterdir()) == ["pred.csv", "pred.csv.parts"]
+    kept = sorted(p.name for p in (folder / "pred.csv.parts").iterdir())
+    assert kept == ["job.json", "part-00000000.csv", "part-00000001.csv", "part-00000002.csv",
+                    "part-00000003.csv"], kept
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming: 4 chunk(s) of an earlier run are done" in again.stderr, again.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["pred.csv"]
+    assert out.read_text().count("\n") == 4_001

@@ -456,18 +456,21 @@ def _tag_dirs(tags: str | None, template: str | None = None, tag: str | None = N
 def predict(tags: str, input: str, output: str, template: str | None = None,
             tag: str | None = None, model: str | None = None, batch_size: int = 32,
             max_length: int = 512, skip_invalid: bool = False, progress: bool = True,
-            dtype: Dtype = "float32") -> None:
-    """Predict with a function tag's head: CSV/TSV/.smi in, CSV with predictions out.
+            dtype: Dtype = "float32", chunk_rows: int = 1024) -> None:
+    """Predict with a function tag's head: a table in, the same rows with predictions out.
 
-    The output keeps the input columns and adds `prediction` (one output), `prediction_K`
-    (several outputs) or `prob_K` (class probabilities). A CSV/TSV/.smi input is read,
-    checked, predicted and written in chunks, so memory stays flat however long the file;
-    the output appears atomically when every row is done.
+    The output (.csv or .parquet) keeps the input columns and adds `prediction` (one
+    output), `prediction_K` (several outputs) or `prob_K` (class probabilities). The input
+    is read, checked, predicted and written in chunks, so memory stays flat however long
+    the file. Each finished chunk is kept in OUTPUT.parts/: the same command after a crash
+    or Ctrl-C resumes there. The output appears atomically, in input order, when every row
+    is done. Under `torchrun` / `accelerate launch` the processes share the chunks (one
+    GPU each, where there are GPUs), with the same output as one process.
 
     Args:
         tags: TAGS_HELP.
-        input: CSV/TSV (with a header) or .smi file.
-        output: CSV file to write.
+        input: CSV/TSV (with a header), .smi, Parquet or FASTA file, or a built-in source.
+        output: .csv or .parquet file to write.
         template: input text per row, with {column} placeholders (default: the template
             the function tag was trained with, as its tag file records it).
         tag: the function tag whose head predicts (default: the one in the template).
@@ -479,18 +482,84 @@ def predict(tags: str, input: str, output: str, template: str | None = None,
         progress: show a progress bar.
         dtype: the base model's weights: float32, or bfloat16 (half the memory; its effect
             on speed and on the metric: docs/performance.md).
+        chunk_rows: rows per chunk, the unit that is shared among processes, kept and
+            resumed.
     """
     from tagllm.inference import predict_file
+
+    _screen(predict_file, tags, input, output, template, tag, model, dtype,
+            dict(batch_size=batch_size, max_length=max_length, skip_invalid=skip_invalid,
+                 progress=progress, chunk_rows=chunk_rows), "predictions")
+
+
+Pool = typing.Literal["tag", "mean", "tag+mean"]
+
+
+def embed(tags: str, input: str, output: str, template: str | None = None,
+          tag: str | None = None, layer: int | None = None, pool: Pool | None = None,
+          model: str | None = None, batch_size: int = 32, max_length: int = 512,
+          skip_invalid: bool = False, progress: bool = True, dtype: Dtype = "float32",
+          chunk_rows: int = 1024) -> None:
+    """Features of the frozen model at a tag, for your own models: a table in, Parquet out.
+
+    The output keeps the input columns and adds `embedding`, a float32 vector per row: the
+    hidden state at the tag's last vector, the mean over the row's text tokens, or both
+    (--pool), at any layer. By default these are the features the tag's head reads (its
+    readout layer and pooling), else the last layer at the tag. Read, checked, computed and
+    written in chunks (flat memory), resumable and shared among processes like predict.
+
+    Args:
+        tags: TAGS_HELP.
+        input: CSV/TSV (with a header), .smi, Parquet or FASTA file, or a built-in source.
+        output: .parquet file to write.
+        template: input text per row, with {column} placeholders (default: the template
+            the function tag was trained with, as its tag file records it).
+        tag: the tag whose hidden state is read (default: the last tag in the template).
+        layer: -1 the last layer (normed), 0 the input embeddings, K the output of decoder
+            layer K (default: the layer the tag's head reads, else -1).
+        pool: tag (the state at the tag), mean (the mean over the text tokens) or tag+mean
+            (both, twice the width); default: what the tag's head reads, else tag.
+        model: base model the tags were trained for (default: the one their tag files
+            record).
+        batch_size: inputs per forward pass.
+        max_length: longest input in tokens (longer inputs are an error).
+        skip_invalid: drop invalid rows (reported) instead of stopping.
+        progress: show a progress bar.
+        dtype: the base model's weights: float32 or bfloat16.
+        chunk_rows: rows per chunk, the unit that is shared among processes, kept and
+            resumed.
+    """
+    from tagllm.inference import embed_file
+
+    _screen(embed_file, tags, input, output, template, tag, model, dtype,
+            dict(layer=layer, pool=pool, batch_size=batch_size, max_length=max_length,
+                 skip_invalid=skip_invalid, progress=progress, chunk_rows=chunk_rows),
+            "feature vectors")
+
+
+def _screen(job: Callable, tags: str, input: str, output: str, template: str | None,
+            tag: str | None, model: str | None, dtype: str, settings: dict, what: str
+            ) -> None:
+    """predict / embed: check the output, the tags and the template before the model
+    loads, then run ``job`` on this process's share of the rows."""
+    from tagllm.distributed import world
     from tagllm.model import TaggedModel
     from tagllm.protocol.standalone import recorded_model
+    from tagllm.shards import row_format
 
+    if settings["chunk_rows"] < 1:
+        raise ConfigError(f"--chunk_rows must be at least 1, got {settings['chunk_rows']}")
+    row_format(output, vectors=job.__name__ == "embed_file")
     check_output(input, output)  # before the model loads
     dirs, template = _tag_dirs(tags, template, tag, need_template=True)
+    w = world()
     m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
-                                    dtype=_torch_dtype(dtype))
-    n = predict_file(m, input, output, template, tag, batch_size, max_length, skip_invalid,
-                     progress, _report_skipped)
-    console.print(f"wrote {n} predictions to {output}")
+                                    dtype=_torch_dtype(dtype), device=w.device)
+    n = job(m, input, output, template, tag, on_skipped=_report_skipped, log=_log,
+            processes=w, **settings)
+    if n is not None:
+        console.print(f"wrote {n} {what} to {output}"
+                      + (f" ({w.size} processes)" if w.distributed else ""))
 
 
 @with_fields(EvalConfig, skip=("source", "label", "n", "template", "baselines", "ablation",
@@ -700,15 +769,15 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
 TAGS_HELP = ("tag folders (comma-separated), a folder of tag folders, Hub repo ids (ORG/NAME), "
              f"or shipped tags by name ({', '.join(SHIPPED)})")
 # --data and --tags help list the registries, never a hand copy
-for _fn in (train, evaluate, predict, generate, serve):
+for _fn in (train, evaluate, predict, embed, generate, serve):
     _fn.__doc__ = (_fn.__doc__ or "").replace("SOURCES_LIST", sources_summary()).replace(
         "TAGS_HELP", TAGS_HELP).replace("LABEL_BASELINES", ", ".join(
             baseline_keys("label"))).replace("DEFAULT_BASELINES", ", ".join(
                 baseline_keys("label", with_model=False)))
 
 COMMANDS = {"run": run, "list": list_tags, "gc": gc, "push": push, "train": train,
-            "predict": predict, "evaluate": evaluate, "generate": generate, "inspect": inspect,
-            "report": report, "serve": serve}
+            "predict": predict, "embed": embed, "evaluate": evaluate, "generate": generate,
+            "inspect": inspect, "report": report, "serve": serve}
 #: Commands whose first arguments may be given without their flags.
 POSITIONAL = {"inspect": ("--tagdir",), "run": ("--recipe",),
               "push": ("--tagdir", "--repo_id")}

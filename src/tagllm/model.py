@@ -31,6 +31,10 @@ from tagllm.serialization import (
 )
 from tagllm.tags import TagBank, TagTokenizer, pad_batch
 
+#: what :meth:`TaggedModel.features` reads at a layer: the state at the tag, the mean over the
+#: text tokens, or both side by side
+FEATURE_POOLS = ("tag", "mean", "tag+mean")
+
 
 @dataclass
 class Batch:
@@ -359,6 +363,18 @@ class TaggedModel(nn.Module):
         self._trained_with[name] = dict(meta.get("trained_with") or {})
         return name
 
+    def tags_digest(self) -> str:
+        """sha256 over every tag's name, vectors and head parameters: what predictions and
+        features depend on beside the base model."""
+        h = hashlib.sha256()
+        for name in sorted(self.bank.names):
+            h.update(f"{name}\0{self._digest(name)}\0".encode())
+            head = self.head(name)
+            for key, value in sorted((head.state_dict() if head is not None else {}).items()):
+                h.update(key.encode())
+                h.update(value.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()
+
     def _digest(self, name: str) -> str:
         """The digest of tag ``name``'s vectors now, as a tag file records it (the bank
         holds them in float32, as the file does)."""
@@ -547,6 +563,52 @@ class TaggedModel(nn.Module):
             batch = self.encode([texts[i] for i in idx], max_length=max_length)
             y = head.postprocess(self.head_outputs(batch, tag))
             out[idx] = y.float().cpu().numpy()
+        return out
+
+    def embedding_readout(self, tag: str, layer: int | None = None, pool: str | None = None
+                          ) -> tuple[int, str]:
+        """(layer, pool) of :meth:`features`: the given ones, else what ``tag``'s head reads
+        (its readout layer, ``tag`` or ``tag+mean``), else the last layer at the tag."""
+        self.bank.require(tag)
+        head = self.head(tag)
+        own_layer, pooled = self.readout(tag) if head is not None and head.has_parameters \
+            else (-1, False)
+        layer = own_layer if layer is None else layer
+        if not (layer == -1 or 0 <= layer <= self.num_layers):
+            raise ConfigError(f"layer {layer}: the base model has decoder layers 1 to "
+                              f"{self.num_layers} (0: the input embeddings, -1: the last, "
+                              "normed)")
+        pool = pool or ("tag+mean" if pooled else "tag")
+        if pool not in FEATURE_POOLS:
+            raise ConfigError(f"pool {pool!r} is not one of {', '.join(FEATURE_POOLS)}")
+        return layer, pool
+
+    @torch.inference_mode()
+    def features(self, texts: Sequence[str], tag: str, layer: int | None = None,
+                 pool: str | None = None, batch_size: int = 32, max_length: int | None = None,
+                 progress: bool = False) -> np.ndarray:
+        """(N, F) float32 hidden states of the frozen model at ``tag`` for each text, the
+        features a head, a probe or a user's own model reads: at ``layer`` (-1: the last,
+        normed; 0: the input embeddings; k: the output of decoder layer k), ``pool``
+        ``tag`` (the state at the tag's last vector, F = H), ``mean`` (the mean over the
+        text tokens, F = H) or ``tag+mean`` (both, F = 2H). By default those of ``tag``'s
+        head (:meth:`embedding_readout`), so they equal :meth:`tag_features`."""
+        layer, pool = self.embedding_readout(tag, layer, pool)
+        texts = list(texts)
+        width = self.hidden_size * (2 if pool == "tag+mean" else 1)
+        out = np.zeros((len(texts), width), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
+        for s in track(range(0, len(texts), batch_size), f"features at {tag}", progress,
+                       unit="batch"):
+            idx = order[s:s + batch_size]
+            batch = self.encode([texts[i] for i in idx], max_length=max_length)
+            hidden = self.hidden_states(batch, layer)  # (B, T, H)
+            parts = []
+            if pool != "mean":
+                parts.append(self.at_tag(hidden, batch.input_ids, tag))  # (B, H)
+            if pool != "tag":
+                parts.append(self.text_mean(hidden, batch.input_ids, batch.attention_mask))
+            out[idx] = torch.cat(parts, -1).cpu().numpy()  # (B, F)
         return out
 
     @torch.inference_mode()

@@ -453,19 +453,29 @@ def _unique_ids(table: Table, problems: list[str], skip_invalid: bool
 
 
 def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
-                  progress: bool = True, limit: LengthLimit | None = None
-                  ) -> Iterator[tuple[Table, list[str]]]:
-    """Validated chunks of ``spec`` with their skipped-row messages: a CSV/TSV/.smi file is
-    read ``chunk_rows`` rows at a time (constant memory however long the file); built-in
-    sources, FASTA and SD files come as one chunk (read by their own readers). ``limit``
-    is checked on each row before its molecules and sequences."""
+                  progress: bool = True, limit: LengthLimit | None = None,
+                  take: Callable[[int], bool] = lambda index: True
+                  ) -> Iterator[tuple[int, Table | None, list[str]]]:
+    """Chunks of ``spec`` in order, as (index, validated table, skipped-row messages): a
+    CSV/TSV/.smi/Parquet file is read ``chunk_rows`` rows at a time (constant memory
+    however long the file; chunk k holds rows k * chunk_rows + 1 onwards whatever is
+    skipped); built-in sources, FASTA and SD files come as one chunk (read by their own
+    readers). A chunk ``take`` refuses is neither checked nor kept: its table is None.
+    ``limit`` is checked on each row before its molecules and sequences."""
     if (unknown := unknown_source_error(spec)) is not None:
         raise unknown
     if spec.startswith(BUILTIN_PREFIXES) or has_own_reader(spec):
-        yield load_source(spec, skip_invalid=skip_invalid, progress=progress, limit=limit)
+        if take(0):
+            yield 0, *load_source(spec, skip_invalid=skip_invalid, progress=progress,
+                                  limit=limit)
+        else:
+            yield 0, None, []
         return
-    for chunk in iter_table(spec, chunk_rows=chunk_rows):
-        yield _validate(chunk, (), (), skip_invalid, limit)
+    for index, chunk in enumerate(iter_table(spec, chunk_rows=chunk_rows)):
+        if take(index):
+            yield index, *_validate(chunk, (), (), skip_invalid, limit)
+        else:
+            yield index, None, []
 
 
 def has_own_reader(spec: str) -> bool:

@@ -137,7 +137,8 @@ def field_too_long(n: int | None = None) -> str:
 
 
 def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
-    """Read a CSV/TSV (optionally .gz) with a header, or a ``.smi`` file (SMILES [name]).
+    """Read a CSV/TSV (optionally .gz) with a header, a ``.smi`` file (SMILES [name]) or a
+    Parquet file (every column read as text).
 
     ``columns`` must be present (case-sensitive); a missing column fails naming the file.
     """
@@ -154,6 +155,9 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     stem_suffix = Path(p.stem).suffix if p.suffix == ".gz" else p.suffix
+    if p.suffix.lower() == ".parquet":
+        yield from _iter_parquet(p, columns, chunk_rows)
+        return
     start, buf = 1, []
     try:
         with text_errors(p), _open_text(p) as f:
@@ -183,6 +187,41 @@ def iter_table(path: str | Path, columns: Sequence[str] = (),
         why = field_too_long() if "field limit" in str(e) else \
             f"not a valid CSV/TSV row ({e})"
         raise DataError(f"{p} row {start + len(buf) + 1}: {why}") from None
+
+
+def _iter_parquet(p: Path, columns: Sequence[str], chunk_rows: int | None
+                  ) -> Iterator[Table]:
+    """A Parquet file's rows in chunks, each value as text ("" for a null), as a CSV's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(p)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p}: not a readable Parquet file ({e})") from None
+    names = list(f.schema_arrow.names)
+    for c in columns:
+        if c not in names:
+            raise DataError(f"{p}: missing column {c!r}; columns: {sorted(names)}"
+                            f"{did_you_mean(c, names)}")
+    nested = [n for n in names if pa.types.is_nested(f.schema_arrow.field(n).type)]
+    if nested:
+        raise DataError(f"{p}: column(s) {nested} hold lists or structs; tagllm reads "
+                        "columns of text and numbers")
+    start = 1
+    try:
+        for batch in f.iter_batches(batch_size=chunk_rows or max(f.metadata.num_rows, 1)):
+            rows = [["" if v is None else str(v) for v in row]
+                    for row in zip(*(batch.column(n).to_pylist() for n in names),
+                                   strict=True)]
+            if not rows:
+                continue
+            yield _table(names, rows, p, start)
+            start += len(rows)
+    except pa.ArrowException as e:
+        raise DataError(f"{p} after row {start - 1}: a damaged Parquet file ({e})") from None
+    if start == 1:
+        yield _table(names, [], p, 1)
 
 
 def _smi_line(line: str, path: Path, n: int) -> list[str]:

@@ -1,0 +1,237 @@
+"""Screening a file: `tagllm embed` (features at a tag, to Parquet), predictions to CSV or
+Parquet, chunks kept as parts so a rerun resumes, and the chunks shared among processes
+(torchrun, gloo on CPU) with the same output as one process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tagllm import TaggedModel
+from tagllm.cli import main
+from tagllm.errors import ConfigError, DataError
+from tagllm.inference import embed_file, predict_file
+
+from tiny import saved_tiny_tags
+
+SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "OCCO", "c1ccncc1", "CC(C)O", "CCOC",
+          "C1CCCCC1", "CN(C)C", "CCCCO", "CCCN", "CC=O", "C#N", "CCCl", "CSC", "NCCN"]
+TEMPLATE = "<S> {smiles} <Q>"
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    d = tmp_path_factory.mktemp("screen")
+    saved_tiny_tags(d)
+    data = d / "mols.csv"
+    data.write_text("smiles,id\n" + "".join(f"{s},m{i}\n" for i, s in enumerate(SMILES * 3)))
+    m = TaggedModel.from_pretrained(str(d / "tiny"), tags=[d / "tags"])
+    return d, m, data
+
+
+def read_rows(path) -> list[dict]:
+    if str(path).endswith(".parquet"):
+        return pq.read_table(path).to_pylist()
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_embed_writes_the_features_the_head_reads(tagged, tmp_path):
+    d, m, data = tagged
+    out = tmp_path / "f.parquet"
+    n = embed_file(m, str(data), out, TEMPLATE, chunk_rows=10, progress=False)
+    assert n == len(SMILES) * 3
+    table = pq.read_table(out)
+    assert table.column_names == ["smiles", "id", "embedding"]
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    assert table.column("id").to_pylist() == [f"m{i}" for i in range(n)]  # input order
+    got = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    texts = [TEMPLATE.format(smiles=s) for s in SMILES * 3]
+    want = np.concatenate([m.tag_features(m.encode([t]), "<Q>").detach().numpy()
+                           for t in texts])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert not (tmp_path / "f.parquet.parts").exists()
+
+
+def test_embed_layers_and_pools(tagged, tmp_path):
+    d, m, data = tagged
+    texts = [TEMPLATE.format(smiles=s) for s in SMILES[:4]]
+    both = m.features(texts, "<S>", layer=1, pool="tag+mean")
+    assert both.shape == (4, 64)
+    np.testing.assert_array_equal(both[:, :32], m.features(texts, "<S>", 1, "tag"))
+    np.testing.assert_array_equal(both[:, 32:], m.features(texts, "<S>", 1, "mean"))
+    assert not np.allclose(m.features(texts, "<S>", 0, "tag"), m.features(texts, "<S>", 2))
+    with pytest.raises(ConfigError, match="decoder layers 1 to 2"):
+        m.features(texts, "<S>", layer=3)
+    with pytest.raises(ConfigError, match="pool 'max'"):
+        m.features(texts, "<S>", pool="max")
+    # the CLI: a domain tag named with --tag, mean pooling at layer 1
+    out = tmp_path / "s.parquet"
+    main(["embed", "--tags", str(d / "tags"), "--model", str(d / "tiny"), "--input", str(data),
+          "--output", str(out), "--template", TEMPLATE, "--tag", "<S>", "--layer", "1",
+          "--pool", "mean", "--progress", "false"])
+    got = np.array(pq.read_table(out).column("embedding").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got[:4], m.features(texts, "<S>", 1, "mean"), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_wrong_arguments_fail_before_the_model_loads(tagged, tmp_path, capsys):
+    d, m, data = tagged
+    args = ["--tags", str(d / "tags"), "--model", str(tmp_path / "no-such-model"),
+            "--input", str(data), "--template", TEMPLATE, "--progress", "false"]
+    for cmd, output, msg in [("embed", "f.csv", "write a .parquet file (vectors go to Parquet)"),
+                             ("predict", "p.txt", "write a .csv or .parquet file"),
+                             ("predict", "p.csv", "--chunk_rows must be at least 1")]:
+        extra = ["--chunk_rows", "0"] if "chunk_rows" in msg else []
+        with pytest.raises(SystemExit) as e:
+            main([cmd, *args, "--output", str(tmp_path / output), *extra])
+        assert e.value.code == 2
+        assert msg in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(ConfigError, match="names no function tag with a head"):
+        predict_file(m, str(data), tmp_path / "p.csv", "<S> {smiles}", progress=False)
+
+
+def test_parquet_in_and_out_give_the_csv_rows(tagged, tmp_path):
+    d, m, data = tagged
+    pq.write_table(pa.table({"smiles": SMILES, "n": list(range(len(SMILES)))}),
+                   tmp_path / "in.parquet")
+    predict_file(m, str(tmp_path / "in.parquet"), tmp_path / "a.parquet", TEMPLATE,
+                 chunk_rows=5, progress=False)
+    predict_file(m, str(data), tmp_path / "b.csv", TEMPLATE, progress=False)
+    a, b = read_rows(tmp_path / "a.parquet"), read_rows(tmp_path / "b.csv")[:len(SMILES)]
+    assert [r["smiles"] for r in a] == SMILES and [r["n"] for r in a] == \
+        [str(i) for i in range(len(SMILES))]  # Parquet columns are read as text
+    np.testing.assert_allclose([r["prediction"] for r in a],
+                               [float(r["prediction"]) for r in b], rtol=1e-5)
+
+
+def test_a_failed_run_resumes_where_it_stopped(tagged, tmp_path, monkeypatch):
+    """Chunk 3 of 6 fails: the rerun computes only the chunks not done, and its output is
+    the one an uninterrupted run writes; a changed input starts over."""
+    d, m, data = tagged
+    clean = tmp_path / "clean.csv"
+    predict_file(m, str(data), clean, TEMPLATE, chunk_rows=9, progress=False)
+    out, calls, real, failing = tmp_path / "p.csv", [], TaggedModel.predict, [True]
+
+    def flaky(self, texts, *a, **k):
+        calls.append(len(texts))
+        if failing[0] and len(calls) == 3:
+            raise RuntimeError("worker lost")
+        return real(self, texts, *a, **k)
+
+    monkeypatch.setattr(TaggedModel, "predict", flaky)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        predict_file(m, str(data), out, TEMPLATE, chunk_rows=9, progress=False)
+    assert not out.exists()
+    assert len(list((tmp_path / "p.csv.parts").glob("part-*.csv"))) == 2
+    calls.clear()
+    failing[0] = False
+    logged = []
+    assert predict_file(m, str(data), out, TEMPLATE, chunk_rows=9, progress=False,
+                        log=logged.append) == 51
+    assert calls == [9, 9, 9, 6]  # chunks 3 to 6 only
+    assert "resuming: 2 chunk(s) of an earlier run are done" in logged[0]
+    assert out.read_bytes() == clean.read_bytes()
+    assert not (tmp_path / "p.csv.parts").exists()
+    # parts of another job (here: the input changed) are never mixed in
+    monkeypatch.setattr(TaggedModel, "predict", real)
+    parts = tmp_path / "q.csv.parts"
+    parts.mkdir()
+    (parts / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="is not a tagllm parts folder"):
+        predict_file(m, str(data), tmp_path / "q.csv", TEMPLATE, progress=False)
+    assert (parts / "notes.txt").read_text() == "mine"  # a folder it did not make: untouched
+
+
+def test_a_changed_setting_starts_over(tagged, tmp_path, monkeypatch):
+    """Parts of a 20-row-chunk job are not resumed by a 9-row-chunk one: it starts over."""
+    d, m, data = tagged
+    first = tmp_path / "first.csv"
+    predict_file(m, str(data), first, TEMPLATE, chunk_rows=9, progress=False)
+    out, calls, real = tmp_path / "p.csv", [], TaggedModel.predict
+
+    def once(self, texts, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, texts, *a, **k)
+
+    monkeypatch.setattr(TaggedModel, "predict", once)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(m, str(data), out, TEMPLATE, chunk_rows=20, progress=False)
+    assert len(list((tmp_path / "p.csv.parts").glob("part-*.csv"))) == 1
+    monkeypatch.setattr(TaggedModel, "predict", real)
+    logged: list[str] = []
+    predict_file(m, str(data), out, TEMPLATE, chunk_rows=9, progress=False, log=logged.append)
+    assert any("starting over" in s for s in logged), logged
+    assert out.read_bytes() == first.read_bytes()
+
+
+#: the tagllm command, but a process of rank KILL_RANK SIGKILLs itself right after it
+#: writes its first part: a worker lost with no clean-up at all
+KILL_AFTER_FIRST_PART = textwrap.dedent("""
+    import os, signal, sys
+    import tagllm.shards as shards
+    from tagllm.cli import main
+
+    real = shards.Parts.write
+
+    def write_then_die(self, index, rows):
+        real(self, index, rows)
+        if self.world.rank == int(os.environ["KILL_RANK"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    shards.Parts.write = write_then_die
+    main(sys.argv[1:])
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes_and_resume_a_killed_worker(tagged, tmp_path):
+    """torchrun with 2 processes: predict (CSV) and embed (Parquet) give one process's rows
+    in input order; a worker SIGKILLed mid-run loses nothing: the rerun keeps the parts
+    written and gives the same rows, none lost or twice."""
+    d, m, data = tagged
+    one_p, one_e = tmp_path / "one.csv", tmp_path / "one.parquet"
+    predict_file(m, str(data), one_p, TEMPLATE, chunk_rows=4, progress=False)
+    embed_file(m, str(data), one_e, TEMPLATE, chunk_rows=4, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2"]
+
+    def args(cmd: str, out) -> list[str]:
+        return [cmd, "--tags", str(d / "tags"), "--model", str(d / "tiny"), "--input",
+                str(data), "--output", str(out), "--template", TEMPLATE, "--chunk_rows", "4",
+                "--progress", "false"]
+
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AFTER_FIRST_PART)
+    killed = subprocess.run([*launch, str(script), *args("predict", tmp_path / "two.csv")],
+                            env={**env, "KILL_RANK": "1"}, capture_output=True, text=True,
+                            timeout=240)
+    assert killed.returncode != 0
+    assert not (tmp_path / "two.csv").exists()
+    assert (tmp_path / "two.csv.parts" / "part-00000001.csv").exists()  # rank 1's first
+    for cmd, one, two in [("predict", one_p, tmp_path / "two.csv"),
+                          ("embed", one_e, tmp_path / "two.parquet")]:
+        r = subprocess.run([*launch, "--module", "tagllm.cli", *args(cmd, two)], env=env,
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"to {two} (2 processes)" in " ".join(r.stdout.split()), r.stdout
+        if cmd == "predict":
+            assert "resuming:" in r.stderr, r.stderr[-2000:]
+        a, b = read_rows(one), read_rows(two)
+        assert [(r["smiles"], r["id"]) for r in a] == [(r["smiles"], r["id"]) for r in b]
+        key = "prediction" if cmd == "predict" else "embedding"
+        np.testing.assert_allclose(np.array([r[key] for r in a], dtype=np.float64),
+                                   np.array([r[key] for r in b], dtype=np.float64),
+                                   rtol=1e-4, atol=1e-5)
+        assert not two.with_name(two.name + ".parts").exists()
