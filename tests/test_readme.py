@@ -147,10 +147,19 @@ def run_command(words: list[str], workdir: Path, servers: dict) -> None:
         exe = {"torchrun": [sys.executable, "-m", "torch.distributed.run"],
                "accelerate": [str(Path(sys.executable).parent / "accelerate")]}[words[0]]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([*exe, *words[1:], "--progress", "false"], cwd=workdir,
-                              env=env, capture_output=True, text=True, timeout=300)
+        at = words.index("tagllm.cli")  # the command after it, with the tiny model's tags
+        command = with_tiny_model(["tagllm", *words[at + 1:]], workdir / "tiny")[1:]
+        done = subprocess.run([*exe, *words[1:at + 1], *command, "--progress", "false"],
+                              cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "trained 0 stage(s)" in done.stdout.replace("\n", " "), done.stdout[-2000:]
+        out = " ".join(done.stdout.split())
+        if command[0] == "run":
+            assert "trained 0 stage(s)" in out, done.stdout[-2000:]
+        else:  # the rows that one process writes
+            assert "(2 processes)" in out, out
+            assert_same_rows(workdir / command[command.index("--output") + 1],
+                             workdir / "qed.csv")
         return
     raise AssertionError(f"the README command {line!r} is not run by any test: add it to "
                          "tests/test_readme.py")
@@ -184,6 +193,11 @@ def test_every_readme_command_runs(workdir, monkeypatch, capsys):
     assert "Morgan k-NN (k=5)" in out and "training mean" in out
     assert list(csv_rows(workdir / "qed.csv")[0]) == ["smiles", "name", "prediction"]
     assert csv_rows(workdir / "hub.csv") == csv_rows(workdir / "qed.csv")  # by repo id
+    assert_same_rows(workdir / "qed.parquet", workdir / "qed.csv")  # screening: Parquet,
+    assert_same_rows(workdir / "qed-ray.csv", workdir / "qed.csv")  # Ray workers
+    features = csv_rows(workdir / "features.parquet")
+    assert len(features) == len(csv_rows(workdir / "qed.csv"))
+    assert len({len(r["embedding"]) for r in features}) == 1
     assert [c[0] for c in RecordingHub.calls] == ["init", "create_repo", "upload_folder"]
     assert float(csv_rows(workdir / "logS.csv")[0]["prediction"]) == pytest.approx(
         servers["answer"]["predictions"][0][0], abs=1e-5)  # served as predicted
@@ -221,8 +235,20 @@ def test_install_lines_are_the_setup_scripts(workdir):
 def csv_rows(path: Path) -> list[dict]:
     import csv
 
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def assert_same_rows(path: Path, reference: Path) -> None:
+    """``path`` (CSV or Parquet) holds ``reference``'s rows and predictions, in order."""
+    got, want = csv_rows(path), csv_rows(reference)
+    assert [r["smiles"] for r in got] == [r["smiles"] for r in want]
+    assert [float(r["prediction"]) for r in got] == pytest.approx(
+        [float(r["prediction"]) for r in want], rel=1e-4, abs=1e-5)
 
 
 @pytest.mark.slow

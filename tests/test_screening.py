@@ -235,3 +235,102 @@ def test_two_processes_write_what_one_writes_and_resume_a_killed_worker(tagged, 
                                    np.array([r[key] for r in b], dtype=np.float64),
                                    rtol=1e-4, atol=1e-5)
         assert not two.with_name(two.name + ".parts").exists()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance of 2 CPUs, started for these tests and stopped after."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+class DiesOnce:
+    """Mixed into TaggedPredictor: the first actor to take a chunk SIGKILLs itself (a lost
+    worker, no clean-up), once per marker file."""
+
+    marker = ""
+
+    def chunk(self, index, table):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), 9)
+        return super().chunk(index, table)
+
+
+@pytest.mark.slow
+def test_ray_workers_write_what_one_process_writes_and_retry_a_lost_worker(
+        tagged, tmp_path, ray_cluster):
+    """--engine ray on 2 workers: one process's output in input order; an actor killed
+    mid-run is restarted and its chunk retried: no row lost or twice."""
+    from ray import cloudpickle
+
+    from tagllm.inference import Screen
+    from tagllm.scale import TaggedPredictor, ray_screen
+
+    d, m, data = tagged
+    one = tmp_path / "one.csv"
+    predict_file(m, str(data), one, TEMPLATE, chunk_rows=4, progress=False)
+    tags = [d / "tags" / "S", d / "tags" / "Q"]
+    screen = Screen("predict", TEMPLATE)
+    logged: list[str] = []
+    n = ray_screen(tags, str(d / "tiny"), screen, str(data), tmp_path / "two.csv", workers=2,
+                   chunk_rows=4, progress=False, log=logged.append)
+    assert n == len(SMILES) * 3 and "Ray: 2 worker(s), 1 CPU and 0 GPU each" in logged
+    assert (tmp_path / "two.csv").read_bytes() == one.read_bytes()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    marker = tmp_path / "died"
+    killer = type("Killer", (DiesOnce, TaggedPredictor), {"marker": str(marker)})
+    n = ray_screen(tags, str(d / "tiny"), screen, str(data), tmp_path / "three.csv",
+                   workers=2, chunk_rows=4, progress=False, predictor=killer)
+    assert marker.exists()  # an actor did die
+    assert (tmp_path / "three.csv").read_bytes() == one.read_bytes()
+
+
+@pytest.mark.slow
+def test_tagged_predictor_in_a_ray_data_pipeline(tagged, tmp_path, ray_cluster):
+    """read_csv -> map_batches(TaggedPredictor) -> write_parquet: the predictions of
+    `tagllm predict`."""
+    from tagllm.scale import TaggedPredictor
+
+    d, m, data = tagged
+    one = read_rows(_predict(m, data, tmp_path / "one.csv"))
+    ds = ray_cluster.data.read_csv(str(data)).map_batches(
+        TaggedPredictor, fn_constructor_kwargs={"tags": str(d / "tags"), "template": TEMPLATE,
+                                                "model": str(d / "tiny"), "device": "cpu"},
+        batch_size=7, batch_format="pyarrow", concurrency=2,
+        num_cpus=0.5)  # half a CPU each, so that the read tasks find one
+    ds.write_parquet(str(tmp_path / "scored"))
+    got = pq.read_table(tmp_path / "scored").to_pylist()
+    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in one)
+    want = {r["id"]: float(r["prediction"]) for r in one}
+    for r in got:
+        assert abs(r["prediction"] - want[r["id"]]) <= 1e-4 * max(1, abs(want[r["id"]]))
+
+
+def _predict(m, data, out):
+    predict_file(m, str(data), out, TEMPLATE, progress=False)
+    return out
+
+
+def test_int8_predicts_what_float32_predicts(tagged, tmp_path):
+    """--dtype int8: the decoder's 14 linear layers quantised; predictions follow float32's
+    closely; the fingerprint stays the float32 weights'."""
+    d, _, data = tagged
+    args = ["predict", "--tags", str(d / "tags"), "--model", str(d / "tiny"), "--input",
+            str(data), "--template", TEMPLATE, "--progress", "false"]
+    main([*args, "--output", str(tmp_path / "f.csv")])
+    main([*args, "--output", str(tmp_path / "q.csv"), "--dtype", "int8"])
+    f = np.array([float(r["prediction"]) for r in read_rows(tmp_path / "f.csv")])
+    q = np.array([float(r["prediction"]) for r in read_rows(tmp_path / "q.csv")])
+    assert not np.array_equal(f, q)  # quantised for real
+    assert np.corrcoef(f, q)[0, 1] > 0.99 and np.abs(f - q).max() < 0.1 * np.abs(f).max()
+    from tagllm.scale import load_tagged
+
+    m = load_tagged([d / "tags" / "S", d / "tags" / "Q"], str(d / "tiny"), "float32")
+    fingerprint = m.fingerprint
+    assert m.quantize_int8() == 14 and m.weights_dtype == "int8"
+    assert m.fingerprint == fingerprint  # the float32 weights' (tag files are checked on it)
+    with pytest.raises(ConfigError, match="int8 needs the float32 model"):
+        load_tagged([d / "tags" / "S"], str(d / "tiny"), "bfloat16").quantize_int8()

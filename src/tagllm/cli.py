@@ -61,6 +61,10 @@ BUG = ("this is a bug in tagllm, not in your input: please report it with the tr
 
 
 Dtype = typing.Literal["float32", "bfloat16"]
+#: forward-only commands also take int8 (the decoder's linear layers quantised, CPU only)
+ForwardDtype = typing.Literal["float32", "bfloat16", "int8"]
+Pool = typing.Literal["tag", "mean", "tag+mean"]
+Engine = typing.Literal["processes", "ray"]
 
 
 def _torch_dtype(name: str):
@@ -456,7 +460,10 @@ def _tag_dirs(tags: str | None, template: str | None = None, tag: str | None = N
 def predict(tags: str, input: str, output: str, template: str | None = None,
             tag: str | None = None, model: str | None = None, batch_size: int = 32,
             max_length: int = 512, skip_invalid: bool = False, progress: bool = True,
-            dtype: Dtype = "float32", chunk_rows: int = 1024) -> None:
+            dtype: ForwardDtype = "float32", chunk_rows: int = 1024,
+            engine: Engine = "processes",
+            workers: int = 1, gpus_per_worker: float | None = None,
+            ray_address: str | None = None) -> None:
     """Predict with a function tag's head: a table in, the same rows with predictions out.
 
     The output (.csv or .parquet) keeps the input columns and adds `prediction` (one
@@ -465,7 +472,8 @@ def predict(tags: str, input: str, output: str, template: str | None = None,
     the file. Each finished chunk is kept in OUTPUT.parts/: the same command after a crash
     or Ctrl-C resumes there. The output appears atomically, in input order, when every row
     is done. Under `torchrun` / `accelerate launch` the processes share the chunks (one
-    GPU each, where there are GPUs), with the same output as one process.
+    GPU each, where there are GPUs); with --engine ray, --workers Ray actors do (a local
+    Ray instance, or the cluster at --ray_address). Every way gives one process's output.
 
     Args:
         tags: TAGS_HELP.
@@ -480,33 +488,41 @@ def predict(tags: str, input: str, output: str, template: str | None = None,
         max_length: longest input in tokens (longer inputs are an error).
         skip_invalid: drop invalid rows (reported) instead of stopping.
         progress: show a progress bar.
-        dtype: the base model's weights: float32, or bfloat16 (half the memory; its effect
-            on speed and on the metric: docs/performance.md).
+        dtype: the base model's weights: float32, bfloat16 (half the memory) or int8 (the
+            decoder's linear layers quantised dynamically, CPU only; a quarter of their
+            memory); their effect on speed and on the metric: docs/performance.md.
         chunk_rows: rows per chunk, the unit that is shared among processes, kept and
             resumed.
+        engine: processes (this one, or those torchrun / accelerate launch started) or
+            ray (needs `pip install 'tagllm[ray]'`).
+        workers: Ray actors, each loading the model once (--engine ray).
+        gpus_per_worker: GPUs per Ray actor (default: 1 where the cluster has a GPU for
+            each worker, else 0).
+        ray_address: the Ray cluster to use ("auto": the one this node belongs to);
+            default: a local Ray instance, started and stopped here.
     """
-    from tagllm.inference import predict_file
+    from tagllm.inference import Screen
 
-    _screen(predict_file, tags, input, output, template, tag, model, dtype,
-            dict(batch_size=batch_size, max_length=max_length, skip_invalid=skip_invalid,
-                 progress=progress, chunk_rows=chunk_rows), "predictions")
-
-
-Pool = typing.Literal["tag", "mean", "tag+mean"]
+    _screen(Screen("predict", template or "", tag, batch_size=batch_size,
+                   max_length=max_length, skip_invalid=skip_invalid),
+            tags, input, output, model, dtype, progress, chunk_rows,
+            (engine, workers, gpus_per_worker, ray_address), "predictions")
 
 
 def embed(tags: str, input: str, output: str, template: str | None = None,
           tag: str | None = None, layer: int | None = None, pool: Pool | None = None,
           model: str | None = None, batch_size: int = 32, max_length: int = 512,
-          skip_invalid: bool = False, progress: bool = True, dtype: Dtype = "float32",
-          chunk_rows: int = 1024) -> None:
+          skip_invalid: bool = False, progress: bool = True, dtype: ForwardDtype = "float32",
+          chunk_rows: int = 1024, engine: Engine = "processes", workers: int = 1,
+          gpus_per_worker: float | None = None, ray_address: str | None = None) -> None:
     """Features of the frozen model at a tag, for your own models: a table in, Parquet out.
 
     The output keeps the input columns and adds `embedding`, a float32 vector per row: the
     hidden state at the tag's last vector, the mean over the row's text tokens, or both
     (--pool), at any layer. By default these are the features the tag's head reads (its
     readout layer and pooling), else the last layer at the tag. Read, checked, computed and
-    written in chunks (flat memory), resumable and shared among processes like predict.
+    written in chunks (flat memory), resumable, and shared among processes or Ray workers
+    as predict's are.
 
     Args:
         tags: TAGS_HELP.
@@ -525,38 +541,67 @@ def embed(tags: str, input: str, output: str, template: str | None = None,
         max_length: longest input in tokens (longer inputs are an error).
         skip_invalid: drop invalid rows (reported) instead of stopping.
         progress: show a progress bar.
-        dtype: the base model's weights: float32 or bfloat16.
+        dtype: the base model's weights: float32, bfloat16 or int8 (the decoder's linear
+            layers quantised dynamically, CPU only).
         chunk_rows: rows per chunk, the unit that is shared among processes, kept and
             resumed.
+        engine: processes (this one, or those torchrun / accelerate launch started) or
+            ray (needs `pip install 'tagllm[ray]'`).
+        workers: Ray actors, each loading the model once (--engine ray).
+        gpus_per_worker: GPUs per Ray actor (default: 1 where the cluster has a GPU for
+            each worker, else 0).
+        ray_address: the Ray cluster to use ("auto": the one this node belongs to);
+            default: a local Ray instance, started and stopped here.
     """
-    from tagllm.inference import embed_file
+    from tagllm.inference import Screen
 
-    _screen(embed_file, tags, input, output, template, tag, model, dtype,
-            dict(layer=layer, pool=pool, batch_size=batch_size, max_length=max_length,
-                 skip_invalid=skip_invalid, progress=progress, chunk_rows=chunk_rows),
-            "feature vectors")
+    _screen(Screen("embed", template or "", tag, layer, pool, batch_size, max_length,
+                   skip_invalid),
+            tags, input, output, model, dtype, progress, chunk_rows,
+            (engine, workers, gpus_per_worker, ray_address), "feature vectors")
 
 
-def _screen(job: Callable, tags: str, input: str, output: str, template: str | None,
-            tag: str | None, model: str | None, dtype: str, settings: dict, what: str
-            ) -> None:
+def _screen(screen, tags: str, input: str, output: str, model: str | None, dtype: str,
+            progress: bool, chunk_rows: int,
+            ray: tuple[str, int, float | None, str | None], what: str) -> None:
     """predict / embed: check the output, the tags and the template before the model
-    loads, then run ``job`` on this process's share of the rows."""
-    from tagllm.distributed import world
-    from tagllm.model import TaggedModel
-    from tagllm.protocol.standalone import recorded_model
-    from tagllm.shards import row_format
+    loads, then compute ``screen`` on this process's share of the rows, or on Ray."""
+    import dataclasses
 
-    if settings["chunk_rows"] < 1:
-        raise ConfigError(f"--chunk_rows must be at least 1, got {settings['chunk_rows']}")
-    row_format(output, vectors=job.__name__ == "embed_file")
+    from tagllm.distributed import world
+    from tagllm.inference import screen_file
+    from tagllm.protocol.standalone import recorded_model
+
+    engine, workers, gpus, address = ray
+    if chunk_rows < 1:
+        raise ConfigError(f"--chunk_rows must be at least 1, got {chunk_rows}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if engine != "ray" and (workers != 1 or gpus is not None or address is not None):
+        raise ConfigError("--workers, --gpus_per_worker and --ray_address are for --engine "
+                          "ray (with torchrun / accelerate launch, their own flags set the "
+                          "processes)")
+    screen.output_format(output)
     check_output(input, output)  # before the model loads
-    dirs, template = _tag_dirs(tags, template, tag, need_template=True)
+    dirs, template = _tag_dirs(tags, screen.template or None, screen.tag, need_template=True)
+    screen = dataclasses.replace(screen, template=template)
+    name = recorded_model(dirs, model)
+    if engine == "ray":
+        from tagllm.scale import ray_screen
+
+        n = ray_screen(dirs, name, screen, input, output, workers, gpus, address=address,
+                       dtype=dtype, chunk_rows=chunk_rows, progress=progress,
+                       on_skipped=_report_skipped, log=_log)
+        console.print(f"wrote {n} {what} to {output} ({workers} Ray workers)")
+        return
+    from tagllm.scale import load_tagged
+
     w = world()
-    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs,
-                                    dtype=_torch_dtype(dtype), device=w.device)
-    n = job(m, input, output, template, tag, on_skipped=_report_skipped, log=_log,
-            processes=w, **settings)
+    if dtype == "int8" and w.device.type != "cpu":
+        raise ConfigError("--dtype int8 runs on the CPU only (torch's dynamic quantisation); "
+                          "on GPUs use bfloat16")
+    m = load_tagged(dirs, name, dtype, w.device)
+    n = screen_file(m, screen, input, output, chunk_rows, progress, _report_skipped, _log, w)
     if n is not None:
         console.print(f"wrote {n} {what} to {output}"
                       + (f" ({w.size} processes)" if w.distributed else ""))

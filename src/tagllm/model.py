@@ -171,6 +171,38 @@ class TaggedModel(nn.Module):
         return self.hidden_size * (2 if self.readout(tag)[1] else 1)
 
     @property
+    def weights_dtype(self) -> str:
+        """The base model's weights: ``int8`` once :meth:`quantize_int8` ran, else their
+        torch dtype (``float32``, ``bfloat16``)."""
+        if getattr(self.base, "_tagllm_int8", False):
+            return "int8"
+        return str(self.base.get_input_embeddings().weight.dtype).removeprefix("torch.")
+
+    def quantize_int8(self) -> int:
+        """Replace the decoder's linear layers by torch's dynamically quantised int8 ones
+        (weights int8 per tensor, activations quantised per batch), in place: forward-only
+        work on the CPU (predict, embed) in about a quarter of the weights' memory. The
+        embeddings stay float32, so tags splice in as before; the tags' and heads' values
+        do not change. Returns the number of layers replaced."""
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        if self.device.type != "cpu" or self.base.get_input_embeddings().weight.dtype \
+                != torch.float32:
+            raise ConfigError("int8 needs the float32 model on the CPU (torch's dynamic "
+                              "quantisation runs on the CPU only)")
+        _ = self.fingerprint  # of the float32 weights, kept before they change
+        body = self.base.base_model  # the decoder, without the LM head
+        before = sum(isinstance(m, nn.Linear) for m in body.modules())
+        with warnings.catch_warnings():  # torch's notice that the API moves to torchao
+            warnings.simplefilter("ignore")
+            quantize_dynamic(body, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.base.requires_grad_(False)
+        self.base._tagllm_int8 = True
+        return before - sum(isinstance(m, nn.Linear) for m in body.modules())
+
+    @property
     def sharded(self) -> bool:
         """Whether the base model's blocks are sharded across processes (FSDP): then every
         process must run the same forward passes."""

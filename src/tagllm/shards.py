@@ -102,15 +102,9 @@ class ParquetRows:
     suffix = ".parquet"
 
     def write(self, rows: Rows, path: Path) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        arrays = {name: pa.array(col, pa.string()) for name, col in rows.table.columns.items()}
-        for name, v in rows.values.items():
-            v = np.ascontiguousarray(v, dtype=np.float32)
-            arrays[name] = pa.array(v) if v.ndim == 1 else \
-                pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
-        pq.write_table(pa.table(arrays), path)
+        pq.write_table(to_arrow(rows), path)
 
     def join(self, parts: list[Path], path: Path) -> int:
         import pyarrow.parquet as pq
@@ -131,6 +125,19 @@ class ParquetRows:
             if writer is not None:
                 writer.close()
         return n
+
+
+def to_arrow(rows: Rows):
+    """``rows`` as a pyarrow Table: the input columns as text, each computed number as
+    float32, each vector as a fixed-size list of float32."""
+    import pyarrow as pa
+
+    arrays = {name: pa.array(col, pa.string()) for name, col in rows.table.columns.items()}
+    for name, v in rows.values.items():
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        arrays[name] = pa.array(v) if v.ndim == 1 else \
+            pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
+    return pa.table(arrays)
 
 
 FORMATS: dict[str, RowFormat] = {".csv": CsvRows(), ".parquet": ParquetRows()}

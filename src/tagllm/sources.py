@@ -454,14 +454,14 @@ def _unique_ids(table: Table, problems: list[str], skip_invalid: bool
 
 def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
                   progress: bool = True, limit: LengthLimit | None = None,
-                  take: Callable[[int], bool] = lambda index: True
+                  take: Callable[[int], bool] = lambda index: True, check: bool = True
                   ) -> Iterator[tuple[int, Table | None, list[str]]]:
-    """Chunks of ``spec`` in order, as (index, validated table, skipped-row messages): a
+    """Chunks of ``spec`` in order, as (index, table, skipped-row messages): a
     CSV/TSV/.smi/Parquet file is read ``chunk_rows`` rows at a time (constant memory
     however long the file; chunk k holds rows k * chunk_rows + 1 onwards whatever is
-    skipped); built-in sources, FASTA and SD files come as one chunk (read by their own
-    readers). A chunk ``take`` refuses is neither checked nor kept: its table is None.
-    ``limit`` is checked on each row before its molecules and sequences."""
+    skipped); built-in sources, FASTA and SD files come as one chunk, checked by their own
+    readers. A file's chunks are checked (:func:`check_chunk`) unless ``check`` is False;
+    a chunk ``take`` refuses is neither checked nor kept: its table is None."""
     if (unknown := unknown_source_error(spec)) is not None:
         raise unknown
     if spec.startswith(BUILTIN_PREFIXES) or has_own_reader(spec):
@@ -472,10 +472,21 @@ def stream_source(spec: str, chunk_rows: int, skip_invalid: bool = False,
             yield 0, None, []
         return
     for index, chunk in enumerate(iter_table(spec, chunk_rows=chunk_rows)):
-        if take(index):
-            yield index, *_validate(chunk, (), (), skip_invalid, limit)
-        else:
+        if not take(index):
             yield index, None, []
+        elif check:
+            yield index, *check_chunk(chunk, skip_invalid, limit)
+        else:
+            yield index, chunk, []
+
+
+def check_chunk(table: Table, skip_invalid: bool = False, limit: LengthLimit | None = None
+                ) -> tuple[Table, list[str]]:
+    """Check every row of a chunk of a file to predict on: its rendered length against
+    ``limit`` first, then its SMILES and protein columns (by name). Returns the rows kept
+    and the skipped rows' messages (``skip_invalid``; else the first bad row is an error
+    naming the file and row)."""
+    return _validate(table, (), (), skip_invalid, limit)
 
 
 def has_own_reader(spec: str) -> bool:

@@ -24,8 +24,8 @@ from tagllm.errors import DataError, InputTooLongError, MissingPackageError, did
 from tagllm.fileio import atomic_write_file
 
 __all__ = ["MAX_FIELD_CHARS", "DataError", "LengthLimit", "Table", "check_number", "check_text",
-           "iter_table", "parse_labels", "package_dir", "read_table", "validate_rows",
-           "write_csv"]
+           "iter_table", "parse_labels", "package_dir", "read_table", "table_from_arrow",
+           "validate_rows", "write_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +211,22 @@ def _iter_parquet(p: Path, columns: Sequence[str], chunk_rows: int | None
     start = 1
     try:
         for batch in f.iter_batches(batch_size=chunk_rows or max(f.metadata.num_rows, 1)):
-            rows = [["" if v is None else str(v) for v in row]
-                    for row in zip(*(batch.column(n).to_pylist() for n in names),
-                                   strict=True)]
-            if not rows:
+            if not batch.num_rows:
                 continue
-            yield _table(names, rows, p, start)
-            start += len(rows)
+            yield table_from_arrow(batch, str(p), start)
+            start += batch.num_rows
     except pa.ArrowException as e:
         raise DataError(f"{p} after row {start - 1}: a damaged Parquet file ({e})") from None
     if start == 1:
         yield _table(names, [], p, 1)
+
+
+def table_from_arrow(batch, source: str, start: int = 1) -> Table:
+    """A :class:`Table` of a pyarrow Table or RecordBatch (rows numbered from ``start``),
+    each value as text ("" for a null), as a CSV's."""
+    cols = {n: ["" if v is None else str(v) for v in batch.column(n).to_pylist()]
+            for n in batch.schema.names}
+    return Table(cols, source, list(range(start, start + batch.num_rows)))
 
 
 def _smi_line(line: str, path: Path, n: int) -> list[str]:
