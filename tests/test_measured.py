@@ -59,7 +59,7 @@ def test_sdf_reader_reads_fields_and_names_a_bad_record(tmp_path):
     from tagllm.sources import stream_source
 
     chunks = list(stream_source(str(path), chunk_rows=1, skip_invalid=True))
-    assert len(chunks) == 1 and chunks[0][0]["smiles"] == ["CCO", "CCO"]
+    assert len(chunks) == 1 and chunks[0][1]["smiles"] == ["CCO", "CCO"]
 
 
 @pytest.mark.parametrize("text, why", [

@@ -278,6 +278,13 @@ def test_ray_workers_write_what_one_process_writes_and_retry_a_lost_worker(
     n = ray_screen(tags, str(d / "tiny"), screen, str(data), tmp_path / "two.csv", workers=2,
                    chunk_rows=4, progress=False, log=logged.append)
     assert n == len(SMILES) * 3 and "Ray: 2 worker(s), 1 CPU and 0 GPU each" in logged
+    with pytest.raises(ConfigError, match="3 workers of 1 CPU each need 3 CPUs; the Ray "
+                                          "cluster has 2"):
+        ray_screen(tags, str(d / "tiny"), screen, str(data), tmp_path / "x.csv", workers=3,
+                   cpus_per_worker=1)
+    with pytest.raises(ConfigError, match="names no function tag with a head"):  # from an
+        ray_screen(tags, str(d / "tiny"), Screen("predict", "<S> {smiles}"), str(data),
+                   tmp_path / "y.csv", workers=1)  # actor, as itself
     assert (tmp_path / "two.csv").read_bytes() == one.read_bytes()
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     marker = tmp_path / "died"
@@ -334,3 +341,32 @@ def test_int8_predicts_what_float32_predicts(tagged, tmp_path):
     assert m.fingerprint == fingerprint  # the float32 weights' (tag files are checked on it)
     with pytest.raises(ConfigError, match="int8 needs the float32 model"):
         load_tagged([d / "tags" / "S"], str(d / "tiny"), "bfloat16").quantize_int8()
+
+
+def test_hostile_outputs_inputs_and_parts_folders(tagged, tmp_path):
+    """An output that is a folder, a Parquet input with a column name twice or a column of
+    bytes, a parts folder that is a symbolic link: each a clear error, nothing deleted."""
+    from tagllm.data import read_table
+    from tagllm.shards import input_identity
+
+    d, m, data = tagged
+    (tmp_path / "out.csv").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        predict_file(m, str(data), tmp_path / "out.csv", TEMPLATE, progress=False)
+    twice = pa.Table.from_arrays([pa.array(["CCO"]), pa.array(["CCN"])], ["smiles", "smiles"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(DataError, match=r"\['smiles'\] appear more than once"):
+        read_table(tmp_path / "twice.parquet")
+    pq.write_table(pa.table({"smiles": ["CCO"], "blob": [b"\x00"]}), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"\['blob'\] hold lists, structs or bytes"):
+        read_table(tmp_path / "b.parquet")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (tmp_path / "p.csv.parts").symlink_to(elsewhere)
+    with pytest.raises(DataError, match="is a symbolic link"):
+        predict_file(m, str(data), tmp_path / "p.csv", TEMPLATE, progress=False)
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+    # a built-in source that reads a user's file is identified by that file too
+    ident = input_identity(f"split:train:{data}")
+    assert ident["files"][0]["path"] == str(data.resolve())

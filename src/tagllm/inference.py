@@ -97,12 +97,12 @@ class Screen:
         """The output's format, checked: features are vectors, which only Parquet holds."""
         return row_format(output, vectors=self.task == "embed")
 
-    def job(self, input: str, chunk_rows: int, model: str, tags: str, dtype: str
-            ) -> JSONObject:
-        """What identifies this computation over ``input`` for resuming its parts."""
-        return {**{k: v for k, v in dataclasses.asdict(self).items()},
-                "input": input_identity(input), "chunk_rows": chunk_rows, "model": model,
-                "dtype": dtype, "tags": tags}
+    def job(self, input: JSONObject, chunk_rows: int, model: TaggedModel) -> JSONObject:
+        """What identifies this computation over the input (its :func:`input_identity`,
+        taken where the input is read) with ``model`` for resuming its parts."""
+        return {**dataclasses.asdict(self), "input": input, "chunk_rows": chunk_rows,
+                "model": model.model_name, "embeddings": model.embedding_fingerprint,
+                "dtype": model.weights_dtype, "tags": model.tags_digest()}
 
 
 def predict_file(model: TaggedModel, input: str, output: str | Path, template: str,
@@ -159,8 +159,7 @@ def screen_file(model: TaggedModel, screen: Screen, input: str, output: str | Pa
         raise ConfigError("a base model sharded across processes (FSDP) cannot split a "
                           "file's rows among them; predict without --fsdp")
     screen = screen.resolved(model)
-    job = screen.job(input, chunk_rows, model.model_name, model.tags_digest(),
-                     model.weights_dtype)
+    job = screen.job(input_identity(input), chunk_rows, model)
     limit = screen.limit(model)
 
     def compute(chunks: Iterator[tuple[int, Table]]

@@ -396,11 +396,15 @@ class TaggedModel(nn.Module):
         return name
 
     def tags_digest(self) -> str:
-        """sha256 over every tag's name, vectors and head parameters: what predictions and
-        features depend on beside the base model."""
+        """sha256 over every tag's configuration (its head's kind and readout among it),
+        vectors and head parameters: what predictions and features depend on beside the
+        base model."""
+        import json
+
         h = hashlib.sha256()
         for name in sorted(self.bank.names):
-            h.update(f"{name}\0{self._digest(name)}\0".encode())
+            config = json.dumps(self.bank.configs[name].to_dict(), sort_keys=True, default=str)
+            h.update(f"{name}\0{config}\0{self._digest(name)}\0".encode())
             head = self.head(name)
             for key, value in sorted((head.state_dict() if head is not None else {}).items()):
                 h.update(key.encode())

@@ -32,7 +32,7 @@ from tagllm.errors import ConfigError, MissingPackageError, TagllmError
 from tagllm.inference import CHUNK_ROWS, Screen, run_chunks
 from tagllm.model import TaggedModel
 from tagllm.records import JSONObject
-from tagllm.shards import Rows, to_arrow
+from tagllm.shards import Rows, input_identity, to_arrow
 
 
 def _ray():
@@ -69,13 +69,15 @@ class TaggedPredictor:
     base model and the tags once. ``tags`` is what ``--tags`` takes; ``template`` and
     ``model`` default to what the tag files record. Rows are checked as ``tagllm predict``
     checks them: a bad row is an error naming it (its place in the batch), or with
-    ``skip_invalid`` it is left out of the output."""
+    ``skip_invalid`` it is left out of the output. With ``keep_errors`` a mistake found
+    while loading (a tag, the template) is raised by the first call instead, so that an
+    actor reports it rather than dying."""
 
     def __init__(self, tags: str | Sequence[str | Path], template: str | None = None,
                  task: str = "predict", tag: str | None = None, layer: int | None = None,
                  pool: str | None = None, model: str | None = None, dtype: str = "float32",
                  batch_size: int = 32, max_length: int = 512, skip_invalid: bool = False,
-                 device: str | None = None):
+                 device: str | None = None, keep_errors: bool = False):
         from tagllm.protocol.standalone import (
             recorded_model,
             recorded_template,
@@ -83,22 +85,32 @@ class TaggedPredictor:
             with_trained_with,
         )
 
-        dirs = with_trained_with(tag_dirs(tags) if isinstance(tags, str)
-                                 else [Path(t) for t in tags])
-        template = template or recorded_template(dirs, tag)
-        if template is None:
-            raise ConfigError("template: the tag files record no single template; give one")
-        screen = Screen(task, template, tag, layer, pool, batch_size, max_length,
-                        skip_invalid)  # type: ignore[arg-type]
-        import torch
+        try:
+            dirs = with_trained_with(tag_dirs(tags) if isinstance(tags, str)
+                                     else [Path(t) for t in tags])
+            template = template or recorded_template(dirs, tag)
+            if template is None:
+                raise ConfigError("template: the tag files record no single template; "
+                                  "give one")
+            screen = Screen(task, template, tag, layer, pool, batch_size, max_length,
+                            skip_invalid)  # type: ignore[arg-type]
+            import torch
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_tagged(dirs, recorded_model(dirs, model), dtype, device)
-        self.screen = screen.resolved(self.model)
+            device = device or ("cuda" if torch.cuda.is_available() and dtype != "int8"
+                                else "cpu")
+            self.model = load_tagged(dirs, recorded_model(dirs, model), dtype, device)
+            self.screen = screen.resolved(self.model)
+            self.error: TagllmError | None = None
+        except TagllmError as e:
+            if not keep_errors:
+                raise
+            self.error = e  # raised by the first call, where the driver sees it as itself
 
     def __call__(self, batch):
         import pyarrow as pa
 
+        if self.error is not None:
+            raise self.error
         if not isinstance(batch, pa.Table | pa.RecordBatch):
             batch = pa.Table.from_pandas(batch, preserve_index=False) \
                 if hasattr(batch, "to_numpy") and hasattr(batch, "columns") \
@@ -107,10 +119,12 @@ class TaggedPredictor:
         return to_arrow(rows)
 
     # the chunk engine's calls (rows keep their file's row numbers)
-    def job(self, input: str, chunk_rows: int) -> JSONObject:
-        """What identifies this computation over ``input`` (as :func:`screen_file`'s)."""
-        return self.screen.job(input, chunk_rows, self.model.model_name,
-                               self.model.tags_digest(), self.model.weights_dtype)
+    def job(self, input: JSONObject, chunk_rows: int) -> JSONObject:
+        """What identifies this computation over the input (its identity, taken by the
+        driver, which reads it), as :func:`~tagllm.inference.screen_file`'s."""
+        if self.error is not None:
+            raise self.error
+        return self.screen.job(input, chunk_rows, self.model)
 
     def chunk(self, index: int, table: Table) -> tuple[int, Rows, list[str]]:
         """A chunk's checked rows with their computed columns, and the skipped rows."""
@@ -132,29 +146,40 @@ def ray_screen(tags: Sequence[Path], model: str, screen: Screen, input: str,
     number of rows written."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--engine ray runs from one process: start it without torchrun / "
+                          "accelerate launch")
+    if dtype == "int8" and gpus_per_worker:
+        raise ConfigError("dtype int8 runs on the CPU only: --gpus_per_worker 0")
     fmt = screen.output_format(output)
     check_output(input, output)
+    identity = input_identity(input)  # here, where the input is read
     ray = _ray()
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+    if started:  # "local": a new instance here, never one found through RAY_ADDRESS
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  configure_logging=False,
                  **({} if address else {"num_cpus": os.cpu_count() or 1}))
     try:
         res = ray.cluster_resources()
         gpus = gpus_per_worker if gpus_per_worker is not None else \
-            (1.0 if res.get("GPU", 0) >= workers else 0.0)
+            (1.0 if res.get("GPU", 0) >= workers and dtype != "int8" else 0.0)
         cpus = cpus_per_worker or max(1.0, float(int(res.get("CPU", 1) // workers)))
+        for what, each, have in (("CPU", cpus, res.get("CPU", 0)),
+                                 ("GPU", gpus, res.get("GPU", 0))):
+            if each * workers > have:
+                raise ConfigError(f"{workers} workers of {each:g} {what} each need "
+                                  f"{each * workers:g} {what}s; the Ray cluster has {have:g}")
         actor = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=retries,
                            max_task_retries=retries)(predictor or TaggedPredictor)
         kwargs = dict(tags=[str(t) for t in tags], template=screen.template,
                       task=screen.task, tag=screen.tag, layer=screen.layer, pool=screen.pool,
                       model=model, dtype=dtype, batch_size=screen.batch_size,
                       max_length=screen.max_length, skip_invalid=screen.skip_invalid,
-                      device="cuda" if gpus else "cpu")
+                      device="cuda" if gpus else "cpu", keep_errors=True)
         actors = [actor.remote(**kwargs) for _ in range(workers)]
         log(f"Ray: {workers} worker(s), {cpus:g} CPU and {gpus:g} GPU each")
-        job = _get(ray, actors[0].job.remote(input, chunk_rows))
+        job = _get(ray, actors[0].job.remote(identity, chunk_rows))
         from ray.util import ActorPool
 
         pool = ActorPool(actors)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +28,13 @@ import numpy as np
 from tagllm.data import Table
 from tagllm.distributed import World
 from tagllm.errors import ConfigError, DataError
-from tagllm.fileio import atomic_write_file, atomic_write_text, discard, json_text
+from tagllm.fileio import (
+    atomic_write_dir,
+    atomic_write_file,
+    atomic_write_text,
+    json_text,
+    temp_name,
+)
 from tagllm.records import JSONObject
 
 #: the format a parts folder's ``job.json`` declares
@@ -82,7 +90,10 @@ class CsvRows:
             for part in parts:
                 with open(part, newline="") as f:
                     r = csv.reader(f)
-                    first = next(r)
+                    first = next(r, None)
+                    if first is None:
+                        raise DataError(f"{part}: an empty part (a write cut short, e.g. by "
+                                        "a power loss); delete it and run again")
                     if header is None:
                         header = first
                         w.writerow(header)
@@ -147,6 +158,8 @@ def row_format(output: str | Path, flag: str = "--output", vectors: bool = False
                ) -> RowFormat:
     """The format of ``output`` by its suffix; ``vectors``: one that holds vector columns."""
     suffix = Path(output).suffix.lower()
+    if Path(output).is_dir():
+        raise ConfigError(f"{flag} {output} is a folder; name the file to write")
     allowed = [".parquet"] if vectors else list(FORMATS)
     if suffix not in allowed:
         raise ConfigError(f"{flag} {output}: write a {' or '.join(allowed)} file"
@@ -155,13 +168,27 @@ def row_format(output: str | Path, flag: str = "--output", vectors: bool = False
 
 
 def input_identity(spec: str) -> JSONObject:
-    """What identifies an input for resuming: a file's resolved path, size and time (a file
-    changed since leaves no part in use), or a built-in source's name."""
-    p = Path(spec)
-    if not p.is_file():
-        return {"source": spec}
-    st = p.stat()
-    return {"file": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    """What identifies an input for resuming: each file or folder it reads (the file
+    itself, or those a built-in source names, as in ``split:train:FILE``) by its resolved
+    path, size and modification time, so that a file changed since leaves no part in use;
+    a built-in source by its name."""
+    paths = [spec] if Path(spec).exists() else [p for p in spec.split(":")[1:] if p]
+    found: list[JSONObject] = []
+    for p in map(Path, paths):
+        if p.exists():
+            st = p.stat()
+            found.append({"path": str(p.resolve()), "bytes": st.st_size,
+                          "mtime_ns": st.st_mtime_ns})
+    return {"source": spec, "files": found}
+
+
+def _remove(folder: Path) -> None:
+    """Delete a parts folder: renamed to a hidden ``del`` name first (which ``tagllm gc``
+    recognises), so that a kill during the deletion never leaves a half-deleted folder
+    under the parts folder's name."""
+    gone = folder.with_name(temp_name(folder.name, "del"))
+    os.replace(folder, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 class Parts:
@@ -208,7 +235,10 @@ class Parts:
 
     def _prepare(self) -> None:
         manifest = self.dir / "job.json"
-        if self.dir.exists() or self.dir.is_symlink():
+        if self.dir.is_symlink():
+            raise DataError(f"{self.dir} is a symbolic link; remove it or choose another "
+                            "output")
+        if self.dir.exists():
             try:
                 found = json.loads(manifest.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -225,9 +255,10 @@ class Parts:
                 return
             self.log(f"{self.dir} holds the parts of another job (the input, a setting or a "
                      "tag changed since); starting over")
-            discard(self.dir)
-        self.dir.mkdir(parents=True)
-        atomic_write_text(manifest, json_text(self.job))
+            _remove(self.dir)
+        # the folder appears with its job.json, never without
+        atomic_write_dir(self.dir, lambda tmp: (tmp / "job.json").write_text(
+            json_text(self.job), encoding="utf-8"))
 
     def takes(self, index: int) -> bool:
         """Whether this process computes chunk ``index``: its own, and not done already."""
@@ -254,16 +285,23 @@ class Parts:
         if not self.world.is_main:
             return None
         missing = [i for i in range(chunks) if not self._written(i)]
+        waited = 0.0
         while missing:
             for p in self.dir.glob("failed-*.txt"):
                 rank = p.stem.removeprefix("failed-")
                 raise DataError(f"process {rank} failed: "
                                 f"{p.read_text(encoding='utf-8', errors='replace')}")
+            if not (self.dir / "job.json").is_file():
+                raise DataError(f"{self.dir} was removed while this run waited for its "
+                                "parts (another run on the same output?)")
             time.sleep(poll_s)
+            waited += poll_s
+            if waited % 300 < poll_s:
+                self.log(f"waiting for {len(missing)} chunk(s) of the other processes")
             missing = [i for i in missing if not self._written(i)]
         parts = [p for i in range(chunks) if (p := self._part(i)).exists()]
         if not parts:
-            discard(self.dir)
+            _remove(self.dir)
             return 0
         n = 0
 
@@ -272,7 +310,7 @@ class Parts:
             n = self.format.join(parts, tmp)
 
         atomic_write_file(self.output, join)
-        discard(self.dir)
+        _remove(self.dir)
         return n
 
     def _written(self, index: int) -> bool:

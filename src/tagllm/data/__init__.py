@@ -204,10 +204,7 @@ def _iter_parquet(p: Path, columns: Sequence[str], chunk_rows: int | None
         if c not in names:
             raise DataError(f"{p}: missing column {c!r}; columns: {sorted(names)}"
                             f"{did_you_mean(c, names)}")
-    nested = [n for n in names if pa.types.is_nested(f.schema_arrow.field(n).type)]
-    if nested:
-        raise DataError(f"{p}: column(s) {nested} hold lists or structs; tagllm reads "
-                        "columns of text and numbers")
+    check_arrow_schema(f.schema_arrow, str(p))
     start = 1
     try:
         for batch in f.iter_batches(batch_size=chunk_rows or max(f.metadata.num_rows, 1)):
@@ -221,9 +218,25 @@ def _iter_parquet(p: Path, columns: Sequence[str], chunk_rows: int | None
         yield _table(names, [], p, 1)
 
 
+def check_arrow_schema(schema, source: str) -> None:
+    """Refuse what a table of text cannot hold: a column name twice, lists or structs,
+    bytes."""
+    import pyarrow as pa
+
+    names = list(schema.names)
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise DataError(f"{source}: column name(s) {twice} appear more than once")
+    odd = [f.name for f in schema if pa.types.is_nested(f.type) or pa.types.is_binary(f.type)
+           or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type)]
+    if odd:
+        raise DataError(f"{source}: column(s) {odd} hold lists, structs or bytes; tagllm "
+                        "reads columns of text and numbers")
+
+
 def table_from_arrow(batch, source: str, start: int = 1) -> Table:
     """A :class:`Table` of a pyarrow Table or RecordBatch (rows numbered from ``start``),
     each value as text ("" for a null), as a CSV's."""
+    check_arrow_schema(batch.schema, source)
     cols = {n: ["" if v is None else str(v) for v in batch.column(n).to_pylist()]
             for n in batch.schema.names}
     return Table(cols, source, list(range(start, start + batch.num_rows)))
