@@ -594,7 +594,7 @@ def _screen(screen, tags: str, input: str, output: str, model: str | None, dtype
                        on_skipped=_report_skipped, log=_log)
         console.print(f"wrote {n} {what} to {output} ({workers} Ray workers)")
         return
-    from tagllm.scale import load_tagged
+    from tagllm.scale import load_tagged, peak_rss_gb
 
     w = world()
     if dtype == "int8" and w.device.type != "cpu":
@@ -602,6 +602,7 @@ def _screen(screen, tags: str, input: str, output: str, model: str | None, dtype
                           "on GPUs use bfloat16")
     m = load_tagged(dirs, name, dtype, w.device)
     n = screen_file(m, screen, input, output, chunk_rows, progress, _report_skipped, _log, w)
+    _log(f"peak RSS of process {w.rank}: {peak_rss_gb():.2f} GB")
     if n is not None:
         console.print(f"wrote {n} {what} to {output}"
                       + (f" ({w.size} processes)" if w.distributed else ""))

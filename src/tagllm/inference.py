@@ -10,6 +10,7 @@ chunk, the same in every engine (these processes, or Ray actors: :mod:`tagllm.sc
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,7 @@ def run_chunks(input: str, output: str | Path, fmt: RowFormat, job: JSONObject,
     parts = Parts(output, job, w, fmt, log if w.is_main else lambda s: None)
     parts.open()
     pbar = bar(None, f"{job['task']}: rows", progress and w.is_main, unit="row")
-    chunks = 0
+    chunks, start = 0, time.perf_counter()
 
     def taken() -> Iterator[tuple[int, Table]]:
         nonlocal chunks
@@ -212,6 +213,9 @@ def run_chunks(input: str, output: str | Path, fmt: RowFormat, job: JSONObject,
     n = parts.finish(chunks)
     if n == 0:
         raise DataError(f"{input}: no rows to {job['task']}")
+    if n is not None:
+        seconds = time.perf_counter() - start
+        log(f"{n} rows in {seconds:.1f} s ({n / seconds:.1f} rows/s, the model loaded)")
     return n
 
 

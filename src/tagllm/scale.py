@@ -126,6 +126,10 @@ class TaggedPredictor:
             raise self.error
         return self.screen.job(input, chunk_rows, self.model)
 
+    def peak_rss_gb(self) -> float:
+        """This process's peak resident memory so far (GB)."""
+        return peak_rss_gb()
+
     def chunk(self, index: int, table: Table) -> tuple[int, Rows, list[str]]:
         """A chunk's checked rows with their computed columns, and the skipped rows."""
         return index, *self.screen.rows(self.model, table)
@@ -198,11 +202,20 @@ def ray_screen(tags: Sequence[Path], model: str, screen: Screen, input: str,
 
         n = run_chunks(input, output, fmt, job, chunk_rows, compute, World(), progress,
                        on_skipped, log)
+        peaks = [_get(ray, a.peak_rss_gb.remote()) for a in actors]
+        log("peak RSS of the Ray workers: " + ", ".join(f"{g:.2f}" for g in peaks) + " GB")
     finally:
         if started:
             ray.shutdown()
     assert n is not None
     return n
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def _get(ray, ref, pool=None):
