@@ -491,15 +491,7 @@ def predict(tags: str, input: str, output: str, template: str | None = None,
         dtype: the base model's weights: float32, bfloat16 (half the memory) or int8 (the
             decoder's linear layers quantised dynamically, CPU only; a quarter of their
             memory); their effect on speed and on the metric: docs/performance.md.
-        chunk_rows: rows per chunk, the unit that is shared among processes, kept and
-            resumed.
-        engine: processes (this one, or those torchrun / accelerate launch started) or
-            ray (needs `pip install 'tagllm[ray]'`).
-        workers: Ray actors, each loading the model once (--engine ray).
-        gpus_per_worker: GPUs per Ray actor (default: 1 where the cluster has a GPU for
-            each worker, else 0).
-        ray_address: the Ray cluster to use ("auto": the one this node belongs to);
-            default: a local Ray instance, started and stopped here.
+        SCREEN_ARGS
     """
     from tagllm.inference import Screen
 
@@ -543,15 +535,7 @@ def embed(tags: str, input: str, output: str, template: str | None = None,
         progress: show a progress bar.
         dtype: the base model's weights: float32, bfloat16 or int8 (the decoder's linear
             layers quantised dynamically, CPU only).
-        chunk_rows: rows per chunk, the unit that is shared among processes, kept and
-            resumed.
-        engine: processes (this one, or those torchrun / accelerate launch started) or
-            ray (needs `pip install 'tagllm[ray]'`).
-        workers: Ray actors, each loading the model once (--engine ray).
-        gpus_per_worker: GPUs per Ray actor (default: 1 where the cluster has a GPU for
-            each worker, else 0).
-        ray_address: the Ray cluster to use ("auto": the one this node belongs to);
-            default: a local Ray instance, started and stopped here.
+        SCREEN_ARGS
     """
     from tagllm.inference import Screen
 
@@ -811,12 +795,23 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
         console.print(f"wrote {f}")
 
 
+#: predict's and embed's flags for chunks and engines (one text for both --help pages)
+SCREEN_ARGS = """chunk_rows: rows per chunk, the unit that is shared among processes, kept and
+            resumed.
+        engine: processes (this one, or those torchrun / accelerate launch started) or
+            ray (needs `pip install 'tagllm[ray]'`).
+        workers: Ray actors, each loading the model once (--engine ray).
+        gpus_per_worker: GPUs per Ray actor (default: 1 where the cluster has a GPU for
+            each worker, else 0).
+        ray_address: the Ray cluster to use ("auto": the one this node belongs to);
+            default: a new local Ray instance, started and stopped here."""
 #: what a tags argument accepts, with the shipped tags' names from their registry
 TAGS_HELP = ("tag folders (comma-separated), a folder of tag folders, Hub repo ids (ORG/NAME), "
              f"or shipped tags by name ({', '.join(SHIPPED)})")
 # --data and --tags help list the registries, never a hand copy
 for _fn in (train, evaluate, predict, embed, generate, serve):
-    _fn.__doc__ = (_fn.__doc__ or "").replace("SOURCES_LIST", sources_summary()).replace(
+    _fn.__doc__ = (_fn.__doc__ or "").replace("SCREEN_ARGS", SCREEN_ARGS).replace(
+        "SOURCES_LIST", sources_summary()).replace(
         "TAGS_HELP", TAGS_HELP).replace("LABEL_BASELINES", ", ".join(
             baseline_keys("label"))).replace("DEFAULT_BASELINES", ", ".join(
                 baseline_keys("label", with_model=False)))
