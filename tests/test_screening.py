@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from tagllm import TaggedModel
 from tagllm.cli import main
@@ -370,3 +371,35 @@ def test_hostile_outputs_inputs_and_parts_folders(tagged, tmp_path):
     # a built-in source that reads a user's file is identified by that file too
     ident = input_identity(f"split:train:{data}")
     assert ident["files"][0]["path"] == str(data.resolve())
+
+
+def test_export_writes_the_input_embeddings_generate_feeds_the_model(tagged, tmp_path):
+    """vLLM prompt embeddings: per prompt, the (T, H) embeddings TaggedModel.embed gives
+    its ids (BOS included), the tags' vectors at their places; a deep tag refused."""
+    from safetensors import safe_open
+
+    from tagllm import TagConfig
+    from tagllm.export import prompt_embeds
+
+    d, m, data = tagged
+    out = tmp_path / "p.safetensors"
+    main(["export", "--tags", str(d / "tags"), "--model", str(d / "tiny"), "--input",
+          str(data), "--template", TEMPLATE, "--output", str(out)])
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["format"] == "tagllm.vllm-prompt-embeds/1"
+        assert len(f.keys()) == len(SMILES) * 3
+        got = f.get_tensor("prompt_1")
+    text = TEMPLATE.format(smiles=SMILES[1])
+    ids = m.tagtok.encode(text).ids
+    assert ids[0] == m.tokenizer.bos_token_id and got.shape == (len(ids), 32)
+    want = m.embed(m.encode([text]).input_ids)[0]
+    assert torch.equal(got, want)
+    s_rows = [i for i, t in enumerate(ids) if t >= m.bank.vocab_rows][:3]  # <S>'s 3 vectors
+    assert torch.equal(got[s_rows], m.bank.snapshot("<S>"))
+    deep = TaggedModel.from_pretrained(str(d / "tiny"))
+    deep.add_tag(TagConfig("<D>", num_tokens=2, depth="deep"))
+    with pytest.raises(ConfigError, match=r"prompt 0 uses the deep tag\(s\) \['<D>'\]"):
+        prompt_embeds(deep, ["<D> CCO"])
+    with pytest.raises(SystemExit):
+        main(["export", "--tags", str(d / "tags"), "--output", str(tmp_path / "x.pt"),
+              "--prompt", "<S> CCO"])

@@ -698,6 +698,51 @@ def generate(prompt: str, tags: str | None = None, model: str | None = None,
     sys.stdout.write(text + "\n")  # as generated: no wrapping, no markup
 
 
+ExportFormat = typing.Literal["vllm-prompt-embeds"]
+
+
+def export(tags: str, output: str, prompt: str | None = None, input: str | None = None,
+           template: str | None = None, model: str | None = None,
+           format: ExportFormat = "vllm-prompt-embeds", max_length: int = 4096) -> None:
+    """Write tagged prompts for another engine: vLLM's prompt embeddings.
+
+    Each prompt (--prompt, or --template filled from each row of --input) becomes a
+    (seq_len, hidden) tensor of the base model's input embeddings with the tags spliced
+    in, the special tokens the tokenizer adds included, in a safetensors file (tensors
+    prompt_0, prompt_1, ...). vLLM generates from them with LLM(model,
+    enable_prompt_embeds=True) and generate({"prompt_embeds": tensor}) (docs/usage.md).
+    Deep tags cannot be written as input embeddings and are refused.
+
+    Args:
+        tags: TAGS_HELP.
+        output: .safetensors file to write.
+        prompt: one prompt text, which may contain the loaded tags.
+        input: a CSV/TSV/.smi/Parquet file whose rows fill --template (read whole).
+        template: the text of each row of --input, with {column} placeholders.
+        model: base model the tags were trained for (default: the one their tag files
+            record).
+        format: vllm-prompt-embeds.
+        max_length: longest prompt in tokens (longer ones are an error).
+    """
+    from tagllm.data import read_table
+    from tagllm.export import export_prompt_embeds
+    from tagllm.model import TaggedModel
+    from tagllm.protocol.standalone import recorded_model
+
+    if (prompt is None) == (input is None):
+        raise ConfigError("give --prompt, or --input with --template")
+    if input is not None and template is None:
+        raise ConfigError("--input needs --template (the prompt of each row)")
+    if not output.endswith(".safetensors"):
+        raise ConfigError(f"--output {output}: write a .safetensors file")
+    check_output(input or [], output)
+    texts = [prompt] if prompt is not None else read_table(input).render(template)
+    dirs, _ = _tag_dirs(tags, want_template=False)
+    m = TaggedModel.from_pretrained(recorded_model(dirs, model), tags=dirs)
+    export_prompt_embeds(m, texts, output, max_length)
+    console.print(f"wrote {len(texts)} prompt embedding(s) ({format}) to {output}")
+
+
 #: the backslash escapes that command-line strings may hold
 _ESCAPES = re.compile(r"\\(u[0-9a-fA-F]{4}|[nrt\\])")
 
@@ -809,7 +854,7 @@ SCREEN_ARGS = """chunk_rows: rows per chunk, the unit that is shared among proce
 TAGS_HELP = ("tag folders (comma-separated), a folder of tag folders, Hub repo ids (ORG/NAME), "
              f"or shipped tags by name ({', '.join(SHIPPED)})")
 # --data and --tags help list the registries, never a hand copy
-for _fn in (train, evaluate, predict, embed, generate, serve):
+for _fn in (train, evaluate, predict, embed, generate, serve, export):
     _fn.__doc__ = (_fn.__doc__ or "").replace("SCREEN_ARGS", SCREEN_ARGS).replace(
         "SOURCES_LIST", sources_summary()).replace(
         "TAGS_HELP", TAGS_HELP).replace("LABEL_BASELINES", ", ".join(
@@ -818,7 +863,7 @@ for _fn in (train, evaluate, predict, embed, generate, serve):
 
 COMMANDS = {"run": run, "list": list_tags, "gc": gc, "push": push, "train": train,
             "predict": predict, "embed": embed, "evaluate": evaluate, "generate": generate,
-            "inspect": inspect, "report": report, "serve": serve}
+            "inspect": inspect, "report": report, "serve": serve, "export": export}
 #: Commands whose first arguments may be given without their flags.
 POSITIONAL = {"inspect": ("--tagdir",), "run": ("--recipe",),
               "push": ("--tagdir", "--repo_id")}
