@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -333,8 +335,9 @@ def test_a_smiles_over_the_parse_limit_never_reaches_rdkit(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_leaves_no_temporary_file_and_stale_ones_are_removed(hostile, tmp_path):
-    """`tagllm predict` stopped by SIGTERM mid-file removes its temporary output; one that
-    a killed process left (old or new name) goes with the next write, or `tagllm gc`."""
+    """`tagllm predict` stopped by SIGTERM mid-file leaves no temporary file (its finished
+    chunks stay whole, as parts for the rerun); one that a killed process left (old or new
+    name) goes with the next write, or `tagllm gc`."""
     from tagllm.fileio import hold, remove_stale, temp_name
 
     d, _ = hostile
@@ -347,13 +350,18 @@ def test_sigterm_leaves_no_temporary_file_and_stale_ones_are_removed(hostile, tm
          "<S> {smiles} <Q>", "--batch_size", "8", "--progress", "false"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".pred.csv.tmp-*")):
+    parts = tmp_path / "pred.csv.parts"
+    while not list(parts.glob("part-*.csv")):  # mid-file: a chunk done, more to come
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM, proc.stdout.read()
     assert not out.exists() and not list(tmp_path.glob(".pred.csv*"))
+    left = sorted(p.name for p in parts.iterdir())
+    assert left[0] == "job.json" and all(re.fullmatch(r"part-\d{8}\.csv", n)
+                                         for n in left[1:]), left  # whole parts only
+    shutil.rmtree(parts)
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
