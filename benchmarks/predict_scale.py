@@ -147,13 +147,13 @@ def read_predictions(path: Path) -> list[tuple[str, float]]:
 def dtypes(args, model: str | None, tags: str, smiles: list[str]) -> dict:
     """float32 / bfloat16 / int8 in one process: interleaved rows/s, and the test metric."""
     from tagllm.evaluation.metrics import paired_bootstrap, regression_metrics
+    from tagllm.inference import load_tagged
     from tagllm.protocol.standalone import (
         recorded_model,
         recorded_template,
         tag_dirs,
         with_trained_with,
     )
-    from tagllm.scale import load_tagged
     from tagllm.sources import load_source
 
     dirs = with_trained_with(tag_dirs(tags))

@@ -334,7 +334,7 @@ def test_int8_predicts_what_float32_predicts(tagged, tmp_path):
     q = np.array([float(r["prediction"]) for r in read_rows(tmp_path / "q.csv")])
     assert not np.array_equal(f, q)  # quantised for real
     assert np.corrcoef(f, q)[0, 1] > 0.99 and np.abs(f - q).max() < 0.1 * np.abs(f).max()
-    from tagllm.scale import load_tagged
+    from tagllm.inference import load_tagged
 
     m = load_tagged([d / "tags" / "S", d / "tags" / "Q"], str(d / "tiny"), "float32")
     fingerprint = m.fingerprint

@@ -578,7 +578,8 @@ def _screen(screen, tags: str, input: str, output: str, model: str | None, dtype
                        on_skipped=_report_skipped, log=_log)
         console.print(f"wrote {n} {what} to {output} ({workers} Ray workers)")
         return
-    from tagllm.scale import load_tagged, peak_rss_gb
+    from tagllm.costs import peak_rss_gb
+    from tagllm.inference import load_tagged
 
     w = world()
     if dtype == "int8" and w.device.type != "cpu":

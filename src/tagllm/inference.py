@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -217,6 +217,24 @@ def run_chunks(input: str, output: str | Path, fmt: RowFormat, job: JSONObject,
         seconds = time.perf_counter() - start
         log(f"{n} rows in {seconds:.1f} s ({n / seconds:.1f} rows/s, the model loaded)")
     return n
+
+
+def load_tagged(tags: Sequence[str | Path], model: str, dtype: str = "float32",
+                device: str = "cpu") -> TaggedModel:
+    """The base model and the tag folders ``tags``, verified as every load is; ``dtype``
+    ``int8`` quantises the float32 decoder's linear layers (CPU only)."""
+    import torch
+
+    if dtype not in ("float32", "bfloat16", "int8"):
+        raise ConfigError(f"dtype {dtype!r} is not float32, bfloat16 or int8")
+    if dtype == "int8" and str(device) != "cpu":
+        raise ConfigError("dtype int8 runs on the CPU only (torch's dynamic quantisation)")
+    m = TaggedModel.from_pretrained(model, tags=[Path(t) for t in tags],
+                                    dtype=torch.bfloat16 if dtype == "bfloat16"
+                                    else torch.float32, device=device)
+    if dtype == "int8":
+        m.quantize_int8()
+    return m
 
 
 def _template_tag(model: TaggedModel, template: str, heads: bool) -> str:

@@ -26,11 +26,11 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from tagllm.costs import peak_rss_gb
 from tagllm.data import Table, check_output, table_from_arrow
 from tagllm.distributed import World
 from tagllm.errors import ConfigError, MissingPackageError, TagllmError
-from tagllm.inference import CHUNK_ROWS, Screen, run_chunks
-from tagllm.model import TaggedModel
+from tagllm.inference import CHUNK_ROWS, Screen, load_tagged, run_chunks
 from tagllm.records import JSONObject
 from tagllm.shards import Rows, input_identity, to_arrow
 
@@ -42,24 +42,6 @@ def _ray():
         raise MissingPackageError("the Ray engine needs Ray: pip install 'tagllm[ray]'") \
             from None
     return ray
-
-
-def load_tagged(tags: Sequence[str | Path], model: str, dtype: str = "float32",
-                device: str = "cpu") -> TaggedModel:
-    """The base model and the tag folders ``tags``, verified as every load is; ``dtype``
-    ``int8`` quantises the float32 decoder's linear layers (CPU only)."""
-    import torch
-
-    if dtype not in ("float32", "bfloat16", "int8"):
-        raise ConfigError(f"dtype {dtype!r} is not float32, bfloat16 or int8")
-    if dtype == "int8" and str(device) != "cpu":
-        raise ConfigError("dtype int8 runs on the CPU only (torch's dynamic quantisation)")
-    m = TaggedModel.from_pretrained(model, tags=[Path(t) for t in tags],
-                                    dtype=torch.bfloat16 if dtype == "bfloat16"
-                                    else torch.float32, device=device)
-    if dtype == "int8":
-        m.quantize_int8()
-    return m
 
 
 class TaggedPredictor:
@@ -209,13 +191,6 @@ def ray_screen(tags: Sequence[Path], model: str, screen: Screen, input: str,
             ray.shutdown()
     assert n is not None
     return n
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory so far, in GB (Linux reports KB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def _get(ray, ref, pool=None):
