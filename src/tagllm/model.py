@@ -522,12 +522,19 @@ class TaggedModel(nn.Module):
         at the head's readout layer (F = H), with ``pool: tag+mean`` concatenated with the
         mean over the text tokens (F = 2H)."""
         layer, pooled = self.readout(tag)
+        return self.batch_features(batch, tag, layer, "tag+mean" if pooled else "tag")
+
+    def batch_features(self, batch: Batch, tag: str, layer: int, pool: str) -> torch.Tensor:
+        """(B, F) float32: at decoder layer ``layer``, the hidden state at ``tag``'s last
+        vector (``pool`` ``tag``, F = H), the mean over the text tokens (``mean``), or both
+        side by side (``tag+mean``, F = 2H)."""
         hidden = self.hidden_states(batch, layer)  # (B, T, H)
-        feats = self.at_tag(hidden, batch.input_ids, tag)  # (B, H)
-        if not pooled:
-            return feats
-        mean = self.text_mean(hidden, batch.input_ids, batch.attention_mask)  # (B, H)
-        return torch.cat([feats, mean], -1)  # (B, 2H)
+        parts = []
+        if pool != "mean":
+            parts.append(self.at_tag(hidden, batch.input_ids, tag))  # (B, H)
+        if pool != "tag":
+            parts.append(self.text_mean(hidden, batch.input_ids, batch.attention_mask))
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]  # (B, F)
 
     def at_tag(self, hidden: torch.Tensor, input_ids: torch.Tensor, tag: str) -> torch.Tensor:
         """Rows of ``hidden`` (B, T, H) at ``tag``'s last vector in ``input_ids`` (B, T):
@@ -638,13 +645,7 @@ class TaggedModel(nn.Module):
                        unit="batch"):
             idx = order[s:s + batch_size]
             batch = self.encode([texts[i] for i in idx], max_length=max_length)
-            hidden = self.hidden_states(batch, layer)  # (B, T, H)
-            parts = []
-            if pool != "mean":
-                parts.append(self.at_tag(hidden, batch.input_ids, tag))  # (B, H)
-            if pool != "tag":
-                parts.append(self.text_mean(hidden, batch.input_ids, batch.attention_mask))
-            out[idx] = torch.cat(parts, -1).cpu().numpy()  # (B, F)
+            out[idx] = self.batch_features(batch, tag, layer, pool).cpu().numpy()  # (B, F)
         return out
 
     @torch.inference_mode()
