@@ -482,15 +482,6 @@ def predict(tags: str, input: str, output: str, template: str | None = None,
         template: input text per row, with {column} placeholders (default: the template
             the function tag was trained with, as its tag file records it).
         tag: the function tag whose head predicts (default: the one in the template).
-        model: base model the tags were trained for (default: the one their tag files
-            record).
-        batch_size: inputs per forward pass.
-        max_length: longest input in tokens (longer inputs are an error).
-        skip_invalid: drop invalid rows (reported) instead of stopping.
-        progress: show a progress bar.
-        dtype: the base model's weights: float32, bfloat16 (half the memory) or int8 (the
-            decoder's linear layers quantised dynamically, CPU only; a quarter of their
-            memory); their effect on speed and on the metric: docs/performance.md.
         SCREEN_ARGS
     """
     from tagllm.inference import Screen
@@ -527,14 +518,6 @@ def embed(tags: str, input: str, output: str, template: str | None = None,
             layer K (default: the layer the tag's head reads, else -1).
         pool: tag (the state at the tag), mean (the mean over the text tokens) or tag+mean
             (both, twice the width); default: what the tag's head reads, else tag.
-        model: base model the tags were trained for (default: the one their tag files
-            record).
-        batch_size: inputs per forward pass.
-        max_length: longest input in tokens (longer inputs are an error).
-        skip_invalid: drop invalid rows (reported) instead of stopping.
-        progress: show a progress bar.
-        dtype: the base model's weights: float32, bfloat16 or int8 (the decoder's linear
-            layers quantised dynamically, CPU only).
         SCREEN_ARGS
     """
     from tagllm.inference import Screen
@@ -841,8 +824,18 @@ def report(runs: str, html: str | None = "report.html", markdown: str | None = N
         console.print(f"wrote {f}")
 
 
-#: predict's and embed's flags for chunks and engines (one text for both --help pages)
-SCREEN_ARGS = """chunk_rows: rows per chunk, the unit that is shared among processes, kept and
+#: the flags predict and embed share: model, batching, dtype, chunks and engines (one text
+#: for both --help pages)
+SCREEN_ARGS = """model: base model the tags were trained for (default: the one their tag files
+            record).
+        batch_size: inputs per forward pass.
+        max_length: longest input in tokens (longer inputs are an error).
+        skip_invalid: drop invalid rows (reported) instead of stopping.
+        progress: show a progress bar.
+        dtype: the base model's weights: float32, bfloat16 (half the memory) or int8 (the
+            decoder's linear layers quantised dynamically, CPU only; a quarter of their
+            memory); bfloat16's effect on speed and on the metric: docs/performance.md.
+        chunk_rows: rows per chunk, the unit that is shared among processes, kept and
             resumed.
         engine: processes (this one, or those torchrun / accelerate launch started) or
             ray (needs `pip install 'tagllm[ray]'`).
