@@ -96,6 +96,12 @@ def test_wrong_arguments_fail_before_the_model_loads(tagged, tmp_path, capsys):
             main([cmd, *args, "--output", str(tmp_path / output), *extra])
         assert e.value.code == 2
         assert msg in " ".join(capsys.readouterr().err.split())
+    for extra, msg in [(["--input", str(tmp_path / "none.csv")], "none.csv: no such file"),
+                       (["--template", "<S> {smile} <Q>"], "uses column 'smile' missing from")]:
+        with pytest.raises(SystemExit) as e:  # the file and its columns, before the model
+            main(["predict", *args, "--output", str(tmp_path / "p.csv"), *extra])
+        assert e.value.code == 2
+        assert msg in " ".join(capsys.readouterr().err.split())
     with pytest.raises(ConfigError, match="names no function tag with a head"):
         predict_file(m, str(data), tmp_path / "p.csv", "<S> {smiles}", progress=False)
 

@@ -528,6 +528,22 @@ def embed(tags: str, input: str, output: str, template: str | None = None,
             (engine, workers, gpus_per_worker, ray_address), "feature vectors")
 
 
+def _check_first_row(input: str, template: str) -> None:
+    """Before a model loads: ``input`` names a built-in source or a file that reads, and
+    the template's columns are in its first row (the rows themselves are checked as they
+    stream)."""
+    from tagllm.data import iter_table
+    from tagllm.sources import BUILTIN_PREFIXES, has_own_reader, unknown_source_error
+
+    if (unknown := unknown_source_error(input)) is not None:
+        raise unknown
+    if input.startswith(BUILTIN_PREFIXES) or has_own_reader(input):
+        return
+    first = next(iter_table(input, chunk_rows=1))
+    if len(first):
+        first.render(template)
+
+
 def _screen(screen, tags: str, input: str, output: str, model: str | None, dtype: str,
             progress: bool, chunk_rows: int,
             ray: tuple[str, int, float | None, str | None], what: str) -> None:
@@ -552,6 +568,7 @@ def _screen(screen, tags: str, input: str, output: str, model: str | None, dtype
     check_output(input, output)  # before the model loads
     dirs, template = _tag_dirs(tags, screen.template or None, screen.tag, need_template=True)
     screen = dataclasses.replace(screen, template=template)
+    _check_first_row(input, template)
     name = recorded_model(dirs, model)
     if engine == "ray":
         from tagllm.scale import ray_screen
